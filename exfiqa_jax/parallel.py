@@ -1,0 +1,67 @@
+"""Devices and hosts: one Mesh over every device, the batch axis sharded over it.
+
+Every host feeds only its own rows (`host_batch_to_global`); results come back to
+every host with `global_to_host` (fully replicated copies, so process 0 can write).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = "data"
+
+
+@functools.lru_cache(maxsize=None)
+def mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes, axis name `data`."""
+  return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
+
+
+def batch_sharding() -> NamedSharding:
+  """Leading axis split over the `data` axis, everything else replicated."""
+  return NamedSharding(mesh(), P(BATCH_AXIS))
+
+
+def replicated() -> NamedSharding:
+  return NamedSharding(mesh(), P())
+
+
+def global_batch_size(per_device: int) -> int:
+  return per_device * jax.device_count()
+
+
+def local_batch_size(global_batch: int) -> int:
+  """Rows this process feeds for a global batch; the global batch must divide evenly."""
+  if global_batch % jax.device_count():
+    raise ValueError(
+        f"global batch {global_batch} is not a multiple of the {jax.device_count()} devices; "
+        "choose a batch size that is (e.g. round it up to a multiple of the device count).")
+  return global_batch // jax.process_count()
+
+
+def round_up_to_devices(batch: int) -> int:
+  n = jax.device_count()
+  return -(-batch // n) * n
+
+
+def host_batch_to_global(tree):
+  """Assembles this host's rows of every leaf into one global array sharded on axis 0."""
+  sharding = batch_sharding()
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def global_to_host(tree):
+  """Fetches a (possibly sharded, multi-host) global array to numpy on every host."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def is_writer() -> bool:
+  """Only process 0 writes results on a multi-host run."""
+  return jax.process_index() == 0

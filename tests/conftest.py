@@ -1,0 +1,7 @@
+"""Test-wide setup. Multi-device cases run in subprocesses with XLA_FLAGS set there."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
