@@ -1,0 +1,282 @@
+"""FR embeddings for the EDC (SPEC-METHOD §5, SPEC-EDC §3): jitted, sharded, with the flip.
+
+Conventions (`convention=`):
+  "concat"  FIQA evaluation scripts (CR-FIQA extract_emb.py): concat(L2n(f(x)), L2n(f(flip x)))
+            → [B, 2E]; the cosine of two such vectors is the mean of the two cosines. Default.
+  "sum"     insightface .bin/IJB verification: L2n(f(x) + f(flip x)) → [B, E].
+  "none"    no flip: L2n(f(x)) → [B, E].
+Input scales (`input_scale=`, recorded per family in model_config.json):
+  "minus1_1" (x/255 − 0.5)/0.5 — insightface ArcFace, ElasticFace, CurricularFace, ViTs
+  "0_1"      x/255             — MagFace
+`embed_images` is the reusable entry for the evaluation pipeline; `run(config)` is the "embed"
+task (configs/embed.py): an image folder or list file → embeddings.npy + image_list.txt.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import io, parallel
+from exfiqa_jax.data import preprocess
+
+CONVENTIONS = ("concat", "sum", "none")
+INPUT_SCALES = ("minus1_1", "0_1")
+
+
+def check_convention(convention: str) -> str:
+  if convention not in CONVENTIONS:
+    raise ValueError(f"convention must be one of {CONVENTIONS} (concat = FIQA papers, sum = "
+                     f"insightface verification), got {convention!r}")
+  return convention
+
+
+def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
+  """uint8 [..., 3] → float32 the way the FR family was trained. Runs on device."""
+  if input_scale == "minus1_1":
+    return preprocess.normalize(images_uint8)
+  if input_scale == "0_1":
+    return images_uint8.astype(jnp.float32) / 255.0
+  raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def combine_flip(embedding: jnp.ndarray, flipped: jnp.ndarray | None,
+                 convention: str) -> jnp.ndarray:
+  """[B, E] raw features of x and flip(x) → the final embedding of `convention`."""
+  check_convention(convention)
+  if convention == "none" or flipped is None:
+    return l2_normalize(embedding)
+  if convention == "sum":
+    return l2_normalize(embedding + flipped)
+  return jnp.concatenate([l2_normalize(embedding), l2_normalize(flipped)], axis=-1)
+
+
+def _features(model_fn: Any, variables: Any, images: jnp.ndarray) -> jnp.ndarray:
+  """Raw embedding [B, E] from a Flax module or a callable; both may return (output, out)."""
+  if hasattr(model_fn, "apply"):
+    result = model_fn.apply(variables, images)
+  else:
+    result = model_fn(variables, images)
+  if isinstance(result, tuple):
+    result = result[1]["embedding"]
+  return result.astype(jnp.float32)
+
+
+def make_embed_fn(model_fn: Any, convention: str = "concat",
+                  input_scale: str = "minus1_1") -> Callable:
+  """jitted (variables, images uint8 [B, H, W, 3]) → embeddings [B, D], D = 2E for "concat".
+
+  The flipped copies are interleaved with the originals ([x0, flip x0, x1, ...]) so one forward
+  pass does both and every device keeps its own rows (no resharding of a batch-sharded input).
+  """
+  check_convention(convention)
+  if input_scale not in INPUT_SCALES:
+    raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+
+  @jax.jit
+  def embed(variables, images_uint8):
+    x = scale_input(images_uint8, input_scale)
+    if convention == "none":
+      return combine_flip(_features(model_fn, variables, x), None, convention)
+    b = x.shape[0]
+    both = jnp.stack([x, x[:, :, ::-1, :]], axis=1).reshape((2 * b,) + x.shape[1:])
+    feats = _features(model_fn, variables, both).reshape(b, 2, -1)
+    return combine_flip(feats[:, 0], feats[:, 1], convention)
+
+  return embed
+
+
+_EMBED_FNS: dict[tuple, tuple[Any, Callable]] = {}
+
+
+def _cached_embed_fn(model_fn, convention, input_scale):
+  key = (id(model_fn), convention, input_scale)
+  if key not in _EMBED_FNS or _EMBED_FNS[key][0] is not model_fn:
+    _EMBED_FNS[key] = (model_fn, make_embed_fn(model_fn, convention, input_scale))
+  return _EMBED_FNS[key][1]
+
+
+def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Pads [n, ...] to [batch_size, ...] by repeating the last row (results are dropped)."""
+  n = images.shape[0]
+  if n == batch_size:
+    return images
+  if n == 0 or n > batch_size:
+    raise ValueError(f"cannot pad {n} rows to a batch of {batch_size}")
+  return np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
+
+
+def replicate(variables: Any) -> Any:
+  """Model variables on every device of the mesh (placed once, reused by every batch)."""
+  return jax.device_put(variables, parallel.replicated())
+
+
+def embed_batch(embed_fn: Callable, variables: Any, images_uint8: np.ndarray,
+                batch_size: int) -> np.ndarray:
+  """One padded, batch-sharded call; returns the embeddings of the real rows [n, D]."""
+  n = images_uint8.shape[0]
+  if jax.process_count() > 1:
+    raise NotImplementedError("embed_images feeds from one host; on a multi-host job every "
+                              "host embeds its own shard (use the data pipeline's sharding)")
+  batch = parallel.host_batch_to_global(pad_batch(np.asarray(images_uint8), batch_size))
+  return parallel.global_to_host(embed_fn(variables, batch))[:n]
+
+
+def embed_images(model_fn: Any, variables: Any, images_uint8: np.ndarray,
+                 convention: str = "concat", input_scale: str = "minus1_1",
+                 batch_size: int = 64) -> np.ndarray:
+  """uint8 [N, H, W, 3] RGB → L2-normalised embeddings [N, D] (numpy), padded fixed batches.
+
+  `model_fn`: a Flax module (iResNet, or the ViT in mode "fr") or a callable
+  `(variables, images float32) -> embedding [B, E] | (output, {"embedding": ...})`.
+  """
+  images_uint8 = np.asarray(images_uint8)
+  if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
+    raise ValueError(f"images must be uint8 [N, H, W, 3], got {images_uint8.dtype} "
+                     f"{images_uint8.shape}")
+  batch_size = parallel.round_up_to_devices(min(batch_size, max(len(images_uint8), 1)))
+  embed_fn = _cached_embed_fn(model_fn, convention, input_scale)
+  variables = replicate(variables)
+  out = [embed_batch(embed_fn, variables, images_uint8[i:i + batch_size], batch_size)
+         for i in range(0, len(images_uint8), batch_size)]
+  if not out:
+    raise ValueError("no images to embed")
+  return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- loading FR models
+
+def _families() -> Sequence[Any]:
+  try:
+    from converters import families
+    return families.FAMILIES
+  except ImportError:   # core-io's registry not landed: the FR families alone
+    from converters import iresnet_keys
+    return iresnet_keys.FAMILIES
+
+
+def family_by_name(name: str) -> Any:
+  for family in _families():
+    if family.name == name:
+      return family
+  raise ValueError(f"unknown model family {name!r}; known: {[f.name for f in _families()]}")
+
+
+def detect_family(state_dict: dict[str, np.ndarray], family: str | None = None) -> Any:
+  try:
+    from converters import families
+    return families.detect_family(state_dict, family)
+  except ImportError:
+    if family:
+      return family_by_name(family)
+    found = [f for f in _families() if f.matches(state_dict)]
+    if not found:
+      raise ValueError("no known FR family matches this checkpoint's keys; pass --family "
+                       f"(one of {[f.name for f in _families()]})")
+    return found[0]
+
+
+def load_fr_model(path: str, family: str | None = None,
+                  normalisation: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+  """A converted directory (Orbax + model_config.json) or a PyTorch file → (module, variables,
+  model_config). `normalisation` overrides the family's input scale ("minus1_1" | "0_1")."""
+  if os.path.isdir(path):
+    from exfiqa_jax import checkpoints
+    variables, model_config = checkpoints.load_model(path)
+  else:
+    from converters import torch_io
+    state_dict = torch_io.load_state_dict(path)
+    fam = detect_family(state_dict, family)
+    model_config = fam.infer_config(state_dict)
+    variables = fam.to_flax(state_dict, model_config)
+  if normalisation:
+    if normalisation not in INPUT_SCALES:
+      raise ValueError(f"normalisation must be one of {INPUT_SCALES}, got {normalisation!r}")
+    model_config = {**model_config, "input_scale": normalisation}
+  model_config.setdefault("input_scale", "minus1_1")
+  module = family_by_name(model_config["family"]).build(model_config)
+  return module, variables, model_config
+
+
+# ---------------------------------------------------------------- the "embed" task
+
+def read_image_list(images: str, image_root: str | None = None) -> tuple[list[str], list[str]]:
+  """A folder (recursive) or a list file (first column = path) → (paths, names as listed)."""
+  if os.path.isdir(images):
+    paths = preprocess.list_images(images)
+    return paths, [os.path.relpath(p, images) for p in paths]
+  if not os.path.isfile(images):
+    raise FileNotFoundError(f"{images} is neither an image folder nor a list file")
+  root = image_root or os.path.dirname(os.path.abspath(images))
+  names = []
+  with open(images, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        names.append(line.split()[0])
+  return [n if os.path.isabs(n) else os.path.join(root, n) for n in names], names
+
+
+def _decoded_batches(paths: Sequence[str], batch_size: int, channel_order: str,
+                     workers: int) -> Iterator[np.ndarray]:
+  """Decodes batches in background threads, one batch ahead of the device."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    def submit(start):
+      return [pool.submit(preprocess.decode_image, p, channel_order)
+              for p in paths[start:start + batch_size]]
+    pending = submit(0) if paths else None
+    for start in range(0, len(paths), batch_size):
+      current = pending
+      pending = submit(start + batch_size) if start + batch_size < len(paths) else None
+      yield np.stack([f.result() for f in current])
+
+
+def run(config) -> dict[str, Any]:
+  """Embeds `config.images` with `config.model`; writes embeddings.npy, image_list.txt and
+  embed_config.json into `config.output` (atomic; skipped when already complete)."""
+  from tqdm import tqdm
+  convention = check_convention(config.convention)
+  out_dir = config.output
+  emb_path = os.path.join(out_dir, "embeddings.npy")
+  list_path = os.path.join(out_dir, "image_list.txt")
+  paths, names = read_image_list(config.images, config.get("image_root") or None)
+  if not paths:
+    raise ValueError(f"no images found in {config.images}")
+  if os.path.exists(emb_path) and os.path.exists(list_path):
+    with open(list_path, encoding="utf-8") as f:
+      if f.read().split("\n")[:-1] == names:
+        logging.info("embeddings already complete in %s; nothing to do", out_dir)
+        return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
+  module, variables, model_config = load_fr_model(
+      config.model, config.get("family") or None, config.get("normalisation") or None)
+  input_scale = model_config["input_scale"]
+  batch_size = parallel.round_up_to_devices(config.batch_size)
+  embed_fn = make_embed_fn(module, convention, input_scale)
+  variables = replicate(variables)
+  chunks, start = [], time.time()
+  with tqdm(total=len(paths), unit="img", desc="embed", smoothing=0.1) as bar:
+    for images in _decoded_batches(paths, batch_size, config.channel_order,
+                                   config.get("decode_threads", 4)):
+      chunks.append(embed_batch(embed_fn, variables, images, batch_size))
+      bar.update(len(images))
+  embeddings = np.concatenate(chunks).astype(np.float32)
+  rate = len(paths) / max(time.time() - start, 1e-9)
+  if parallel.is_writer():
+    io.save_npy(emb_path, embeddings)
+    io.write_json(os.path.join(out_dir, "embed_config.json"), {
+        "model": config.model, "model_config": model_config, "convention": convention,
+        "channel_order": config.channel_order, "count": len(paths),
+        "dim": int(embeddings.shape[1])})
+    io.write_text(list_path, "".join(n + "\n" for n in names))   # last: marks completion
+  logging.info("embedded %d images (%.1f images/s) into %s", len(paths), rate, out_dir)
+  return {"embeddings": emb_path, "image_list": list_path, "skipped": False,
+          "images_per_second": rate}

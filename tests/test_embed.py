@@ -1,0 +1,139 @@
+"""Embedding extraction: input scales, flip conventions (vs NumPy on the PyTorch twin), padding,
+8-device sharding, and the "embed" task. Tolerance 1e-5 on L2-normalised embeddings."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from converters import iresnet_keys as ik
+from exfiqa_jax import embed
+from tests import fr_torch_reference as ref
+from tests.subproc import run_python
+
+TINY = (8, 16, 24, 32)
+
+
+def _l2n(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def magface():
+  tmodel = ref.randomize_(ref.MagFaceWrapper(ref.IResNet((1, 1, 1, 1), TINY, 64, eps=2e-5)), 4)
+  sd = {k: v.numpy() for k, v in tmodel.state_dict().items()}
+  config = ik.MAGFACE.infer_config(sd)
+  return tmodel, ik.MAGFACE.build(config), ik.MAGFACE.to_flax(sd, config), config
+
+
+def _uint8(n, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (n, 112, 112, 3)).astype(np.uint8)
+
+
+def _twin_features(tmodel, images_uint8, scale):
+  x = images_uint8.astype(np.float32) / 255.0
+  if scale == "minus1_1":
+    x = (x - 0.5) / 0.5
+  with torch.no_grad():
+    f = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    ff = tmodel(torch.from_numpy(x[:, :, ::-1].transpose(0, 3, 1, 2).copy())).numpy()
+  return f, ff
+
+
+@pytest.mark.parametrize("convention", ["concat", "sum", "none"])
+def test_flip_conventions_match_numpy_on_the_twin(magface, convention):
+  tmodel, module, variables, config = magface
+  images = _uint8(5)
+  ours = embed.embed_images(module, variables, images, convention=convention,
+                            input_scale=config["input_scale"], batch_size=4)  # 5 → padded
+  f, ff = _twin_features(tmodel, images, "0_1")
+  expected = {"concat": np.concatenate([_l2n(f), _l2n(ff)], -1), "sum": _l2n(f + ff),
+              "none": _l2n(f)}[convention]
+  assert ours.shape == expected.shape
+  np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+  assert np.abs(_l2n(f) - _l2n(ff)).max() > 1e-2     # the flip really changes the features
+
+
+def test_input_scale_matters(magface):
+  tmodel, module, variables, _ = magface
+  images = _uint8(2, seed=1)
+  ours = embed.embed_images(module, variables, images, convention="none",
+                            input_scale="minus1_1")
+  f, _ = _twin_features(tmodel, images, "minus1_1")
+  np.testing.assert_allclose(ours, _l2n(f), atol=1e-5, rtol=0)
+  wrong = embed.embed_images(module, variables, images, convention="none", input_scale="0_1")
+  assert np.abs(wrong - ours).max() > 1e-2
+  with pytest.raises(ValueError, match="input_scale"):
+    embed.embed_images(module, variables, images, input_scale="imagenet")
+  with pytest.raises(ValueError, match="convention"):
+    embed.embed_images(module, variables, images, convention="mean")
+  with pytest.raises(ValueError, match="uint8"):
+    embed.embed_images(module, variables, images.astype(np.float32))
+
+
+def test_concat_cosine_is_mean_of_the_two_cosines(magface):
+  _, module, variables, config = magface
+  e = embed.embed_images(module, variables, _uint8(2, seed=2), input_scale="0_1")
+  e1, e2 = e[:, :64], e[:, 64:]
+  cos_concat = e[0] @ e[1] / (np.linalg.norm(e[0]) * np.linalg.norm(e[1]))
+  np.testing.assert_allclose(cos_concat, 0.5 * (e1[0] @ e1[1] + e2[0] @ e2[1]), atol=1e-6)
+
+
+def test_sharded_over_8_devices_matches_single_device(tmp_path, magface):
+  _, module, variables, _ = magface
+  images = _uint8(11, seed=3)
+  np.save(tmp_path / "images.npy", images)
+  np.save(tmp_path / "single.npy", embed.embed_images(module, variables, images,
+                                                      input_scale="0_1", batch_size=8))
+  sd_path = tmp_path / "sd.npz"
+  np.savez(sd_path, **ik.MAGFACE.to_torch(variables, {}))
+  out = run_python(f"""
+    import jax, numpy as np
+    from converters import iresnet_keys as ik
+    from exfiqa_jax import embed
+    assert jax.device_count() == 8
+    sd = dict(np.load({str(sd_path)!r}))
+    cfg = ik.MAGFACE.infer_config(sd)
+    e = embed.embed_images(ik.MAGFACE.build(cfg), ik.MAGFACE.to_flax(sd, cfg),
+                           np.load({str(tmp_path / 'images.npy')!r}), input_scale="0_1",
+                           batch_size=8)
+    print(float(np.abs(e - np.load({str(tmp_path / 'single.npy')!r})).max()))
+  """)
+  assert float(out.strip().splitlines()[-1]) < 1e-5
+
+
+def test_embed_task_writes_atomically_and_resumes(tmp_path, magface, monkeypatch):
+  tmodel, module, variables, config = magface
+  folder = tmp_path / "faces" / "id1"
+  folder.mkdir(parents=True)
+  images = _uint8(3, seed=4)
+  for i, im in enumerate(images):
+    Image.fromarray(im).save(folder / f"{i}.png")
+  calls = []
+  monkeypatch.setattr(embed, "load_fr_model",
+                      lambda *a: calls.append(a) or (module, variables, dict(config)))
+  cfg = ml_collections.ConfigDict(dict(
+      task="embed", model="x.pt", family="", normalisation="", images=str(tmp_path / "faces"),
+      image_root="", channel_order="rgb", convention="sum", decode_threads=2, batch_size=2,
+      output=str(tmp_path / "out")))
+  result = embed.run(cfg)
+  emb = np.load(tmp_path / "out" / "embeddings.npy")
+  names = (tmp_path / "out" / "image_list.txt").read_text().split()
+  assert names == [f"id1/{i}.png" for i in range(3)] and emb.shape == (3, 64)
+  f, ff = _twin_features(tmodel, images, "0_1")
+  np.testing.assert_allclose(emb, _l2n(f + ff), atol=1e-5, rtol=0)
+  assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]  # no temp left
+  assert not result["skipped"] and embed.run(cfg)["skipped"] and len(calls) == 1
+
+
+def test_image_list_file(tmp_path):
+  (tmp_path / "a.jpg").write_bytes(b"")
+  (tmp_path / "list.txt").write_text("a.jpg 0.5\nsub/b.jpg 1\n")
+  paths, names = embed.read_image_list(str(tmp_path / "list.txt"))
+  assert names == ["a.jpg", "sub/b.jpg"] and paths[1] == str(tmp_path / "sub" / "b.jpg")
+  with pytest.raises(FileNotFoundError):
+    embed.read_image_list(str(tmp_path / "missing"))
