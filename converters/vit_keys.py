@@ -1,0 +1,314 @@
+"""The ViT family ⇄ PyTorch state dicts: ViT-FIQA (token / crfiqa / full) and the FR ViTs.
+
+Covers the official ViT-FIQA / EX-FIQA checkpoints (SPEC-METHOD §1.4, Appendix A) and, as mode
+"fr", the insightface arcface_torch ViTs and the CVLFace ViTs ATTN-FIQA uses (§4.1: no quality
+token, no `head_qs`, `mask_token` only when trained with masking). Wrappers and `module.`/`net.`
+prefixes are undone by converters/torch_io.py before a state dict gets here.
+
+Architecture from the shapes (heads cannot be seen in any shape: a flag, default 8):
+  width D, patch p     patch_embed.proj.weight [D, 3, p, p]
+  tokens T             pos_embed [1, T, D]; a qs_token adds one token in front
+  depth L              number of blocks.{i}.norm1.weight
+  MLP width M          blocks.0.mlp.fc1.weight [M, D]
+  feature head         feature.0.weight [E, F]
+  mode                 qs_token and F = (T−1)·D → token; qs_token and F = T·D → full;
+                       no qs_token: head_qs.* present → crfiqa, absent → fr
+Leaf rules: Conv (O,I,kh,kw) → (kh,kw,I,O); Linear (out,in) → (in,out); LN weight → scale;
+BN weight → scale, running_mean/var → batch_stats mean/var; num_batches_tracked is checked
+(integer scalar) and dropped, written back as int64 0; per-block keys stacked on a leading axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from converters.strict import CheckpointError, check_state_dict
+
+MODES = ("token", "crfiqa", "full", "fr")
+QUALITY_MODES = ("token", "crfiqa", "full")
+DEFAULT_HEADS = 8
+DEFAULT_IMG_SIZE = 112
+
+
+class Leaf(NamedTuple):
+  torch_key: str            # "blocks.{i}.attn.qkv.weight" for stacked leaves
+  collection: str           # "params" | "batch_stats"
+  path: tuple[str, ...]     # Flax path inside the collection
+  kind: str                 # "same" | "linear" | "conv"
+  stacked: bool = False
+
+
+def _linear(module: str, path: tuple[str, ...], bias: bool, stacked: bool = False) -> list[Leaf]:
+  prefix = "blocks.{i}." if stacked else ""
+  leaves = [Leaf(f"{prefix}{module}.weight", "params", path + ("kernel",), "linear", stacked)]
+  if bias:
+    leaves.append(Leaf(f"{prefix}{module}.bias", "params", path + ("bias",), "same", stacked))
+  return leaves
+
+
+def _layer_norm(module: str, path: tuple[str, ...], stacked: bool = False) -> list[Leaf]:
+  prefix = "blocks.{i}." if stacked else ""
+  return [Leaf(f"{prefix}{module}.weight", "params", path + ("scale",), "same", stacked),
+          Leaf(f"{prefix}{module}.bias", "params", path + ("bias",), "same", stacked)]
+
+
+def _batch_norm(module: str, path: tuple[str, ...]) -> list[Leaf]:
+  return [Leaf(f"{module}.weight", "params", path + ("scale",), "same"),
+          Leaf(f"{module}.bias", "params", path + ("bias",), "same"),
+          Leaf(f"{module}.running_mean", "batch_stats", path + ("mean",), "same"),
+          Leaf(f"{module}.running_var", "batch_stats", path + ("var",), "same")]
+
+
+def key_map(config: Mapping[str, Any]) -> list[Leaf]:
+  """Every converted leaf in the official registration order (Appendix A)."""
+  mode = config["mode"]
+  leaves = []
+  if mode in ("token", "full"):
+    leaves.append(Leaf("qs_token", "params", ("qs_token",), "same"))
+  leaves.append(Leaf("pos_embed", "params", ("pos_embed",), "same"))
+  if config["has_mask_token"]:
+    leaves.append(Leaf("mask_token", "params", ("mask_token",), "same"))
+  leaves += [Leaf("patch_embed.proj.weight", "params", ("patch_embed", "proj", "kernel"), "conv"),
+             Leaf("patch_embed.proj.bias", "params", ("patch_embed", "proj", "bias"), "same")]
+  leaves += _layer_norm("norm1", ("blocks", "norm1"), stacked=True)
+  leaves += _layer_norm("norm2", ("blocks", "norm2"), stacked=True)
+  leaves += _linear("attn.qkv", ("blocks", "attn", "qkv"), bias=False, stacked=True)
+  leaves += _linear("attn.proj", ("blocks", "attn", "proj"), bias=True, stacked=True)
+  leaves += _linear("mlp.fc1", ("blocks", "mlp", "fc1"), bias=True, stacked=True)
+  leaves += _linear("mlp.fc2", ("blocks", "mlp", "fc2"), bias=True, stacked=True)
+  leaves += _layer_norm("norm", ("norm",))
+  leaves += _linear("feature.0", ("feature", "0"), bias=False)
+  leaves += _batch_norm("feature.1", ("feature", "1"))
+  leaves += _linear("feature.2", ("feature", "2"), bias=False)
+  leaves += _batch_norm("feature.3", ("feature", "3"))
+  if mode in QUALITY_MODES:
+    leaves += _batch_norm("head_qs.0", ("head_qs", "0"))
+    leaves += _linear("head_qs.1", ("head_qs", "1"), bias=False)
+  return leaves
+
+
+def _bn_modules(config: Mapping[str, Any]) -> list[str]:
+  return ["feature.1", "feature.3"] + (["head_qs.0"] if config["mode"] in QUALITY_MODES else [])
+
+
+# ------------------------------------------------------------------------ shapes and config
+
+def _tokens(config: Mapping[str, Any]) -> tuple[int, int]:
+  """(number of patches, number of extra tokens in front)."""
+  grid = config["img_size"] // config["patch_size"]
+  return grid * grid, 1 if config["mode"] in ("token", "full") else 0
+
+
+def feature_in(config: Mapping[str, Any]) -> int:
+  """F, the input width of feature.0: token mode leaves the qs token out (§1.3)."""
+  patches, extra = _tokens(config)
+  return (patches + (extra if config["mode"] == "full" else 0)) * config["width"]
+
+
+def _torch_shape(leaf: Leaf, config: Mapping[str, Any]) -> tuple[int, ...]:
+  d, m, e, p = config["width"], config["mlp_dim"], config["embed_dim"], config["patch_size"]
+  patches, extra = _tokens(config)
+  shapes = {
+      "qs_token": (1, 1, d), "pos_embed": (1, patches + extra, d), "mask_token": (1, 1, d),
+      "patch_embed.proj.weight": (d, 3, p, p), "patch_embed.proj.bias": (d,),
+      "attn.qkv.weight": (3 * d, d), "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
+      "mlp.fc1.weight": (m, d), "mlp.fc1.bias": (m,), "mlp.fc2.weight": (d, m),
+      "mlp.fc2.bias": (d,), "feature.0.weight": (e, feature_in(config)),
+      "feature.2.weight": (e, e), "head_qs.1.weight": (1, e)}
+  key = leaf.torch_key.replace("blocks.{i}.", "")
+  if key in shapes:
+    return shapes[key]
+  return (d,) if key.startswith(("norm", "norm1", "norm2")) else (e,)   # LN [D]; BN [E]
+
+
+def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
+  """Every torch key (with its shape) of this architecture, num_batches_tracked included."""
+  out = {}
+  for leaf in key_map(config):
+    shape = _torch_shape(leaf, config)
+    if leaf.stacked:
+      for i in range(config["depth"]):
+        out[leaf.torch_key.format(i=i)] = shape
+    else:
+      out[leaf.torch_key] = shape
+  for module in _bn_modules(config):
+    out[f"{module}.num_batches_tracked"] = ()
+  return out
+
+
+def _shape(sd: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+  if key not in sd:
+    raise CheckpointError(f"not a ViT checkpoint: no {key!r} (first keys: {sorted(sd)[:6]}); "
+                          "pass --family if it is another model family")
+  return tuple(np.shape(sd[key]))
+
+
+def _img_size(grid: int, patch: int) -> int:
+  """112 when the patch grid fits it (9·12 = 108 ≤ 112 < 117), else grid·patch."""
+  return DEFAULT_IMG_SIZE if grid * patch <= DEFAULT_IMG_SIZE < (grid + 1) * patch \
+      else grid * patch
+
+
+def infer_architecture(sd: Mapping[str, np.ndarray], num_heads: int = DEFAULT_HEADS
+                       ) -> dict[str, Any]:
+  """ViTConfig fields read from the shapes; `num_heads` must divide the width."""
+  width, in_ch, patch, patch_w = _shape(sd, "patch_embed.proj.weight")
+  if in_ch != 3 or patch != patch_w:
+    raise CheckpointError(f"patch_embed.proj.weight is {[width, in_ch, patch, patch_w]}: "
+                          "expected [D, 3, p, p] (RGB input, square patches)")
+  tokens = _shape(sd, "pos_embed")[1]
+  has_qs = "qs_token" in sd
+  patches = tokens - int(has_qs)
+  grid = int(round(patches ** 0.5))
+  if grid * grid != patches:
+    raise CheckpointError(f"pos_embed has {tokens} tokens ({patches} patches): not a square "
+                          "patch grid")
+  blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.norm1\.weight$", k))}
+  if not blocks:
+    raise CheckpointError("no blocks.{i}.norm1.weight keys: not a ViT checkpoint")
+  depth = max(blocks) + 1
+  mlp_dim = _shape(sd, "blocks.0.mlp.fc1.weight")[0]
+  embed_dim, f_in = _shape(sd, "feature.0.weight")
+  if has_qs:
+    by_f = {patches * width: "token", tokens * width: "full"}
+    if f_in not in by_f:
+      raise CheckpointError(
+          f"feature.0.weight takes {f_in} inputs; with a qs_token and {tokens} tokens of width "
+          f"{width} it must be {patches * width} (mode token) or {tokens * width} (mode full)")
+    mode = by_f[f_in]
+  else:
+    mode = "crfiqa" if any(k.startswith("head_qs.") for k in sd) else "fr"
+  num_heads = check_heads(width, num_heads)
+  return dict(mode=mode, width=int(width), depth=int(depth), num_heads=num_heads,
+              patch_size=int(patch), img_size=_img_size(grid, patch), mlp_dim=int(mlp_dim),
+              embed_dim=int(embed_dim), has_mask_token="mask_token" in sd)
+
+
+def check_heads(width: int, num_heads: int) -> int:
+  if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) \
+      or num_heads < 1 or width % num_heads:
+    raise CheckpointError(
+        f"num_heads={num_heads!r} does not divide the width {width}. The number of heads is not "
+        "stored in any weight shape: pass it with --num_heads (ViT-FIQA and CVLFace ViT-S use "
+        "8, CVLFace ViT-B 16).")
+  return int(num_heads)
+
+
+# ------------------------------------------------------------------------ conversion
+
+def _to_flax_leaf(x: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "conv":
+    return np.transpose(x, (2, 3, 1, 0))
+  if kind == "linear":
+    return x.T
+  return x
+
+
+def _to_torch_leaf(x: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "conv":
+    return np.transpose(x, (3, 2, 0, 1))
+  if kind == "linear":
+    return x.T
+  return x
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _float(x: Any) -> np.ndarray:
+  x = np.asarray(x)
+  return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def state_dict_to_variables(sd: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
+  """Official state dict → {"params", "batch_stats"} (blocks stacked on axis 0); strict."""
+  check_state_dict(expected_shapes(config), sd, hint=(
+      f"The model was inferred as mode={config['mode']!r}, depth={config['depth']}, "
+      f"width={config['width']}; check that the file is a complete ViT checkpoint."))
+  variables: dict = {"params": {}, "batch_stats": {}}
+  for leaf in key_map(config):
+    if leaf.stacked:
+      value = np.stack([_to_flax_leaf(_float(sd[leaf.torch_key.format(i=i)]), leaf.kind)
+                        for i in range(config["depth"])])
+    else:
+      value = _to_flax_leaf(_float(sd[leaf.torch_key]), leaf.kind)
+    _set(variables[leaf.collection], leaf.path, np.ascontiguousarray(value))
+  return variables
+
+
+def variables_to_state_dict(variables: Mapping, config: Mapping[str, Any]
+                            ) -> dict[str, np.ndarray]:
+  """{"params", "batch_stats"} → state dict with the official keys (twin loads it strictly)."""
+  sd = {}
+  for leaf in key_map(config):
+    try:
+      value = np.asarray(_get(variables[leaf.collection], leaf.path))
+    except KeyError:
+      raise CheckpointError(f"variables have no {leaf.collection}/{'/'.join(leaf.path)}, "
+                            f"which mode {config['mode']!r} needs") from None
+    if leaf.stacked:
+      for i in range(config["depth"]):
+        sd[leaf.torch_key.format(i=i)] = np.ascontiguousarray(_to_torch_leaf(value[i], leaf.kind))
+    else:
+      sd[leaf.torch_key] = np.ascontiguousarray(_to_torch_leaf(value, leaf.kind))
+  for module in _bn_modules(config):
+    sd[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
+  check_state_dict(expected_shapes(config), sd, hint="the Flax variables do not match "
+                   "model_config.json (were they saved with another config?)")
+  return sd
+
+
+# ------------------------------------------------------------------------ the family object
+
+def vit_config(config: Mapping[str, Any]):
+  """model_config dict → vit.ViTConfig (ignores the converter's extra fields)."""
+  from exfiqa_jax.models import vit
+  fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
+  return vit.ViTConfig.from_dict({k: v for k, v in config.items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTFamily:
+  """ViT-FIQA token/crfiqa/full and FR ViTs (insightface arcface_torch, CVLFace) as mode "fr"."""
+  name: str = "vit"
+  kind = "vit"
+  input_scale = "minus1_1"    # (x/255 − 0.5)/0.5, RGB (SPEC-METHOD §1.6, §4.1)
+
+  def matches(self, sd: Mapping[str, np.ndarray]) -> bool:
+    return "patch_embed.proj.weight" in sd and "pos_embed" in sd
+
+  def infer_config(self, sd: Mapping[str, np.ndarray], num_heads: int | None = None,
+                   **unused: Any) -> dict[str, Any]:
+    arch = infer_architecture(sd, DEFAULT_HEADS if num_heads is None else num_heads)
+    cfg = vit_config(arch).to_dict()
+    return {"family": self.name, "kind": self.kind, "input_scale": self.input_scale, **cfg}
+
+  def expected_shapes(self, config: Mapping[str, Any]) -> dict[str, tuple]:
+    return expected_shapes(config)
+
+  def to_flax(self, sd: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
+    return state_dict_to_variables(sd, config)
+
+  def to_torch(self, variables: Mapping, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return variables_to_state_dict(variables, config)
+
+  def build(self, config: Mapping[str, Any], dtype: Any = None):
+    from exfiqa_jax.models import vit
+    cfg = vit_config(config)
+    return vit.VisionTransformer(cfg) if dtype is None else vit.VisionTransformer(cfg,
+                                                                                  dtype=dtype)
+
+
+VIT = ViTFamily()

@@ -1,0 +1,80 @@
+"""A folder of identities (one sub-folder per identity): training data and users' own sets.
+
+Records carry the relative path as name, the identity folder name, and an integer label
+(identity folders in sorted order). An optional pair list (`name_a name_b label`, names are
+relative paths with or without extension) makes it a pair benchmark.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from exfiqa_jax.data import pairs as pairs_lib
+from exfiqa_jax.data import preprocess
+from exfiqa_jax.data.builders import base
+from exfiqa_jax.data.builders.loader import register
+
+LAYOUT = """\
+  <manual_dir>/
+    <identity_a>/img1.jpg, img2.png, ...     one sub-folder per identity (nested folders allowed)
+    <identity_b>/...
+  optional pair list (option pair_list=PATH, absolute or relative to manual_dir):
+    <identity_a>/img1.jpg <identity_b>/img7.jpg 0      (1 = same identity, 0 = different)"""
+
+
+@register
+class ImageFolder(base.Builder):
+  """Identity folders; name = `<identity>/<file>`, label = identity index; image_id = sorted order."""
+
+  name = "image_folder"
+  LAYOUT = LAYOUT
+  OPTIONS = {"pair_list": None}
+  PAIR_KIND = "image"
+  FEATURES = {"identity": tfds.features.Text, "label": lambda: tfds.features.Scalar(np.int64)}
+  DESCRIPTION = "Images in one sub-folder per identity, optional pair list."
+
+  @classmethod
+  def locate(cls, manual_dir: str, options: dict) -> dict[str, str]:
+    paths = {"root": manual_dir}
+    if options["pair_list"] is not None:
+      pair_list = os.path.join(manual_dir, os.fspath(options["pair_list"]))
+      paths["pair_list"] = base.require_file(cls.name, pair_list, LAYOUT)
+    return paths
+
+  def plan(self, paths: dict[str, str], options: dict) -> base.Plan:
+    root = paths["root"]
+    loose = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f))
+                   and f.lower().endswith(preprocess.IMAGE_EXTENSIONS))
+    if loose:
+      raise base.DataError(f"image_folder: {len(loose)} images lie directly in {root} (first: "
+                           f"{loose[:3]}); put every image in its identity's sub-folder")
+    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    entries, labels = [], []
+    for label, identity in enumerate(identities):
+      for file in preprocess.list_images(os.path.join(root, identity)):
+        name = os.path.relpath(file, root).replace(os.sep, "/")
+        entries.append(base.ImageEntry(len(entries), name, file,
+                                       {"identity": identity, "label": label}))
+        labels.append(label)
+    if not entries:
+      raise base.DataError(f"image_folder: no images under {root} (expected one sub-folder per "
+                           f"identity holding {', '.join(preprocess.IMAGE_EXTENSIONS[:3])}, ...)")
+    plan = base.Plan(entries, record_arrays={"label": np.asarray(labels, dtype=np.int64)},
+                     metadata={"num_identities": len(identities), "identities": identities})
+    if "pair_list" in paths:
+      name_to_id = {}
+      for e in entries:
+        name_to_id.setdefault(e.name, e.image_id)
+        name_to_id.setdefault(pairs_lib.strip_extension(e.name), e.image_id)
+      names_a, names_b, is_genuine = pairs_lib.read_pair_file(paths["pair_list"])
+      if not is_genuine.size:
+        raise base.DataError(f"{paths['pair_list']} holds no pairs")
+      try:
+        plan.pair_a = pairs_lib.resolve_names(names_a, name_to_id, paths["pair_list"])
+        plan.pair_b = pairs_lib.resolve_names(names_b, name_to_id, paths["pair_list"])
+      except pairs_lib.PairError as e:
+        raise base.DataError(str(e)) from None
+      plan.is_genuine = is_genuine
+    return plan

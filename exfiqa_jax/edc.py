@@ -1,0 +1,809 @@
+"""EDC (error-versus-discard characteristic), pAUC and bootstrap CIs, on device (SPEC-EDC).
+
+Two conventions (SPEC-EDC §0):
+  mode="fiqa"  CR-FIQA ERC code behind the published FIQA numbers (§5.1, §6, §7.1): genuine and
+               impostor pairs pooled, the first int(r·N) pairs of a STABLE ascending sort of pair
+               quality discarded, the threshold re-chosen at every level among the observed scores
+               as the one whose FMR is closest to the target (first = lowest on ties), a genuine is
+               accepted iff its score is strictly above it; pAUC = trapezoid, raw.
+  mode="iso"   Schlett / ISO style (§5.2, §6, §7.2): genuine comparisons only, threshold fixed once
+               from all impostors (smallest t with #{imp >= t}/N <= f), error iff s < t, whole tie
+               groups discarded; pAUC stepwise, optionally minus the theoretical best.
+
+Scale (IJB-C: 15.7M pairs, 26 quality sets). A sort per quality set and level is what makes the
+published code slow; here the impostor scores are sorted ONCE per call (shared by every quality
+set), and per quality set only histogram passes run: a radix selection finds the quality cut of
+every level (the kept sets are nested, so one int per pair, `level`, says up to which level it is
+kept), one scatter builds per-level kept counts per block of the score order, and the few order
+statistics the threshold rule needs are read from one block each. Genuine pairs are few and are
+handled directly. Cost O(N log N) once + O(N) per quality set; memory O(N).
+
+Exactness. Everything is integer counting, except the final choice between the two candidate
+FMR counts nearest the target, |m/N - f|, which the published code makes in float64. The public
+functions take concrete arrays, validate them and make that choice in float64 on the host, so the
+result equals the published rule bit for bit. Under jit/vmap (tracers) the same device kernels run
+and the choice is made on device (float64 if jax_enable_x64, else float32: only exact decimal ties
+such as f·N_imp = x.5 may then resolve differently). Scores and qualities are used as float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax import lax
+
+FIQA_DISCARD = np.arange(0, 0.98, 0.05)   # 0, 0.05, ..., 0.95: CR-FIQA's grid, values as np makes them
+PAUC_LIMIT = 0.3                           # ViT-/EX-/ATTN-FIQA pAUC-EDC limit
+MODES = ("fiqa", "iso")
+_BLOCK = 1024          # block of the impostor score order for the per-level count tables
+_TIE_BLOCK = 4096      # block of the pair index for splitting a quality tie group
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+class EdcCurves(NamedTuple):
+  """All numbers of one EDC evaluation. Arrays are numpy (jax arrays under tracing).
+
+  fnmr       [S, F, R]  FNMR at each (quality set, FMR, discard level)
+  threshold  [S, F, R]  comparison-score threshold used (fiqa: u*, accept iff s > u*;
+                        iso: t, accept iff s >= t, the same for every level)
+  n_genuine  [S, R]     genuine pairs kept at the level
+  n_impostor [S, R]     fiqa: impostor pairs kept; iso: impostors the fixed threshold came from
+  discarded  [S, R]     fraction really discarded (fiqa: int(r·N)/N of all pairs; iso: of genuine
+                        pairs, the largest whole-tie-group discard <= r·N_gen)
+  pauc       [S, F] or None  when edc_curves(pauc_limit=...) was given (iso: exact step curve)
+  """
+  mode: str
+  fmrs: Any
+  discard: Any
+  fnmr: Any
+  threshold: Any
+  n_genuine: Any
+  n_impostor: Any
+  discarded: Any
+  pauc: Any = None
+
+  def rows(self, benchmark: str, fr_model: str, quality_names: Sequence[str]) -> list[dict]:
+    """Rows for edc.csv: benchmark, fr_model, quality, fmr, discard, fnmr, threshold, n_genuine,
+    n_impostor (DESIGN.md contract)."""
+    if len(quality_names) != self.fnmr.shape[0]:
+      raise ValueError(f"{len(quality_names)} quality names for {self.fnmr.shape[0]} quality sets")
+    out = []
+    for s, name in enumerate(quality_names):
+      for f, fmr in enumerate(np.asarray(self.fmrs)):
+        for r, disc in enumerate(np.asarray(self.discard)):
+          out.append(dict(benchmark=benchmark, fr_model=fr_model, quality=name, fmr=float(fmr),
+                          discard=float(disc), fnmr=float(self.fnmr[s, f, r]),
+                          threshold=float(self.threshold[s, f, r]),
+                          n_genuine=int(self.n_genuine[s, r]),
+                          n_impostor=int(self.n_impostor[s, r])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+def _is_tracer(*xs) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _canon(x: jnp.ndarray) -> jnp.ndarray:
+  """float32 with -0.0 folded into +0.0 (np.sort/np.unique treat them as equal)."""
+  x = jnp.asarray(x, jnp.float32)
+  return jnp.where(x == 0, jnp.float32(0), x)
+
+
+def _sortable(x: jnp.ndarray) -> jnp.ndarray:
+  """float32 → uint32 whose unsigned order is the float order."""
+  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  neg = (bits >> 31) == 1
+  return jnp.where(neg, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _count_le(sorted_rows: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
+  """Row-wise searchsorted(side='right'): #{row entries <= value}. rows [Q, n], values [Q]."""
+  return jnp.sum(sorted_rows <= values[:, None], axis=1, dtype=jnp.int32)
+
+
+def cuts_for(discard: np.ndarray, n: int) -> np.ndarray:
+  """int(r·n) for every r, exactly as Python/NumPy float64 does it (SPEC-EDC §6)."""
+  return (np.asarray(discard, np.float64) * n).astype(np.int64)
+
+
+def check_discard(discard) -> np.ndarray:
+  d = np.asarray(discard, np.float64)
+  if d.ndim != 1 or d.size == 0:
+    raise ValueError(f"discard must be a non-empty 1-D grid of fractions, got shape {d.shape}")
+  if not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(d >= 1):
+    raise ValueError(f"discard fractions must lie in [0, 1) (1.0 would discard everything), got "
+                     f"min {np.nanmin(d)}, max {np.nanmax(d)}; use e.g. edc.FIQA_DISCARD")
+  return d
+
+
+def check_fmrs(fmrs) -> np.ndarray:
+  f = np.atleast_1d(np.asarray(fmrs, np.float64))
+  if f.ndim != 1 or f.size == 0 or not np.all((f > 0) & (f < 1)):
+    raise ValueError(f"fmrs must be target false-match rates in (0, 1), got {fmrs!r}")
+  return f
+
+
+def _validate(scores, is_genuine, pair_quality):
+  """Concrete inputs → (scores [P] f32, is_genuine [P] bool, pair_quality [S, P] f32), or ValueError."""
+  scores = np.asarray(scores)
+  is_genuine = np.asarray(is_genuine)
+  pq = np.asarray(pair_quality)
+  if scores.ndim != 1:
+    raise ValueError(f"scores must be 1-D [P], got shape {scores.shape}")
+  if pq.ndim == 1:
+    pq = pq[None]
+  if pq.ndim != 2:
+    raise ValueError(f"pair_quality must be [S, P] (or [P]), got shape {pq.shape}")
+  if is_genuine.shape != scores.shape or pq.shape[1] != scores.shape[0]:
+    raise ValueError(f"mismatched lengths: scores {scores.shape}, is_genuine {is_genuine.shape}, "
+                     f"pair_quality {pq.shape} (all must describe the same P pairs)")
+  if is_genuine.dtype != bool:
+    if not np.all((is_genuine == 0) | (is_genuine == 1)):
+      raise ValueError("is_genuine must be boolean (or 0/1 labels)")
+    is_genuine = is_genuine.astype(bool)
+  scores = scores.astype(np.float32)
+  if not np.all(np.isfinite(scores)):
+    bad = int(np.sum(~np.isfinite(scores)))
+    raise ValueError(f"scores contain {bad} NaN/inf values; drop or fix those pairs first")
+  pq = pq.astype(np.float32)
+  finite = np.isfinite(pq)
+  if not np.all(finite):
+    rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+    raise ValueError(f"pair_quality contains NaN/inf (quality sets {rows[:10]}); every pair needs a "
+                     f"finite quality")
+  n_gen = int(is_genuine.sum())
+  if n_gen == 0:
+    raise ValueError("no genuine (mated) pairs: is_genuine is all False")
+  if n_gen == scores.shape[0]:
+    raise ValueError("no impostor (non-mated) pairs: is_genuine is all True")
+  return scores, is_genuine, pq
+
+
+# --------------------------------------------------------------------------------------------
+# Shared preparation: the impostor score order (one sort per call, shared by all quality sets)
+# --------------------------------------------------------------------------------------------
+class _Prep(NamedTuple):
+  scores: jnp.ndarray      # [P] canonical f32
+  perm: jnp.ndarray        # [Ppad] pair index at each position of the order (impostors by score desc, then genuines)
+  sorted_s: jnp.ndarray    # [Ppad] scores in that order
+  gstart: jnp.ndarray      # [Ppad] first position of the score tie group
+  gend: jnp.ndarray        # [Ppad] one past the last position of the tie group
+  block_of: jnp.ndarray    # [P] block of the pair in the order (impostors), nb for genuines
+  n_imp: jnp.ndarray       # [] int32
+  gen_idx: jnp.ndarray     # [G] genuine pair indices (P = padding)
+  gen_valid: jnp.ndarray   # [G]
+  n_gen: jnp.ndarray       # [] int32
+  gen_overflow: jnp.ndarray  # [] bool: more genuines than G slots (traced path only)
+
+
+@functools.partial(jax.jit, static_argnames=("g_size", "block", "with_order"))
+def _prepare(scores, is_genuine, g_size: int, block: int = _BLOCK,
+             with_order: bool = True) -> _Prep:
+  """with_order=False (iso mode) skips the impostor sort: only the genuine slots are built."""
+  p = scores.shape[0]
+  nb = -(-p // block)
+  ppad = nb * block
+  s = _canon(scores)
+  gen = is_genuine.astype(bool)
+  n_imp = jnp.sum(~gen, dtype=jnp.int32)
+  gen_idx = jnp.nonzero(gen, size=g_size, fill_value=p)[0].astype(jnp.int32)
+  n_gen = p - n_imp
+  if not with_order:
+    z = jnp.zeros((1,), jnp.int32)
+    return _Prep(s, z, z.astype(jnp.float32), z, z, z, n_imp, gen_idx, gen_idx < p, n_gen,
+                 n_gen > g_size)
+  key = jnp.where(gen, jnp.inf, -s)
+  iota = lax.iota(jnp.int32, p)
+  _, perm = lax.sort((key, iota), num_keys=1, is_stable=False)  # ties in any order: only counts matter
+  sorted_s = s[perm]
+  pos = iota
+  new = jnp.concatenate([jnp.ones((1,), bool), sorted_s[1:] != sorted_s[:-1]]) | (pos == n_imp)
+  gstart = lax.cummax(jnp.where(new, pos, 0))
+  nxt = jnp.where(new, pos, p)
+  gend = lax.cummin(jnp.concatenate([nxt[1:], jnp.array([p], jnp.int32)]), reverse=True)
+  rank = jnp.zeros((p,), jnp.int32).at[perm].set(iota)
+  block_of = jnp.where(gen, nb, rank // block)
+  pad = ppad - p
+  perm = jnp.concatenate([perm, jnp.full((pad,), p, jnp.int32)])
+  sorted_s = jnp.concatenate([sorted_s, jnp.full((pad,), -jnp.inf, jnp.float32)])
+  gstart = jnp.concatenate([gstart, jnp.full((pad,), p, jnp.int32)])
+  gend = jnp.concatenate([gend, jnp.full((pad,), p, jnp.int32)])
+  return _Prep(s, perm, sorted_s, gstart, gend, block_of, n_imp, gen_idx, gen_idx < p, n_gen,
+               n_gen > g_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Quality cut of every level: radix selection of the (quality, index) order statistics
+# --------------------------------------------------------------------------------------------
+def _quality_levels(q: jnp.ndarray, cuts: jnp.ndarray) -> jnp.ndarray:
+  """level [P] int32: number of discard levels at which each pair is kept.
+
+  Level k keeps the pairs at positions >= cuts[k] of the stable ascending quality sort, i.e. the
+  pairs with (q, index) >= the cut key (v_k, i_k); cuts must be nondecreasing. Three histogram
+  passes (high 16 bits, low 16 bits, index blocks inside a split tie group), no sort.
+  """
+  p = q.shape[0]
+  r = cuts.shape[0]
+  key = _sortable(_canon(q))
+  iota = lax.iota(jnp.int32, p)
+  # Pass 1: high 16 bits.
+  hi = (key >> 16).astype(jnp.int32)
+  h1 = jnp.zeros((65536,), jnp.int32).at[hi].add(1)
+  c1 = jnp.cumsum(h1)
+  b = jnp.searchsorted(c1, cuts, side="right").astype(jnp.int32)          # bin of rank cuts[k]
+  base1 = c1[b] - h1[b]
+  # Pass 2: low 16 bits inside the (at most R) bins hit.
+  ub = jnp.unique(b, size=r, fill_value=65536)
+  slot = jnp.sum(hi[:, None] > ub[None, :], axis=1, dtype=jnp.int32)
+  match = ub[jnp.minimum(slot, r - 1)] == hi
+  lo = (key & jnp.uint32(0xFFFF)).astype(jnp.int32)
+  h2 = jnp.zeros((r * 65536,), jnp.int32).at[jnp.where(match, slot * 65536 + lo, r * 65536)].add(
+      1, mode="drop").reshape(r, 65536)
+  sk = jnp.searchsorted(ub, b).astype(jnp.int32)
+  h2k = h2[sk]                                                             # [R, 65536]
+  c2 = jnp.cumsum(h2k, axis=1)
+  tgt = cuts - base1
+  lo_k = _count_le(c2, tgt)
+  v = (b.astype(jnp.uint32) << 16) | lo_k.astype(jnp.uint32)              # quality key at the cut
+  below = base1 + jnp.take_along_axis(c2 - h2k, lo_k[:, None], 1)[:, 0]
+  t = cuts - below                                                         # rank inside the tie group
+
+  # Pass 3 (only if some cut splits a tie group): index of the t-th member of the group.
+  def split_index(_):
+    nbi = -(-p // _TIE_BLOCK)
+    uv = jnp.unique(v, size=r, fill_value=jnp.uint32(0xFFFFFFFF))
+    slot_v = jnp.sum(key[:, None] > uv[None, :], axis=1, dtype=jnp.int32)
+    m = uv[jnp.minimum(slot_v, r - 1)] == key
+    h3 = jnp.zeros((r * nbi,), jnp.int32).at[
+        jnp.where(m, slot_v * nbi + iota // _TIE_BLOCK, r * nbi)].add(1, mode="drop").reshape(r, nbi)
+    h3k = h3[jnp.searchsorted(uv, v)]
+    c3 = jnp.cumsum(h3k, axis=1)
+    blk = _count_le(c3, t)                                                 # block holding member t
+    base3 = jnp.take_along_axis(c3 - h3k, blk[:, None], 1)[:, 0]
+    keypad = jnp.concatenate([key, jnp.zeros((nbi * _TIE_BLOCK - p,), jnp.uint32)])
+    idx = blk[:, None] * _TIE_BLOCK + jnp.arange(_TIE_BLOCK)[None, :]
+    seg = (keypad[idx] == v[:, None]) & (idx < p)
+    within = _count_le(jnp.cumsum(seg, axis=1), t - base3)
+    return jnp.where(t > 0, blk * _TIE_BLOCK + within, 0)
+
+  i_cut = lax.cond(jnp.any(t > 0), split_index, lambda _: jnp.zeros((r,), jnp.int32), None)
+  ge = (key[:, None] > v[None, :]) | ((key[:, None] == v[None, :]) & (iota[:, None] >= i_cut[None, :]))
+  return jnp.sum(ge, axis=1, dtype=jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# FIQA mode kernel (one quality set)
+# --------------------------------------------------------------------------------------------
+class _FiqaStats(NamedTuple):
+  m: jnp.ndarray        # [R, F, C] candidate FM counts
+  valid: jnp.ndarray    # [R, F, C]
+  ustar: jnp.ndarray    # [R, F, C] threshold for that candidate
+  accepted: jnp.ndarray  # [R, F, C] genuine pairs with s > u*
+  n_imp: jnp.ndarray    # [R]
+  n_gen: jnp.ndarray    # [R]
+
+
+def _fiqa_set(prep: _Prep, q: jnp.ndarray, cuts: jnp.ndarray, fmrs: jnp.ndarray,
+              block: int = _BLOCK) -> _FiqaStats:
+  p = q.shape[0]
+  r = cuts.shape[0]
+  nb = prep.perm.shape[0] // block
+  level = _quality_levels(q, cuts)                                         # [P]
+  level_pad = jnp.concatenate([level, jnp.full((1,), -1, jnp.int32)])      # index p = padding
+  # Kept impostors per (score block, level).
+  tab = jnp.zeros((nb * (r + 1),), jnp.int32).at[prep.block_of * (r + 1) + level].add(
+      1, mode="drop").reshape(nb, r + 1)
+  kept = jnp.cumsum(tab[:, ::-1], axis=1)[:, ::-1][:, 1:]                  # [nb, R]: level > k
+  pref = jnp.concatenate([jnp.zeros((1, r), jnp.int32), jnp.cumsum(kept, axis=0)]).T  # [R, nb+1]
+  n_imp = pref[:, -1]
+  arange_b = jnp.arange(block, dtype=jnp.int32)
+
+  def kept_in_block(bb, k):                 # [Q], [Q] → [Q, B] kept flags of block bb at level k
+    pos = bb[:, None] * block + arange_b[None, :]
+    lv = level_pad[prep.perm[pos]]
+    return (pos < prep.n_imp) & (lv > k[:, None]), pos
+
+  def count_before(x, k):                   # kept impostors at positions < x
+    bb = jnp.minimum(x // block, nb - 1)
+    flags, pos = kept_in_block(bb, k)
+    return pref[k, bb] + jnp.sum(flags & (pos < x[:, None]), axis=1, dtype=jnp.int32)
+
+  def select(rank, k):                      # position of the rank-th kept impostor (rank < n_imp[k])
+    bb = jnp.clip(_count_le(pref[k], rank) - 1, 0, nb - 1)
+    flags, _ = kept_in_block(bb, k)
+    within = _count_le(jnp.cumsum(flags, axis=1, dtype=jnp.int32), rank - pref[k, bb])
+    return bb * block + jnp.minimum(within, block - 1)
+
+  f_n = fmrs.shape[0]
+  kk = jnp.broadcast_to(jnp.arange(r)[:, None, None], (r, f_n, 3)).reshape(-1)
+  n_k = n_imp[kk]
+  t = (fmrs.astype(jnp.float32)[None, :, None] * n_imp.astype(jnp.float32)[:, None, None])
+  j = jnp.floor(jnp.broadcast_to(t, (r, f_n, 3))).astype(jnp.int32).reshape(-1)
+  rho = jnp.clip(j + jnp.tile(jnp.array([-1, 0, 1], jnp.int32), r * f_n), 0, jnp.maximum(n_k - 1, 0))
+  pos = select(rho, kk)
+  lo = count_before(prep.gstart[pos], kk)
+  hi = count_before(prep.gend[pos], kk)
+  m = jnp.stack([lo, hi], -1).reshape(r, f_n, 6)                           # candidates
+  kc = jnp.broadcast_to(jnp.arange(r)[:, None, None], m.shape)
+  nc = n_imp[kc]
+  # a_m (b) and a_{m-1} (prev): the (m+1)-th and m-th largest kept impostor scores.
+  mf, kf, nf = m.reshape(-1), kc.reshape(-1), nc.reshape(-1)
+  b_val = jnp.where(mf < nf, prep.sorted_s[select(jnp.minimum(mf, nf - 1), kf)], -jnp.inf)
+  prev = jnp.where(mf >= 1, prep.sorted_s[select(jnp.maximum(mf - 1, 0), kf)], jnp.inf)
+  b_val, prev = b_val.reshape(m.shape), prev.reshape(m.shape)
+  # Genuine side (few pairs): kept flags per level, smallest observed value above b, acceptances.
+  s_gen = prep.scores.at[prep.gen_idx].get(mode="fill", fill_value=0.0)
+  lv_gen = level_pad[prep.gen_idx]
+  kept_gen = lv_gen[None, :] > jnp.arange(r)[:, None]                       # [R, G]
+  n_gen = jnp.sum(kept_gen, axis=1, dtype=jnp.int32)
+  kg = kept_gen[:, None, None, :]
+  gmin = jnp.min(jnp.where(kg & (s_gen > b_val[..., None]), s_gen, jnp.inf), axis=-1)
+  ustar = jnp.minimum(gmin, prev)
+  accepted = jnp.sum(kg & (s_gen > ustar[..., None]), axis=-1, dtype=jnp.int32)
+  valid = (nc > 0) & ((m >= 1) | (gmin < jnp.inf))
+  return _FiqaStats(m, valid, ustar, accepted, n_imp, n_gen)
+
+
+def _fiqa_decide(xp, st: _FiqaStats, fmrs):
+  """Choose the FM count closest to the target (ties: larger count = lower threshold); FNMR."""
+  dt = xp.float64 if xp is np or jax.config.jax_enable_x64 else xp.float32
+  m = st.m.astype(dt)
+  n = st.n_imp.astype(dt)[:, None, None]
+  f = xp.asarray(fmrs, dt)[None, :, None]
+  dist = xp.where(st.valid, xp.abs(m / n - f), xp.inf)
+  best = dist == xp.min(dist, axis=-1, keepdims=True)
+  choice = xp.argmax(xp.where(best & st.valid, st.m, -1), axis=-1)[..., None]
+  acc = xp.take_along_axis(st.accepted, choice, -1)[..., 0].astype(dt)
+  thr = xp.take_along_axis(st.ustar, choice, -1)[..., 0]
+  ng = st.n_gen.astype(dt)[:, None]
+  ok = (st.n_gen[:, None] > 0) & xp.any(st.valid, axis=-1)
+  fnmr = xp.where(ok, 1.0 - acc / xp.where(ng > 0, ng, 1), xp.nan)
+  return xp.transpose(fnmr, (1, 0)), xp.transpose(xp.where(ok, thr, xp.nan), (1, 0))  # [F, R]
+
+
+# --------------------------------------------------------------------------------------------
+# ISO mode kernel
+# --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("k_max",))
+def _iso_thresholds(scores, is_genuine, kk, k_max: int):
+  """t_f = nextafter(v, +inf), v = the (K_f+1)-th largest impostor score (K_f = floor(f·N_imp))."""
+  s = jnp.where(is_genuine, -jnp.inf, _canon(scores))
+  top, _ = lax.top_k(s, k_max)
+  v = top[jnp.minimum(kk, k_max - 1)]
+  return jnp.nextafter(v, jnp.float32(jnp.inf))
+
+
+def _iso_set(prep: _Prep, q: jnp.ndarray, thr: jnp.ndarray, dcount: jnp.ndarray) -> tuple:
+  """One quality set, genuine pairs only, sorted by quality (whole tie groups).
+
+  Returns errors [F, R] and kept genuines [R] at the requested levels, and the full step curve
+  for the exact pAUC: suffix errors [F, G+1] (errors among genuines at sorted position >= i) and
+  step starts [G] (first member of each quality tie group).
+  """
+  g = prep.gen_idx.shape[0]
+  q_gen = jnp.where(prep.gen_valid, _canon(q).at[prep.gen_idx].get(mode="fill", fill_value=0.0),
+                    jnp.inf)
+  s_gen = prep.scores.at[prep.gen_idx].get(mode="fill", fill_value=0.0)
+  qs, ss, vs = lax.sort((q_gen, s_gen, prep.gen_valid), num_keys=1, is_stable=True)
+  err = vs[None, :] & (ss[None, :] < thr[:, None])                         # [F, G]
+  suffix = jnp.cumsum(err[:, ::-1], axis=1, dtype=jnp.int32)[:, ::-1]
+  suffix = jnp.concatenate([suffix, jnp.zeros((thr.shape[0], 1), jnp.int32)], 1)  # [F, G+1]
+  idx = jnp.arange(g, dtype=jnp.int32)
+  start = jnp.concatenate([jnp.ones((1,), bool), qs[1:] != qs[:-1]]) & vs
+  last_start = lax.cummax(jnp.where(start, idx, 0))
+  d = last_start[jnp.clip(dcount, 0, g - 1)]                               # [R] discarded
+  return suffix[:, d], prep.n_gen - d, suffix, start
+
+
+def _iso_step_pauc(xp, suffix, start, n_gen, limit: float):
+  """Exact stepwise pAUC (Schlett compute_edc_pauc) of the full step curve, final point (1, 0).
+  suffix [..., F, G+1], start [..., G], n_gen [...] → [..., F]."""
+  dt = xp.float64 if xp is np or jax.config.jax_enable_x64 else xp.float32
+  g = start.shape[-1]
+  idx = xp.arange(g)
+  n = xp.asarray(n_gen)[..., None].astype(dt)
+  x = idx.astype(dt) / xp.maximum(n, 1)
+  nxt_start = xp.flip(_cummin(xp, xp.flip(xp.where(start, idx, g), -1)), -1)
+  nxt = xp.concatenate([nxt_start[..., 1:], xp.full(start.shape[:-1] + (1,), g)], axis=-1)
+  x_next = xp.where(nxt < n, nxt.astype(dt) / xp.maximum(n, 1), 1.0)
+  e = suffix[..., :g].astype(dt) / xp.maximum(n - idx, 1)[..., None, :]
+  width = xp.where(start & (x < limit), xp.maximum(xp.minimum(x_next, limit) - x, 0.0), 0.0)
+  return xp.sum(e * width[..., None, :], axis=-1)
+
+
+def _cummin(xp, a):
+  return np.minimum.accumulate(a, axis=-1) if xp is np else lax.cummin(a, axis=a.ndim - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
+               discard=FIQA_DISCARD, mode: str = "fiqa", higher_is_better: bool = True,
+               pauc_limit: float | None = None, subtract_best: bool = False,
+               set_batch: int | None = None, g_size: int | None = None) -> EdcCurves:
+  """EDC of S quality sets over one set of comparisons.
+
+  scores [P] (higher = more similar), is_genuine [P] bool, pair_quality [S, P] (or [P]; higher =
+  better unless higher_is_better=False, e.g. PFE uncertainty: then ranked descending, ties still
+  broken by input order). fmrs [F] target FMRs; discard [R] fractions in [0, 1).
+  set_batch: quality sets per device call (vmapped); default keeps each call near 2^24 pairs.
+  g_size: genuine slots under tracing (default P). Returns EdcCurves (numpy; jax under tracing).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES} ('fiqa' reproduces the FIQA papers), got {mode!r}")
+  disc = check_discard(discard)
+  fm = check_fmrs(fmrs)
+  if _is_tracer(scores, is_genuine, pair_quality):
+    return _edc_traced(scores, is_genuine, pair_quality, fm, disc, mode, higher_is_better,
+                       pauc_limit, subtract_best, g_size)
+  s, gen, pq = _validate(scores, is_genuine, pair_quality)
+  if not higher_is_better:
+    pq = -pq
+  n_sets, p = pq.shape
+  n_gen = int(gen.sum())
+  n_imp = p - n_gen
+  order = np.argsort(disc, kind="stable")
+  dsort = disc[order]
+  set_batch = set_batch or max(1, min(n_sets, (1 << 24) // p))
+  g_size = _bucket(n_gen)              # padded genuine slots: one compile for similar sizes
+  prep = _prepare(jnp.asarray(s), jnp.asarray(gen), g_size=g_size, with_order=mode == "fiqa")
+  F, R = fm.size, disc.size
+  fnmr = np.empty((n_sets, F, R))
+  thr = np.empty((n_sets, F, R))
+  ng = np.empty((n_sets, R), np.int64)
+  ni = np.empty((n_sets, R), np.int64)
+  done = np.empty((n_sets, R))
+  area = np.empty((n_sets, F)) if pauc_limit is not None else None
+  if mode == "fiqa":
+    cuts = jnp.asarray(cuts_for(dsort, p), jnp.int32)
+    kernel = _fiqa_kernel(set_batch)
+    for lo in range(0, n_sets, set_batch):
+      rows = pq[lo:lo + set_batch]
+      st = jax.device_get(kernel(prep, jnp.asarray(_pad_rows(rows, set_batch)), cuts,
+                                 jnp.asarray(fm, jnp.float32)))
+      for i in range(rows.shape[0]):
+        one = _FiqaStats(*(x[i] for x in st))
+        f_, t_ = _fiqa_decide(np, one, fm)
+        fnmr[lo + i][:, order] = f_
+        thr[lo + i][:, order] = t_
+        ng[lo + i, order] = one.n_gen
+        ni[lo + i, order] = one.n_imp
+      logging.log_every_n_seconds(logging.INFO, "EDC fiqa: %d/%d quality sets", 10,
+                                  min(lo + set_batch, n_sets), n_sets)
+    done[:] = cuts_for(disc, p) / p
+    if pauc_limit is not None:
+      area[:] = pauc(fnmr, disc, pauc_limit, mode="fiqa")
+  else:
+    kk = np.floor(fm * n_imp).astype(np.int64)              # float64, as the rule is written
+    t = _iso_thresholds(jnp.asarray(s), jnp.asarray(gen), jnp.asarray(kk, jnp.int32),
+                        int(kk.max()) + 1)
+    dcount = jnp.asarray(cuts_for(dsort, n_gen), jnp.int32)
+    kernel = _iso_kernel(set_batch)
+    for lo in range(0, n_sets, set_batch):
+      rows = pq[lo:lo + set_batch]
+      k = rows.shape[0]
+      errs, rem, suffix, start = jax.device_get(
+          kernel(prep, jnp.asarray(_pad_rows(rows, set_batch)), t, dcount))
+      fnmr[lo:lo + k][..., order] = errs[:k] / rem[:k, None, :].astype(np.float64)
+      ng[lo:lo + k][:, order] = rem[:k]
+      done[lo:lo + k][:, order] = (n_gen - rem[:k]) / n_gen
+      if area is not None:
+        area[lo:lo + k] = _iso_step_pauc(np, suffix[:k], start[:k], np.full(k, n_gen), pauc_limit)
+    thr[:] = np.asarray(t, np.float64)[None, :, None]
+    ni[:] = n_imp
+    if area is not None and subtract_best:
+      area -= theoretical_best_area(fnmr_at_zero(fnmr, disc), pauc_limit)
+  return EdcCurves(mode, fm, disc, fnmr, thr, ng, ni, done, area)
+
+
+def fnmr_at_zero(fnmr, disc):
+  """FNMR at discard 0 (the grid must contain 0)."""
+  i = np.flatnonzero(np.asarray(disc) == 0)
+  if i.size == 0:
+    raise ValueError("subtract_best needs discard 0 in the grid (the starting error e0)")
+  return fnmr[..., int(i[0])]
+
+
+def _bucket(n: int) -> int:
+  """n rounded up to a multiple of 2^(bits(n)-4) (<= 1/8 padding), at least 16."""
+  step = 1 << max(4, n.bit_length() - 4)
+  return -(-n // step) * step
+
+
+def _pad_rows(rows: np.ndarray, n: int) -> np.ndarray:
+  if rows.shape[0] == n:
+    return rows
+  return np.concatenate([rows, np.repeat(rows[-1:], n - rows.shape[0], 0)])
+
+
+@functools.lru_cache(maxsize=None)
+def _fiqa_kernel(set_batch: int):
+  return jax.jit(jax.vmap(_fiqa_set, in_axes=(None, 0, None, None)))
+
+
+@functools.lru_cache(maxsize=None)
+def _iso_kernel(set_batch: int):
+  return jax.jit(jax.vmap(_iso_set, in_axes=(None, 0, None, None)))
+
+
+def _edc_traced(scores, is_genuine, pair_quality, fm, disc, mode, higher_is_better, pauc_limit,
+                subtract_best, g_size):
+  """Same kernels under jit/vmap: no value checks, decisions on device (see module docstring)."""
+  pq = jnp.asarray(pair_quality, jnp.float32)
+  pq = pq[None] if pq.ndim == 1 else pq
+  if not higher_is_better:
+    pq = -pq
+  p = pq.shape[1]
+  gen = jnp.asarray(is_genuine).astype(bool)
+  g_size = g_size or p
+  prep = _prepare(jnp.asarray(scores, jnp.float32), gen, g_size=g_size, with_order=mode == "fiqa")
+  order = np.argsort(disc, kind="stable")
+  inv = np.argsort(order)
+  dsort = disc[order]
+  if mode == "fiqa":
+    cuts = jnp.asarray(cuts_for(dsort, p), jnp.int32)
+    st = jax.vmap(_fiqa_set, in_axes=(None, 0, None, None))(prep, pq, cuts, jnp.asarray(fm, jnp.float32))
+    fnmr, thr = jax.vmap(lambda x: _fiqa_decide(jnp, x, fm))(st)
+    bad = prep.gen_overflow
+    fnmr = jnp.where(bad, jnp.nan, fnmr)[..., inv]
+    thr = thr[..., inv]
+    ng, ni = st.n_gen[:, inv], st.n_imp[:, inv]
+    done = jnp.broadcast_to(jnp.asarray(cuts_for(disc, p) / p), ng.shape)
+    area = pauc(fnmr, disc, pauc_limit, mode="fiqa") if pauc_limit is not None else None
+  else:
+    n_imp = prep.n_imp
+    kk = jnp.floor(jnp.asarray(fm, jnp.float32) * n_imp.astype(jnp.float32)).astype(jnp.int32)
+    t = _iso_thresholds(jnp.asarray(scores, jnp.float32), gen, kk, int(np.floor(fm.max() * p)) + 1)
+    dcount = jnp.floor(jnp.asarray(dsort, jnp.float32) * prep.n_gen.astype(jnp.float32)).astype(jnp.int32)
+    errs, rem, suffix, start = jax.vmap(_iso_set, in_axes=(None, 0, None, None))(prep, pq, t, dcount)
+    dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    fnmr = errs.astype(dt) / jnp.maximum(rem, 1)[:, None, :].astype(dt)
+    fnmr = jnp.where(prep.gen_overflow, jnp.nan, fnmr)[..., inv]
+    thr = jnp.broadcast_to(t[None, :, None], fnmr.shape)
+    ng = rem[:, inv]
+    done = (prep.n_gen - ng) / jnp.maximum(prep.n_gen, 1)
+    ni = jnp.broadcast_to(n_imp, ng.shape)
+    area = None
+    if pauc_limit is not None:
+      area = _iso_step_pauc(jnp, suffix, start, jnp.broadcast_to(prep.n_gen, (pq.shape[0],)),
+                            pauc_limit)
+      area = jnp.where(prep.gen_overflow, jnp.nan, area)
+      if subtract_best:
+        area = area - theoretical_best_area(fnmr_at_zero(fnmr, disc), pauc_limit)
+  return EdcCurves(mode, fm, disc, fnmr, thr, ng, ni, done, area)
+
+
+def edc_fnmr(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
+             discard=FIQA_DISCARD, mode: str = "fiqa", higher_is_better: bool = True,
+             **kwargs) -> np.ndarray:
+  """FNMR [S, F, R] (see edc_curves for everything else it can return)."""
+  return edc_curves(scores, is_genuine, pair_quality, fmrs, discard, mode, higher_is_better,
+                    **kwargs).fnmr
+
+
+def theoretical_best_area(e0, limit: float):
+  """Area under max(0, e0 - x) on [0, limit] (Schlett's 'area under theoretical best')."""
+  return e0 ** 2 / 2 - np.maximum(0.0, e0 - limit) ** 2 / 2 if not _is_tracer(e0) else (
+      e0 ** 2 / 2 - jnp.maximum(0.0, e0 - limit) ** 2 / 2)
+
+
+def pauc(fnmr, discard, limit: float = PAUC_LIMIT, mode: str = "fiqa",
+         subtract_best: bool = False):
+  """Area under EDC curves from 0 to `limit`: fnmr [..., R], discard [R] or broadcastable.
+
+  fiqa: trapezoid over the grid points (sklearn.metrics.auc), raw (papers print x1e3). Grid points
+  up to limit (+1e-9, so 0.30000000000000004 counts as 0.3) are used; if the last one is short of
+  the limit, the curve is linearly interpolated to it. iso: stepwise (Schlett compute_edc_pauc) over
+  the given points (pass EdcCurves.discarded as discard; exact when every step is a point, else use
+  edc_curves(pauc_limit=...)); subtract_best removes the theoretical-best area (needs discard 0).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  xp = jnp if _is_tracer(fnmr) else np
+  y = xp.asarray(fnmr, xp.float64 if xp is np else None)
+  x = xp.broadcast_to(xp.asarray(discard, y.dtype), y.shape)
+  if not 0 <= limit <= 1:
+    raise ValueError(f"limit must be in [0, 1], got {limit}")
+  if mode == "fiqa":
+    grid = np.asarray(discard, np.float64)
+    if grid.ndim != 1 or np.any(np.diff(grid) <= 0):
+      raise ValueError("fiqa pAUC needs one increasing discard grid [R]")
+    inside = grid <= limit + 1e-9
+    if grid[0] > 1e-12 or not inside.any():
+      raise ValueError("the discard grid must start at 0 for the pAUC")
+    last = int(np.flatnonzero(inside)[-1])
+    xs, ys = x[..., :last + 1], y[..., :last + 1]
+    area = xp.sum((xs[..., 1:] - xs[..., :-1]) * (ys[..., 1:] + ys[..., :-1]) / 2, axis=-1)
+    if grid[last] < limit - 1e-9:
+      if last + 1 >= grid.size:
+        raise ValueError(f"the grid ends at {grid[-1]} < limit {limit}")
+      w = (limit - grid[last]) / (grid[last + 1] - grid[last])
+      y_lim = y[..., last] + w * (y[..., last + 1] - y[..., last])
+      area = area + (limit - grid[last]) * (y[..., last] + y_lim) / 2
+    return area
+  # iso: stepwise, the curve ends with (1, 0).
+  x_next = xp.concatenate([x[..., 1:], xp.ones_like(x[..., :1])], axis=-1)
+  width = xp.where(x < limit, xp.maximum(xp.minimum(x_next, limit) - x, 0.0), 0.0)
+  area = xp.sum(xp.where(width > 0, y, 0.0) * width, axis=-1)
+  if subtract_best:
+    area = area - theoretical_best_area(y[..., 0], limit)
+  return area
+
+
+def pauc_ci(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
+            discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
+            num_resamples: int = 200, seed: int = 0, alpha: float = 0.05,
+            higher_is_better: bool = True, resample_batch: int = 8):
+  """Bootstrap CI of pAUC: resample the P pairs with replacement (kept in input order, so
+  duplicates are adjacent and the stable tie order is preserved), B resamples vmapped in batches
+  of `resample_batch`, seeded. Returns (pauc [S, F], low [S, F], high [S, F]) — the point value is
+  on the full data. Resamples with no genuine or no impostor kept give NaN and are ignored.
+  Memory ~ resample_batch x the single-run footprint; at IJB-C scale use a few resamples.
+  """
+  s, gen, pq = _validate(scores, is_genuine, pair_quality)
+  if not higher_is_better:
+    pq = -pq
+  disc = check_discard(discard)
+  fm = check_fmrs(fmrs)
+  res = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit)
+  point = res.pauc
+  p = s.shape[0]
+  n_gen = int(gen.sum())
+  g_size = min(p, n_gen + int(math.ceil(8 * math.sqrt(n_gen))) + 16)
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_resamples)
+  boot = np.asarray(_bootstrap(keys, jnp.asarray(s), jnp.asarray(gen), jnp.asarray(pq),
+                               tuple(fm.tolist()), tuple(disc.tolist()), mode, float(limit),
+                               g_size, int(resample_batch)))
+  low = np.nanpercentile(boot, 100 * alpha / 2, axis=0)
+  high = np.nanpercentile(boot, 100 * (1 - alpha / 2), axis=0)
+  return point, low, high
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
+def _bootstrap(keys, s, gen, pq, fm, disc, mode, limit, g_size, batch):
+  """pAUC [B, S, F] of B resamples (lax.map over resamples, vmapped in batches)."""
+  p = s.shape[0]
+
+  def one(key):
+    counts = jnp.zeros((p,), jnp.int32).at[jax.random.randint(key, (p,), 0, p)].add(1)
+    idx = jnp.repeat(jnp.arange(p), counts, total_repeat_length=p)
+    return edc_curves(s[idx], gen[idx], pq[:, idx], fm, np.asarray(disc), mode,
+                      pauc_limit=limit, g_size=g_size).pauc
+
+  return lax.map(one, keys, batch_size=batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: pair quality, comparison scores, IJB-C templates
+# --------------------------------------------------------------------------------------------
+def pair_quality(quality_a, quality_b, uncertainty: bool = False):
+  """min(q_a, q_b) (max for uncertainty scores such as PFE, SPEC-EDC §4)."""
+  xp = jnp if _is_tracer(quality_a, quality_b) else np
+  return xp.maximum(quality_a, quality_b) if uncertainty else xp.minimum(quality_a, quality_b)
+
+
+def image_to_pair_quality(image_quality, pairs, uncertainty: bool = False):
+  """image_quality [S, I] (or [I]), pairs [P, 2] image indices → pair quality [S, P] (or [P])."""
+  q = np.asarray(image_quality) if not _is_tracer(image_quality) else image_quality
+  pairs = np.asarray(pairs)
+  if pairs.ndim != 2 or pairs.shape[1] != 2:
+    raise ValueError(f"pairs must be [P, 2] image indices, got shape {pairs.shape}")
+  return pair_quality(q[..., pairs[:, 0]], q[..., pairs[:, 1]], uncertainty)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+@jax.jit
+def _cosine_chunk(feats, pairs):
+  return jnp.sum(feats[pairs[:, 0]] * feats[pairs[:, 1]], axis=-1)
+
+
+def pair_scores(embeddings, pairs, flip_embeddings=None, chunk_size: int = 1 << 15) -> np.ndarray:
+  """Cosine comparison scores [P] for pairs [P, 2] of rows of embeddings [I, E], on device in
+  chunks (fixed chunk shape: one compile). With flip_embeddings, the cosine of
+  concat(L2n(e), L2n(e_flip)) = mean of the two cosines (CR-FIQA extract_emb.py, SPEC-EDC §3)."""
+  feats = l2_normalize(jnp.asarray(embeddings, jnp.float32))
+  if flip_embeddings is not None:
+    feats = l2_normalize(jnp.concatenate(
+        [feats, l2_normalize(jnp.asarray(flip_embeddings, jnp.float32))], axis=-1))
+  pairs = np.asarray(pairs)
+  if pairs.ndim != 2 or pairs.shape[1] != 2:
+    raise ValueError(f"pairs must be [P, 2] row indices, got shape {pairs.shape}")
+  n = feats.shape[0]
+  if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
+    raise ValueError(f"pair indices must be in [0, {n}), got range [{pairs.min()}, {pairs.max()}]")
+  out = np.empty(pairs.shape[0], np.float32)
+  chunk_size = max(1, min(chunk_size, pairs.shape[0]))
+  for lo in range(0, pairs.shape[0], chunk_size):
+    part = pairs[lo:lo + chunk_size].astype(np.int32)
+    k = part.shape[0]
+    if k < chunk_size:
+      part = np.concatenate([part, np.zeros((chunk_size - k, 2), np.int32)])
+    out[lo:lo + k] = np.asarray(_cosine_chunk(feats, jnp.asarray(part)))[:k]
+  return out
+
+
+template_pair_scores = pair_scores   # all IJB-C template pairs: features [T, E], pairs [P, 2] rows
+
+
+@functools.partial(jax.jit, static_argnames=("num_groups", "num_templates"))
+def aggregate_templates_dense(features, group_index, group_template, num_groups: int,
+                              num_templates: int):
+  """Segment ops (SPEC-EDC §2.4): features [I, E]; group_index [I] = (template, media) group of
+  each image; group_template [M] = template of each group → L2n(sum over media(mean over the
+  media's images)) [T, E]."""
+  f = jnp.asarray(features, jnp.float32)
+  sums = jax.ops.segment_sum(f, group_index, num_groups)
+  counts = jax.ops.segment_sum(jnp.ones((f.shape[0],), jnp.float32), group_index, num_groups)
+  media = sums / jnp.maximum(counts, 1.0)[:, None]
+  return l2_normalize(jax.ops.segment_sum(media, group_template, num_templates))
+
+
+@functools.partial(jax.jit, static_argnames=("num_templates", "uncertainty"))
+def template_quality_dense(image_quality, template_index, num_templates: int,
+                           uncertainty: bool = False):
+  """image_quality [..., I] → template quality [..., T]: min over images (max if uncertainty)."""
+  q = jnp.moveaxis(jnp.asarray(image_quality, jnp.float32), -1, 0)
+  if uncertainty:
+    out = jax.ops.segment_max(q, template_index, num_templates)
+  else:
+    out = jax.ops.segment_min(q, template_index, num_templates)
+  return jnp.moveaxis(out, 0, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateIndex:
+  """Dense ids for raw IJB-C template/media ids (host side, once per dataset)."""
+  templates: np.ndarray       # [T] raw template ids, sorted
+  template_index: np.ndarray  # [I] dense template of each image
+  group_index: np.ndarray     # [I] dense (template, media) group of each image
+  group_template: np.ndarray  # [M] dense template of each group
+
+  @classmethod
+  def build(cls, template_ids, media_ids) -> "TemplateIndex":
+    t = np.asarray(template_ids)
+    m = np.asarray(media_ids)
+    if t.shape != m.shape or t.ndim != 1:
+      raise ValueError(f"template_ids {t.shape} and media_ids {m.shape} must be equal-length 1-D")
+    templates, t_idx = np.unique(t, return_inverse=True)
+    groups, g_idx = np.unique(np.stack([t_idx, m]), axis=1, return_inverse=True)
+    return cls(templates, t_idx.astype(np.int32), g_idx.reshape(-1).astype(np.int32),
+               groups[0].astype(np.int32))
+
+  def pair_rows(self, template_pairs) -> np.ndarray:
+    """Raw template-id pairs [P, 2] → dense rows [P, 2] (ValueError on unknown ids)."""
+    tp = np.asarray(template_pairs)
+    rows = np.searchsorted(self.templates, tp)
+    rows = np.minimum(rows, self.templates.size - 1)
+    if not np.all(self.templates[rows] == tp):
+      raise ValueError("template pairs name templates that have no images in the image list")
+    return rows.astype(np.int32)
+
+
+def aggregate_templates(features, template_ids, media_ids) -> tuple[np.ndarray, TemplateIndex]:
+  """IJB-C template features [T, E] (rows in sorted template-id order) and the index used."""
+  index = TemplateIndex.build(template_ids, media_ids)
+  out = aggregate_templates_dense(features, jnp.asarray(index.group_index),
+                                  jnp.asarray(index.group_template), int(index.group_template.size),
+                                  int(index.templates.size))
+  return np.asarray(out), index
+
+
+def template_quality(image_quality, index: TemplateIndex, uncertainty: bool = False) -> np.ndarray:
+  """Template quality [..., T] = min over the template's images (max for uncertainty scores)."""
+  return np.asarray(template_quality_dense(image_quality, jnp.asarray(index.template_index),
+                                           int(index.templates.size), uncertainty))

@@ -1,0 +1,257 @@
+"""Converters: torch ⇄ flax for the ViT family, strictness, wrappers, CLI, Orbax directories.
+
+Independent reference: the PyTorch twin (tests/torch_reference.py) with the official key names.
+Round trips are bitwise; converted-model parity with the twin uses atol 1e-4 on the final score
+and the embedding (every exit is tested by the model's own tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from converters import families, flax_to_torch, torch_io, torch_to_flax, vit_keys
+from converters.strict import CheckpointError, check_state_dict
+from exfiqa_jax import checkpoints
+from exfiqa_jax.models import vit
+from tests import torch_reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("token", "crfiqa", "full", "fr")
+
+
+def _twin(mode: str, seed: int = 0):
+  cfg = vit.tiny_config(mode)
+  model = ref.VitFiqaTorch(cfg)
+  ref.random_init_(model, seed=seed)
+  return cfg, model.eval()
+
+
+def _sd(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _images(n: int = 3, seed: int = 1) -> np.ndarray:
+  return np.random.RandomState(seed).uniform(-1, 1, (n, 112, 112, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def twin(request):
+  cfg, model = _twin(request.param, seed=MODES.index(request.param))
+  return request.param, cfg, model, _sd(model)
+
+
+def test_inferred_config_matches_the_twin(twin):
+  mode, cfg, _, sd = twin
+  config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
+  assert config["family"] == "vit" and config["input_scale"] == "minus1_1"
+  assert vit.ViTConfig.from_dict({k: v for k, v in config.items()
+                                  if k in {f.name for f in dataclasses.fields(vit.ViTConfig)}}
+                                 ) == cfg
+  assert families.detect_family(sd) is vit_keys.VIT
+  assert vit_keys.expected_shapes(config) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def test_round_trip_is_bitwise_and_loads_strictly(twin):
+  mode, cfg, model, sd = twin
+  config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
+  variables = vit_keys.VIT.to_flax(sd, config)
+  back = vit_keys.VIT.to_torch(variables, config)
+  assert list(back) == list(sd)         # same keys, official registration order
+  for k, v in sd.items():
+    if k.endswith("num_batches_tracked"):
+      assert back[k].shape == () and back[k].dtype == np.int64 and back[k] == 0
+    else:
+      assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+  fresh = ref.VitFiqaTorch(cfg)
+  fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+  if cfg.has_mask_token:   # kept in params (training needs it), not dropped
+    np.testing.assert_array_equal(variables["params"]["mask_token"], sd["mask_token"])
+
+
+def test_flax_tree_is_what_the_module_creates(twin):
+  mode, cfg, _, sd = twin
+  config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
+  variables = vit_keys.VIT.to_flax(sd, config)
+  abstract = checkpoints.abstract_variables(config)
+  got = jax.tree.map(lambda x: (x.shape, str(x.dtype)), variables)
+  want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), dict(abstract))
+  assert got == want
+
+
+def test_converted_model_matches_the_twin(twin):
+  mode, cfg, model, sd = twin
+  variables, config = torch_to_flax.convert_state_dict(sd, num_heads=cfg.num_heads)
+  images = _images()
+  _, out = vit_keys.VIT.build(config).apply(variables, images)
+  with torch.no_grad():
+    t_out = model(torch.from_numpy(images).permute(0, 3, 1, 2))
+  embedding, score = (t_out if isinstance(t_out, tuple) else (t_out, None))
+  np.testing.assert_allclose(out["embedding"], embedding.numpy(), atol=1e-4)
+  if mode != "fr":
+    np.testing.assert_allclose(out["exit_scores"][:, -1], score.numpy()[:, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module.", "net.",
+                                  "state_dict+module."])
+def test_wrapped_and_prefixed_checkpoints(tmp_path, wrap):
+  _, model = _twin("token")
+  tensors = model.state_dict()
+  obj = tensors
+  if wrap.endswith("."):
+    obj = {wrap.split("+")[-1] + k: v for k, v in tensors.items()}
+  if wrap.startswith(("state_dict", "model")):
+    inner = {"module." + k: v for k, v in tensors.items()} if "+" in wrap else tensors
+    obj = {wrap.split("+")[0]: inner, "epoch": 3}
+  path = tmp_path / "w.pt"
+  torch.save(obj, path)
+  sd = torch_io.load_state_dict(path)
+  assert list(sd) == list(tensors)
+  for k, v in tensors.items():
+    np.testing.assert_array_equal(sd[k], v.numpy())
+
+
+def test_bad_checkpoint_lists_every_problem():
+  cfg, model = _twin("token")
+  sd = _sd(model)
+  config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
+  broken = dict(sd)
+  del broken["blocks.1.attn.proj.bias"]
+  del broken["head_qs.1.weight"]
+  broken["blocks.0.attn.qkv.bias"] = np.ones(3 * cfg.width, np.float32)   # qkv has no bias
+  broken["blocks.2.mlp.fc1.weight"] = broken["blocks.2.mlp.fc1.weight"][:-1]
+  broken["feature.1.num_batches_tracked"] = np.float32(3.0)
+  with pytest.raises(CheckpointError) as e:
+    vit_keys.VIT.to_flax(broken, config)
+  msg = str(e.value)
+  for part in ("missing keys (2)", "blocks.1.attn.proj.bias", "head_qs.1.weight",
+               "unexpected keys (1)", "blocks.0.attn.qkv.bias", "mis-shaped keys (1)",
+               "blocks.2.mlp.fc1.weight", "feature.1.num_batches_tracked"):
+    assert part in msg, (part, msg)
+
+
+@pytest.mark.parametrize("bad", ["missing", "extra", "shape"])
+def test_each_bad_case_alone_through_the_file_path(tmp_path, bad):
+  cfg, model = _twin("crfiqa")
+  tensors = dict(model.state_dict())
+  if bad == "missing":
+    key = "blocks.0.norm2.weight"
+    del tensors[key]
+  elif bad == "extra":
+    key = "blocks.9.norm1.bias_extra"
+    tensors[key] = torch.ones(4)
+  else:
+    key = "feature.2.weight"
+    tensors[key] = torch.ones(3, 3)
+  torch.save(tensors, tmp_path / "bad.pt")
+  with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+    torch_to_flax.convert(str(tmp_path / "bad.pt"), str(tmp_path / "out"),
+                          num_heads=cfg.num_heads)
+  assert not os.path.exists(tmp_path / "out")
+
+
+class _NotATensor:
+  pass
+
+
+def test_pickled_objects_are_refused(tmp_path):
+  torch.save({"blocks.0.norm1.weight": torch.ones(4), "config": _NotATensor()},
+             tmp_path / "obj.pt")
+  with pytest.raises(CheckpointError, match="not a plain state_dict") as e:
+    torch_io.load_state_dict(tmp_path / "obj.pt")
+  assert "torch.save(" in str(e.value) and "_NotATensor" in str(e.value)
+  torch.save({"w": torch.ones(2), "epoch": 3}, tmp_path / "mixed.pt")   # allowed pickle types
+  with pytest.raises(CheckpointError, match="non-tensor entries.*epoch"):
+    torch_io.load_state_dict(tmp_path / "mixed.pt")
+  torch.save([torch.ones(2)], tmp_path / "list.pt")
+  with pytest.raises(CheckpointError, match="not a state_dict"):
+    torch_io.load_state_dict(tmp_path / "list.pt")
+
+
+def test_heads_flag_is_validated():
+  cfg, model = _twin("token")
+  sd = _sd(model)
+  for bad in (0, 7 if cfg.width % 7 else 5, -2):
+    with pytest.raises(CheckpointError, match="--num_heads"):
+      vit_keys.VIT.infer_config(sd, num_heads=bad)
+  heads = next(h for h in (1, 2, 4) if h != cfg.num_heads)
+  assert vit_keys.VIT.infer_config(sd, num_heads=heads)["num_heads"] == heads
+
+
+def test_mode_inference_errors_and_unknown_family():
+  cfg, model = _twin("token")
+  sd = _sd(model)
+  sd["feature.0.weight"] = sd["feature.0.weight"][:, :-cfg.width // 2]
+  with pytest.raises(CheckpointError, match="mode token.*mode full"):
+    vit_keys.VIT.infer_config(sd)
+  with pytest.raises(CheckpointError, match="no known model family"):
+    families.detect_family({"foo.weight": np.ones(3, np.float32)})
+  with pytest.raises(CheckpointError, match="unknown model family 'resnet'"):
+    families.detect_family(sd, "resnet")
+
+
+def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
+  cfg, model = _twin("full", seed=4)
+  torch.save(model.state_dict(), tmp_path / "m.pt")
+  config = torch_to_flax.convert(str(tmp_path / "m.pt"), str(tmp_path / "ckpt"),
+                                 num_heads=cfg.num_heads)
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["model_config.json", "variables"]
+  assert not os.path.exists(tmp_path / "ckpt.partial")
+  variables, loaded = checkpoints.load_model(tmp_path / "ckpt")
+  assert loaded == config
+  # overwriting an existing directory replaces it atomically
+  checkpoints.save_model(tmp_path / "ckpt", checkpoints.to_numpy(variables), loaded)
+  sd = flax_to_torch.convert(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
+  fresh = ref.VitFiqaTorch(cfg)
+  fresh.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
+  for k, v in model.state_dict().items():
+    if not k.endswith("num_batches_tracked"):
+      assert np.array_equal(sd[k], v.numpy()), k
+
+
+def test_directory_that_does_not_fit_its_config(tmp_path):
+  cfg, model = _twin("token", seed=2)
+  variables, config = torch_to_flax.convert_state_dict(_sd(model), num_heads=cfg.num_heads)
+  checkpoints.save_model(tmp_path / "ckpt", variables, {**config, "depth": config["depth"] + 1})
+  with pytest.raises(CheckpointError, match="do not fit"):
+    checkpoints.load_model(tmp_path / "ckpt")
+  with pytest.raises(CheckpointError, match="not a converted model directory"):
+    checkpoints.load_model(tmp_path)
+
+
+def test_missing_torch_says_how_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0"):
+    torch_io.load_state_dict("whatever.pt")
+
+
+def test_check_state_dict_accepts_an_exact_match():
+  check_state_dict({"a": (2, 3), "n.num_batches_tracked": ()},
+                   {"a": np.ones((2, 3)), "n.num_batches_tracked": np.int64(5)})
+
+
+def _run_cli(module: str, *args: str) -> str:
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc.stdout
+
+
+def test_cli_round_trip(tmp_path):
+  cfg, model = _twin("crfiqa", seed=7)
+  torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}},
+             tmp_path / "in.pt")
+  _run_cli("converters.torch_to_flax", f"--checkpoint={tmp_path / 'in.pt'}",
+           f"--out={tmp_path / 'ckpt'}", f"--num_heads={cfg.num_heads}")
+  _run_cli("converters.flax_to_torch", f"--checkpoint={tmp_path / 'ckpt'}",
+           f"--out={tmp_path / 'out.pt'}")
+  back = torch.load(tmp_path / "out.pt", weights_only=True)
+  for k, v in model.state_dict().items():
+    assert back[k].dtype == v.dtype and torch.equal(back[k], v) or \
+        k.endswith("num_batches_tracked"), k

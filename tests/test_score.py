@@ -1,0 +1,237 @@
+"""The scoring command and the Python API, end to end, against the PyTorch twin.
+
+Images are random PNG/JPEG files (some not 112×112) decoded here with PIL independently of
+exfiqa_jax; the twin (tests/torch_reference.py) gives the reference exit and ATTN scores.
+Tolerance: atol 1e-4 against the twin; 1e-5 between runs of our own code (devices, orders).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from configs import score as score_config
+from exfiqa_jax import api, score
+from exfiqa_jax.data import preprocess
+from exfiqa_jax.models import vit
+from tests import torch_reference as ref
+from tests.subproc import run_python
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (relative name, height, width): 11 files, not a multiple of the tiny batch (8)
+FILES = [("a/001.png", 112, 112), ("a/002.jpg", 120, 100), ("a/sub/003.png", 112, 112),
+         ("b/004.jpeg", 96, 96), ("b/005.png", 130, 130), ("c.png", 112, 112),
+         ("d/006.jpg", 112, 112), ("d/007.png", 80, 90), ("d/008.png", 112, 112),
+         ("e/009.png", 112, 112), ("e/010.jpg", 150, 140)]
+
+
+def _twin(mode: str, seed: int):
+  cfg = vit.tiny_config(mode)
+  model = ref.VitFiqaTorch(cfg)
+  ref.random_init_(model, seed=seed)
+  return cfg, model.eval()
+
+
+def _decode_reference(path: str) -> np.ndarray:
+  """Independent decode: PIL → RGB → bilinear 112 → uint8 [112, 112, 3]."""
+  image = Image.open(path).convert("RGB")
+  if image.size != (112, 112):
+    image = image.resize((112, 112), Image.BILINEAR)
+  return np.asarray(image, np.uint8)
+
+
+def _twin_scores(model, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+  x = torch.from_numpy((images_uint8.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    out = model.all_exits(x)
+  return {k: v.numpy() for k, v in out.items()}
+
+
+def _read_csv(path) -> tuple[list[str], list[str], np.ndarray]:
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  return rows[0], [r[0] for r in rows[1:]], np.asarray([r[1:] for r in rows[1:]], np.float64)
+
+
+def _config(**overrides):
+  config = score_config.get_config("tiny")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("score")
+  rng = np.random.RandomState(0)
+  faces, swapped = root / "faces", root / "swapped"
+  for name, h, w in FILES:
+    pixels = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    path = faces / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=95) if name.endswith(("jpg", "jpeg")) else \
+        Image.fromarray(pixels).save(path)
+    # the same decoded pixels stored channel-swapped (lossless), as CR-FIQA's scripts do
+    decoded = np.asarray(Image.open(path).convert("RGB"))
+    out = (swapped / name).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(decoded[..., ::-1])).save(out)
+  cfg, model = _twin("token", seed=11)
+  torch.save(model.state_dict(), root / "token.pt")
+  images = np.stack([_decode_reference(str(faces / n)) for n, _, _ in FILES])
+  return {"root": root, "faces": faces, "swapped": swapped, "cfg": cfg,
+          "ckpt": str(root / "token.pt"), "ref": _twin_scores(model, images), "images": images}
+
+
+def _check_against_twin(path, ref_scores, names, depth):
+  header, got_names, values = _read_csv(path)
+  exits = [f"exit_{l}" for l in range(1, depth + 1)]
+  attn = [f"attn_{l}" for l in range(1, depth + 1)]
+  assert header == ["image"] + exits + ["ex_fiqa_f", "ex_fiqa_fw"] + attn
+  assert got_names == names
+  exit_scores = ref_scores["exit_scores"]
+  np.testing.assert_allclose(values[:, :depth], exit_scores, atol=1e-4)
+  np.testing.assert_allclose(values[:, depth], exit_scores.mean(1), atol=1e-4)
+  w = np.arange(1, depth + 1) / np.arange(1, depth + 1).sum()
+  np.testing.assert_allclose(values[:, depth + 1], exit_scores @ w, atol=1e-4)
+  np.testing.assert_allclose(values[:, depth + 2:], ref_scores["attn_scores"], atol=1e-4)
+  return values
+
+
+def test_cli_end_to_end_matches_the_twin(data, tmp_path):
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/score.py:tiny",
+       f"--config.checkpoint={data['ckpt']}", f"--config.images={data['faces']}",
+       f"--config.output={out}", f"--config.model.num_heads={data['cfg'].num_heads}"],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  names = sorted(n for n, _, _ in FILES)
+  order = [n for n, _, _ in FILES]
+  perm = [order.index(n) for n in names]
+  ref_scores = {k: v[perm] for k, v in data["ref"].items()}
+  values = _check_against_twin(out / "scores.csv", ref_scores, names, data["cfg"].depth)
+  npz = np.load(out / "scores.npz")
+  assert list(npz["image"]) == names
+  np.testing.assert_allclose(npz["exit_scores"], values[:, :data["cfg"].depth], atol=1e-6)
+  assert "img/s" in proc.stderr     # the progress bar reports a rate
+  assert not os.path.exists(out / "skipped.txt")
+
+
+def test_bgr_on_swapped_files_equals_rgb(data, tmp_path):
+  rgb = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+                          output=str(tmp_path / "rgb"),
+                          **{"model.num_heads": data["cfg"].num_heads}))
+  bgr = score.run(_config(checkpoint=data["ckpt"], images=str(data["swapped"]),
+                          output=str(tmp_path / "bgr"),
+                          **{"model.num_heads": data["cfg"].num_heads,
+                             "data.channel_order": "bgr"}))
+  a, b = np.load(rgb["npz"]), np.load(bgr["npz"])
+  for key in ("exit_scores", "ex_fiqa_f", "ex_fiqa_fw", "attn_scores"):
+    np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+  # and a second run with the same inputs is not recomputed
+  again = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+                            output=str(tmp_path / "rgb"),
+                            **{"model.num_heads": data["cfg"].num_heads}))
+  assert again["cached"]
+
+
+def test_eight_devices_give_the_same_scores(data, tmp_path):
+  code = f"""
+    import jax
+    assert jax.device_count() == 8
+    from configs import score as score_config
+    from exfiqa_jax import score
+    c = score_config.get_config("tiny")
+    c.checkpoint, c.images, c.output = {data['ckpt']!r}, {str(data['faces'])!r}, {str(tmp_path / 'eight')!r}
+    c.model.num_heads = {data['cfg'].num_heads}
+    c.batch_size = 4   # rounded up to 8 = one row per device
+    score.run(c)
+  """
+  run_python(code, devices=8)
+  one = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+                          output=str(tmp_path / "one"),
+                          **{"model.num_heads": data["cfg"].num_heads}))
+  h1, n1, v1 = _read_csv(one["scores"])
+  h8, n8, v8 = _read_csv(tmp_path / "eight" / "scores.csv")
+  assert h1 == h8 and n1 == n8
+  np.testing.assert_allclose(v8, v1, atol=1e-5)
+
+
+def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path):
+  (tmp_path / "broken.png").write_bytes(b"this is not an image")
+  abs_path = str(data["faces"] / "b/005.png")
+  listed = ["a/002.jpg", "broken.png", abs_path, "missing.png", "c.png"]
+  # relative entries resolve against the list file's folder: link the faces next to it
+  list_dir = tmp_path / "lists"
+  list_dir.mkdir()
+  for rel in ("a/002.jpg", "c.png"):
+    (list_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.link(data["faces"] / rel, list_dir / rel)
+  os.replace(tmp_path / "broken.png", list_dir / "broken.png")
+  (list_dir / "list.txt").write_text("\n".join(listed) + "\n")
+  common = dict(checkpoint=data["ckpt"], images=str(list_dir / "list.txt"),
+                **{"model.num_heads": data["cfg"].num_heads})
+  with pytest.raises(preprocess.ImageError, match="broken.png") as e:
+    score.run(_config(output=str(tmp_path / "strict"), **common))
+  assert "skip_unreadable" in str(e.value)
+  assert not os.path.exists(tmp_path / "strict" / "scores.csv")
+  result = score.run(_config(output=str(tmp_path / "skip"), skip_unreadable=True, **common))
+  assert result["skipped"] == ["broken.png", "missing.png"]
+  skipped = (tmp_path / "skip" / "skipped.txt").read_text().splitlines()
+  assert [line.split("\t")[0] for line in skipped] == ["broken.png", "missing.png"]
+  order = [n for n, _, _ in FILES]
+  idx = [order.index(n) for n in ("a/002.jpg", "b/005.png", "c.png")]
+  ref_scores = {k: v[idx] for k, v in data["ref"].items()}
+  _check_against_twin(tmp_path / "skip" / "scores.csv", ref_scores,
+                      ["a/002.jpg", abs_path, "c.png"], data["cfg"].depth)
+
+
+def test_empty_input_is_a_clear_error(tmp_path, data):
+  (tmp_path / "empty" / "sub").mkdir(parents=True)
+  (tmp_path / "empty" / "notes.txt").write_text("no images here")
+  with pytest.raises(ValueError, match="no images in"):
+    score.run(_config(checkpoint=data["ckpt"], images=str(tmp_path / "empty"),
+                      output=str(tmp_path / "o")))
+
+
+def test_api_any_batch_resize_and_attention_maps(data):
+  model = api.load(data["ckpt"], num_heads=data["cfg"].num_heads, batch_size=4)
+  raw = [np.asarray(Image.open(data["faces"] / n).convert("RGB")) for n, _, _ in FILES[:3]]
+  # a single non-112 image, then a batch of 112² crops larger than batch_size
+  one = model.score(raw[1][None])
+  np.testing.assert_allclose(one["exit_scores"], data["ref"]["exit_scores"][1:2], atol=1e-4)
+  out = model.score(data["images"][:7], attn_maps=True)
+  assert set(out) == {"exit_scores", "ex_fiqa_f", "ex_fiqa_fw", "attn_scores", "embedding",
+                      "attn_maps"}
+  np.testing.assert_allclose(out["exit_scores"], data["ref"]["exit_scores"][:7], atol=1e-4)
+  np.testing.assert_allclose(out["attn_scores"], data["ref"]["attn_scores"][:7], atol=1e-4)
+  np.testing.assert_allclose(out["embedding"], data["ref"]["embedding"][:7], atol=1e-4)
+  cfg = data["cfg"]
+  assert out["attn_maps"].shape == (7, cfg.depth, (cfg.img_size // cfg.patch_size) ** 2)
+  with pytest.raises(ValueError, match="uint8"):
+    model.score(data["images"][:2].astype(np.float32))
+
+
+def test_fr_mode_has_attention_columns_only(tmp_path, data):
+  cfg, model = _twin("fr", seed=5)
+  torch.save({"state_dict": {"net." + k: v for k, v in model.state_dict().items()}},
+             tmp_path / "fr.pt")
+  result = score.run(_config(checkpoint=str(tmp_path / "fr.pt"), images=str(data["faces"]),
+                             output=str(tmp_path / "fr"), **{"model.num_heads": cfg.num_heads}))
+  header, names, values = _read_csv(result["scores"])
+  assert header == ["image"] + [f"attn_{l}" for l in range(1, cfg.depth + 1)]
+  order = [n for n, _, _ in FILES]
+  perm = [order.index(n) for n in names]
+  ref_scores = _twin_scores(model, data["images"][perm])
+  np.testing.assert_allclose(values, ref_scores["attn_scores"], atol=1e-4)

@@ -1,0 +1,374 @@
+"""Tests for exfiqa_jax/train: losses vs hand-computed values, optimiser vs PyTorch, training
+steps, bit-exact resume, 8 devices == 1 device, augmentation invariants, export to scoring."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from exfiqa_jax.train import augment, losses, optim, step as step_lib, trainer
+from tests.subproc import run_python
+
+
+# ------------------------------------------------------------------ model (real or stand-in)
+@dataclasses.dataclass(frozen=True)
+class StandInConfig:
+  embed_dim: int = 16
+  img_size: int = 112
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+class StandInViT(nn.Module):
+  """Used only while exfiqa_jax/models/vit.py is missing: same train/eval output contract."""
+  embed_dim: int = 16
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    b = x.shape[0]
+    t = nn.Conv(8, (16, 16), strides=16, padding="VALID", name="patch")(x).reshape(b, -1, 8)
+    if train:
+      noise = jax.random.uniform(self.make_rng("masking"), t.shape[:2])
+      keep = jnp.argsort(noise, axis=1)[:, :int(t.shape[1] * 0.9)]
+      t = jnp.take_along_axis(t, keep[..., None], axis=1)
+    h = nn.relu(nn.Dense(32)(t.mean(1)))
+    h = nn.Dropout(0.1, deterministic=not train)(h)
+    emb = nn.Dense(self.embed_dim)(h)
+    z = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=2e-5)(emb)
+    q = nn.Dense(1)(z)[:, 0]
+    out = {"embedding": emb, "quality": q, "exit_scores": jnp.stack([0.5 * q, q], 1)}
+    return q, out
+
+
+def tiny_model():
+  """(module, config): the real tiny ViT when the core-model helper's vit.py exists."""
+  try:
+    from exfiqa_jax.models import vit
+  except ImportError:
+    return StandInViT(16), StandInConfig(16)
+  cfg = vit.tiny_config("token")
+  return vit.VisionTransformer(cfg), cfg
+
+
+def tiny_train_config(output: str, total_steps: int = 6, **over):
+  from configs import train_tiny
+  config = train_tiny.get_config("smoke")
+  with config.unlocked():
+    config.output = output
+    config.total_steps = total_steps
+    config.progress = False
+    config.eval.every = 0
+    for k, v in over.items():
+      config[k] = v
+  return config
+
+
+def tiny_data(n: int = 64, classes: int = 8, batch: int = 16, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  base = rng.integers(0, 256, (classes, 112, 112, 3))
+  labels = np.arange(n) % classes
+  images = np.clip(base[labels] + rng.normal(0, 20, (n, 112, 112, 3)), 0, 255).astype(np.uint8)
+  return trainer.ArrayData(images, labels, batch, seed=seed, num_classes=classes)
+
+
+# -------------------------------------------------------------------------------- losses
+def test_losses_hand_computed():
+  """B=2, C=3, E=2; every number below is derived by hand in the comments."""
+  e = jnp.array([[3.0, 0.0], [0.0, 2.0]])
+  w = jnp.array([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
+  y = jnp.array([0, 2])
+  r = 1 / math.sqrt(2)
+  cos = losses.cosine_logits(e, w)           # rows: [1, 0, r], [0, 1, r]
+  np.testing.assert_allclose(cos, [[1, 0, r], [0, 1, r]], atol=1e-6)
+  # CR: row0 CCS 1, NNCCS max(0, r) = r; row1 CCS r, NNCCS 1
+  cr = losses.cr_target(cos, y)
+  np.testing.assert_allclose(cr, [1 / (r + 1 + 1e-9), r / 2], rtol=1e-6)
+  # CosFace s=2, m=0.5: row0 logits [1, 0, 2r]; row1 [0, 2, 2(r-0.5)]
+  logits = losses.margin_logits(cos, y, 2.0, (1.0, 0.0, 0.5))
+  np.testing.assert_allclose(logits, [[1, 0, 2 * r], [0, 2, 2 * r - 1]], atol=1e-6)
+  ce0 = math.log(math.e + 1 + math.exp(2 * r)) - 1
+  ce1 = math.log(1 + math.e ** 2 + math.exp(2 * r - 1)) - (2 * r - 1)
+  # SmoothL1 beta .5: q = [0.2, 0.9]; d0 = |0.2 - cr0| < .5 -> d0²; d1 = 0.9 - r/2 >= .5 -> d1 - .25
+  q = jnp.array([0.2, 0.9])
+  d0, d1 = abs(0.2 - 1 / (r + 1)), abs(0.9 - r / 2)
+  assert d0 < 0.5 <= d1
+  sl1 = [d0 ** 2, d1 - 0.25]
+  np.testing.assert_allclose(losses.smooth_l1(q, cr, 0.5), sl1, rtol=1e-5)
+  loss, m = losses.fiqa_loss(e, q, w, y, scale=2.0, margins=(1.0, 0.0, 0.5), alpha=10.0, beta=0.5)
+  np.testing.assert_allclose(m["loss_fr"], (ce0 + ce1) / 2, rtol=1e-5)
+  np.testing.assert_allclose(m["loss_fiq"], np.mean(sl1), rtol=1e-5)
+  np.testing.assert_allclose(loss, (ce0 + ce1) / 2 + 10 * np.mean(sl1), rtol=1e-5)
+  assert float(m["train_accuracy"]) == 0.5   # row1 argmax is class 1, label 2
+
+
+def _np_reference(e, w, y, q, s, m, alpha, beta, arc=False):
+  """Plain-NumPy ViT-FIQA loss (float64), written from SPEC-METHOD §2.5."""
+  en = e / np.linalg.norm(e, axis=1, keepdims=True)
+  wn = w / np.linalg.norm(w, axis=1, keepdims=True)
+  c = np.clip(en @ wn.T, -1, 1)
+  rows = np.arange(len(y))
+  ccs = c[rows, y]
+  other = c.copy()
+  other[rows, y] = -np.inf
+  cr = ccs / (other.max(1) + 1 + 1e-9)
+  t = c.copy()
+  t[rows, y] = np.cos(np.arccos(ccs) + m) if arc else ccs - m
+  z = s * t
+  ce = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[rows, y]
+  d = np.abs(q - cr)
+  sl1 = np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta)
+  return ce.mean() + alpha * sl1.mean(), cr
+
+
+@pytest.mark.parametrize("arc", [False, True])
+def test_losses_random_vs_numpy(arc):
+  rng = np.random.default_rng(1)
+  e, w = rng.normal(size=(12, 8)), rng.normal(size=(30, 8))
+  y, q = rng.integers(0, 30, 12), rng.uniform(-0.5, 1.0, 12)
+  margins = (1.0, 0.5, 0.0) if arc else (1.0, 0.0, 0.4)
+  ref, ref_cr = _np_reference(e, w, y, q, 64.0, 0.5 if arc else 0.4, 10.0, 0.5, arc)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  loss, _ = losses.fiqa_loss(f32(e), f32(q), f32(w), jnp.asarray(y), scale=64.0, margins=margins)
+  np.testing.assert_allclose(loss, ref, rtol=2e-5)   # float32 vs float64
+  np.testing.assert_allclose(losses.cr_target(losses.cosine_logits(f32(e), f32(w)), y), ref_cr,
+                             atol=1e-6)
+
+
+def test_padded_classes_are_ignored():
+  """Padding the class axis (for a model-sharded mesh) must not change loss or CR."""
+  rng = np.random.default_rng(2)
+  e, w = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32), jnp.asarray(rng.normal(size=(5, 8)),
+                                                                        jnp.float32)
+  y, q = jnp.asarray(rng.integers(0, 5, 6)), jnp.asarray(rng.uniform(0, 1, 6), jnp.float32)
+  pad = jnp.concatenate([w, w[:3] * 1.0001])       # near-duplicates would win the NNCCS max
+  a, ma = losses.fiqa_loss(e, q, w, y)
+  b, mb = losses.fiqa_loss(e, q, pad, y, num_classes=5)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(ma["cr_mean"], mb["cr_mean"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ optimiser
+def test_schedule_matches_polynomial_lr_warmup():
+  """Against insightface's PolynomialLRWarmup run as a real torch scheduler (recursive form)."""
+  torch = pytest.importorskip("torch")
+
+  class PolynomialLRWarmup(torch.optim.lr_scheduler.LRScheduler):
+    def __init__(self, opt, warmup_iters, total_iters, power=1.0):
+      super().__init__(opt)
+      self.total_iters, self.power, self.warmup_iters = total_iters, power, warmup_iters
+
+    def get_lr(self):
+      if self.last_epoch == 0 or self.last_epoch > self.total_iters:
+        return [g["lr"] for g in self.optimizer.param_groups]
+      if self.last_epoch <= self.warmup_iters:
+        return [b * self.last_epoch / self.warmup_iters for b in self.base_lrs]
+      l, w, t = self.last_epoch, self.warmup_iters, self.total_iters
+      f = ((1.0 - (l - w) / (t - w)) / (1.0 - (l - 1 - w) / (t - w))) ** self.power
+      return [g["lr"] * f for g in self.optimizer.param_groups]
+
+  opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+  sched = PolynomialLRWarmup(opt, 7, 30)
+  ours = optim.polynomial_warmup(1e-3, 7, 30)
+  for s in range(35):           # update s runs at the lr the scheduler holds before its s-th step
+    np.testing.assert_allclose(float(ours(s)), opt.param_groups[0]["lr"], rtol=1e-5, atol=1e-12)
+    opt.step()
+    sched.step()
+  assert float(ours(0)) == pytest.approx(1e-3)   # the quirk
+
+
+def test_optimizer_matches_torch_adamw_with_backbone_clip():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(3)
+  params = {"backbone": {"a": rng.normal(size=(4, 3)), "b": rng.normal(size=(3,))},
+            "centres": rng.normal(size=(5, 3))}
+  grads = [{"backbone": {"a": 4 * rng.normal(size=(4, 3)), "b": 4 * rng.normal(size=(3,))},
+            "centres": 9 * rng.normal(size=(5, 3))} for _ in range(4)]
+  tx, _ = optim.make_optimizer(1e-2, 2, 10, weight_decay=0.05, clip_norm=5.0)
+  p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  st = tx.init(p)
+  tp = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for k, v in
+        [("a", params["backbone"]["a"]), ("b", params["backbone"]["b"]), ("c", params["centres"])]}
+  topt = torch.optim.AdamW(tp.values(), lr=1e-2, weight_decay=0.05)
+  sched = [1e-2, 0.5e-2, 1e-2, 1e-2 * (1 - 1 / 8)]      # lr(0..3) for warmup 2, total 10
+  for g, lr in zip(grads, sched):
+    upd, st = tx.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), st, p)
+    p = jax.tree.map(lambda a, b: a + b, p, upd)
+    tp["a"].grad = torch.tensor(g["backbone"]["a"])
+    tp["b"].grad = torch.tensor(g["backbone"]["b"])
+    tp["c"].grad = torch.tensor(g["centres"])
+    torch.nn.utils.clip_grad_norm_([tp["a"], tp["b"]], 5.0)
+    for group in topt.param_groups:
+      group["lr"] = lr
+    topt.step()
+  np.testing.assert_allclose(p["backbone"]["a"], tp["a"].detach().numpy(), atol=2e-6)
+  np.testing.assert_allclose(p["backbone"]["b"], tp["b"].detach().numpy(), atol=2e-6)
+  np.testing.assert_allclose(p["centres"], tp["c"].detach().numpy(), atol=2e-6)
+
+
+# ---------------------------------------------------------------------------- augmentation
+def test_augment_operators():
+  """Blur/resize operators preserve constants; an identity warp is exact; output range."""
+  n = 112
+  for k in (1, 4, 9):
+    np.testing.assert_allclose(augment.box_matrix(jnp.asarray(k), n).sum(1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(augment.gaussian_matrix(jnp.asarray(0.0), n), np.eye(n))
+  for d in range(3):
+    for u in range(2):
+      r = augment.resize_matrix(jnp.asarray(37), jnp.asarray(d), jnp.asarray(u), n)
+      np.testing.assert_allclose(r.sum(1), 1.0, atol=1e-5)
+  # nearest down-up by exactly 2 on an image of 2×2 blocks is the identity
+  blocks = np.repeat(np.repeat(np.random.default_rng(0).random((56, 56)), 2, 0), 2, 1)
+  r = augment.resize_matrix(jnp.asarray(56), jnp.asarray(0), jnp.asarray(0), n)
+  np.testing.assert_allclose(r @ blocks @ r.T, blocks, atol=1e-6)
+  img = jnp.asarray(np.random.default_rng(1).integers(0, 256, (n, n, 3)), jnp.float32)
+  m = augment.warp_matrix(1.0, 0.0, False, 0.0, 0.0, 1.0, 1.0, 0.0, n)
+  np.testing.assert_allclose(augment.warp_image(img, m), img, atol=1e-4)
+  mf = augment.warp_matrix(1.0, 0.0, True, 0.0, 0.0, 1.0, 1.0, 0.0, n)   # flip about x = 56
+  np.testing.assert_allclose(augment.warp_image(img, mf)[:, 1:], img[:, ::-1][:, :-1], atol=1e-4)
+  eq = augment._equalize_channel(img[..., 0])
+  assert float(eq.min()) >= 0 and float(eq.max()) <= 255
+
+
+# --------------------------------------------------------------------------------- training
+def test_steps_lower_loss_on_fixed_batch(tmp_path):
+  model, cfg = tiny_model()
+  config = tiny_train_config(str(tmp_path))
+  mesh = step_lib.make_mesh(1)
+  tx, sched = optim.make_optimizer(2e-3, 0, 50, clip_norm=5.0)
+  state, sh = step_lib.init_state(model, tx, jax.random.key(0), 8, cfg.embed_dim, mesh)
+  train_step = step_lib.make_train_step(
+      model, tx, mesh=mesh, shardings=sh, schedule=sched,
+      loss_kwargs=dict(scale=32.0, margins=(1.0, 0.0, 0.35), alpha=1.0, num_classes=8))
+  del config
+  batch = tiny_data().host_batch(0)
+  losses_seen = []
+  for _ in range(8):
+    state, m = train_step(state, batch, jax.random.key(1))
+    losses_seen.append(float(m["loss"]))
+  assert np.all(np.isfinite(losses_seen))
+  assert losses_seen[-1] < 0.8 * losses_seen[0], losses_seen
+
+
+def _params(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def test_resume_is_bit_exact(tmp_path):
+  model, cfg = tiny_model()
+  data = tiny_data()
+  full = trainer.train(tiny_train_config(str(tmp_path / "full"), 6, export_model=False), data,
+                       model=model, model_cfg=cfg)
+  part = str(tmp_path / "part")
+  trainer.train(tiny_train_config(part, 6, stop_after=3, export_model=False), data, model=model,
+                model_cfg=cfg)
+  assert os.path.isdir(os.path.join(part, "checkpoints", "3"))
+  resumed = trainer.train(tiny_train_config(part, 6, export_model=False), data, model=model,
+                          model_cfg=cfg)
+  assert int(resumed.step) == 6
+  a, b = _params(full), _params(resumed)
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  assert all(np.array_equal(x, y) for x, y in zip(flat_a, flat_b))
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(
+      full.opt_state)), jax.tree.leaves(jax.device_get(resumed.opt_state))))
+  # the monitoring CSV has one row per logged step, none duplicated by the resume
+  with open(os.path.join(part, "train_log.csv")) as f:
+    steps = [int(line.split(",")[0]) for line in f.readlines()[1:]]
+  assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_eight_devices_match_one_device():
+  """Same steps on a 1-device mesh, an 8-way data mesh and a 4×2 data×model mesh.
+
+  SGD, not AdamW: Adam's first update is ≈ sign(g), which turns float-rounding differences of
+  near-zero gradients into lr-sized parameter differences (AdamW itself is tested vs torch)."""
+  out = run_python("""
+    import jax, numpy as np, optax
+    from jax.sharding import Mesh
+    from exfiqa_jax.train import step as step_lib, augment
+    from tests.test_train import tiny_model, tiny_data
+    model, cfg = tiny_model()
+    batch = tiny_data(batch=16).host_batch(0)
+    aug = augment.AugmentConfig(gridsample_prob=1.0, blur_prob=1.0, cutout_prob=0.5)
+    results = []
+    for name, mesh in [("one", Mesh(np.asarray(jax.devices()[:1]), ("data",))),
+                       ("data8", step_lib.make_mesh(1)), ("data4model2", step_lib.make_mesh(2))]:
+      tx = optax.sgd(1e-3)
+      state, sh = step_lib.init_state(model, tx, jax.random.key(0), 7, cfg.embed_dim, mesh)
+      p0 = jax.tree.map(np.asarray, jax.device_get(state.params))
+      f = step_lib.make_train_step(model, tx, mesh=mesh, shardings=sh, augment=aug,
+                                   loss_kwargs=dict(scale=32.0, margins=(1.0, 0.0, 0.35),
+                                                    num_classes=7))
+      b = {k: jax.device_put(v, step_lib.batch_sharding(mesh)) for k, v in batch.items()}
+      b["label"] = b["label"] % 7
+      losses = []
+      for _ in range(2):
+        state, m = f(state, b, jax.random.key(5))
+        losses.append(float(m["loss"]))
+      p = jax.tree.map(np.asarray, jax.device_get(state.params))
+      delta = jax.tree.map(lambda a, b: a - b, p, p0)
+      delta["centres"] = delta["centres"][:7]
+      results.append((losses, jax.tree.leaves(delta)))
+    ref_losses, ref = results[0]
+    scale = max(float(np.max(np.abs(d))) for d in ref)
+    for losses, leaves in results[1:]:
+      np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)  # f32, s=32 logits
+      worst = max(float(np.max(np.abs(x - y))) for x, y in zip(leaves, ref))
+      assert worst <= 1e-3 * scale, (worst, scale)
+      print("worst", worst, "scale", scale)
+    print("OK")
+  """)
+  assert "OK" in out
+
+
+def test_folder_data_and_bin_pairs(tmp_path):
+  """Labels follow the identity folders, batches are a pure function of (seed, step), an epoch
+  visits every image once; an insightface .bin decodes into pairs (2i, 2i+1)."""
+  import io as _io
+  import pickle
+  from PIL import Image
+  ids = ["alice", "bob", "carol"]
+  encoded = []
+  for label, name in enumerate(ids):
+    os.makedirs(tmp_path / "train" / name)
+    for j in range(4):
+      value = 40 * label + 5 * j + 7                       # label and index recoverable
+      img = Image.fromarray(np.full((112, 112, 3), value, np.uint8))
+      img.save(tmp_path / "train" / name / f"{j}.png")
+      buf = _io.BytesIO()
+      img.save(buf, format="PNG")
+      encoded.append(buf.getvalue())
+  a = trainer.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
+  b = trainer.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
+  assert a.num_classes == 3 and a.num_images == 12 and a.steps_per_epoch == 3
+  seen = []
+  for s in (2, 0, 1):                                      # random access order
+    batch = a.host_batch(s)
+    np.testing.assert_array_equal(batch["image"], b.host_batch(s)["image"])
+    values = batch["image"][:, 0, 0, 0].astype(int) - 7
+    np.testing.assert_array_equal(values // 40, batch["label"])
+    seen += list(values)
+  assert sorted(seen) == sorted(40 * l + 5 * j for l in range(3) for j in range(4))
+  assert not np.array_equal(a.host_batch(3)["image"], a.host_batch(0)["image"])  # new epoch
+  with open(tmp_path / "set.bin", "wb") as f:
+    pickle.dump((encoded[:6], [True, False, True]), f)
+  pairs = trainer.load_bin_pairs(str(tmp_path / "set.bin"))
+  assert pairs.images.shape == (6, 112, 112, 3)
+  np.testing.assert_array_equal(pairs.pairs, [[0, 1], [2, 3], [4, 5]])
+  np.testing.assert_array_equal(pairs.is_genuine, [True, False, True])
+
+
+def test_verification_accuracy_folds():
+  rng = np.random.default_rng(4)
+  genuine = rng.random(400) < 0.5
+  scores = np.where(genuine, 0.6, 0.2) + rng.normal(0, 0.05, 400)
+  assert trainer.verification_accuracy(scores, genuine) > 0.99       # nearly separable
+  flipped = trainer.verification_accuracy(rng.random(400), genuine)
+  assert 0.3 < flipped < 0.7                                          # chance
