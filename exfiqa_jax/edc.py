@@ -152,14 +152,16 @@ def _validate(scores, is_genuine, pair_quality):
     if not np.all((is_genuine == 0) | (is_genuine == 1)):
       raise ValueError("is_genuine must be boolean (or 0/1 labels)")
     is_genuine = is_genuine.astype(bool)
-  scores = scores.astype(np.float32)
+  scores = scores.astype(np.float32, copy=False)
   if not np.all(np.isfinite(scores)):
     bad = int(np.sum(~np.isfinite(scores)))
     raise ValueError(f"scores contain {bad} NaN/inf values; drop or fix those pairs first")
-  pq = pq.astype(np.float32)
-  finite = np.isfinite(pq)
-  if not np.all(finite):
-    rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+  pq = pq.astype(np.float32, copy=False)
+  # x·0 is 0 for finite x and NaN for NaN/inf: one fast BLAS pass per set instead of isfinite.
+  with np.errstate(invalid="ignore"):
+    probe = pq @ np.zeros(pq.shape[1], np.float32)
+  if not np.all(np.isfinite(probe)):
+    rows = np.flatnonzero(~np.isfinite(probe)).tolist()
     raise ValueError(f"pair_quality contains NaN/inf (quality sets {rows[:10]}); every pair needs a "
                      f"finite quality")
   n_gen = int(is_genuine.sum())
@@ -384,7 +386,7 @@ def _iso_thresholds(scores, is_genuine, kk, k_max: int):
   return jnp.nextafter(v, jnp.float32(jnp.inf))
 
 
-def _iso_set(prep: _Prep, q: jnp.ndarray, thr: jnp.ndarray, dcount: jnp.ndarray) -> tuple:
+def _iso_set(prep: _Prep, q_gen: jnp.ndarray, thr: jnp.ndarray, dcount: jnp.ndarray) -> tuple:
   """One quality set, genuine pairs only, sorted by quality (whole tie groups).
 
   Returns errors [F, R] and kept genuines [R] at the requested levels, and the full step curve
@@ -392,8 +394,7 @@ def _iso_set(prep: _Prep, q: jnp.ndarray, thr: jnp.ndarray, dcount: jnp.ndarray)
   step starts [G] (first member of each quality tie group).
   """
   g = prep.gen_idx.shape[0]
-  q_gen = jnp.where(prep.gen_valid, _canon(q).at[prep.gen_idx].get(mode="fill", fill_value=0.0),
-                    jnp.inf)
+  q_gen = jnp.where(prep.gen_valid, _canon(q_gen), jnp.inf)              # [G] genuine slots
   s_gen = prep.scores.at[prep.gen_idx].get(mode="fill", fill_value=0.0)
   qs, ss, vs = lax.sort((q_gen, s_gen, prep.gen_valid), num_keys=1, is_stable=True)
   err = vs[None, :] & (ss[None, :] < thr[:, None])                         # [F, G]
@@ -490,12 +491,15 @@ def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 
     t = _iso_thresholds(jnp.asarray(s), jnp.asarray(gen), jnp.asarray(kk, jnp.int32),
                         int(kk.max()) + 1)
     dcount = jnp.asarray(cuts_for(dsort, n_gen), jnp.int32)
+    set_batch = n_sets if n_sets * g_size <= (1 << 24) else set_batch
     kernel = _iso_kernel(set_batch)
+    gen_idx = np.flatnonzero(gen)
     for lo in range(0, n_sets, set_batch):
       rows = pq[lo:lo + set_batch]
       k = rows.shape[0]
-      errs, rem, suffix, start = jax.device_get(
-          kernel(prep, jnp.asarray(_pad_rows(rows, set_batch)), t, dcount))
+      q_gen = np.zeros((set_batch, g_size), np.float32)
+      q_gen[:k, :n_gen] = rows[:, gen_idx]              # only genuine pairs matter in iso mode
+      errs, rem, suffix, start = jax.device_get(kernel(prep, jnp.asarray(q_gen), t, dcount))
       fnmr[lo:lo + k][..., order] = errs[:k] / rem[:k, None, :].astype(np.float64)
       ng[lo:lo + k][:, order] = rem[:k]
       done[lo:lo + k][:, order] = (n_gen - rem[:k]) / n_gen
@@ -567,7 +571,8 @@ def _edc_traced(scores, is_genuine, pair_quality, fm, disc, mode, higher_is_bett
     kk = jnp.floor(jnp.asarray(fm, jnp.float32) * n_imp.astype(jnp.float32)).astype(jnp.int32)
     t = _iso_thresholds(jnp.asarray(scores, jnp.float32), gen, kk, int(np.floor(fm.max() * p)) + 1)
     dcount = jnp.floor(jnp.asarray(dsort, jnp.float32) * prep.n_gen.astype(jnp.float32)).astype(jnp.int32)
-    errs, rem, suffix, start = jax.vmap(_iso_set, in_axes=(None, 0, None, None))(prep, pq, t, dcount)
+    q_gen = pq.at[:, prep.gen_idx].get(mode="fill", fill_value=0.0)
+    errs, rem, suffix, start = jax.vmap(_iso_set, in_axes=(None, 0, None, None))(prep, q_gen, t, dcount)
     dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     fnmr = errs.astype(dt) / jnp.maximum(rem, 1)[:, None, :].astype(dt)
     fnmr = jnp.where(prep.gen_overflow, jnp.nan, fnmr)[..., inv]
