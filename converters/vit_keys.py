@@ -110,6 +110,7 @@ def feature_in(config: Mapping[str, Any]) -> int:
 
 def _torch_shape(leaf: Leaf, config: Mapping[str, Any]) -> tuple[int, ...]:
   d, m, e, p = config["width"], config["mlp_dim"], config["embed_dim"], config["patch_size"]
+  q = d if config["mode"] == "token" else e   # head_qs reads the quality token or the embedding
   patches, extra = _tokens(config)
   shapes = {
       "qs_token": (1, 1, d), "pos_embed": (1, patches + extra, d), "mask_token": (1, 1, d),
@@ -117,23 +118,26 @@ def _torch_shape(leaf: Leaf, config: Mapping[str, Any]) -> tuple[int, ...]:
       "attn.qkv.weight": (3 * d, d), "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
       "mlp.fc1.weight": (m, d), "mlp.fc1.bias": (m,), "mlp.fc2.weight": (d, m),
       "mlp.fc2.bias": (d,), "feature.0.weight": (e, feature_in(config)),
-      "feature.2.weight": (e, e), "head_qs.1.weight": (1, e)}
+      "feature.2.weight": (e, e), "head_qs.1.weight": (1, q)}
   key = leaf.torch_key.replace("blocks.{i}.", "")
   if key in shapes:
     return shapes[key]
-  return (d,) if key.startswith(("norm", "norm1", "norm2")) else (e,)   # LN [D]; BN [E]
+  if key.startswith("head_qs."):
+    return (q,)                                     # BN of the head input
+  return (d,) if key.startswith("norm") else (e,)   # LayerNorms [D]; feature BNs [E]
 
 
 def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
   """Every torch key (with its shape) of this architecture, num_batches_tracked included."""
   out = {}
-  for leaf in key_map(config):
-    shape = _torch_shape(leaf, config)
-    if leaf.stacked:
+  leaves = key_map(config)
+  for leaf in leaves:
+    if not leaf.stacked:
+      out[leaf.torch_key] = _torch_shape(leaf, config)
+    elif leaf is next(l for l in leaves if l.stacked):   # block-major, as torch registers
       for i in range(config["depth"]):
-        out[leaf.torch_key.format(i=i)] = shape
-    else:
-      out[leaf.torch_key] = shape
+        for block_leaf in (l for l in leaves if l.stacked):
+          out[block_leaf.torch_key.format(i=i)] = _torch_shape(block_leaf, config)
   for module in _bn_modules(config):
     out[f"{module}.num_batches_tracked"] = ()
   return out
@@ -184,7 +188,8 @@ def infer_architecture(sd: Mapping[str, np.ndarray], num_heads: int = DEFAULT_HE
   num_heads = check_heads(width, num_heads)
   return dict(mode=mode, width=int(width), depth=int(depth), num_heads=num_heads,
               patch_size=int(patch), img_size=_img_size(grid, patch), mlp_dim=int(mlp_dim),
-              embed_dim=int(embed_dim), has_mask_token="mask_token" in sd)
+              embed_dim=int(embed_dim), has_mask_token="mask_token" in sd,
+              mask_ratio=0.1 if "mask_token" in sd else 0.0)   # training only
 
 
 def check_heads(width: int, num_heads: int) -> int:
@@ -265,9 +270,10 @@ def variables_to_state_dict(variables: Mapping, config: Mapping[str, Any]
       sd[leaf.torch_key] = np.ascontiguousarray(_to_torch_leaf(value, leaf.kind))
   for module in _bn_modules(config):
     sd[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
-  check_state_dict(expected_shapes(config), sd, hint="the Flax variables do not match "
-                   "model_config.json (were they saved with another config?)")
-  return sd
+  expected = expected_shapes(config)
+  check_state_dict(expected, sd, hint="the Flax variables do not match model_config.json "
+                   "(were they saved with another config?)")
+  return {k: sd[k] for k in expected}   # official key order (Appendix A)
 
 
 # ------------------------------------------------------------------------ the family object

@@ -6,7 +6,6 @@ and the embedding (every exit is tested by the model's own tests).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -23,14 +22,28 @@ from exfiqa_jax.models import vit
 from tests import torch_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("token", "crfiqa", "full", "fr")
+# "fr_nomask": a CVLFace-style FR ViT built without masking (no mask_token key)
+MODES = ("token", "crfiqa", "full", "fr", "fr_nomask")
+APPENDIX_A_HEAD = ("qs_token", "pos_embed", "mask_token", "patch_embed.proj.weight",
+                   "patch_embed.proj.bias", "blocks.0.norm1.weight", "blocks.0.norm1.bias",
+                   "blocks.0.norm2.weight")
+ARCH_FIELDS = ("mode", "width", "depth", "num_heads", "patch_size", "img_size", "mlp_dim",
+               "embed_dim", "has_mask_token")
 
 
 def _twin(mode: str, seed: int = 0):
-  cfg = vit.tiny_config(mode)
-  model = ref.VitFiqaTorch(cfg)
+  """(ViTConfig, twin with random weights and BN statistics) for a tiny config of `mode`."""
+  overrides = {}
+  if mode == "fr_nomask":
+    mode, overrides = "fr", {"has_mask_token": False}
+  cfg = vit.tiny_config(mode, **overrides)
+  model = ref.VitFiqaTorch(**ref.tiny_kwargs(mode, mask_token=cfg.has_mask_token))
   ref.random_init_(model, seed=seed)
   return cfg, model.eval()
+
+
+def _fresh_twin(cfg):
+  return ref.VitFiqaTorch(**ref.tiny_kwargs(cfg.mode, mask_token=cfg.has_mask_token))
 
 
 def _sd(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -51,9 +64,8 @@ def test_inferred_config_matches_the_twin(twin):
   mode, cfg, _, sd = twin
   config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
   assert config["family"] == "vit" and config["input_scale"] == "minus1_1"
-  assert vit.ViTConfig.from_dict({k: v for k, v in config.items()
-                                  if k in {f.name for f in dataclasses.fields(vit.ViTConfig)}}
-                                 ) == cfg
+  for field in ARCH_FIELDS:
+    assert config[field] == getattr(cfg, field), field
   assert families.detect_family(sd) is vit_keys.VIT
   assert vit_keys.expected_shapes(config) == {k: tuple(v.shape) for k, v in sd.items()}
 
@@ -63,13 +75,15 @@ def test_round_trip_is_bitwise_and_loads_strictly(twin):
   config = vit_keys.VIT.infer_config(sd, num_heads=cfg.num_heads)
   variables = vit_keys.VIT.to_flax(sd, config)
   back = vit_keys.VIT.to_torch(variables, config)
-  assert list(back) == list(sd)         # same keys, official registration order
+  assert set(back) == set(sd)
+  head = [k for k in APPENDIX_A_HEAD if k in sd]
+  assert list(back)[:len(head)] == head   # official order (Appendix A)
   for k, v in sd.items():
     if k.endswith("num_batches_tracked"):
       assert back[k].shape == () and back[k].dtype == np.int64 and back[k] == 0
     else:
       assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
-  fresh = ref.VitFiqaTorch(cfg)
+  fresh = _fresh_twin(cfg)
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
   if cfg.has_mask_token:   # kept in params (training needs it), not dropped
     np.testing.assert_array_equal(variables["params"]["mask_token"], sd["mask_token"])
@@ -91,11 +105,14 @@ def test_converted_model_matches_the_twin(twin):
   images = _images()
   _, out = vit_keys.VIT.build(config).apply(variables, images)
   with torch.no_grad():
-    t_out = model(torch.from_numpy(images).permute(0, 3, 1, 2))
-  embedding, score = (t_out if isinstance(t_out, tuple) else (t_out, None))
+    embedding, score = model(torch.from_numpy(images).permute(0, 3, 1, 2))
+    attn_scores, _ = model.attention(torch.from_numpy(images).permute(0, 3, 1, 2))
   np.testing.assert_allclose(out["embedding"], embedding.numpy(), atol=1e-4)
-  if mode != "fr":
-    np.testing.assert_allclose(out["exit_scores"][:, -1], score.numpy()[:, 0], atol=1e-4)
+  np.testing.assert_allclose(out["attn_scores"], attn_scores.numpy(), atol=1e-4)
+  if cfg.mode == "fr":
+    assert "exit_scores" not in out
+  else:
+    np.testing.assert_allclose(out["exit_scores"][:, -1], score.numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module.", "net.",
@@ -208,7 +225,7 @@ def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
   # overwriting an existing directory replaces it atomically
   checkpoints.save_model(tmp_path / "ckpt", checkpoints.to_numpy(variables), loaded)
   sd = flax_to_torch.convert(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
-  fresh = ref.VitFiqaTorch(cfg)
+  fresh = _fresh_twin(cfg)
   fresh.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
   for k, v in model.state_dict().items():
     if not k.endswith("num_batches_tracked"):

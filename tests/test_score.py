@@ -33,7 +33,7 @@ FILES = [("a/001.png", 112, 112), ("a/002.jpg", 120, 100), ("a/sub/003.png", 112
 
 def _twin(mode: str, seed: int):
   cfg = vit.tiny_config(mode)
-  model = ref.VitFiqaTorch(cfg)
+  model = ref.VitFiqaTorch(**ref.tiny_kwargs(mode))
   ref.random_init_(model, seed=seed)
   return cfg, model.eval()
 
@@ -49,7 +49,11 @@ def _decode_reference(path: str) -> np.ndarray:
 def _twin_scores(model, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
   x = torch.from_numpy((images_uint8.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(0, 3, 1, 2)
   with torch.no_grad():
-    out = model.all_exits(x)
+    exit_scores, embeddings = model.exits(x)
+    attn_scores, attn_maps = model.attention(x)
+  out = {"embedding": embeddings[:, -1], "attn_scores": attn_scores, "attn_maps": attn_maps}
+  if exit_scores is not None:
+    out["exit_scores"] = exit_scores
   return {k: v.numpy() for k, v in out.items()}
 
 

@@ -1,0 +1,234 @@
+"""Cached pipeline stages: a killed run resumes, a changed config recomputes only what it touches.
+
+Every stage's arrays live in `<root>/<name>.npz` together with the fingerprint (SHA-256 of a
+canonical JSON) of what the stage depends on: the config fields it reads, the identity of the
+files it reads (path, size, mtime) and the fingerprints of the stages it consumes. A stage whose
+stored fingerprint matches is loaded, not recomputed; a changed field changes the fingerprint
+of that stage and, through the chain, of every stage downstream — and of nothing else.
+
+Long stages run in chunks (`run_chunked`): each finished chunk is written at once, so a run
+killed in the middle of scoring 469k IJB-C images restarts at the first missing chunk.
+Writes are atomic (exfiqa_jax/io.py); on several hosts only process 0 writes and the
+"cached or not" decision of process 0 is broadcast, so every host runs the same programs.
+Every event goes to `<root>/stages.jsonl` (stage, fingerprint, computed | cached | chunk).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from exfiqa_jax import io, parallel
+
+FINGERPRINT_KEY = "__fingerprint__"
+DEPS_KEY = "__deps__"
+LOG_FILE = "stages.jsonl"
+
+
+@dataclasses.dataclass
+class Stage:
+  """A finished stage: its arrays (numpy) and the fingerprint downstream stages depend on."""
+  name: str
+  fingerprint: str
+  arrays: dict[str, np.ndarray]
+  cached: bool
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return self.arrays[key]
+
+
+def _canonical(value: Any) -> Any:
+  if isinstance(value, Stage):
+    return {"stage": value.name, "fingerprint": value.fingerprint}
+  if isinstance(value, Mapping):
+    return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+  if hasattr(value, "to_dict"):          # ml_collections.ConfigDict
+    return _canonical(value.to_dict())
+  if isinstance(value, (list, tuple)):
+    return [_canonical(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return {"sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest(),
+            "shape": list(value.shape), "dtype": str(value.dtype)}
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, float):
+    return repr(value)                   # exact, and 1e-3 != 0.001000001
+  return value
+
+
+def fingerprint(deps: Mapping[str, Any]) -> str:
+  """SHA-256 of the canonical JSON of `deps` (dicts, lists, numbers, strings, arrays, Stages)."""
+  text = json.dumps(_canonical(deps), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_identity(path: str) -> dict[str, Any]:
+  """What identifies an input file or directory cheaply: absolute path, total size, newest mtime
+  (a re-converted checkpoint or a rebuilt data set changes it)."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isfile(path):
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+  if os.path.isdir(path):
+    size, newest, count = 0, 0, 0
+    for folder, _, files in os.walk(path):
+      for name in files:
+        st = os.stat(os.path.join(folder, name))
+        size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
+    return {"path": path, "size": size, "mtime_ns": newest, "files": count}
+  raise FileNotFoundError(path)
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's decision, on every host."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+class StageCache:
+  """Stages under `root` (normally `<config.output>/cache`)."""
+
+  def __init__(self, root: str, progress: bool = True):
+    self.root = os.path.abspath(root)
+    self.progress = progress and parallel.is_writer()
+    self.events: list[dict[str, Any]] = []
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.root, name + ".npz")
+
+  def _log(self, name: str, fp: str, event: str, **extra) -> None:
+    entry = {"stage": name, "fingerprint": fp[:16], "event": event, "time": time.time(), **extra}
+    self.events.append(entry)
+    if parallel.is_writer():
+      os.makedirs(self.root, exist_ok=True)
+      with open(os.path.join(self.root, LOG_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+  def load(self, name: str, fp: str) -> dict[str, np.ndarray] | None:
+    """The stored arrays if the stage exists with fingerprint `fp`, else None."""
+    path = self.path(name)
+    if not os.path.exists(path):
+      return None
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        if str(data[FINGERPRINT_KEY]) != fp:
+          return None
+        return {k: data[k] for k in data.files if k not in (FINGERPRINT_KEY, DEPS_KEY)}
+    except (OSError, ValueError, KeyError) as e:   # unreadable: recompute
+      logging.warning("stage %s: cannot read %s (%s); recomputing", name, path, e)
+      return None
+
+  def _store(self, path: str, fp: str, deps: Mapping[str, Any], arrays: Mapping[str, Any]
+             ) -> None:
+    if parallel.is_writer():
+      io.save_npz(path, **{FINGERPRINT_KEY: np.asarray(fp),
+                           DEPS_KEY: np.asarray(json.dumps(_canonical(deps), sort_keys=True)),
+                           **{k: np.asarray(v) for k, v in arrays.items()}})
+
+  def run(self, name: str, deps: Mapping[str, Any],
+          compute: Callable[[], Mapping[str, np.ndarray]]) -> Stage:
+    """Loads stage `name` if its fingerprint matches `deps`, else computes and stores it."""
+    fp = fingerprint(deps)
+    arrays = self.load(name, fp) if parallel.is_writer() or jax.process_count() > 1 else None
+    if _agree(arrays is not None):
+      if arrays is None:     # another host decided "cached": the output must be shared
+        arrays = self.load(name, fp)
+        if arrays is None:
+          raise RuntimeError(f"stage {name}: process 0 found it cached but this host cannot read "
+                             f"{self.path(name)}; put config.output on a shared filesystem")
+      logging.info("stage %s: cached (%s)", name, fp[:12])
+      self._log(name, fp, "cached")
+      return Stage(name, fp, arrays, True)
+    start = time.time()
+    logging.info("stage %s: computing", name)
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    self._store(self.path(name), fp, deps, arrays)
+    seconds = time.time() - start
+    logging.info("stage %s: done in %.1f s", name, seconds)
+    self._log(name, fp, "computed", seconds=round(seconds, 3))
+    return Stage(name, fp, arrays, False)
+
+  def run_chunked(self, name: str, deps: Mapping[str, Any], num_items: int, chunk_size: int,
+                  compute_chunk: Callable[[int, int], Mapping[str, np.ndarray]],
+                  unit: str = "img") -> Stage:
+    """Like `run` for a stage over `num_items` rows computed in chunks of `chunk_size` rows:
+    `compute_chunk(start, stop)` → arrays with `stop - start` leading rows. Finished chunks are
+    kept in `<name>.parts/<fingerprint>/` until the stage is complete, then concatenated."""
+    fp = fingerprint({**deps, "__chunk_size__": int(chunk_size), "__items__": int(num_items)})
+    final = self.load(name, fp) if parallel.is_writer() or jax.process_count() > 1 else None
+    if _agree(final is not None):
+      if final is None:
+        final = self.load(name, fp)
+        if final is None:
+          raise RuntimeError(f"stage {name}: cached on process 0 but unreadable here; put "
+                             "config.output on a shared filesystem")
+      logging.info("stage %s: cached (%s)", name, fp[:12])
+      self._log(name, fp, "cached")
+      return Stage(name, fp, final, True)
+    parts_root = os.path.join(self.root, name + ".parts")
+    parts_dir = os.path.join(parts_root, fp[:16])
+    if parallel.is_writer() and os.path.isdir(parts_root):
+      for stale in os.listdir(parts_root):     # chunks of an older config
+        if stale != fp[:16]:
+          shutil.rmtree(os.path.join(parts_root, stale), ignore_errors=True)
+    chunk_size = max(1, int(chunk_size))
+    starts = list(range(0, num_items, chunk_size))
+    pieces: list[dict[str, np.ndarray]] = []
+    start_time = time.time()
+    resumed = 0
+    with tqdm(total=num_items, desc=name, unit=unit, smoothing=0.1,
+              disable=not self.progress) as bar:
+      for lo in starts:
+        hi = min(num_items, lo + chunk_size)
+        part_path = os.path.join(parts_dir, f"{lo:010d}.npz")
+        arrays = self.load(part_path[len(self.root) + 1:-4], fp) if parallel.is_writer() or (
+            jax.process_count() > 1) else None
+        if _agree(arrays is not None):
+          if arrays is None:
+            raise RuntimeError(f"stage {name}: chunk {lo} is cached on process 0 but not "
+                               "readable here; put config.output on a shared filesystem")
+          resumed += 1
+        else:
+          arrays = {k: np.asarray(v) for k, v in compute_chunk(lo, hi).items()}
+          for k, v in arrays.items():
+            if v.shape[:1] != (hi - lo,):
+              raise ValueError(f"stage {name}: chunk [{lo}, {hi}) returned {k} with shape "
+                               f"{v.shape}, expected {hi - lo} leading rows")
+          self._store(part_path, fp, {"stage": name, "chunk": lo}, arrays)
+          self._log(name, fp, "chunk", start=lo, stop=hi)
+        pieces.append(arrays)
+        bar.update(hi - lo)
+    if not pieces:
+      raise ValueError(f"stage {name}: nothing to compute (0 items)")
+    result = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    self._store(self.path(name), fp, deps, result)
+    if parallel.is_writer():
+      shutil.rmtree(parts_root, ignore_errors=True)
+    seconds = time.time() - start_time
+    logging.info("stage %s: done in %.1f s (%d of %d chunks from a previous run)", name, seconds,
+                 resumed, len(starts))
+    self._log(name, fp, "computed", seconds=round(seconds, 3), resumed_chunks=resumed)
+    return Stage(name, fp, result, False)
+
+  def computed(self) -> list[str]:
+    """Stages computed (not loaded) in this process so far."""
+    return [e["stage"] for e in self.events if e["event"] == "computed"]
+
+
+def read_log(root: str) -> list[dict[str, Any]]:
+  path = os.path.join(root, LOG_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

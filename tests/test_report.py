@@ -1,0 +1,167 @@
+"""Reports: CSV numbers equal the EDC engine's, the best is marked, plots are PNGs, GFLOPs."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from exfiqa_jax import edc, report
+from exfiqa_jax.models import vit
+
+FMRS = (1e-2, 1e-3)
+
+
+def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[report.BenchmarkEval,
+                                                                          dict]:
+  """A benchmark with 3 exits of increasing skill, their fusions, ATTN and random."""
+  rng = np.random.default_rng(seed)
+  n_img, n_pairs = 300, 1500
+  pairs = rng.integers(0, n_img, (n_pairs, 2))
+  is_gen = rng.random(n_pairs) < 0.4
+  severity = rng.random(n_img)
+  pair_sev = np.maximum(severity[pairs[:, 0]], severity[pairs[:, 1]])
+  scores = np.where(is_gen, 0.7 - 0.8 * pair_sev + 0.1 * rng.normal(size=n_pairs),
+                    0.1 * rng.normal(size=n_pairs)).astype(np.float32)
+  exits = np.stack([-severity * w + rng.normal(size=n_img) * (1.5 - w) for w in (0.2, 0.8, 1.2)],
+                   1)
+  cols = report.column_set("m", 3, prefix=False)
+  q = [exits[:, 0], exits[:, 1], exits[:, 2], exits.mean(1), exits @ np.array([1, 2, 3]) / 6,
+       -severity + rng.normal(size=n_img), rng.normal(size=n_img), -severity * 0.5
+       + rng.normal(size=n_img) * 0.3]
+  cols.append(report.QualityColumn("random", "random"))
+  q.append(report.random_quality(n_img, 7))
+  image_q = np.stack(q).astype(np.float32)
+  pq = edc.image_to_pair_quality(image_q, pairs)
+  modes = {}
+  engine = {}
+  for mode, limit in (("fiqa", 0.3), ("iso", 0.2)):
+    curves = edc.edc_curves(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, pauc_limit=limit)
+    point, low, high = edc.pauc_ci(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, limit,
+                                   num_resamples=8, seed=3)
+    modes[mode] = report.ModeEval(mode, limit, curves, curves.pauc, low, high)
+    engine[mode] = (curves, point, low, high)
+  result = report.BenchmarkEval(benchmark, "fr", cols, np.asarray(FMRS), modes, n_pairs,
+                                int(is_gen.sum()))
+  return result, engine
+
+
+def test_csv_numbers_equal_engine(tmp_path):
+  result, engine = _synthetic_result()
+  paths = report.write_tables(str(tmp_path), [result])
+  edc_rows = report.read_csv(paths["edc"])
+  assert list(edc_rows[0]) == list(report.EDC_COLUMNS)
+  names = result.names
+  n = len(names) * len(FMRS) * len(edc.FIQA_DISCARD)
+  assert len(edc_rows) == 2 * n
+  for row in edc_rows:
+    curves = engine[row["mode"]][0]
+    s = names.index(row["quality"])
+    f = FMRS.index(float(row["fmr"]))
+    r = int(np.flatnonzero(np.asarray(curves.discard) == float(row["discard"]))[0])
+    assert float(row["fnmr"]) == curves.fnmr[s, f, r]           # exact (float repr)
+    assert float(row["threshold"]) == curves.threshold[s, f, r]
+    assert int(row["n_genuine"]) == curves.n_genuine[s, r]
+    assert int(row["n_impostor"]) == curves.n_impostor[s, r]
+  pauc_rows = report.read_csv(paths["pauc"])
+  assert list(pauc_rows[0]) == list(report.PAUC_COLUMNS)
+  assert len(pauc_rows) == 2 * len(names) * len(FMRS)
+  for row in pauc_rows:
+    _, point, low, high = engine[row["mode"]]
+    s, f = names.index(row["quality"]), FMRS.index(float(row["fmr"]))
+    assert float(row["pauc"]) == point[s, f]
+    assert float(row["ci_low"]) == low[s, f] and float(row["ci_high"]) == high[s, f]
+    assert float(row["limit"]) == (0.3 if row["mode"] == "fiqa" else 0.2)
+  # An independent check of one fiqa pAUC: numpy trapezoid over the grid points <= 0.3.
+  curves = engine["fiqa"][0]
+  x = np.asarray(edc.FIQA_DISCARD)[:7]
+  y = curves.fnmr[2, 1, :7]
+  assert abs(float(pauc_rows[0]["pauc"]) - 0) >= 0            # parsed
+  ref = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+  row = next(r for r in pauc_rows if r["quality"] == names[2] and r["mode"] == "fiqa"
+             and float(r["fmr"]) == FMRS[1])
+  assert float(row["pauc"]) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+  summary = json.loads(open(paths["json"]).read())
+  assert summary["benchmarks"]["bench"]["fr"]["fiqa"]["0.001"]["exit_3"]["pauc"] == \
+      engine["fiqa"][1][2, 1]
+
+
+def test_summary_marks_best_and_skips_baselines(tmp_path):
+  result, _ = _synthetic_result()
+  m = result.modes["fiqa"]
+  # Make the random baseline the lowest everywhere: it must still not be marked.
+  m.pauc[result.names.index("random")] = -1.0
+  md = report.summary_markdown([result])
+  fiqa_section = md.split("## ")[1]
+  assert "mode `fiqa`" in fiqa_section.splitlines()[0]
+  table = [l for l in fiqa_section.splitlines() if l.startswith("| ")]
+  header, rows = table[0], {l.split(" | ")[0][2:]: l for l in table[1:]}
+  fiqa_rows = rows
+  for f in range(len(FMRS)):
+    vals = m.pauc[:, f].copy()
+    best = min((i for i, c in enumerate(result.columns) if not c.is_baseline),
+               key=lambda i: vals[i])
+    cell = fiqa_rows[result.names[best]].split(" | ")[1 + f]
+    assert cell.strip(" |") == f"**{1e3 * vals[best]:.2f}**"
+    assert "**" not in rows["random"].split(" | ")[1 + f]
+  assert sum(l.count("**") for l in table[1:]) == 2 * len(FMRS)
+  assert "bench @FMR 1e-02" in header
+
+
+def test_plots_are_pngs(tmp_path):
+  result, _ = _synthetic_result()
+  g = report.gflops_per_exit(vit.tiny_config("token").to_dict())
+  written = report.write_plots(str(tmp_path), [result], {"m": (g[0][:3], g[1])})
+  assert len(written) == 2 + 2          # EDC per mode + pAUC-vs-GFLOPs per mode
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+  written.append(report.plot_attention(str(tmp_path / "plots" / "att.png"), images,
+                                       rng.normal(size=(4, 16)), rng.normal(size=4), "t"))
+  for path in written:
+    with open(path, "rb") as f:
+      head = f.read(8)
+    assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 2000
+
+
+def test_gflops_match_the_poster():
+  crfiqa, fuse_c = report.gflops_per_exit(vit.vit_s_config("crfiqa").to_dict())
+  token, fuse_t = report.gflops_per_exit(vit.vit_s_config("token").to_dict())
+  poster_c = [1.06, 2.01, 2.96, 3.91, 4.85, 5.80, 6.75, 7.70, 8.65, 9.60, 10.55, 11.49]
+  poster_t = [0.99, 1.95, 2.90, 3.86, 4.81, 5.76, 6.72, 7.67, 8.63, 9.58, 10.54, 11.49]
+  # The poster's own numbers, exactly (2 decimals): (C) exit 7 and 12, (T) exit 6, fusion (C).
+  assert (round(crfiqa[6], 2), round(crfiqa[11], 2), round(token[5], 2)) == (6.75, 11.49, 5.76)
+  assert round(fuse_c, 2) == 12.33 and round(fuse_t, 2) == 11.49
+  # SPEC-METHOD §3.4 full table, to its rounding (its (C) exit 11 reads 10.55 and (T) exit 4 3.86
+  # where the exact count gives 10.544 and 3.855).
+  np.testing.assert_allclose(crfiqa, poster_c, atol=0.0106)
+  np.testing.assert_allclose(token, poster_t, atol=0.0106)
+  md = "\n".join(report.gflops_markdown({"vitfiqa_c": (crfiqa, fuse_c)}))
+  assert "| vitfiqa_c | 1.06 |" in md and "| 6.75 |" in md and "12.33 |" in md
+
+
+def _bilinear_ref(m: np.ndarray, size: int) -> np.ndarray:
+  """Half-pixel-centre bilinear upsampling with edge clamping (cv2/PIL convention)."""
+  n = m.shape[0]
+  c = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+  i0 = np.floor(c).astype(int)
+  i1 = np.minimum(i0 + 1, n - 1)
+  w = c - i0
+  rows = m[i0] * (1 - w)[:, None] + m[i1] * w[:, None]
+  return rows[:, i0] * (1 - w)[None, :] + rows[:, i1] * w[None, :]
+
+
+def test_attention_overlay_matches_numpy_reference():
+  rng = np.random.default_rng(2)
+  maps = rng.normal(size=(3, 144)) * 3 + 1
+  images = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+  heat = report.attention_heatmaps(maps)
+  lo, hi = maps.min(), maps.max()          # ONE global min-max over all maps
+  ref = np.stack([_bilinear_ref(((m - lo) / (hi - lo + 1e-8)).reshape(12, 12), 112)
+                  for m in maps])
+  np.testing.assert_allclose(heat, ref, atol=2e-5)
+  assert 0.9 < heat.max() <= 1.0 + 1e-6 and -1e-6 <= heat.min() < 0.1
+  over = report.attention_overlays(images, maps)
+  from matplotlib import colormaps
+  expect = 0.6 * images + 0.4 * 255 * colormaps["jet"](ref)[..., :3]
+  assert np.abs(over.astype(float) - expect).max() <= 1.0 + 1e-6
