@@ -26,9 +26,9 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from converters.strict import CheckpointError, check_state_dict
+from exfiqa_jax.models import vit
+from exfiqa_jax.models.vit import QUALITY_MODES
 
-MODES = ("token", "crfiqa", "full", "fr")
-QUALITY_MODES = ("token", "crfiqa", "full")
 DEFAULT_HEADS = 8
 DEFAULT_IMG_SIZE = 112
 
@@ -280,7 +280,6 @@ def variables_to_state_dict(variables: Mapping, config: Mapping[str, Any]
 
 def vit_config(config: Mapping[str, Any]):
   """model_config dict → vit.ViTConfig (ignores the converter's extra fields)."""
-  from exfiqa_jax.models import vit
   fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
   return vit.ViTConfig.from_dict({k: v for k, v in config.items() if k in fields})
 
@@ -311,7 +310,6 @@ class ViTFamily:
     return variables_to_state_dict(variables, config)
 
   def build(self, config: Mapping[str, Any], dtype: Any = None):
-    from exfiqa_jax.models import vit
     cfg = vit_config(config)
     return vit.VisionTransformer(cfg) if dtype is None else vit.VisionTransformer(cfg,
                                                                                   dtype=dtype)

@@ -15,7 +15,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -24,8 +23,7 @@ from converters import families
 from converters.strict import CheckpointError
 from exfiqa_jax import fusion, parallel
 from exfiqa_jax.data import preprocess
-
-QUALITY_MODES = ("token", "crfiqa", "full")
+from exfiqa_jax.models.vit import QUALITY_MODES
 
 
 def resize_images(images: np.ndarray, size: int = preprocess.IMAGE_SIZE) -> np.ndarray:
@@ -88,12 +86,11 @@ class QualityModel:
     """Padded rows for a chunk of n ≤ batch_size: powers of two, so few programs compile."""
     return min(self.batch_size, parallel.round_up_to_devices(_next_pow2(n)))
 
-  def score(self, images: np.ndarray, attn_maps: bool = False, pad_to: int | None = None
-            ) -> dict[str, np.ndarray]:
+  def score(self, images: np.ndarray, attn_maps: bool = False) -> dict[str, np.ndarray]:
     """uint8 [B, H, W, 3] RGB (any B, H, W) → dict of numpy arrays (see the module doc).
 
-    Chunks of `batch_size` rows, each padded to `pad_to` rows (a fixed shape: one
-    compilation) or to the next power of two; padded rows are dropped from the result.
+    Chunks of `batch_size` rows, each padded to a power of two (at most log2(batch_size) + 1
+    compiled shapes); padded rows are dropped. The CLI pads every batch to one fixed shape.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -103,14 +100,11 @@ class QualityModel:
     if jax.process_count() > 1:
       raise NotImplementedError("QualityModel.score feeds from one host; on a multi-host job "
                                 "use run_batch with each host's rows (see exfiqa_jax/score.py)")
-    if pad_to is not None and (pad_to > self.batch_size or pad_to % jax.device_count()):
-      raise ValueError(f"pad_to={pad_to} must be a multiple of the {jax.device_count()} "
-                       f"devices and at most batch_size={self.batch_size}")
     images = resize_images(images, self.image_size)
     chunks = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
-      size = pad_to or self.padded_size(len(chunk))
+      size = self.padded_size(len(chunk))
       padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
                                                 np.uint8)])
       chunks.append({k: v[:len(chunk)] for k, v in self.run_batch(padded, attn_maps).items()})

@@ -90,16 +90,30 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
   sharding = parallel.replicated()
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         flax.core.unfreeze(abstract_variables(model_config)))
+  path = os.path.join(directory, VARIABLES_DIR)
   checkpointer = ocp.StandardCheckpointer()
   try:
-    variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(
-        f"the variables in {directory} do not fit its {CONFIG_FILE} "
-        f"({model_config.get('family', 'vit')}): {e}\nRe-convert the checkpoint.") from e
+    stored = _flat_shapes(checkpointer.metadata(path).item_metadata)
+    wanted = _flat_shapes(target)
+    problems = ([f"missing {k} {list(v)}" for k, v in wanted.items() if k not in stored]
+                + [f"unexpected {k}" for k in stored if k not in wanted]
+                + [f"{k}: stored {list(stored[k])}, config needs {list(v)}"
+                   for k, v in wanted.items() if k in stored and stored[k] != v])
+    if problems:
+      raise CheckpointError(
+          f"the variables in {directory} do not fit its {CONFIG_FILE} "
+          f"({model_config.get('family', 'vit')}):\n  " + "\n  ".join(problems[:40])
+          + "\nRe-convert the checkpoint (or fix model_config.json).")
+    variables = checkpointer.restore(path, target)
   finally:
     checkpointer.close()
   return variables, model_config
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(dict(tree))[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(x.shape)
+          for p, x in leaves}
 
 
 def to_numpy(variables: Any) -> Any:

@@ -413,14 +413,22 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
   deps = {"compare": cmp, "quality": deps_q, "columns": [dataclasses.asdict(c) for c in cols],
           "fmrs": fmrs, "mode": mode, "limit": limit, "bootstrap": resamples,
           "alpha": float(config.eval.get("alpha", 0.05)), "seed": int(config.seed),
-          "set_group": int(config.eval.get("set_group", 8))}
+          }
   to_pairs = pair_quality_fn(bench, cmp)
 
   def compute():
-    group = max(1, int(config.eval.get("set_group", 8)))   # quality sets per EDC call (memory)
+    # Quality sets per EDC call: all of them for small benchmarks, `set_group` at IJB-C scale
+    # (memory); every call gets the same number of rows (the last group is padded by repeating
+    # its last row), so the EDC and bootstrap programs compile once.
+    n_pairs = len(cmp["scores"])
+    group = min(len(cols), max(int(config.eval.get("set_group", 8)), (1 << 22) // n_pairs))
     parts = []
     for lo in range(0, len(cols), group):
-      pq = to_pairs(image_q[lo:lo + group])
+      rows = image_q[lo:lo + group]
+      real = len(rows)
+      if real < group:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], group - real, axis=0)])
+      pq = to_pairs(rows)
       curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
                               pauc_limit=limit)
       if resamples > 0:
@@ -429,9 +437,10 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
                                    alpha=float(config.eval.get("alpha", 0.05)))
       else:
         low = high = np.full_like(curves.pauc, np.nan)
-      parts.append(dict(fnmr=curves.fnmr, threshold=curves.threshold,
-                        n_genuine=curves.n_genuine, n_impostor=curves.n_impostor,
-                        discarded=curves.discarded, pauc=curves.pauc, ci_low=low, ci_high=high))
+      parts.append({k: v[:real] for k, v in dict(
+          fnmr=curves.fnmr, threshold=curves.threshold, n_genuine=curves.n_genuine,
+          n_impostor=curves.n_impostor, discarded=curves.discarded, pauc=curves.pauc,
+          ci_low=low, ci_high=high).items()})
       logging.info("EDC %s/%s/%s: %d/%d quality columns", bench.name, fr_name, mode,
                    min(lo + group, len(cols)), len(cols))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -157,7 +157,8 @@ def test_eight_devices_give_the_same_scores(data, tmp_path):
     from configs import score as score_config
     from exfiqa_jax import score
     c = score_config.get_config("tiny")
-    c.checkpoint, c.images, c.output = {data['ckpt']!r}, {str(data['faces'])!r}, {str(tmp_path / 'eight')!r}
+    c.checkpoint, c.images = {data['ckpt']!r}, {str(data['faces'])!r}
+    c.output = {str(tmp_path / 'eight')!r}
     c.model.num_heads = {data['cfg'].num_heads}
     c.batch_size = 4   # rounded up to 8 = one row per device
     score.run(c)

@@ -46,9 +46,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   def __init__(self, dim: int, num_heads: int, mlp_dim: int):
     super().__init__()
-    self.norm1 = nn.LayerNorm(dim)
+    self.norm1 = nn.LayerNorm(dim)   # registration order as in the official file: norm1,
+    self.norm2 = nn.LayerNorm(dim)   # norm2, attn, mlp (Appendix A)
     self.attn = Attention(dim, num_heads)
-    self.norm2 = nn.LayerNorm(dim)
     self.mlp = Mlp(dim, mlp_dim)
 
   def forward(self, x):
