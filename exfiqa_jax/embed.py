@@ -156,36 +156,6 @@ def embed_images(model_fn: Any, variables: Any, images_uint8: np.ndarray,
 
 # ---------------------------------------------------------------- loading FR models
 
-def _families() -> Sequence[Any]:
-  try:
-    from converters import families
-    return families.FAMILIES
-  except ImportError:   # core-io's registry not landed: the FR families alone
-    from converters import iresnet_keys
-    return iresnet_keys.FAMILIES
-
-
-def family_by_name(name: str) -> Any:
-  for family in _families():
-    if family.name == name:
-      return family
-  raise ValueError(f"unknown model family {name!r}; known: {[f.name for f in _families()]}")
-
-
-def detect_family(state_dict: dict[str, np.ndarray], family: str | None = None) -> Any:
-  try:
-    from converters import families
-    return families.detect_family(state_dict, family)
-  except ImportError:
-    if family:
-      return family_by_name(family)
-    found = [f for f in _families() if f.matches(state_dict)]
-    if not found:
-      raise ValueError("no known FR family matches this checkpoint's keys; pass --family "
-                       f"(one of {[f.name for f in _families()]})")
-    return found[0]
-
-
 def load_fr_model(path: str, family: str | None = None,
                   normalisation: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
   """A converted directory (Orbax + model_config.json) or a PyTorch file → (module, variables,
@@ -194,9 +164,9 @@ def load_fr_model(path: str, family: str | None = None,
     from exfiqa_jax import checkpoints
     variables, model_config = checkpoints.load_model(path)
   else:
-    from converters import torch_io
+    from converters import families, torch_io
     state_dict = torch_io.load_state_dict(path)
-    fam = detect_family(state_dict, family)
+    fam = families.detect_family(state_dict, family)
     model_config = fam.infer_config(state_dict)
     variables = fam.to_flax(state_dict, model_config)
   if normalisation:
@@ -204,27 +174,12 @@ def load_fr_model(path: str, family: str | None = None,
       raise ValueError(f"normalisation must be one of {INPUT_SCALES}, got {normalisation!r}")
     model_config = {**model_config, "input_scale": normalisation}
   model_config.setdefault("input_scale", "minus1_1")
-  module = family_by_name(model_config["family"]).build(model_config)
+  from converters import families
+  module = families.family_of_config(model_config).build(model_config)
   return module, variables, model_config
 
 
 # ---------------------------------------------------------------- the "embed" task
-
-def read_image_list(images: str, image_root: str | None = None) -> tuple[list[str], list[str]]:
-  """A folder (recursive) or a list file (first column = path) → (paths, names as listed)."""
-  if os.path.isdir(images):
-    paths = preprocess.list_images(images)
-    return paths, [os.path.relpath(p, images) for p in paths]
-  if not os.path.isfile(images):
-    raise FileNotFoundError(f"{images} is neither an image folder nor a list file")
-  root = image_root or os.path.dirname(os.path.abspath(images))
-  names = []
-  with open(images, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        names.append(line.split()[0])
-  return [n if os.path.isabs(n) else os.path.join(root, n) for n in names], names
-
 
 def _decoded_batches(paths: Sequence[str], batch_size: int, channel_order: str,
                      workers: int) -> Iterator[np.ndarray]:
@@ -248,7 +203,7 @@ def run(config) -> dict[str, Any]:
   out_dir = config.output
   emb_path = os.path.join(out_dir, "embeddings.npy")
   list_path = os.path.join(out_dir, "image_list.txt")
-  paths, names = read_image_list(config.images, config.get("image_root") or None)
+  paths, names = preprocess.read_image_list(config.images, config.get("image_root") or None)
   if not paths:
     raise ValueError(f"no images found in {config.images}")
   if os.path.exists(emb_path) and os.path.exists(list_path):

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from exfiqa_jax import api, io, parallel
 from exfiqa_jax.data import preprocess
-from exfiqa_jax.embed import read_image_list
 
 PREFETCH_BATCHES = 2
 
@@ -110,7 +109,7 @@ def run(config) -> dict[str, Any]:
     raise ValueError("pass --config.checkpoint=<converted dir or .pt> and "
                      "--config.images=<image folder or list file>")
   channel_order = preprocess.check_channel_order(config.data.channel_order)
-  paths, names = read_image_list(config.images)
+  paths, names = preprocess.read_image_list(config.images)
   if not paths:
     raise ValueError(f"no images in {config.images}: a folder needs image files "
                      f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) somewhere below it, a list "

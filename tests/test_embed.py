@@ -12,6 +12,7 @@ from PIL import Image
 
 from converters import iresnet_keys as ik
 from exfiqa_jax import embed
+from exfiqa_jax.data import preprocess
 from tests import fr_torch_reference as ref
 from tests.subproc import run_python
 
@@ -132,8 +133,8 @@ def test_embed_task_writes_atomically_and_resumes(tmp_path, magface, monkeypatch
 
 def test_image_list_file(tmp_path):
   (tmp_path / "a.jpg").write_bytes(b"")
-  (tmp_path / "list.txt").write_text("a.jpg 0.5\nsub/b.jpg 1\n")
-  paths, names = embed.read_image_list(str(tmp_path / "list.txt"))
-  assert names == ["a.jpg", "sub/b.jpg"] and paths[1] == str(tmp_path / "sub" / "b.jpg")
+  (tmp_path / "list.txt").write_text("a.jpg 0.5\nsub/b.jpg 1\nc d/e f.jpg\n")
+  paths, names = preprocess.read_image_list(str(tmp_path / "list.txt"))
+  assert names == ["a.jpg", "sub/b.jpg", "c d/e f.jpg"] and paths[1] == str(tmp_path / "sub" / "b.jpg")
   with pytest.raises(FileNotFoundError):
-    embed.read_image_list(str(tmp_path / "missing"))
+    preprocess.read_image_list(str(tmp_path / "missing"))

@@ -50,8 +50,8 @@ def _png(a):
 
 def _save_vit(path, mode, seed):
   cfg = vit.tiny_config(mode)
-  variables = vit.VisionTransformer(cfg).init(jax.random.key(seed),
-                                              np.zeros((1, 112, 112, 3), np.float32))
+  variables = jax.jit(vit.VisionTransformer(cfg).init)(jax.random.key(seed),
+                                                       np.zeros((1, 112, 112, 3), np.float32))
   checkpoints.save_model(path, variables, {"family": "vit", "kind": "vit",
                                            "input_scale": "minus1_1", **cfg.to_dict()})
   return str(path)
@@ -59,8 +59,8 @@ def _save_vit(path, mode, seed):
 
 def _save_iresnet(path, seed):
   cfg = iresnet.tiny_config()
-  variables = iresnet.IResNet(cfg).init(jax.random.key(seed),
-                                        np.zeros((1, 112, 112, 3), np.float32))
+  variables = jax.jit(iresnet.IResNet(cfg).init)(jax.random.key(seed),
+                                                 np.zeros((1, 112, 112, 3), np.float32))
   checkpoints.save_model(path, variables, {"family": "arcface_iresnet", "kind": "iresnet",
                                            "input_scale": "minus1_1", **cfg.to_dict()})
   return str(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +67,27 @@ def list_images(directory: str | os.PathLike) -> list[str]:
       if f.lower().endswith(IMAGE_EXTENSIONS):
         found.append(os.path.join(root, f))
   return sorted(found, key=lambda p: os.path.relpath(p, directory))
+
+
+def read_image_list(images: str, image_root: str | None = None) -> tuple[list[str], list[str]]:
+  """A folder (recursive, sorted) or a list file (one path per line, optionally followed by
+  numbers such as a CR-FIQA `<path> <score>` line; relative paths resolve against `image_root`
+  or the list file's folder) → (paths, names as listed)."""
+  if os.path.isdir(images):
+    paths = list_images(images)
+    return paths, [os.path.relpath(p, images) for p in paths]
+  if not os.path.isfile(images):
+    raise FileNotFoundError(f"{images} is neither an image folder nor a list file; pass a folder "
+                            "of face crops or a text file with one image path per line")
+  root = image_root or os.path.dirname(os.path.abspath(images))
+  with open(images, encoding="utf-8") as f:
+    names = [_path_of_line(line) for line in f if line.strip()]
+  return [n if os.path.isabs(n) else os.path.join(root, n) for n in names], names
+
+
+_TRAILING_NUMBERS = re.compile(r"(\s+[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)+$")
+
+
+def _path_of_line(line: str) -> str:
+  """The path of a list line: trailing numeric fields dropped, spaces inside the path kept."""
+  return _TRAILING_NUMBERS.sub("", line.strip())
