@@ -7,18 +7,17 @@ Writes into `config.output` (only process 0, atomically):
   scores.npz   image [N] and the same numbers as arrays: exit_scores [N, L], ex_fiqa_f [N],
                ex_fiqa_fw [N], attn_scores [N, L]; plus the inputs it was computed for.
   skipped.txt  with skip_unreadable=True: every file that could not be decoded, with the reason.
-Decoding runs in a background thread pool one batch ahead; every batch has the same padded
-shape (one compilation) and is sharded over all devices; on several hosts each host decodes
-only its own rows of every batch. A finished run with the same inputs is not recomputed.
+Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
+batch has the same padded shape (one compilation) and is sharded over all devices; on several
+hosts each host decodes only its own rows of every batch. A finished run with the same inputs is not recomputed.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import io as _io
 import os
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -26,48 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from exfiqa_jax import api, io, parallel
-from exfiqa_jax.data import preprocess
-
-PREFETCH_BATCHES = 2
-
-
-def _decode(path: str, channel_order: str, size: int) -> tuple[np.ndarray | None, str | None]:
-  try:
-    return preprocess.decode_image(path, channel_order, size=size), None
-  except preprocess.ImageError as e:
-    return None, str(e)
-
-
-def _local_batches(paths: Sequence[str], batch: int, channel_order: str, workers: int,
-                   size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, dict[int, str]]]:
-  """Yields (start, this host's rows uint8 [b, S, S, 3], their validity [b], {row: error}).
-
-  Rows past the end and undecodable rows are zeros with validity False.
-  """
-  local = batch // jax.process_count()
-  first = jax.process_index() * local
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    def submit(start):
-      rows = range(start + first, min(start + first + local, len(paths)))
-      return start, [pool.submit(_decode, paths[r], channel_order, size) for r in rows]
-
-    pending = [submit(s) for s in range(0, min(len(paths), PREFETCH_BATCHES * batch), batch)]
-    next_start = PREFETCH_BATCHES * batch
-    while pending:
-      start, futures = pending.pop(0)
-      if next_start < len(paths):
-        pending.append(submit(next_start))
-        next_start += batch
-      images = np.zeros((local, size, size, 3), np.uint8)
-      valid = np.zeros((local,), bool)
-      errors = {}
-      for i, future in enumerate(futures):
-        image, error = future.result()
-        if error is None:
-          images[i], valid[i] = image, True
-        else:
-          errors[start + first + i] = error
-      yield start, images, valid, errors
+from exfiqa_jax.data import pipeline, preprocess
 
 
 def _columns(num_exits: int, has_exits: bool) -> list[str]:
@@ -131,8 +89,10 @@ def run(config) -> dict[str, Any]:
   started = time.time()
   with tqdm(total=len(paths), unit="img", desc="score", smoothing=0.1,
             disable=not parallel.is_writer()) as bar:
-    for start, images, valid, errors in _local_batches(
-        paths, batch, channel_order, config.data.get("decode_threads", 4), model.image_size):
+    reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
+    for host in pipeline.host_batches(reader, len(paths), batch, image_size=model.image_size,
+                                      workers=config.data.get("decode_threads", 4)):
+      images, valid, errors, n = host.images, host.valid, host.errors, host.num_rows
       if errors and not config.skip_unreadable:
         raise preprocess.ImageError(
             f"{next(iter(errors.values()))}\nFix or remove the file, or pass "
@@ -142,7 +102,6 @@ def run(config) -> dict[str, Any]:
       local_errors.update(errors)
       result = model.run_batch(images)
       valid = parallel.global_to_host(parallel.host_batch_to_global(valid))
-      n = min(batch, len(paths) - start)
       chunks.append({k: v[:n] for k, v in result.items()})
       keep.append(valid[:n])
       bar.update(n)
