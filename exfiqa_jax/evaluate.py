@@ -16,17 +16,17 @@ only process 0 writes.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from exfiqa_jax import edc, io, parallel, report, stages
+from exfiqa_jax.data import pipeline
 
 PRECOMPUTED = "precomputed:"
 SELF_FR = "quality_model"
@@ -132,32 +132,9 @@ def open_benchmark(name: str, config) -> Benchmark:
                    pairs=np.stack([info.pairs["index_a"], info.pairs["index_b"]], 1))
 
 
-def _local_batches(bench: Benchmark, lo: int, hi: int, batch: int, workers: int
-                   ) -> Iterator[tuple[int, np.ndarray]]:
-  """(n real rows, this host's rows uint8 [batch / hosts, 112, 112, 3], zero-padded) for the
-  global batches covering [lo, hi), decoded two batches ahead in threads."""
-  local = batch // jax.process_count()
-  first = jax.process_index() * local
-  starts = list(range(lo, hi, batch))
-
-  def load(start):
-    n = min(batch, hi - start)
-    rows = np.arange(start + first, min(start + first + local, start + n))
-    images, _ = bench.read(rows) if len(rows) else (np.zeros((0, 112, 112, 3), np.uint8), [])
-    pad = local - len(images)
-    if pad:
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:] if len(images)
-                                                else (pad, 112, 112, 3), np.uint8)])
-    return n, images
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    futures = [pool.submit(load, s) for s in starts[:2]]
-    for i, _ in enumerate(starts):
-      if i + 2 < len(starts):
-        futures.append(pool.submit(load, starts[i + 2]))
-      n, images = futures[i].result()
-      futures[i] = None
-      yield n, images
+def _images(bench: Benchmark) -> pipeline.Reader:
+  """The benchmark's rows as a pipeline reader (images only; names are read once per chunk)."""
+  return lambda rows: bench.read(rows)[0]
 
 
 def _names(bench: Benchmark, lo: int, hi: int) -> np.ndarray:
@@ -257,9 +234,11 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
 
   def compute(lo, hi):
     parts = []
-    for n, images in _local_batches(bench, lo, hi, batch, config.data.get("decode_threads", 4)):
-      out = model.run_batch(images)
-      parts.append({k: v[:n] for k, v in out.items() if k not in ("embedding", "attn_maps")})
+    for host in pipeline.host_batches(_images(bench), hi, batch, start=lo,
+                                      workers=config.data.get("decode_threads", 4)):
+      out = model.run_batch(host.images)
+      parts.append({k: v[:host.num_rows] for k, v in out.items()
+                    if k not in ("embedding", "attn_maps")})
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     arrays["name"] = _names(bench, lo, hi)
     return arrays
@@ -312,9 +291,10 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
 
   def compute(lo, hi):
     parts = []
-    for n, images in _local_batches(bench, lo, hi, batch, config.data.get("decode_threads", 4)):
-      out = parallel.global_to_host(embed_fn(variables, parallel.host_batch_to_global(images)))
-      parts.append(out[:n])
+    for step in pipeline.global_batches(_images(bench), hi, batch, start=lo,
+                                        workers=config.data.get("decode_threads", 4)):
+      out = parallel.global_to_host(embed_fn(variables, step.images))
+      parts.append(out[:step.num_rows])
     return {"embedding": np.concatenate(parts).astype(np.float32),
             "name": _names(bench, lo, hi)}
 
@@ -563,8 +543,9 @@ def gflops_table(quality: Sequence[QualitySpec]) -> dict[str, tuple[np.ndarray, 
 
 def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
                  quality: Sequence[QualitySpec], extra: Mapping[str, Any] | None = None,
-                 title: str = "EDC evaluation", notes: Sequence[str] = ()) -> dict[str, Any]:
-  """Every output file (process 0 only)."""
+                 title: str = "EDC evaluation", notes: Sequence[str] = (),
+                 footer: Sequence[str] = ()) -> dict[str, Any]:
+  """Every output file (process 0 only); `footer` lines go under the tables of summary.md."""
   if not parallel.is_writer():
     return {}
   output = config.output
@@ -579,7 +560,7 @@ def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
                    "gflops_fusion": {k: round(v[1], 4) for k, v in gflops.items()},
                    "seconds_per_benchmark": run.seconds, **(extra or {})}
   paths = report.write_tables(output, run.results, summary_extra, title, notes,
-                              report.gflops_markdown(gflops))
+                              list(report.gflops_markdown(gflops)) + list(footer))
   write_scores(output, run, quality)
   plots = []
   if config.report.get("plots", True):
