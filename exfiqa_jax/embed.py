@@ -13,10 +13,9 @@ task (configs/embed.py): an image folder or list file → embeddings.npy + image
 """
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import io, parallel
-from exfiqa_jax.data import preprocess
+from exfiqa_jax.data import pipeline, preprocess
 
 CONVENTIONS = ("concat", "sum", "none")
 INPUT_SCALES = ("minus1_1", "0_1")
@@ -106,16 +105,6 @@ def _cached_embed_fn(model_fn, convention, input_scale):
   return _EMBED_FNS[key][1]
 
 
-def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Pads [n, ...] to [batch_size, ...] by repeating the last row (results are dropped)."""
-  n = images.shape[0]
-  if n == batch_size:
-    return images
-  if n == 0 or n > batch_size:
-    raise ValueError(f"cannot pad {n} rows to a batch of {batch_size}")
-  return np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
-
-
 def replicate(variables: Any) -> Any:
   """Model variables on every device of the mesh (placed once, reused by every batch)."""
   return jax.device_put(variables, parallel.replicated())
@@ -128,7 +117,8 @@ def embed_batch(embed_fn: Callable, variables: Any, images_uint8: np.ndarray,
   if jax.process_count() > 1:
     raise NotImplementedError("embed_images feeds from one host; on a multi-host job every "
                               "host embeds its own shard (use the data pipeline's sharding)")
-  batch = parallel.host_batch_to_global(pad_batch(np.asarray(images_uint8), batch_size))
+  batch = parallel.host_batch_to_global(
+      pipeline.pad_rows(np.asarray(images_uint8), batch_size)[0])
   return parallel.global_to_host(embed_fn(variables, batch))[:n]
 
 
@@ -181,20 +171,6 @@ def load_fr_model(path: str, family: str | None = None,
 
 # ---------------------------------------------------------------- the "embed" task
 
-def _decoded_batches(paths: Sequence[str], batch_size: int, channel_order: str,
-                     workers: int) -> Iterator[np.ndarray]:
-  """Decodes batches in background threads, one batch ahead of the device."""
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    def submit(start):
-      return [pool.submit(preprocess.decode_image, p, channel_order)
-              for p in paths[start:start + batch_size]]
-    pending = submit(0) if paths else None
-    for start in range(0, len(paths), batch_size):
-      current = pending
-      pending = submit(start + batch_size) if start + batch_size < len(paths) else None
-      yield np.stack([f.result() for f in current])
-
-
 def run(config) -> dict[str, Any]:
   """Embeds `config.images` with `config.model`; writes embeddings.npy, image_list.txt and
   embed_config.json into `config.output` (atomic; skipped when already complete)."""
@@ -219,10 +195,11 @@ def run(config) -> dict[str, Any]:
   variables = replicate(variables)
   chunks, start = [], time.time()
   with tqdm(total=len(paths), unit="img", desc="embed", smoothing=0.1) as bar:
-    for images in _decoded_batches(paths, batch_size, config.channel_order,
-                                   config.get("decode_threads", 4)):
-      chunks.append(embed_batch(embed_fn, variables, images, batch_size))
-      bar.update(len(images))
+    for step in pipeline.global_batches(pipeline.image_reader(paths, config.channel_order),
+                                        len(paths), batch_size,
+                                        workers=config.get("decode_threads", 4)):
+      chunks.append(parallel.global_to_host(embed_fn(variables, step.images))[:step.num_rows])
+      bar.update(step.num_rows)
   embeddings = np.concatenate(chunks).astype(np.float32)
   rate = len(paths) / max(time.time() - start, 1e-9)
   if parallel.is_writer():
