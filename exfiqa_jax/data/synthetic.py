@@ -186,10 +186,13 @@ def _render(p, v):
 def render(seed: int, identities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Clean images uint8 [N, 112, 112, 3] of global identities `identities`, nuisance from rng."""
   identities = np.asarray(identities)
+  n = len(identities)
   unique, inverse = np.unique(identities, return_inverse=True)
-  params = {k: a[inverse] for k, a in identity_params(seed, unique).items()}
-  var = image_variation(rng, len(identities))
-  return np.asarray(_render(params, {k: np.asarray(a, np.float32) for k, a in var.items()}))
+  var = image_variation(rng, n)
+  pad = np.concatenate([np.arange(n), np.zeros(_bucket(n) - n, int)])   # few compiled shapes
+  params = {k: a[inverse[pad]] for k, a in identity_params(seed, unique).items()}
+  var = {k: np.asarray(a[pad], np.float32) for k, a in var.items()}
+  return np.asarray(_render(params, var))[:n]
 
 
 
@@ -265,8 +268,8 @@ def _pointwise(img, severity, kind, occluder, key, gamma):
 
 
 def _bucket(n: int) -> int:
-  """Padded subset sizes (powers of two from 16): few compilations, little waste."""
-  return max(16, 1 << (n - 1).bit_length())
+  """Padded batch sizes (powers of two from 16, then multiples of 512): few compilations."""
+  return max(16, 1 << (n - 1).bit_length()) if n <= 512 else -(-n // 512) * 512
 
 
 def _apply_subset(fn, images: np.ndarray, rows: np.ndarray, *per_row, **static) -> None:

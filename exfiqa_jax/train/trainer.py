@@ -152,14 +152,48 @@ class ArrayPairs:
 
 
 def load_bin_pairs(path: str, channel_order: str = "rgb") -> ArrayPairs:
-  """An insightface verification .bin (pickle of (encoded images, issame)): pairs (2i, 2i+1)."""
-  import pickle
+  """An insightface verification .bin (read with the restricted unpickler): pairs (2i, 2i+1)."""
   from exfiqa_jax.data import preprocess
-  with open(path, "rb") as f:
-    bins, issame = pickle.load(f, encoding="bytes")
+  from exfiqa_jax.data.builders import verification_bin
+  bins, issame = verification_bin.read_bin(path)
   images = np.stack([preprocess.decode_image(bytes(b), channel_order) for b in bins])
   n = len(issame)
   return ArrayPairs(images, np.stack([2 * np.arange(n), 2 * np.arange(n) + 1], 1), issame)
+
+
+def synthetic_sizes(data_config, split_per_identity: int | None = None):
+  """The identity split of config.data (train / val / test identities are disjoint ranges)."""
+  from exfiqa_jax.data import synthetic
+  return synthetic.SplitSizes(
+      train=int(data_config.num_identities), val=int(data_config.eval_identities),
+      test=int(data_config.get("test_identities", 100)),
+      per_identity=int(split_per_identity or data_config.images_per_identity))
+
+
+def _synthetic_data(config) -> tuple[TrainData, PairSet]:
+  """Synthetic faces: the training split stored clean and re-degraded afresh every batch (online
+  re-degradation), or degraded once; the validation split's pairs for monitoring."""
+  from exfiqa_jax.data import synthetic
+  d = config.data
+  online = bool(d.get("online_degradation", True))
+  gamma, clean = float(d.get("gamma", 2.5)), float(d.get("clean_fraction", 0.5))
+  train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
+                               clean_fraction=clean, gamma=gamma)
+
+  def redegrade(images, labels, rng):
+    severity, kind = synthetic.sample_degradations(rng, len(images), clean)
+    return synthetic.degrade(images, severity, kind, rng, gamma)
+
+  data = ArrayData(train.images, train.label, config.batch_size, config.seed,
+                   transform=redegrade if online else None)
+  val = synthetic.make_split(config.seed, "val", synthetic_sizes(d, d.get("eval_per_identity", 10)),
+                             clean_fraction=clean, gamma=gamma)
+  pairs, genuine = synthetic.make_pairs(val.label, config.seed)
+  if d.get("num_pairs", 0) and len(pairs) > d.num_pairs:
+    keep = np.sort(np.random.default_rng([config.seed, 3]).choice(len(pairs), d.num_pairs,
+                                                                   replace=False))
+    pairs, genuine = pairs[keep], genuine[keep]
+  return data, ArrayPairs(val.images, pairs, genuine)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -361,7 +395,9 @@ def train(config, data: TrainData, eval_pairs: PairSet | None = None, model=None
                    metrics=res if (res and config.checkpoint.get("best_metric")) else None)
   manager.wait_until_finished()
   if int(jax.device_get(state.step)) == total and config.get("export_model", True):
-    export_model(os.path.join(output, "model"), state, model_cfg)
+    model_dir = os.path.join(output, "model")
+    if start < stop or not os.path.isdir(model_dir):   # a finished run keeps its export as is
+      export_model(model_dir, state, model_cfg)
   manager.close()
   return state
 

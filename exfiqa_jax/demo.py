@@ -1,0 +1,169 @@
+"""Task "demo": the embedded default (`python main.py --config=configs/demo.py`), no downloads.
+
+1. train the tiny ViT-FIQA config on the synthetic-faces training split (configs/train_tiny.py:
+   clean images re-degraded afresh every batch; resumable Orbax checkpoints in <output>/train);
+2. render the identity-disjoint test split (degraded, severity recorded per image) and its pairs;
+3. evaluate exactly as `eval` does (exfiqa_jax/evaluate.py): every exit, the fusions and ATTN in
+   one pass, the model's own feature head as the FR model, EDC (both modes) for every quality
+   column plus the seeded `random` baseline and the `oracle` (minus the true severity);
+4. write the full report, with `spearman_vs_severity` per quality column (and per degradation
+   kind) in summary.json and the targets of the demo checked in summary.md.
+
+Every stage is cached in <output>: a second run recomputes nothing that finished.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import evaluate, io, report, stages
+from exfiqa_jax.data import synthetic
+from exfiqa_jax.train import trainer
+
+BENCHMARK = "synthetic_faces"
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+  """Spearman rank correlation with average ranks for ties (scipy.stats.spearmanr)."""
+  ra, rb = _average_ranks(np.asarray(a, np.float64)), _average_ranks(np.asarray(b, np.float64))
+  ra, rb = ra - ra.mean(), rb - rb.mean()
+  den = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
+  return float(np.sum(ra * rb) / den) if den > 0 else float("nan")
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x), dtype=np.float64)
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  sums = np.bincount(inverse, weights=ranks)
+  return sums[inverse] / counts[inverse]
+
+
+def test_benchmark(config) -> tuple[evaluate.Benchmark, synthetic.FaceSet]:
+  """The identity-disjoint, degraded test split and its pairs (all genuine + sampled impostors)."""
+  t = config.test
+  sizes = trainer.synthetic_sizes(config.train.data, t.per_identity)
+  faces = synthetic.make_split(config.seed, "test", sizes, clean_fraction=t.clean_fraction,
+                               gamma=float(config.train.data.get("gamma", 2.5)))
+  pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
+  bench = evaluate.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
+                                   extra={"severity": faces.severity, "kind": faces.kind})
+  return bench, faces
+
+
+def severity_correlations(names: list[str], image_q: np.ndarray, faces: synthetic.FaceSet
+                          ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """Spearman(quality, -severity) per column, overall and within each degradation kind (the
+  clean images included in every kind, so each kind spans severity 0 .. 1)."""
+  overall, by_kind = {}, {}
+  clean = faces.severity == 0
+  for name, q in zip(names, image_q):
+    overall[name] = round(spearman(q, -faces.severity), 4)
+    by_kind[name] = {k: round(spearman(q[sel], -faces.severity[sel]), 4)
+                     for i, k in enumerate(synthetic.DEGRADATIONS)
+                     if (sel := clean | ((faces.kind == i) & ~clean)).sum() > 2}
+  return overall, by_kind
+
+
+def target_check(config, results: list[report.BenchmarkEval], rho: Mapping[str, float]
+                 ) -> dict[str, Any]:
+  """The demo's targets: the best exit's pAUC at FMR 1e-3 (fiqa mode) relative to `random`, and
+  its Spearman correlation with -severity."""
+  r = results[0]
+  m = r.modes["fiqa"]
+  f = int(np.argmin(np.abs(np.log(r.fmrs) - np.log(float(config.targets.fmr)))))
+  rnd = r.names.index(report.RANDOM)
+  exits = [s for s, c in enumerate(r.columns) if c.kind == "exit"]
+  best = min(exits, key=lambda s: m.pauc[s, f])
+  ratio = float(m.pauc[best, f] / m.pauc[rnd, f]) if m.pauc[rnd, f] > 0 else float("nan")
+  name = r.names[best]
+  oracle = r.names.index("oracle") if "oracle" in r.names else None
+  return {
+      "fmr": float(r.fmrs[f]), "best_exit": name, "best_exit_pauc": float(m.pauc[best, f]),
+      "random_pauc": float(m.pauc[rnd, f]), "ratio_to_random": round(ratio, 4),
+      "oracle_ratio_to_random": (round(float(m.pauc[oracle, f] / m.pauc[rnd, f]), 4)
+                                 if oracle is not None and m.pauc[rnd, f] > 0 else None),
+      "spearman": rho[name],
+      "max_ratio_to_random": float(config.targets.max_ratio_to_random),
+      "min_spearman": float(config.targets.min_spearman),
+      "met": bool(ratio <= config.targets.max_ratio_to_random
+                  and rho[name] >= config.targets.min_spearman)}
+
+
+def train_model(train_cfg) -> str:
+  """Trains (or resumes) the demo model; a finished training with the same config is reused
+  without rendering its data again. Returns the exported model directory."""
+  model_dir = os.path.join(train_cfg.output, "model")
+  done_file = os.path.join(train_cfg.output, "trained_config.json")
+  settings = {k: v for k, v in train_cfg.to_dict().items() if k not in ("output", "progress")}
+  fp = stages.fingerprint(settings)
+  if os.path.isdir(model_dir) and os.path.isfile(done_file) and io.read_json(done_file) == fp:
+    logging.info("reusing the trained model in %s", model_dir)
+    return model_dir
+  data, pairs = trainer.build_data(train_cfg)
+  trainer.train(train_cfg, data, pairs)
+  if not os.path.isdir(model_dir):
+    raise RuntimeError(f"training did not export {model_dir}; is config.train.stop_after set?")
+  io.write_json(done_file, fp)
+  return model_dir
+
+
+def run(config) -> dict[str, Any]:
+  started = time.time()
+  output = config.output
+  train_cfg = config.train
+  with train_cfg.unlocked():
+    train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
+    train_cfg.seed = config.seed
+  t0 = time.time()
+  model_dir = train_model(train_cfg)
+  seconds = {"train": round(time.time() - t0, 1)}
+
+  t0 = time.time()
+  bench, faces = test_benchmark(config)
+  seconds["test_data"] = round(time.time() - t0, 1)
+  with config.unlocked():
+    config.checkpoint = f"vitfiqa_tiny={model_dir}"
+  quality = evaluate.load_quality_models(config)
+  t0 = time.time()
+  ev = evaluate.evaluate(config, [bench], quality,
+                         extra_columns=lambda b: {"oracle": ("oracle", -faces.severity)})
+  seconds["evaluate"] = round(time.time() - t0, 1)
+  cols, image_q = ev.columns[BENCHMARK]
+  rho, rho_kind = severity_correlations([c.name for c in cols], image_q, faces)
+  check = target_check(config, ev.results, rho)
+  seconds["total"] = round(time.time() - started, 1)
+  verdict = "met" if check["met"] else "NOT met"
+  notes = [
+      f"Synthetic faces: {bench.num_images} test images of {len(np.unique(faces.label))} "
+      f"identities unseen in training, {len(bench.is_genuine)} pairs "
+      f"({int(bench.is_genuine.sum())} genuine); FR model = the quality model's own feature head. "
+      f"`oracle` = minus the true degradation severity; `random` = seeded random quality.",
+      f"Targets ({verdict}): best exit `{check['best_exit']}` pAUC at FMR {check['fmr']:g} = "
+      f"{check['ratio_to_random']:.3f} x random (target <= {check['max_ratio_to_random']}); "
+      f"Spearman(quality, -severity) = {check['spearman']:.3f} (target >= "
+      f"{check['min_spearman']}); oracle = {check['oracle_ratio_to_random']} x random.",
+      f"Time: {seconds['total']:.0f} s (training {seconds['train']:.0f} s, test data "
+      f"{seconds['test_data']:.0f} s, evaluation {seconds['evaluate']:.0f} s).",
+  ]
+  rho_rows = ["", "## Spearman(quality, -severity)", "",
+              "| quality | all | " + " | ".join(synthetic.DEGRADATIONS) + " |",
+              "|" + "---|" * (2 + len(synthetic.DEGRADATIONS))]
+  for name in rho:
+    rho_rows.append(f"| {name} | {rho[name]:.3f} | " + " | ".join(
+        f"{rho_kind[name].get(k, float('nan')):.3f}" for k in synthetic.DEGRADATIONS) + " |")
+  extra = {"spearman_vs_severity": rho, "spearman_by_degradation": rho_kind, "targets": check,
+           "seconds": seconds}
+  out = evaluate.write_report(config, ev, [bench], quality, extra=extra,
+                              title="exfiqa-jax demo: tiny ViT-FIQA on synthetic faces",
+                              notes=notes, footer=rho_rows)
+  log = logging.info if check["met"] else logging.warning
+  log("demo targets %s: %s", verdict, check)
+  logging.info("demo written to %s (%.0f s)", output, seconds["total"])
+  return {**out, "targets": check, "spearman_vs_severity": rho, "seconds": seconds,
+          "computed": ev.cache.computed()}
