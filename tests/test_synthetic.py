@@ -91,3 +91,25 @@ def test_pairs_all_genuine_and_sampled_impostors():
   np.testing.assert_array_equal(pairs, again)
   with pytest.raises(ValueError, match="at least two"):
     synthetic.make_pairs(np.arange(4), 0)
+
+
+def test_tfds_builder_without_manual_dir(tmp_path):
+  from exfiqa_jax.data import builders
+  opts = dict(train_identities=3, val_identities=2, test_identities=4, per_identity=3, seed=5)
+  source, info = builders.load("synthetic_faces/test", data_dir=str(tmp_path), decode=True,
+                               **opts)
+  faces = synthetic.make_split(5, "test", synthetic.SplitSizes(3, 2, 4, 3))
+  assert len(source) == len(faces.images) == 12
+  for k in (0, 7, 11):
+    record = source[k]
+    np.testing.assert_array_equal(record["image"], faces.images[k])    # PNG: lossless
+    assert record["name"] == faces.names[k] and record["label"] == faces.label[k]
+    assert record["severity"] == pytest.approx(faces.severity[k])
+  np.testing.assert_allclose(info.record_arrays["severity"], faces.severity)
+  pairs, genuine = synthetic.make_pairs(faces.label, 5)
+  np.testing.assert_array_equal(info.pairs["index_a"], pairs[:, 0])
+  np.testing.assert_array_equal(info.pairs["is_genuine"], genuine)
+  train, info_t = builders.load("synthetic_faces/train", data_dir=str(tmp_path), **opts)
+  assert len(train) == 9 and info_t.pairs is None
+  with pytest.raises(ValueError, match="split must be one of"):
+    builders.load("synthetic_faces/dev", data_dir=str(tmp_path), **opts)

@@ -131,6 +131,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   PAIR_KIND: ClassVar[str | None] = None   # "image" | "template" | None
   DEFAULT_CHANNEL_ORDER: ClassVar[str] = "rgb"
   DESCRIPTION: ClassVar[str] = ""
+  NEEDS_MANUAL_DIR: ClassVar[bool] = True  # False: rendered from the options (synthetic_faces)
 
   @tfds.core.utils.classproperty
   @classmethod

@@ -133,6 +133,9 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
                          f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
                          f"overwrite=True to rebuild it.")
     return directory
+  if manual_dir is None and not builder.NEEDS_MANUAL_DIR:
+    manual_dir = os.path.dirname(directory)       # unused by the builder; TFDS wants a folder
+    os.makedirs(manual_dir, exist_ok=True)
   if manual_dir is None:
     raise base.layout_error(builder.name, f"{builder.name} is not built yet in {directory} and "
                             f"no manual_dir was given", builder.LAYOUT)
