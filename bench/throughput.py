@@ -9,8 +9,10 @@ twin's, converted with converters/vit_keys as the parity tests do):
   (c) PyTorch twin, one forward, final score only (eval, no_grad);
   (d) PyTorch twin, the official EX-FIQA way: one run per exit (12 passes, early exit 0..11);
 plus this machine's XLA f32 matmul GFLOP/s (a 2048² jnp.dot) and PyTorch's, in the same run.
-Each figure is the median of `repeats` timed calls after a warm-up. Machines are shared and
-other jobs may run at the same time: compare ratios from one run, not absolute numbers.
+Every route is warmed up, then timed once per round, round-robin, so that load from other jobs
+falls on all routes alike; each figure is the median over rounds ((d) is timed in fewer rounds:
+it is ~20x slower). Machines are shared: compare ratios from one run, not absolute numbers.
+Runtime ≈ 1.5 min on an idle 2-core machine, several times that under load.
 """
 from __future__ import annotations
 
@@ -33,41 +35,50 @@ GFLOP_PER_IMAGE = float(vit.gflops_per_exit(vit.vit_s_config("token"))[-1])  # 1
 DEPTHS = (3, 6, 9, 12)
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-  """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+def _time_once(fn: Callable[[], object]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
-def xla_matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
+def time_interleaved(routes: dict[str, Callable[[], object]], repeats: int,
+                     slow: dict[str, int] | None = None) -> dict[str, list[float]]:
+  """Wall times of every route, round-robin: one warm-up call each, then `repeats` rounds
+  that time each route once, so load from other jobs falls on all routes alike. Routes named in
+  `slow` are timed only in their first `slow[name]` rounds."""
+  slow = slow or {}
+  for fn in routes.values():
+    fn()
+  times: dict[str, list[float]] = {name: [] for name in routes}
+  for r in range(repeats):
+    for name, fn in routes.items():
+      if r < slow.get(name, repeats):
+        times[name].append(_time_once(fn))
+  return times
+
+
+def matmul_routes(n: int = 2048) -> dict[str, Callable[[], object]]:
+  """A big f32 matmul in XLA and in PyTorch (2·n³ FLOP each)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
-  seconds = _median_seconds(lambda: dot(a, b).block_until_ready(), repeats, warmup=2)
-  return 2 * n ** 3 / seconds / 1e9
+  ta, tb = torch.randn(n, n), torch.randn(n, n)
+  return {"xla_matmul": lambda: dot(a, b).block_until_ready(), "torch_matmul": lambda: ta @ tb}
 
 
-def torch_matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
-  a, b = torch.randn(n, n), torch.randn(n, n)
-  seconds = _median_seconds(lambda: a @ b, repeats, warmup=2)
-  return 2 * n ** 3 / seconds / 1e9
+def _jax_route(fn, variables, images) -> Callable[[], object]:
+  return lambda: jax.block_until_ready(fn(variables, images))
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
   parser.add_argument("--official_repeats", type=int, default=3,
-                      help="repeats for (d), the slowest route")
+                      help="rounds that also time (d), the slowest route")
   args = parser.parse_args()
-  if args.batch < 1:
-    raise ValueError(f"--batch must be >= 1, got {args.batch}")
+  if args.batch < 1 or args.repeats < 1 or args.official_repeats < 1:
+    raise ValueError("--batch, --repeats and --official_repeats must be >= 1")
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
 
@@ -76,59 +87,72 @@ def main() -> None:
       mode=cfg.mode, width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
       patch_size=cfg.patch_size, img_size=cfg.img_size, mlp_dim=cfg.mlp_dim,
       embed_dim=cfg.embed_dim, mask_token=cfg.has_mask_token), seed=0)
-  variables = vit_keys.state_dict_to_variables(
-      {k: v.numpy() for k, v in twin.state_dict().items()}, cfg.to_dict())
-  variables = jax.device_put(variables)
+  variables = jax.device_put(vit_keys.state_dict_to_variables(
+      {k: v.numpy() for k, v in twin.state_dict().items()}, cfg.to_dict()))
   images_np = np.random.default_rng(0).uniform(-1, 1, (args.batch, 112, 112, 3)).astype(
       np.float32)
   images = jax.device_put(images_np)
   images_nchw = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy())
 
-  gflops_xla = xla_matmul_gflops()
-  gflops_torch = torch_matmul_gflops()
-
-  # (a) and (b): one jitted program per depth; depth 12 is (a).
-  seconds_at = {}
-  outputs = {}
+  # (a) is the full-depth program (k = 12 of (b)); every other k is its own compiled program.
+  routes = matmul_routes()
+  programs = {}
   for k in DEPTHS:
-    model = vit.VisionTransformer(cfg, depth=k)
     v = vit.truncate_variables(variables, k) if k < cfg.depth else variables
-    fn = jax.jit(model.apply)
-    outputs[k] = jax.block_until_ready(fn(v, images))                 # compile
-    seconds_at[k] = _median_seconds(lambda: jax.block_until_ready(fn(v, images)), args.repeats)
-  _, out = outputs[cfg.depth]
+    programs[k] = (jax.jit(vit.VisionTransformer(cfg, depth=k).apply), v)
+    routes[f"k{k}"] = _jax_route(*programs[k], images)
+
+  def torch_single():
+    with torch.inference_mode():
+      return twin(images_nchw)
+
+  def torch_official():
+    with torch.inference_mode():
+      return twin.exits(images_nchw)
+  routes["c"], routes["d"] = torch_single, torch_official
+
+  load_before = os.getloadavg()[0]
+  times = time_interleaved(routes, args.repeats, slow={"d": args.official_repeats})
+  load_after = os.getloadavg()[0]
+  seconds = {name: statistics.median(ts) for name, ts in times.items()}
+  best = {name: min(ts) for name, ts in times.items()}
+
+  # Same weights on both sides: the scores must agree (else the comparison means nothing).
+  _, out = programs[cfg.depth][0](programs[cfg.depth][1], images)
   assert out["exit_scores"].shape == (args.batch, cfg.depth)
   assert out["attn_scores"].shape == (args.batch, cfg.depth)
-
-  # (c) and (d): the PyTorch twin, eval, no_grad.
-  with torch.inference_mode():
-    seconds_c = _median_seconds(lambda: twin(images_nchw), args.repeats)
-    seconds_d = _median_seconds(lambda: twin.exits(images_nchw), args.official_repeats)
-    _, torch_final = twin(images_nchw)
-    torch_exits, _ = twin.exits(images_nchw)
+  _, torch_final = torch_single()
+  torch_exits, _ = torch_official()
   err_final = float(np.max(np.abs(np.asarray(out["exit_scores"][:, -1]) - torch_final.numpy())))
   err_exits = float(np.max(np.abs(np.asarray(out["exit_scores"]) - torch_exits.numpy())))
 
   b = args.batch
-  rate = {name: b / s for name, s in (("a", seconds_at[cfg.depth]), ("c", seconds_c),
-                                      ("d", seconds_d))}
+  flop = 2 * 2048 ** 3 / 1e9
+  gflops_xla, gflops_torch = flop / seconds["xla_matmul"], flop / seconds["torch_matmul"]
   bound = gflops_xla / GFLOP_PER_IMAGE
+  a = f"k{cfg.depth}"
+  rate = {name: b / seconds[key] for name, key in (("a", a), ("c", "c"), ("d", "d"))}
   print(f"ViT-S token (patch 9, width 512, depth 12), fp32, batch {b}; jax {jax.__version__} "
-        f"on {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads; median of {args.repeats} "
-        f"({args.official_repeats} for d) after warm-up. Shared machine: timings are noisy.")
-  print(f"XLA f32 matmul 2048²: {gflops_xla:.0f} GFLOP/s; PyTorch: {gflops_torch:.0f} GFLOP/s; "
-        f"matmul-bound limit at {GFLOP_PER_IMAGE:.2f} GFLOP/image: {bound:.1f} images/s")
-  print(f"parity ours vs PyTorch: final score max |diff| {err_final:.2e}, "
-        f"all 12 exits {err_exits:.2e}")
+        f"on {jax.device_count()} {jax.devices()[0].platform} device(s), torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads, {threads} cores.")
+  print(f"Median of {args.repeats} interleaved rounds ({args.official_repeats} for d) after a "
+        f"warm-up; load average {load_before:.1f} -> {load_after:.1f} on {threads} cores (other "
+        "jobs share the machine: timings are noisy, compare ratios).")
+  print(f"f32 matmul 2048²: XLA {gflops_xla:.0f} GFLOP/s (best {flop / best['xla_matmul']:.0f}),"
+        f" PyTorch {gflops_torch:.0f} GFLOP/s; matmul-bound limit at {GFLOP_PER_IMAGE:.2f} "
+        f"GFLOP/image: {bound:.1f} images/s")
+  print(f"parity ours vs PyTorch (same weights): final score max |diff| {err_final:.1e}, "
+        f"all 12 exits {err_exits:.1e}")
   print()
-  print("| route | images/s | ms/image | GFLOP/s |")
-  print("|---|---|---|---|")
-  rows = [("(a) ours: 12 exit scores + 12 ATTN scores, one pass", rate["a"]),
-          ("(c) PyTorch, one forward, final score only", rate["c"]),
-          ("(d) PyTorch, official EX-FIQA: 12 passes", rate["d"])]
-  for name, r in rows:
-    print(f"| {name} | {r:.2f} | {1e3 / r:.1f} | {r * GFLOP_PER_IMAGE:.0f} |")
+  print("| route | images/s | ms/image | best images/s | GFLOP/s |")
+  print("|---|---|---|---|---|")
+  rows = [("(a) ours: 12 exit scores + 12 ATTN scores, one jitted pass", a),
+          ("(c) PyTorch, one forward, final score only", "c"),
+          ("(d) PyTorch, official EX-FIQA: 12 passes (exit 0..11)", "d")]
+  for name, key in rows:
+    r = b / seconds[key]
+    print(f"| {name} | {r:.2f} | {1e3 / r:.1f} | {b / best[key]:.2f} | "
+          f"{r * GFLOP_PER_IMAGE:.0f} |")
   print()
   print("| ratio | measured | target |")
   print("|---|---|---|")
@@ -136,14 +160,14 @@ def main() -> None:
   print(f"| (a) / (d) | {rate['a'] / rate['d']:.1f}x | >= 16x |")
   print(f"| (a) / matmul-bound limit | {100 * rate['a'] / bound:.0f}% | >= 80% |")
   print()
-  print("| (b) depth k | images/s | ms/image | time(k)/time(12) | target k/12 + 0.05 |")
+  print("| (b) ours at depth k | images/s | ms/image | time(k)/time(12) | k/12 + 0.05 |")
   print("|---|---|---|---|---|")
   for k in DEPTHS:
-    ratio = seconds_at[k] / seconds_at[cfg.depth]
+    ratio = seconds[f"k{k}"] / seconds[a]
     target = k / cfg.depth + 0.05
-    mark = "ok" if ratio <= target else "missed"
-    print(f"| {k} | {b / seconds_at[k]:.2f} | {1e3 * seconds_at[k] / b:.1f} | {ratio:.3f} | "
-          f"{target:.3f} ({mark}) |")
+    verdict = "ok" if ratio <= target else "missed"
+    print(f"| {k} | {b / seconds[f'k{k}']:.2f} | {1e3 * seconds[f'k{k}'] / b:.1f} | "
+          f"{ratio:.3f} | {target:.3f} ({verdict}) |")
 
 
 if __name__ == "__main__":
