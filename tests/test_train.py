@@ -2,11 +2,9 @@
 steps, bit-exact resume, 8 devices == 1 device, augmentation invariants, export to scoring."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,43 +14,9 @@ from exfiqa_jax.train import augment, losses, optim, step as step_lib, trainer
 from tests.subproc import run_python
 
 
-# ------------------------------------------------------------------ model (real or stand-in)
-@dataclasses.dataclass(frozen=True)
-class StandInConfig:
-  embed_dim: int = 16
-  img_size: int = 112
-
-  def to_dict(self):
-    return dataclasses.asdict(self)
-
-
-class StandInViT(nn.Module):
-  """Used only while exfiqa_jax/models/vit.py is missing: same train/eval output contract."""
-  embed_dim: int = 16
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    b = x.shape[0]
-    t = nn.Conv(8, (16, 16), strides=16, padding="VALID", name="patch")(x).reshape(b, -1, 8)
-    if train:
-      noise = jax.random.uniform(self.make_rng("masking"), t.shape[:2])
-      keep = jnp.argsort(noise, axis=1)[:, :int(t.shape[1] * 0.9)]
-      t = jnp.take_along_axis(t, keep[..., None], axis=1)
-    h = nn.relu(nn.Dense(32)(t.mean(1)))
-    h = nn.Dropout(0.1, deterministic=not train)(h)
-    emb = nn.Dense(self.embed_dim)(h)
-    z = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=2e-5)(emb)
-    q = nn.Dense(1)(z)[:, 0]
-    out = {"embedding": emb, "quality": q, "exit_scores": jnp.stack([0.5 * q, q], 1)}
-    return q, out
-
-
 def tiny_model():
-  """(module, config): the real tiny ViT when the core-model helper's vit.py exists."""
-  try:
-    from exfiqa_jax.models import vit
-  except ImportError:
-    return StandInViT(16), StandInConfig(16)
+  """(module, config): the tiny ViT-FIQA of the core model."""
+  from exfiqa_jax.models import vit
   cfg = vit.tiny_config("token")
   return vit.VisionTransformer(cfg), cfg
 
@@ -372,3 +336,38 @@ def test_verification_accuracy_folds():
   assert trainer.verification_accuracy(scores, genuine) > 0.99       # nearly separable
   flipped = trainer.verification_accuracy(rng.random(400), genuine)
   assert 0.3 < flipped < 0.7                                          # chance
+
+
+def test_export_scores_and_converts_to_official_pt(tmp_path):
+  """The final checkpoint is a converted-model directory: the scoring command reads it, and
+  converters/flax_to_torch.py writes a .pt that the PyTorch twin loads strictly and that gives
+  the same scores."""
+  import torch
+  from PIL import Image
+  from configs import score as score_config
+  from converters import flax_to_torch
+  from exfiqa_jax import api, score
+  from tests import torch_reference
+  model, cfg = tiny_model()
+  trainer.train(tiny_train_config(str(tmp_path / "run"), 4), tiny_data(), model=model,
+                model_cfg=cfg)
+  model_dir = str(tmp_path / "run" / "model")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+  os.makedirs(tmp_path / "faces")
+  for k, img in enumerate(images):
+    Image.fromarray(img).save(tmp_path / "faces" / f"{k}.png")
+  config = score_config.get_config("tiny")
+  config.checkpoint, config.images = model_dir, str(tmp_path / "faces")
+  config.output, config.progress = str(tmp_path / "scores"), False
+  score.run(config)
+  table = np.load(tmp_path / "scores" / "scores.npz")
+  expected = api.load(model_dir, batch_size=8).score(images)
+  np.testing.assert_allclose(table["exit_scores"], expected["exit_scores"], atol=1e-5)
+  flax_to_torch.convert(model_dir, str(tmp_path / "model.pt"))
+  twin = torch_reference.VitFiqaTorch(**torch_reference.tiny_kwargs("token")).eval()
+  twin.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+  x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    _, final = twin(x)                                    # (embedding, quality)
+  np.testing.assert_allclose(final.reshape(-1).numpy(), expected["exit_scores"][:, -1], atol=1e-4)
