@@ -166,6 +166,9 @@ def load_fr_model(path: str, family: str | None = None,
   model_config.setdefault("input_scale", "minus1_1")
   from converters import families
   module = families.family_of_config(model_config).build(model_config)
+  from exfiqa_jax.models import iresnet
+  if isinstance(module, iresnet.IResNet):   # inference only: BatchNorms folded into the convs
+    module, variables = iresnet.fold_batchnorm(module.config, variables, module.dtype)
   return module, variables, model_config
 
 

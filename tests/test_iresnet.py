@@ -25,7 +25,8 @@ def _images(n: int = 2, seed: int = 1) -> np.ndarray:
   return np.random.RandomState(seed).uniform(-1, 1, (n, 112, 112, 3)).astype(np.float32)
 
 
-def _parity(tmodel: torch.nn.Module, family, expect_layout: str, n: int = 2, extra=None):
+def _parity(tmodel: torch.nn.Module, family, expect_layout: str, n: int = 2, extra=None,
+            fold: bool = False):
   ref.randomize_(tmodel, seed=3)
   sd = _state_dict(tmodel)
   bn_vars = [v for k, v in sd.items() if k.endswith("running_var")]
@@ -42,6 +43,11 @@ def _parity(tmodel: torch.nn.Module, family, expect_layout: str, n: int = 2, ext
   err = np.abs(ours - theirs).max()
   assert err <= 1e-4 and err <= 1e-5 * np.abs(theirs).max(), (err, np.abs(theirs).max())
   assert np.abs(theirs).max() > 0.1 and np.std(theirs) > 0.05   # a non-degenerate output
+  if fold:   # the inference model load_fr_model returns, same tolerance
+    folded, folded_vars = iresnet.fold_batchnorm(model.config, variables)
+    err = np.abs(np.asarray(jax.jit(lambda v, x: folded.apply(v, x)[0])(folded_vars, x))
+                 - theirs).max()
+    assert err <= 1e-4 and err <= 1e-5 * np.abs(theirs).max(), (err, np.abs(theirs).max())
   return sd, config, variables
 
 
@@ -53,7 +59,7 @@ def test_arcface_iresnet_tiny_width_parity(layers):
 
 
 def test_full_iresnet100_parity():
-  _, config, _ = _parity(ref.IResNet(), ik.ARCFACE_IRESNET, "iresnet", n=1)
+  _, config, _ = _parity(ref.IResNet(), ik.ARCFACE_IRESNET, "iresnet", n=1, fold=True)
   assert config["layers"] == [3, 13, 30, 3] and config["widths"] == [64, 128, 256, 512]
   assert config["num_features"] == 512
 
@@ -70,7 +76,7 @@ def test_magface_wrapped_keys_eps_and_head():
 
 def test_curricularface_ir101_small_parity():
   tmodel = ref.IRBackbone(ref.IRESNET_LAYERS[100], TINY, 64)
-  sd, config, _ = _parity(tmodel, ik.CURRICULARFACE, "ir", n=1)
+  sd, config, _ = _parity(tmodel, ik.CURRICULARFACE, "ir", n=1, fold=True)
   assert config["layers"] == [3, 13, 30, 3]
   assert [f.name for f in ik.FAMILIES if f.matches(sd)] == ["curricularface"]
 
@@ -132,3 +138,50 @@ def test_config_json_round_trip_and_errors():
   with pytest.raises(ValueError, match="NHWC"):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
                    jax.ShapeDtypeStruct((1, 3, 112, 112), np.float32))
+
+
+FOLD_CASES = [
+    ("arcface_iresnet", lambda: ref.IResNet((2, 1, 2, 1), TINY, 64), "iresnet"),
+    ("elasticface", lambda: ref.IResNet((1, 2, 1, 2), TINY, 64), "iresnet"),
+    ("magface", lambda: ref.MagFaceWrapper(ref.IResNet((1, 1, 2, 1), TINY, 64, eps=2e-5)),
+     "iresnet"),
+    ("curricularface", lambda: ref.IRBackbone((2, 1, 2, 1), TINY, 64), "ir"),
+    ("tface_ir", lambda: ref.IRBackbone((1, 2, 1, 2), TINY, 64, tface=True), "ir_tface"),
+]
+
+
+@pytest.mark.parametrize("family_name,make,layout", FOLD_CASES, ids=[c[0] for c in FOLD_CASES])
+def test_folded_batchnorm_equals_unfolded_and_twin(family_name, make, layout):
+  family = {f.name: f for f in ik.FAMILIES}[family_name]
+  tmodel = ref.randomize_(make(), seed=7)
+  sd = _state_dict(tmodel)
+  config = family.infer_config(sd)
+  assert config["layout"] == layout
+  model, variables = family.build(config), family.to_flax(sd, config)
+  folded, folded_vars = iresnet.fold_batchnorm(model.config, variables)
+  assert set(folded_vars) == {"params"}                         # no BatchNorm left
+  x = _images(2, seed=4)
+  unfolded_out = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
+  run_folded = jax.jit(lambda v, x: folded.apply(v, x)[0])
+  folded_out = np.asarray(run_folded(folded_vars, x))
+  with torch.no_grad():
+    theirs = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  assert np.abs(theirs).max() > 0.1 and np.std(theirs) > 0.05
+  np.testing.assert_allclose(folded_out, unfolded_out, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(folded_out, theirs, atol=1e-4, rtol=0)
+  # The border-aware bias is what makes the leading-BN fold exact: a per-channel bias (its
+  # interior value) is measurably wrong, so this test would catch the naive fold.
+  naive = jax.tree_util.tree_map_with_path(
+      lambda p, v: (np.broadcast_to(v[1:2, 1:2], v.shape) if p[-1].key == "bias1" else v),
+      folded_vars)
+  assert np.abs(np.asarray(run_folded(naive, x)) - theirs).max() > 1e-3
+
+
+def test_folded_model_is_inference_only():
+  cfg = iresnet.tiny_config(layers=(1, 1, 1, 1))
+  model = iresnet.IResNet(cfg)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 112, 112, 3), np.float32))
+  variables = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
+  folded, folded_vars = iresnet.fold_batchnorm(cfg, variables)
+  with pytest.raises(ValueError, match="train IResNet"):
+    folded.apply(folded_vars, np.zeros((1, 112, 112, 3), np.float32), train=True)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 LAYOUTS = ("iresnet", "ir", "ir_tface")
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3),
@@ -86,11 +87,12 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype,
+          use_bias: bool = False) -> nn.Conv:
   # Explicit torch-style padding: "SAME" would pad (0, 1) for stride 2 and shift the grid.
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, name=name)
+                 use_bias=use_bias, dtype=dtype, name=name)
 
 
 class IBasicBlock(nn.Module):
@@ -269,3 +271,174 @@ class IResNet(nn.Module):
     x = _IRBody(cfg.layers, cfg.widths, cfg.bn_eps, cfg.layout == "ir_tface", self.dtype,
                 name="body")(x, train)
     return _IROutput(cfg.num_features, cfg.bn_eps, cfg.dropout, name="output_layer")(x, train)
+
+
+# ---------------------------------------------------------------- inference: BatchNorm folded
+
+def _shortcut_kind(layout: str, cin: int, features: int, stride: int) -> str:
+  """What the unit adds to its residual branch: "conv" (1x1+BN), "subsample" or "identity"."""
+  if layout == "iresnet":
+    return "conv" if stride != 1 or cin != features else "identity"
+  if cin != features:
+    return "conv"
+  return "subsample" if stride != 1 else "identity"
+
+
+def _units(cfg: IResNetConfig):
+  """(index in the flat unit sequence, stage, index in stage, cin, features, stride, input size)."""
+  i, cin, size = 0, cfg.widths[0], cfg.img_size
+  for stage, (units, width) in enumerate(zip(cfg.layers, cfg.widths)):
+    for j in range(units):
+      stride = 2 if j == 0 else 1
+      yield i, stage, j, cin, width, stride, size
+      i, cin, size = i + 1, width, size // stride
+
+
+class _FoldedUnit(nn.Module):
+  """conv3x3 + position bias → PReLU → conv3x3 (stride) + bias, plus the shortcut.
+
+  `bias1` is [H, W, C], not [C]: the unit's leading BN shifts its input by a constant before a
+  zero-padded conv, so near the border fewer kernel taps see that shift. The map holds exactly
+  what those taps contribute (constant inside, different on the one-pixel ring).
+  """
+  features: int
+  stride: int
+  shortcut: str
+  size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    bias1 = self.param("bias1", nn.initializers.zeros, (self.size, self.size, self.features),
+                       jnp.float32)
+    y = _conv(self.features, 3, 1, "conv1", self.dtype)(x) + bias1.astype(self.dtype)
+    y = PReLU(name="prelu")(y)
+    y = _conv(self.features, 3, self.stride, "conv2", self.dtype, use_bias=True)(y)
+    if self.shortcut == "conv":
+      x = _conv(self.features, 1, self.stride, "shortcut", self.dtype, use_bias=True)(x)
+    elif self.shortcut == "subsample":
+      x = x[:, ::self.stride, ::self.stride]
+    return y + x
+
+
+class FoldedIResNet(nn.Module):
+  """Inference-only twin of `IResNet` with every eval-mode BatchNorm folded (`fold_batchnorm`).
+
+  Same input and output as `IResNet` in eval mode, up to float rounding; one tree for all
+  layouts: stem (conv + bias), stem_prelu, unit{0..N-1} (numbered across stages), head (Dense on
+  the NHWC flatten: bn2/output BN, the CHW flatten order and the feature BN live in it).
+  """
+  config: IResNetConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    cfg = self.config
+    if train:
+      raise ValueError("FoldedIResNet has no BatchNorm to train; train IResNet and fold after")
+    if images.shape[1:] != (cfg.img_size, cfg.img_size, 3):
+      raise ValueError(f"expected images [B, {cfg.img_size}, {cfg.img_size}, 3] NHWC, "
+                       f"got {images.shape}")
+    x = _conv(cfg.widths[0], 3, 1, "stem", self.dtype, use_bias=True)(images.astype(self.dtype))
+    x = PReLU(name="stem_prelu")(x)
+    for i, _, _, cin, width, stride, size in _units(cfg):
+      x = _FoldedUnit(width, stride, _shortcut_kind(cfg.layout, cin, width, stride), size,
+                      self.dtype, name=f"unit{i}")(x)
+    x = x.astype(jnp.float32).reshape(x.shape[0], -1)
+    embedding = nn.Dense(cfg.num_features, name="head")(x)
+    return embedding, {"embedding": embedding}
+
+
+def _np(tree, *path):
+  for name in path:
+    tree = tree[name]
+  return np.asarray(tree, np.float64)
+
+
+def _bn_affine(params, stats, path: tuple[str, ...], eps: float):
+  """Eval BN as y = s·x + t (float64); a BN without scale/bias (IR output) has s from var only."""
+  node = params
+  for name in path:
+    node = node.get(name, {}) if hasattr(node, "get") else {}
+  var, mean = _np(stats, *path, "var"), _np(stats, *path, "mean")
+  scale = np.asarray(node["scale"], np.float64) if "scale" in node else 1.0
+  bias = np.asarray(node["bias"], np.float64) if "bias" in node else 0.0
+  s = scale / np.sqrt(var + eps)
+  return s, bias - mean * s
+
+
+def _border_bias(kernel: np.ndarray, shift: np.ndarray, size: int) -> np.ndarray:
+  """conv(zero-pad(constant image `shift`)) for a stride-1 'same' conv → [size, size, O]."""
+  k = kernel.shape[0]
+  taps = np.einsum("hwio,i->hwo", kernel, shift)
+  pos = np.arange(size)[:, None] + np.arange(k)[None, :] - k // 2
+  valid = ((pos >= 0) & (pos < size)).astype(np.float64)
+  return np.einsum("pk,ql,klo->pqo", valid, valid, taps)
+
+
+def _unit_paths(cfg: IResNetConfig, stage: int, j: int, i: int) -> dict[str, Any]:
+  """Where a unit's pieces live in the IResNet tree (None: that layout has no such piece)."""
+  if cfg.layout == "iresnet":
+    p = (f"layer{stage + 1}", str(j))
+    return dict(pre=p + ("bn1",), conv1=p + ("conv1",), mid=p + ("bn2",), prelu=p + ("prelu",),
+                conv2=p + ("conv2",), post=p + ("bn3",), sc=p + ("downsample",))
+  r = ("body", str(i), "res_layer")
+  tface = cfg.layout == "ir_tface"
+  return dict(pre=r + ("0",), conv1=r + ("1",), mid=r + ("2",) if tface else None,
+              prelu=r + ("3" if tface else "2",), conv2=r + ("4" if tface else "3",),
+              post=r + ("5" if tface else "4",), sc=("body", str(i), "shortcut_layer"))
+
+
+def fold_batchnorm(config: IResNetConfig, variables: Any,
+                   dtype: Any = jnp.float32) -> tuple[FoldedIResNet, dict[str, Any]]:
+  """`IResNet` eval variables → (`FoldedIResNet`, {"params"}) computing the same embedding.
+
+  Exact algebra in float64, rounded once to float32: a BN after a conv scales the kernel's output
+  channels and becomes a bias; a BN before a conv scales its input channels and its shift
+  becomes the border-aware bias map of `_FoldedUnit`; the head's BN2d → CHW flatten → Dense → BN1d
+  becomes one Dense on the NHWC flatten. For inference only (nothing left to train).
+  """
+  cfg = config
+  params, stats, eps = variables["params"], variables["batch_stats"], cfg.bn_eps
+  out: dict[str, Any] = {}
+
+  def post_fold(kernel, s, t, bias=0.0):
+    return {"kernel": kernel * s, "bias": bias * s + t}
+
+  if cfg.layout == "iresnet":
+    stem = ("conv1",), ("bn1",), ("prelu",)
+    head_bn, fc, feat_bn = ("bn2",), ("fc",), ("features",)
+  else:
+    stem = ("input_layer", "0"), ("input_layer", "1"), ("input_layer", "2")
+    head_bn, fc, feat_bn = ("output_layer", "0"), ("output_layer", "3"), ("output_layer", "4")
+  out["stem"] = post_fold(_np(params, *stem[0], "kernel"), *_bn_affine(params, stats, stem[1], eps))
+  out["stem_prelu"] = {"negative_slope": _np(params, *stem[2], "negative_slope")}
+
+  for i, stage, j, cin, width, stride, size in _units(cfg):
+    paths = _unit_paths(cfg, stage, j, i)
+    s_pre, t_pre = _bn_affine(params, stats, paths["pre"], eps)
+    k1 = _np(params, *paths["conv1"], "kernel")
+    s_mid, t_mid = (_bn_affine(params, stats, paths["mid"], eps) if paths["mid"]
+                    else (np.ones(width), np.zeros(width)))
+    unit = {
+        "conv1": {"kernel": k1 * s_pre[:, None] * s_mid},
+        "bias1": _border_bias(k1, t_pre, size) * s_mid + t_mid,
+        "prelu": {"negative_slope": _np(params, *paths["prelu"], "negative_slope")},
+        "conv2": post_fold(_np(params, *paths["conv2"], "kernel"),
+                           *_bn_affine(params, stats, paths["post"], eps)),
+    }
+    if _shortcut_kind(cfg.layout, cin, width, stride) == "conv":
+      unit["shortcut"] = post_fold(_np(params, *paths["sc"], "0", "kernel"),
+                                   *_bn_affine(params, stats, paths["sc"] + ("1",), eps))
+    out[f"unit{i}"] = unit
+
+  s2, t2 = _bn_affine(params, stats, head_bn, eps)
+  c, side = cfg.widths[-1], cfg.img_size // 16
+  w = _np(params, *fc, "kernel").reshape(c, side, side, -1).transpose(1, 2, 0, 3)  # CHW → HWC
+  bias = _np(params, *fc, "bias") + np.einsum("hwcf,c->f", w, t2)
+  w = (w * s2[:, None]).reshape(side * side * c, -1)
+  out["head"] = post_fold(w, *_bn_affine(params, stats, feat_bn, eps), bias=bias)
+
+  as_f32 = lambda tree: {k: as_f32(v) if isinstance(v, dict) else
+                         np.ascontiguousarray(v, dtype=np.float32) for k, v in tree.items()}
+  return FoldedIResNet(cfg, dtype=dtype), {"params": as_f32(out)}
