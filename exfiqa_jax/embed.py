@@ -146,10 +146,11 @@ def embed_images(model_fn: Any, variables: Any, images_uint8: np.ndarray,
 
 # ---------------------------------------------------------------- loading FR models
 
-def load_fr_model(path: str, family: str | None = None,
-                  normalisation: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+def load_fr_model(path: str, family: str | None = None, normalisation: str | None = None,
+                  num_heads: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
   """A converted directory (Orbax + model_config.json) or a PyTorch file → (module, variables,
-  model_config). `normalisation` overrides the family's input scale ("minus1_1" | "0_1")."""
+  model_config). `normalisation` overrides the family's input scale ("minus1_1" | "0_1");
+  `num_heads` is for a ViT .pt (no shape records it; default 8, CVLFace ViT-B needs 16)."""
   if os.path.isdir(path):
     from exfiqa_jax import checkpoints
     variables, model_config = checkpoints.load_model(path)
@@ -157,7 +158,7 @@ def load_fr_model(path: str, family: str | None = None,
     from converters import families, torch_io
     state_dict = torch_io.load_state_dict(path)
     fam = families.detect_family(state_dict, family)
-    model_config = fam.infer_config(state_dict)
+    model_config = fam.infer_config(state_dict, num_heads=num_heads)
     variables = fam.to_flax(state_dict, model_config)
   if normalisation:
     if normalisation not in INPUT_SCALES:
@@ -191,7 +192,8 @@ def run(config) -> dict[str, Any]:
         logging.info("embeddings already complete in %s; nothing to do", out_dir)
         return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
   module, variables, model_config = load_fr_model(
-      config.model, config.get("family") or None, config.get("normalisation") or None)
+      config.model, config.get("family") or None, config.get("normalisation") or None,
+      config.get("num_heads") or None)
   input_scale = model_config["input_scale"]
   batch_size = parallel.round_up_to_devices(config.batch_size)
   embed_fn = make_embed_fn(module, convention, input_scale)

@@ -138,3 +138,70 @@ def test_image_list_file(tmp_path):
   assert names == ["a.jpg", "sub/b.jpg", "c d/e f.jpg"] and paths[1] == str(tmp_path / "sub" / "b.jpg")
   with pytest.raises(FileNotFoundError):
     preprocess.read_image_list(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- FR checkpoints end to end
+
+# Tiny FR ViTs with the released layouts (no quality token, no head_qs, tests/torch_reference.py):
+#   cvlface      CVLFace ViT: patch 8 (196 tokens), MLP ratio 5, no mask_token, keys under `net.`,
+#                heads not the default 8 (so --num_heads really has to reach the model)
+#   insightface  arcface_torch ViT: patch 9 (144 tokens of 112²), mask_token, 8 heads
+FR_VITS = {
+    "cvlface": (dict(mode="fr", width=32, depth=2, num_heads=4, patch_size=8, img_size=112,
+                     mlp_dim=160, embed_dim=24, mask_token=False), "net.", 4),
+    "insightface": (dict(mode="fr", width=32, depth=2, num_heads=8, patch_size=9, img_size=112,
+                         mlp_dim=128, embed_dim=24, mask_token=True), "", None),
+}
+
+
+def _save_pt(path, tmodel, prefix=""):
+  torch.save({prefix + k: v.clone() for k, v in tmodel.state_dict().items()}, path)
+  return str(path)
+
+
+def _vit_twin(kind):
+  from tests import torch_reference as vit_ref
+  kwargs, prefix, heads = FR_VITS[kind]
+  twin = vit_ref.random_init_(vit_ref.VitFiqaTorch(**kwargs), seed=5).eval()
+  return (lambda x: twin(x)[0]), twin, prefix, heads
+
+
+@pytest.mark.parametrize("route", ["pt", "converted"])
+@pytest.mark.parametrize("kind", sorted(FR_VITS))
+def test_fr_vit_checkpoint_through_load_fr_model(tmp_path, kind, route):
+  """A ViT FR .pt → (converters/torch_to_flax.py →) load_fr_model → embed_images = the twin."""
+  from converters import torch_to_flax
+  forward, twin, prefix, heads = _vit_twin(kind)
+  path = _save_pt(tmp_path / "fr_vit.pt", twin, prefix)
+  if route == "converted":
+    torch_to_flax.convert(path, str(tmp_path / "converted"), num_heads=heads or 8)
+    module, variables, config = embed.load_fr_model(str(tmp_path / "converted"))
+  else:
+    module, variables, config = embed.load_fr_model(path, num_heads=heads)
+  assert config["family"] == "vit" and config["mode"] == "fr"
+  assert config["num_heads"] == (heads or 8) and config["input_scale"] == "minus1_1"
+  assert config["has_mask_token"] == FR_VITS[kind][0]["mask_token"]
+  images = _uint8(5, seed=6)
+  ours = embed.embed_images(module, variables, images, convention="concat",
+                            input_scale=config["input_scale"], batch_size=4)   # 5 → padded
+  f, ff = _twin_features(forward, images, "minus1_1")
+  assert np.abs(_l2n(f) - _l2n(ff)).max() > 1e-2       # the flip changes the features
+  np.testing.assert_allclose(ours, np.concatenate([_l2n(f), _l2n(ff)], -1), atol=1e-5, rtol=0)
+  if heads:   # the head count is in no shape: the default would load a different model
+    module8, variables8, _ = embed.load_fr_model(path)
+    wrong = embed.embed_images(module8, variables8, images, convention="concat", batch_size=4)
+    assert np.abs(wrong - ours).max() > 1e-3
+
+
+def test_iresnet_checkpoint_through_load_fr_model_is_folded(tmp_path):
+  """An arcface_torch iResNet .pt → load_fr_model (BatchNorms folded) → embed_images = twin."""
+  from exfiqa_jax.models import iresnet
+  tmodel = ref.randomize_(ref.IResNet((1, 2, 1, 1), TINY, 64), seed=6)
+  module, variables, config = embed.load_fr_model(_save_pt(tmp_path / "backbone.pth", tmodel))
+  assert isinstance(module, iresnet.FoldedIResNet) and set(variables) == {"params"}
+  assert config["family"] == "arcface_iresnet"
+  images = _uint8(3, seed=7)
+  ours = embed.embed_images(module, variables, images, convention="sum",
+                            input_scale=config["input_scale"])
+  f, ff = _twin_features(tmodel, images, "minus1_1")
+  np.testing.assert_allclose(ours, _l2n(f + ff), atol=1e-5, rtol=0)
