@@ -13,6 +13,9 @@ iresnet_keys.py):
 Input: float32 [B, 112, 112, 3] NHWC, already normalised the family's way (embed.py does that).
 Output: `(embedding, {"embedding": embedding})`, embedding [B, num_features], not L2-normalised —
 the same `(output, out)` shape as the ViT in mode "fr".
+Inference: `fold_batchnorm(config, variables)` → (`FoldedIResNet`, params) with every eval BN
+folded into a conv or the head (what `embed.load_fr_model` returns); `IResNet` stays the training
+and conversion model.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -439,6 +443,5 @@ def fold_batchnorm(config: IResNetConfig, variables: Any,
   w = (w * s2[:, None]).reshape(side * side * c, -1)
   out["head"] = post_fold(w, *_bn_affine(params, stats, feat_bn, eps), bias=bias)
 
-  as_f32 = lambda tree: {k: as_f32(v) if isinstance(v, dict) else
-                         np.ascontiguousarray(v, dtype=np.float32) for k, v in tree.items()}
-  return FoldedIResNet(cfg, dtype=dtype), {"params": as_f32(out)}
+  params_f32 = jax.tree.map(lambda v: np.ascontiguousarray(v, dtype=np.float32), out)
+  return FoldedIResNet(cfg, dtype=dtype), {"params": params_f32}
