@@ -1,6 +1,6 @@
 """ViT-S scoring throughput: ours (all exits + ATTN in one pass) vs PyTorch, same run, same CPU.
 
-  python -m bench.throughput [--batch=16] [--repeats=5]
+  python -m bench.throughput [--batch=16] [--repeats=9] [--torch_repeats=5] [--official_repeats=3]
 
 ViT-FIQA ViT-S, token mode, fp32, one set of random weights shared by both sides (the PyTorch
 twin's, converted with converters/vit_keys as the parity tests do):
@@ -9,10 +9,12 @@ twin's, converted with converters/vit_keys as the parity tests do):
   (c) PyTorch twin, one forward, final score only (eval, no_grad);
   (d) PyTorch twin, the official EX-FIQA way: one run per exit (12 passes, early exit 0..11);
 plus this machine's XLA f32 matmul GFLOP/s (a 2048² jnp.dot) and PyTorch's, in the same run.
-Every route is warmed up, then timed once per round, round-robin, so that load from other jobs
-falls on all routes alike; each figure is the median over rounds ((d) is timed in fewer rounds:
-it is ~20x slower). Machines are shared: compare ratios from one run, not absolute numbers.
-Runtime ≈ 1.5 min on an idle 2-core machine, several times that under load.
+Every route is warmed up, then timed once per round in a shuffled order, so that load from other
+jobs falls on all routes alike; each figure is the median over rounds ((c) and (d) are timed in
+fewer rounds: they are ~3x and ~20x slower). Process CPU seconds are printed beside wall clock:
+on a loaded machine they move less with other jobs (but spin-waiting threads inflate them).
+Compare ratios from one run, not absolute numbers. Runtime ≈ 2 min on an idle 2-core machine,
+several times that under load.
 """
 from __future__ import annotations
 
@@ -44,17 +46,20 @@ def _time_once(fn: Callable[[], object]) -> tuple[float, float]:
 
 def time_interleaved(routes: dict[str, Callable[[], object]], repeats: int,
                      slow: dict[str, int] | None = None) -> dict[str, list[tuple[float, float]]]:
-  """(wall, CPU) seconds of every route, round-robin: one warm-up call each, then `repeats`
-  rounds that time each route once, so load from other jobs falls on all routes alike. Routes
-  named in `slow` are timed only in their first `slow[name]` rounds."""
+  """(wall, CPU) seconds of every route: one warm-up call each, then `repeats` rounds that time
+  each route once in a shuffled order, so load from other jobs falls on all routes alike. Routes
+  named in `slow` are timed only in `slow[name]` rounds spread over the run."""
   slow = slow or {}
   for fn in routes.values():
     fn()
+  order = np.random.default_rng(0)
+  rounds = {name: set(np.linspace(0, repeats - 1, slow.get(name, repeats)).round().astype(int))
+            for name in routes}
   times: dict[str, list[tuple[float, float]]] = {name: [] for name in routes}
   for r in range(repeats):
-    for name, fn in routes.items():
-      if r < slow.get(name, repeats):
-        times[name].append(_time_once(fn))
+    for name in order.permutation(list(routes)):
+      if r in rounds[name]:
+        times[name].append(_time_once(routes[name]))
   return times
 
 
@@ -74,12 +79,15 @@ def _jax_route(fn, variables, images) -> Callable[[], object]:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
+  parser.add_argument("--repeats", type=int, default=9, help="timed rounds (median reported)")
+  parser.add_argument("--torch_repeats", type=int, default=5, help="rounds that also time (c)")
   parser.add_argument("--official_repeats", type=int, default=3,
                       help="rounds that also time (d), the slowest route")
   args = parser.parse_args()
-  if args.batch < 1 or args.repeats < 1 or args.official_repeats < 1:
-    raise ValueError("--batch, --repeats and --official_repeats must be >= 1")
+  if min(args.batch, args.repeats, args.torch_repeats, args.official_repeats) < 1:
+    raise ValueError("--batch, --repeats, --torch_repeats and --official_repeats must be >= 1")
+  if max(args.torch_repeats, args.official_repeats) > args.repeats:
+    raise ValueError("--torch_repeats and --official_repeats cannot exceed --repeats")
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
 
@@ -113,7 +121,8 @@ def main() -> None:
   routes["c"], routes["d"] = torch_single, torch_official
 
   load_before = os.getloadavg()[0]
-  times = time_interleaved(routes, args.repeats, slow={"d": args.official_repeats})
+  times = time_interleaved(routes, args.repeats, slow={"c": args.torch_repeats,
+                                                          "d": args.official_repeats})
   load_after = os.getloadavg()[0]
   seconds = {name: statistics.median(w for w, _ in ts) for name, ts in times.items()}
   cpu = {name: statistics.median(c for _, c in ts) for name, ts in times.items()}
@@ -144,7 +153,8 @@ def main() -> None:
   print(f"ViT-S token (patch 9, width 512, depth 12), fp32, batch {b}; jax {jax.__version__} "
         f"on {jax.device_count()} {jax.devices()[0].platform} device(s), torch "
         f"{torch.__version__} with {torch.get_num_threads()} threads, {threads} cores.")
-  print(f"Median of {args.repeats} interleaved rounds ({args.official_repeats} for d) after a "
+  print(f"Median of {args.repeats} interleaved rounds ({args.torch_repeats} for c, "
+        f"{args.official_repeats} for d) after a "
         f"warm-up; load average {load_before:.1f} -> {load_after:.1f} on {threads} cores (other "
         "jobs share the machine: timings are noisy, compare ratios).")
   print(f"f32 matmul 2048²: XLA {gflops_xla:.0f} GFLOP/s ({threads * flop / cpu['xla_matmul']:.0f}"
