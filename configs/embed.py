@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   config.model = ""                 # converted directory or PyTorch checkpoint
   config.family = ""                # "" = detect from the keys (elasticface must be named)
   config.normalisation = ""         # "" = the family's default input scale
+  config.num_heads = 0              # ViT FR .pt only (no shape records it): 0 = 8; ViT-B 16
   config.images = ""                # image folder (recursive) or list file
   config.image_root = ""            # root for relative paths in a list file (default: its dir)
   config.channel_order = "rgb"      # "bgr_on_disk" for CR-FIQA-prepared folders

@@ -27,6 +27,7 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval") -> ml_collections
   config.fr = ml_collections.ConfigDict(dict(
       family="",              # "" = detect from the keys (elasticface must be named)
       normalisation="",       # "" = the family's input scale; "minus1_1" | "0_1"
+      num_heads=0,            # ViT FR .pt only (no shape records it): 0 = 8; CVLFace ViT-B 16
       convention="concat",    # concat (FIQA papers) | sum (insightface) | none (no flip)
       batch_size=64))
   config.benchmarks = ",".join(benchmarks)

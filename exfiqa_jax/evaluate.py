@@ -280,7 +280,8 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
              "model_config": spec.model.model_config}
   else:
     module, variables, fr_config = embed.load_fr_model(
-        fr_path, config.fr.get("family", "") or None, config.fr.get("normalisation", "") or None)
+        fr_path, config.fr.get("family", "") or None, config.fr.get("normalisation", "") or None,
+        config.fr.get("num_heads", 0) or None)
     variables = embed.replicate(variables)
     input_scale = fr_config["input_scale"]
     ident = {"fr_model": stages.file_identity(fr_path), "model_config": fr_config}
