@@ -183,6 +183,9 @@ def main() -> None:
     wall_ratio, cpu_ratio = per_wall(a) / per_wall(key), per_cpu(a) / per_cpu(key)
     print(f"| {name} | {wall_ratio:.2f}x ({verdict(wall_ratio >= target)}) | {cpu_ratio:.2f}x | "
           f">= {target:g}x |")
+  # What the matmul rates allow: a program running at exactly the XLA matmul-bound limit.
+  print(f"| ceiling: matmul-bound limit / (c), / (d) | {bound / per_wall('c'):.2f}x, "
+        f"{bound / per_wall('d'):.1f}x | | |")
   frac_wall = per_wall(a) / bound
   frac_cpu = per_cpu(a) * GFLOP_PER_IMAGE / (flop / cpu["xla_matmul"])
   print(f"| (a) / matmul-bound limit | {100 * frac_wall:.0f}% ({verdict(frac_wall >= 0.8)}) | "
