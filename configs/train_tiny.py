@@ -17,7 +17,7 @@ from configs import common
 SIZES = {
     # width, depth, heads, mlp, embed, identities, images/identity, batch, steps, warm-up
     "default": dict(width=64, depth=4, heads=4, mlp=256, embed=64, ids=200, per_id=24,
-                    batch=64, steps=1200, warmup=100, pairs=2000),
+                    batch=64, steps=1500, warmup=100, pairs=2000),
     "smoke": dict(width=32, depth=2, heads=2, mlp=64, embed=16, ids=8, per_id=8, batch=16,
                   steps=6, warmup=2, pairs=64),
 }
@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(dict(
       kind="synthetic", num_identities=size["ids"], images_per_identity=size["per_id"],
-      online_degradation=True, num_pairs=size["pairs"], eval_identities=max(size["ids"] // 4, 4)))
+      online_degradation=True, gamma=1.0, clean_fraction=0.5, num_pairs=size["pairs"],
+      eval_identities=max(size["ids"] // 4, 4)))
   config.eval = ml_collections.ConfigDict(dict(every=200 if arg != "smoke" else 0, batch_size=128,
                                                fmr=1e-3, limit=0.3))
   config.checkpoint = ml_collections.ConfigDict(dict(every=200 if arg != "smoke" else 3, keep=2,

@@ -49,7 +49,7 @@ def test_benchmark(config) -> tuple[evaluate.Benchmark, synthetic.FaceSet]:
   t = config.test
   sizes = trainer.synthetic_sizes(config.train.data, t.per_identity)
   faces = synthetic.make_split(config.seed, "test", sizes, clean_fraction=t.clean_fraction,
-                               gamma=float(config.train.data.get("gamma", 2.5)))
+                               gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
   pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
   bench = evaluate.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
                                    extra={"severity": faces.severity, "kind": faces.kind})

@@ -176,7 +176,7 @@ def _synthetic_data(config) -> tuple[TrainData, PairSet]:
   from exfiqa_jax.data import synthetic
   d = config.data
   online = bool(d.get("online_degradation", True))
-  gamma, clean = float(d.get("gamma", 2.5)), float(d.get("clean_fraction", 0.5))
+  gamma, clean = float(d.get("gamma", synthetic.GAMMA)), float(d.get("clean_fraction", 0.5))
   train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
                                clean_fraction=clean, gamma=gamma)
 

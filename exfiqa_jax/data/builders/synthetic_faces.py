@@ -29,7 +29,7 @@ class SyntheticFaces(base.Builder):
   NEEDS_MANUAL_DIR = False
   CONFIG_KEY = "split"
   OPTIONS = {"split": "test", "seed": 0, "train_identities": 200, "val_identities": 20,
-             "test_identities": 100, "per_identity": 10, "clean_fraction": 0.5, "gamma": 2.5,
+             "test_identities": 100, "per_identity": 10, "clean_fraction": 0.5, "gamma": synthetic.GAMMA,
              "degraded": True, "impostors_per_genuine": 10.0}
   PAIR_KIND = "image"
   FEATURES = {"identity": lambda: tfds.features.Scalar(np.int64),
