@@ -363,7 +363,8 @@ def _fiqa_decide(xp, st: _FiqaStats, fmrs):
   m = st.m.astype(dt)
   n = st.n_imp.astype(dt)[:, None, None]
   f = xp.asarray(fmrs, dt)[None, :, None]
-  dist = xp.where(st.valid, xp.abs(m / n - f), xp.inf)
+  ratio = xp.where(n > 0, m / xp.where(n > 0, n, 1), xp.nan)   # no impostor left: NaN, silently
+  dist = xp.where(st.valid, xp.abs(ratio - f), xp.inf)
   best = dist == xp.min(dist, axis=-1, keepdims=True)
   choice = xp.argmax(xp.where(best & st.valid, st.m, -1), axis=-1)[..., None]
   acc = xp.take_along_axis(st.accepted, choice, -1)[..., 0].astype(dt)
