@@ -85,9 +85,8 @@ def _save_iresnet(path, seed):
   return str(path)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  root = tmp_path_factory.mktemp("eval")
+def build_world(root):
+  """The miniature .bin benchmark, IJB-C and tiny random models under `root` (a pathlib.Path)."""
   rng = np.random.default_rng(0)
   bases = _bases(rng, 6)
   # mini.bin: 20 pairs (10 genuine), images 2i and 2i+1.
@@ -123,6 +122,11 @@ def world(tmp_path_factory):
               token=_save_vit(root / "q_token", "token", 1),
               crfiqa=_save_vit(root / "q_crfiqa", "crfiqa", 2),
               fr=_save_iresnet(root / "fr", 3), data_dir=str(root / "tfds"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  return build_world(tmp_path_factory.mktemp("eval"))
 
 
 def _bin_config(world, output, **over):

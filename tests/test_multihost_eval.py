@@ -1,0 +1,107 @@
+"""Task "eval" on 2 hosts (2 simulated devices each) against one ordinary process: same pAUC and
+EDC tables, every cache stage written once by process 0 on the shared output folder, and a
+rerun on 2 hosts that loads every stage."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import socket
+
+import pytest
+
+from exfiqa_jax import evaluate, report, stages
+from exfiqa_jax.data import builders
+from tests.subproc import run_python
+from tests.test_evaluate import _bin_config, build_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ["compare/mini/fr", "edc/mini/fr/fiqa", "edc/mini/fr/iso", "embed/mini/fr",
+          "quality/mini/q_token"]
+FAST = {"report.plots": False}
+
+HOST = """
+import json, sys
+import jax
+jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2,
+                           process_id={pid}, initialization_timeout=120)
+assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+from exfiqa_jax import evaluate
+from tests.test_evaluate import _bin_config
+result = evaluate.run(_bin_config({world!r}, {output!r}, **{over!r}))
+print(json.dumps({{"computed": result["computed"]}}))
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _two_hosts(world: dict, output: str) -> list[list[str]]:
+  """Runs evaluate.run on 2 processes × 2 devices; every host's list of computed stages."""
+  port = _free_port()
+  strings = {k: str(v) for k, v in world.items()}
+
+  def launch(pid):
+    out = run_python(HOST.format(port=port, pid=pid, world=strings, output=output, over=FAST),
+                     devices=2, timeout=240)       # raises with stderr on a non-zero exit
+    return json.loads(out.strip().splitlines()[-1])["computed"]
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = [pool.submit(launch, pid) for pid in (0, 1)]
+    return [f.result() for f in futures]
+
+
+def _cache_files(output) -> list[str]:
+  root = os.path.join(output, "cache")
+  return sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, _, files in os.walk(root) for f in files)
+
+
+def _table(path) -> tuple[dict[tuple, dict[str, str]], set[str]]:
+  rows = report.read_csv(path)
+  numeric = {k for k in rows[0] if all(_is_number(r[k]) for r in rows)}
+  keys = [k for k in rows[0] if k not in numeric or k == "fmr"]
+  return {tuple(r[k] for k in keys): r for r in rows}, numeric
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
+def test_two_hosts_match_one_process_and_share_the_stage_cache(tmp_path):
+  world = build_world(tmp_path)
+  # The TFDS data set is built here once, so the two hosts only open it.
+  builders.load("verification_bin/mini", world["bins"], world["data_dir"])
+  single = tmp_path / "single"
+  evaluate.run(_bin_config(world, single, **FAST))
+  multi = str(tmp_path / "multi")
+
+  first = _two_hosts(world, multi)
+  assert sorted(first[0]) == sorted(first[1]) == STAGES      # every host ran every stage
+  expected = ["stages.jsonl"] + [s + ".npz" for s in STAGES]   # no .parts, no temporary files
+  assert _cache_files(multi) == sorted(expected) == _cache_files(single)
+  log = stages.read_log(os.path.join(multi, "cache"))
+  assert sorted(e["stage"] for e in log if e["event"] == "computed") == STAGES  # written once
+
+  for name in ("pauc.csv", "edc.csv"):
+    want, numeric = _table(single / name)
+    got, _ = _table(os.path.join(multi, name))
+    assert got.keys() == want.keys() and len(want) > 10, name
+    for key, row in want.items():
+      for col in numeric:
+        a, b = float(row[col]), float(got[key][col])
+        assert a == pytest.approx(b, abs=1e-6, nan_ok=True), (name, key, col)
+
+  again = _two_hosts(world, multi)
+  assert again == [[], []]                                     # every stage loaded
+  log = stages.read_log(os.path.join(multi, "cache"))[len(log):]
+  assert sorted(e["stage"] for e in log) == STAGES
+  assert {e["event"] for e in log} == {"cached"}
+  assert _cache_files(multi) == sorted(expected)
