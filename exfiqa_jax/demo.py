@@ -44,7 +44,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
   return sums[inverse] / counts[inverse]
 
 
-def test_benchmark(config) -> tuple[evaluate.Benchmark, synthetic.FaceSet]:
+def heldout_benchmark(config) -> tuple[evaluate.Benchmark, synthetic.FaceSet]:
   """The identity-disjoint, degraded test split and its pairs (all genuine + sampled impostors)."""
   t = config.test
   sizes = trainer.synthetic_sizes(config.train.data, t.per_identity)
@@ -125,7 +125,7 @@ def run(config) -> dict[str, Any]:
   seconds = {"train": round(time.time() - t0, 1)}
 
   t0 = time.time()
-  bench, faces = test_benchmark(config)
+  bench, faces = heldout_benchmark(config)
   seconds["test_data"] = round(time.time() - t0, 1)
   with config.unlocked():
     config.checkpoint = f"vitfiqa_tiny={model_dir}"

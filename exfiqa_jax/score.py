@@ -9,7 +9,8 @@ Writes into `config.output` (only process 0, atomically):
   skipped.txt  with skip_unreadable=True: every file that could not be decoded, with the reason.
 Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
 batch has the same padded shape (one compilation) and is sharded over all devices; on several
-hosts each host decodes only its own rows of every batch. A finished run with the same inputs is not recomputed.
+hosts each host decodes only its own rows of every batch. A finished run with the same inputs
+is not recomputed.
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def synthetic_sizes(data_config, split_per_identity: int | None = None):
   from exfiqa_jax.data import synthetic
   return synthetic.SplitSizes(
       train=int(data_config.num_identities), val=int(data_config.eval_identities),
-      test=int(data_config.get("test_identities", 100)),
+      test=int(data_config.get("test_identities", synthetic.SplitSizes().test)),
       per_identity=int(split_per_identity or data_config.images_per_identity))
 
 
@@ -176,7 +176,8 @@ def _synthetic_data(config) -> tuple[TrainData, PairSet]:
   from exfiqa_jax.data import synthetic
   d = config.data
   online = bool(d.get("online_degradation", True))
-  gamma, clean = float(d.get("gamma", synthetic.GAMMA)), float(d.get("clean_fraction", 0.5))
+  gamma = float(d.get("gamma", synthetic.GAMMA))
+  clean = float(d.get("clean_fraction", synthetic.CLEAN_FRACTION))
   train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
                                clean_fraction=clean, gamma=gamma)
 

@@ -17,6 +17,7 @@ from exfiqa_jax.data import synthetic
 from exfiqa_jax.data.builders import base
 from exfiqa_jax.data.builders.loader import register
 
+_SIZES = synthetic.SplitSizes()     # the split defaults live in one place
 LAYOUT = "  (none: synthetic_faces is rendered from its options; no manual_dir is needed)"
 
 
@@ -28,9 +29,10 @@ class SyntheticFaces(base.Builder):
   LAYOUT = LAYOUT
   NEEDS_MANUAL_DIR = False
   CONFIG_KEY = "split"
-  OPTIONS = {"split": "test", "seed": 0, "train_identities": 200, "val_identities": 20,
-             "test_identities": 100, "per_identity": 10, "clean_fraction": 0.5, "gamma": synthetic.GAMMA,
-             "degraded": True, "impostors_per_genuine": 10.0}
+  OPTIONS = {"split": "test", "seed": 0, "train_identities": _SIZES.train,
+             "val_identities": _SIZES.val, "test_identities": _SIZES.test,
+             "per_identity": _SIZES.per_identity, "clean_fraction": synthetic.CLEAN_FRACTION,
+             "gamma": synthetic.GAMMA, "degraded": True, "impostors_per_genuine": 10.0}
   PAIR_KIND = "image"
   FEATURES = {"identity": lambda: tfds.features.Scalar(np.int64),
               "label": lambda: tfds.features.Scalar(np.int64),
