@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from exfiqa_jax import edc
+from exfiqa_jax.eval import edc
 
 FMRS = (1e-3, 1e-4)
 

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import torch
 
-from converters import iresnet_keys as ik
-from exfiqa_jax import embed
+from exfiqa_jax.convert import iresnet_keys as ik
+from exfiqa_jax.tasks import embed
 from exfiqa_jax.models import iresnet
-from tests import fr_torch_reference as ref
+from exfiqa_jax.testing import fr_torch_reference as ref
 
 GFLOP_PER_FORWARD = 24.2   # iResNet-100 at 112², 2 × MACs
 

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from converters import vit_keys
-from exfiqa_jax.models import vit
-from tests import torch_reference as tr
+from exfiqa_jax.convert import vit_keys
+from exfiqa_jax.models import exits, vit
+from exfiqa_jax.testing import torch_reference as tr
 
 GFLOP_PER_IMAGE = float(vit.gflops_per_exit(vit.vit_s_config("token"))[-1])  # 11.49
 DEPTHS = (3, 6, 9, 12)
@@ -107,7 +107,7 @@ def main() -> None:
   routes = matmul_routes()
   programs = {}
   for k in DEPTHS:
-    v = vit.truncate_variables(variables, k) if k < cfg.depth else variables
+    v = exits.truncate_variables(variables, k) if k < cfg.depth else variables
     programs[k] = (jax.jit(vit.VisionTransformer(cfg, depth=k).apply), v)
     routes[f"k{k}"] = _jax_route(*programs[k], images)
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from configs import train_tiny, train_vitfiqa
+from exfiqa_jax import parallel
 from exfiqa_jax.train import augment, optim, step as step_lib, trainer
 
 CONFIGS = {"tiny": train_tiny.get_config, "vit_s": train_vitfiqa.get_config}
@@ -24,8 +25,8 @@ CONFIGS = {"tiny": train_tiny.get_config, "vit_s": train_vitfiqa.get_config}
 
 def bench_one(name: str, batch: int, iters: int, classes: int, with_augment: bool) -> dict:
   config = CONFIGS[name]()
-  model, cfg = trainer.build_model(config.model, config.compute_dtype)
-  mesh = step_lib.make_mesh(1)
+  model, cfg = trainer.build_model(config.architecture, config.compute_dtype)
+  mesh = parallel.mesh(1)
   tx, schedule = optim.make_optimizer(config.optim.lr, 10, 1000)
   state, sh = step_lib.init_state(model, tx, jax.random.key(0), classes, cfg.embed_dim, mesh)
   fn = step_lib.make_train_step(
@@ -36,7 +37,7 @@ def bench_one(name: str, batch: int, iters: int, classes: int, with_augment: boo
   rng = np.random.default_rng(0)
   batch_np = {"image": rng.integers(0, 256, (batch, 112, 112, 3)).astype(np.uint8),
               "label": rng.integers(0, classes, batch).astype(np.int32)}
-  b = {k: jax.device_put(v, step_lib.batch_sharding(mesh)) for k, v in batch_np.items()}
+  b = {k: jax.device_put(v, parallel.batch_sharding(mesh)) for k, v in batch_np.items()}
   key = jax.random.key(1)
   t = time.perf_counter()
   state, m = fn(state, b, key)

@@ -1,14 +1,71 @@
-"""Defaults shared by every job config (one place per fact)."""
+"""Fields every job shares, declared once; big_vision-style `key=value` config arguments.
+
+One schema across jobs:
+  quality_model.{path, num_heads, family}     the ViT-FIQA model (score, eval, demo)
+  fr.{path, family, num_heads, input_scale, convention, batch_size}   the FR model (embed, eval)
+  data.{channel_order ∈ {rgb, bgr}, decode_threads, ...}
+Configs import only ml_collections and each other, never JAX (loading a config is instant).
+"""
 from __future__ import annotations
+
+from typing import Any
 
 import ml_collections
 
+NUM_HEADS = 8          # not recorded in any weight shape; CVLFace ViT-B uses 16
 
-def base_config(task: str) -> ml_collections.ConfigDict:
+
+def base_config(task: str, output: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = task
-  config.output = "out/" + task
+  config.output = output or "out/" + task
   config.seed = 0
   config.distributed = False        # True on every host of a TPU pod slice / multi-host job
   config.batch_size = 64            # global; rounded up to a multiple of the device count
+  config.progress = True
   return config
+
+
+def quality_model() -> ml_collections.ConfigDict:
+  """The quality model: a converted directory or a PyTorch .pt (eval: name1=path1,name2=path2)."""
+  return ml_collections.ConfigDict(dict(
+      path="",
+      num_heads=NUM_HEADS,
+      family=""))             # "" = detect from the checkpoint's keys
+
+
+def fr_model(batch_size: int = 64) -> ml_collections.ConfigDict:
+  """The face-recognition model of the embeddings and comparisons."""
+  return ml_collections.ConfigDict(dict(
+      path="",                # converted FR directory or .pt (eval also: precomputed:, quality_model)
+      family="",              # "" = detect from the keys (elasticface must be named)
+      num_heads=NUM_HEADS,    # ViT FR .pt only
+      input_scale="",         # "" = the family's; "minus1_1" (x/127.5 - 1) | "0_1" (x/255)
+      convention="concat",    # flip: concat (FIQA papers) | sum (insightface) | none
+      batch_size=batch_size))
+
+
+def data(channel_order: str = "rgb", **extra: Any) -> ml_collections.ConfigDict:
+  """Image reading: channel_order "bgr" feeds B,G,R (CR-FIQA-prepared, channel-swapped files)."""
+  return ml_collections.ConfigDict(dict(channel_order=channel_order, decode_threads=4, **extra))
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """`get_config` argument "k1=v1,k2=v2" → ConfigDict over `defaults` (values typed like the
+  default; "+" separates list items: benchmarks=lfw+agedb_30). Unknown keys are an error."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in [s.strip() for s in (arg or "").split(",") if s.strip()]:
+    if "=" not in item:
+      raise ValueError(f"config argument {item!r} is not key=value; known keys: "
+                       f"{sorted(defaults)} (e.g. configs/score.py:size=tiny)")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, (int, float)):
+      out[key] = type(default)(value)
+    else:
+      out[key] = value
+  return out

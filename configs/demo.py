@@ -1,7 +1,7 @@
 """The embedded default: train a tiny ViT-FIQA on synthetic faces, evaluate it, write the report.
 
   python main.py --config=configs/demo.py                       # ≈ 5-10 min on a 2-core CPU
-  python main.py --config=configs/demo.py:smoke                 # seconds (tests)
+  python main.py --config=configs/demo.py:size=smoke            # seconds (tests)
 
 No downloads: the synthetic-faces benchmark (exfiqa_jax/data/synthetic.py) is rendered on the
 fly. Outputs in `output` (default out/demo): summary.md (pAUC tables ×1e3, the demo's targets,
@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import train_tiny
+from configs import common, train_tiny
 from configs.eval_common import eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  smoke = arg == "smoke"
-  config = eval_config(["synthetic_faces"], task="demo")
-  config.output = "out/demo"
-  config.train = train_tiny.get_config(arg)
+  args = common.parse_arg(arg, size="default")
+  smoke = args.size == "smoke"
+  config = eval_config(["synthetic_faces"], task="demo", output="out/demo")
+  config.train = train_tiny.get_config(f"size={args.size}")
   config.train.output = ""            # "" = <output>/train
-  config.train.progress = True
-  config.checkpoint = ""              # set by the demo to the trained model
-  config.fr_model = "quality_model"   # the ViT-FIQA model's own feature head
+  config.quality_model.path = ""      # the trained model (the demo sets it)
+  config.fr.path = "quality_model"    # the ViT-FIQA model's own feature head
   config.batch_size = 128
   config.test = ml_collections.ConfigDict(dict(
       per_identity=4 if smoke else 10,        # images per test identity

@@ -1,32 +1,31 @@
 """Embed a folder of aligned 112×112 face crops (or a list file) with an FR model.
 
-  python main.py --config=configs/embed.py --config.model=ckpt/elasticface \
+  python main.py --config=configs/embed.py --config.fr.path=ckpt/elasticface \
       --config.images=DIR --config.output=OUT
-  python main.py --config=configs/embed.py --config.model=backbone.pth \
-      --config.family=elasticface --config.images=list.txt --config.image_root=ROOT
+  python main.py --config=configs/embed.py --config.fr.path=backbone.pth \
+      --config.fr.family=elasticface --config.images=list.txt --config.image_root=ROOT
 
 Writes OUT/embeddings.npy [N, D] (L2-normalised; D = 2·512 for the "concat" convention),
 OUT/image_list.txt (same order, names as listed) and OUT/embed_config.json.
-`model`: a converted directory or a PyTorch .pt/.pth file (family detected from the keys or
-named with `family`); `normalisation` overrides the family's input scale ("minus1_1" | "0_1").
+`fr.path`: a converted directory or a PyTorch .pt/.pth file (family detected from the keys or
+named with `fr.family`); `fr.input_scale` overrides the family's ("minus1_1" | "0_1").
+Argument: `size=tiny` (batch 8, tests).
 """
 from __future__ import annotations
 
-from configs.common import base_config
+import ml_collections
+
+from configs import common
 
 
-def get_config(arg: str | None = None):
-  config = base_config("embed")
-  config.model = ""                 # converted directory or PyTorch checkpoint
-  config.family = ""                # "" = detect from the keys (elasticface must be named)
-  config.normalisation = ""         # "" = the family's default input scale
-  config.num_heads = 0              # ViT FR .pt only (no shape records it): 0 = 8; ViT-B 16
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, size="default")
+  config = common.base_config("embed", "out/embed")
+  config.fr = common.fr_model(batch_size=32)
   config.images = ""                # image folder (recursive) or list file
   config.image_root = ""            # root for relative paths in a list file (default: its dir)
-  config.channel_order = "rgb"      # "bgr_on_disk" for CR-FIQA-prepared folders
-  config.convention = "concat"      # concat (FIQA papers) | sum (insightface) | none (no flip)
-  config.decode_threads = 4
-  config.batch_size = 32
-  if arg == "tiny":
-    config.batch_size = 8
+  config.data = common.data()
+  del config.batch_size             # the FR batch is fr.batch_size
+  if args.size == "tiny":
+    config.fr.batch_size = 8
   return config

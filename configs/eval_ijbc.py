@@ -1,4 +1,4 @@
-"""EDC evaluation on IJB-C (1:1 templates, the FIQA papers' protocol; SPEC-EDC §2.4).
+"""EDC evaluation on IJB-C (1:1 templates, the FIQA papers' protocol; docs/evaluation.md).
 
 Files you need (the insightface IJB-C release, `IJB_release/IJBC/`), passed as
 `--config.data.manual_dir=<that IJBC folder>`:
@@ -11,26 +11,27 @@ FR model (a converted iResNet/ViT checkpoint or .pt, e.g. ElasticFace-Arc `29567
 with --config.fr.family=elasticface; or precomputed embeddings in image order).
 
   python main.py --config=configs/eval_ijbc.py --config.data.manual_dir=~/IJB_release/IJBC \
-      --config.checkpoint=vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa \
-      --config.fr_model=ckpt/elasticface --config.output=out/eval_ijbc
+      --config.quality_model.path=vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa \
+      --config.fr.path=ckpt/elasticface --config.output=out/eval_ijbc
 
 The first run aligns the faces into a TFDS data set (`--config.data.data_dir`, default the TFDS
 folder) and reuses it afterwards; `--config.data.subset=N` keeps the first N templates for a
 quick run. Every stage is cached in `output/cache` (resumable after a kill). At this scale the
 bootstrap is costly: the default uses 20 resamples. Outputs: edc.csv, pauc.csv, summary.json,
-summary.md, plots/, ijbc/scores_<model>.csv.
+summary.md, plots/, ijbc/scores_<model>.csv. Argument: `size=tiny` (tests).
 """
 from __future__ import annotations
 
+from configs import common
 from configs.eval_common import eval_config
 
 
 def get_config(arg: str | None = None):
-  config = eval_config(["ijbc"])
-  config.output = "out/eval_ijbc"
+  args = common.parse_arg(arg, size="default")
+  config = eval_config(["ijbc"], output="out/eval_ijbc")
   config.eval.bootstrap = 20
   config.eval.chunk_images = 16384
-  if arg == "tiny":
+  if args.size == "tiny":
     config.batch_size = 8
     config.eval.bootstrap = 10
     config.eval.chunk_images = 16

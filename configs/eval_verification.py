@@ -1,31 +1,37 @@
 """EDC evaluation on pair benchmarks: LFW, AgeDB-30, CFP-FP, CALFW, CPLFW, XQLFW, Adience, any .bin.
 
-  python main.py --config=configs/eval_verification.py:lfw,agedb_30,cfp_fp,calfw,cplfw \
-      --config.data.manual_dir=~/faces/bins --config.checkpoint=ckpt/vitfiqa_token \
-      --config.fr_model=ckpt/elasticface --config.output=out/eval_bins
-  python main.py --config=configs/eval_verification.py:xqlfw \
-      --config.data.manual_dirs.xqlfw=~/faces/xqlfw --config.checkpoint=vitfiqa_token.pt \
-      --config.fr_model=precomputed:emb/xqlfw/embeddings.npy
+  python main.py --config=configs/eval_verification.py:benchmarks=lfw+agedb_30+cfp_fp \
+      --config.data.manual_dir=~/faces/bins --config.quality_model.path=ckpt/vitfiqa_token \
+      --config.fr.path=ckpt/elasticface --config.output=out/eval_bins
+  python main.py --config=configs/eval_verification.py:benchmarks=xqlfw \
+      --config.data.manual_dirs.xqlfw=~/faces/xqlfw --config.quality_model.path=vitfiqa_token.pt \
+      --config.fr.path=precomputed:emb/xqlfw/embeddings.npy
 
-The argument is a comma list of benchmark names (default: the five .bin sets). `lfw`,
-`agedb_30`, `cfp_fp`, `calfw`, `cplfw` (and any other `<name>`/`<name>.bin`) read
-`<manual_dir>/<name>.bin` (insightface pickles); `xqlfw` reads `xqlfw_pairs.txt` +
-`xqlfw_aligned_112/`; `adience` the aligned Adience folder (see exfiqa_jax/data/builders/).
-Give one folder for all (`data.manual_dir`) or one per benchmark (`data.manual_dirs.<name>`).
-Several quality models: `--config.checkpoint=t=ckpt/token,c=ckpt/crfiqa`.
+Arguments (key=value, comma-separated): `benchmarks` — "+"-separated names (default the five
+.bin sets lfw+agedb_30+cfp_fp+calfw+cplfw); `size=tiny` for tests. `lfw`, `agedb_30`, `cfp_fp`,
+`calfw`, `cplfw` (and any other `<name>`/`<name>.bin`) read `<manual_dir>/<name>.bin`
+(insightface pickles); `xqlfw` reads `xqlfw_pairs.txt` + `xqlfw_aligned_112/`; `adience` the
+aligned Adience folder (docs/data.md). Give one folder for all (`data.manual_dir`) or one per
+benchmark (`data.manual_dirs.<name>`). Several quality models:
+`--config.quality_model.path=t=ckpt/token,c=ckpt/crfiqa`.
 Outputs in `output`: edc.csv, pauc.csv, summary.json, summary.md, plots/, <bench>/scores_*.csv,
-cache/ (resumable stages). `get_config("...:tiny")` variants are for tests.
+cache/ (resumable stages).
 """
 from __future__ import annotations
 
+from configs import common
 from configs.eval_common import eval_config
-
-DEFAULT = "lfw,agedb_30,cfp_fp,calfw,cplfw"
+from exfiqa_jax.data.benchmark_names import VERIFICATION_BINS
 
 
 def get_config(arg: str | None = None):
-  names = [b.strip() for b in (arg or DEFAULT).split(",") if b.strip()]
-  config = eval_config(names)
-  config.output = "out/eval_" + ("_".join(n.replace(".bin", "") for n in names)
-                                 if len(names) <= 3 else "verification")
+  args = common.parse_arg(arg, benchmarks="+".join(VERIFICATION_BINS), size="default")
+  names = [b.strip() for b in args.benchmarks.split("+") if b.strip()]
+  output = "out/eval_" + ("_".join(n.replace(".bin", "") for n in names)
+                          if len(names) <= 3 else "verification")
+  config = eval_config(names, output=output)
+  if args.size == "tiny":
+    config.batch_size = 8
+    config.eval.bootstrap = 10
+    config.report.attention_examples = 0
   return config

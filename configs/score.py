@@ -1,37 +1,36 @@
 """Score a folder of face crops (or a list file) at every EX-FIQA exit, with ATTN-FIQA per block.
 
-  python main.py --config=configs/score.py --config.checkpoint=vitfiqa_token.pt \
-      --config.images=DIR_OR_LIST --config.output=OUT [--config.model.num_heads=8] \
+  python main.py --config=configs/score.py --config.quality_model.path=vitfiqa_token.pt \
+      --config.images=DIR_OR_LIST --config.output=OUT [--config.quality_model.num_heads=8] \
       [--config.data.channel_order=rgb|bgr] [--config.batch_size=64] \
-      [--config.skip_unreadable=True]
+      [--config.skip_unreadable=True] [--config.exit=7]
 
-`checkpoint`: a converted directory or a PyTorch .pt (converted in memory). `images`: every image
-under a folder (recursive, sorted) or a text file with one path per line (relative paths are
-resolved against the list file's folder). Writes OUT/scores.csv (image, exit_1..exit_L,
-ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L; for mode "fr" checkpoints image, attn_1..attn_L) and
-OUT/scores.npz; OUT/skipped.txt lists files skipped with skip_unreadable=True.
-`data.channel_order="bgr"` feeds the file's pixels as B,G,R — right for CR-FIQA-prepared
-(channel-swapped) folders. `get_config("tiny")` uses batch 8 (tests).
+`quality_model.path`: a converted directory or a PyTorch .pt (converted in memory). `images`:
+every image under a folder (recursive, sorted) or a text file with one path per line (relative
+paths are resolved against `image_root`, default the list file's folder). Writes OUT/scores.csv
+(image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L; for mode "fr" checkpoints
+image, attn_1..attn_L) and OUT/scores.npz; OUT/skipped.txt lists files skipped with
+skip_unreadable=True. `data.channel_order="bgr"` feeds the file's pixels as B,G,R — right for
+CR-FIQA-prepared (channel-swapped) folders. `exit=k` runs the program truncated after block k
+(its cost falls with k) and writes exit_1..exit_k, their fusions and attn_1..attn_k only.
+Argument: `size=tiny` (batch 8, tests).
 """
 from __future__ import annotations
 
 import ml_collections
 
-from configs.common import base_config
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = base_config("score")
-  config.checkpoint = ""            # converted directory or PyTorch .pt
+  args = common.parse_arg(arg, size="default")
+  config = common.base_config("score", "out/score")
+  config.quality_model = common.quality_model()
   config.images = ""                # image folder (recursive) or list file
-  config.model = ml_collections.ConfigDict()
-  config.model.num_heads = 8        # not recorded in any weight shape (CVLFace ViT-B: 16)
-  config.model.family = ""          # "" = detect from the checkpoint's keys
-  config.data = ml_collections.ConfigDict()
-  config.data.channel_order = "rgb"   # rgb | bgr (CR-FIQA-prepared, channel-swapped files)
-  config.data.decode_threads = 4
-  config.batch_size = 64            # global, rounded up to a multiple of the device count
+  config.image_root = ""            # root for relative paths in a list file (default: its dir)
+  config.data = common.data()
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
-  if arg == "tiny":
+  config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
+  if args.size == "tiny":
     config.batch_size = 8
   return config

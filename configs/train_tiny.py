@@ -1,9 +1,9 @@
 """Tiny ViT-FIQA trained on synthetic faces (the demo's model; the tests use the "smoke" size).
 
   python main.py --config=configs/train_tiny.py --config.output=out/train_tiny
-  python main.py --config=configs/train_tiny.py:smoke      # seconds, for tests / CI
+  python main.py --config=configs/train_tiny.py:size=smoke      # seconds, for tests / CI
 
-Lessons from the CPU feasibility run (DEMO-NOTES.md): CosFace s=32 m=0.35 (s=64 plateaus on a tiny
+Lessons from the CPU feasibility runs (docs/demo.md): CosFace s=32 m=0.35 (s=64 plateaus on a tiny
 model), lr 2e-3 with a warm-up, and clean training images re-degraded afresh every batch with a
 new severity (online re-degradation) so the quality head sees many (image, severity) pairs.
 No gridsample augmentation: the synthetic degradations are the variation that matters here.
@@ -24,19 +24,21 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  size = SIZES[arg or "default"]
-  config = common.base_config("train")
-  config.output = "out/train_tiny"
+  args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"train_tiny size must be one of {sorted(SIZES)}, got {args.size!r}")
+  size, smoke = SIZES[args.size], args.size == "smoke"
+  config = common.base_config("train", "out/train_tiny")
   config.batch_size = size["batch"]
   config.total_steps = size["steps"]
   config.stop_after = 0               # > 0: stop after this step (resumable), for tests
-  config.log_every = 10 if arg != "smoke" else 1
+  config.log_every = 10 if not smoke else 1
   config.progress = True
   config.compute_dtype = "float32"
   config.shard_centres = 0            # 0/1: replicated class centres; k: split over k devices
   config.export_model = True
 
-  config.model = ml_collections.ConfigDict(dict(
+  config.architecture = ml_collections.ConfigDict(dict(
       mode="token", width=size["width"], depth=size["depth"], num_heads=size["heads"],
       patch_size=9, img_size=112, mlp_dim=size["mlp"], embed_dim=size["embed"],
       has_mask_token=True))
@@ -51,8 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kind="synthetic", num_identities=size["ids"], images_per_identity=size["per_id"],
       online_degradation=True, gamma=1.0, clean_fraction=0.5, num_pairs=size["pairs"],
       eval_identities=max(size["ids"] // 4, 4)))
-  config.eval = ml_collections.ConfigDict(dict(every=200 if arg != "smoke" else 0, batch_size=128,
+  config.eval = ml_collections.ConfigDict(dict(every=200 if not smoke else 0, batch_size=128,
                                                fmr=1e-3, limit=0.3))
-  config.checkpoint = ml_collections.ConfigDict(dict(every=200 if arg != "smoke" else 3, keep=2,
+  config.checkpointing = ml_collections.ConfigDict(dict(every=200 if not smoke else 3, keep=2,
                                                      best_metric="", best_mode="max"))
   return config

@@ -1,4 +1,4 @@
-"""ViT-FIQA (ViT-S, quality token) on an identity folder, as the official run (SPEC-METHOD §2).
+"""ViT-FIQA (ViT-S, quality token) on an identity folder, as the official run (docs/methods.md).
 
   python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
       --config.data.root=/data/ms1mv2_images            # <root>/<identity>/<image>.jpg|png
@@ -8,7 +8,7 @@
 Official constants: global batch 1024 (4 GPUs × 256), 20 epochs with 2 warm-up epochs over
 5,822,653 MS1MV2 images (steps derived from the image count when total_steps = 0), AdamW lr 1e-3
 wd 0.05 on all params, clip backbone grads at 5, CosFace s=64 m=0.4, alpha 10 (≈ 40 effective in
-the 4-GPU run, see SPEC-METHOD §2.3), gridsample augmentation, verification every 2000 steps.
+the 4-GPU run, see docs/methods.md), gridsample augmentation, verification every 2000 steps.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = common.base_config("train")
-  config.output = "out/train_vitfiqa"
+  args = common.parse_arg(arg, size="default")
+  config = common.base_config("train", "out/train_vitfiqa")
   config.seed = 2048
   config.batch_size = 1024
   config.epochs = 20
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.shard_centres = 0
   config.export_model = True
 
-  config.model = ml_collections.ConfigDict(dict(
+  config.architecture = ml_collections.ConfigDict(dict(
       mode="token", width=512, depth=12, num_heads=8, patch_size=9, img_size=112, mlp_dim=2048,
       embed_dim=512, has_mask_token=True))
   config.optim = ml_collections.ConfigDict(dict(
@@ -46,9 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       every=2000, batch_size=256, fmr=1e-3, limit=0.3,
       pairs_bin=""))                  # an insightface .bin pair set (lfw.bin); "" = none
-  config.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3, best_metric="",
+  config.checkpointing = ml_collections.ConfigDict(dict(every=2000, keep=3, best_metric="",
                                                      best_mode="max"))
-  if arg == "smoke":
+  if args.size == "smoke":
     config.batch_size, config.total_steps, config.log_every = 8, 4, 1
-    config.model.update(width=32, depth=2, num_heads=2, mlp_dim=64, embed_dim=16)
+    config.architecture.update(width=32, depth=2, num_heads=2, mlp_dim=64, embed_dim=16)
   return config

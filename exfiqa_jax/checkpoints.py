@@ -1,6 +1,6 @@
 """Converted models on disk: an Orbax variables tree plus `model_config.json`, in one directory.
 
-  DIR/model_config.json   architecture + "family" (converters/families.py), JSON
+  DIR/model_config.json   architecture + "family" (exfiqa_jax.convert.families), JSON
   DIR/variables/          Orbax StandardCheckpointer tree {"params", "batch_stats"}
 
 Written atomically (everything goes to `DIR.partial`, which is renamed onto DIR at the end), so
@@ -21,9 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from converters import families
-from converters.strict import CheckpointError
-from exfiqa_jax import io, parallel
+from exfiqa_jax.convert.strict import CheckpointError
+from exfiqa_jax import files, models, parallel
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
@@ -54,7 +53,7 @@ def save_model(directory: str | os.PathLike, variables: Any, model_config: dict[
   finally:
     checkpointer.close()
   if parallel.is_writer():
-    io.write_json(os.path.join(partial, CONFIG_FILE), model_config)
+    files.write_json(os.path.join(partial, CONFIG_FILE), model_config)
     old = directory + ".old"
     if os.path.exists(directory):
       os.replace(directory, old)
@@ -72,12 +71,12 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         f"{directory} is not a converted model directory (no {CONFIG_FILE}); convert a PyTorch "
         "file with `python -m converters.torch_to_flax --checkpoint=X.pt --out=DIR`, or pass "
         "the .pt itself")
-  return io.read_json(os.path.join(directory, CONFIG_FILE))
+  return files.read_json(os.path.join(directory, CONFIG_FILE))
 
 
 def abstract_variables(model_config: dict[str, Any]) -> Any:
   """ShapeDtypeStructs of the variables the config's module creates (nothing is allocated)."""
-  module = families.family_of_config(model_config).build(model_config)
+  module = models.get_model(model_config)
   size = int(model_config.get("img_size", 112))
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), images)

@@ -13,25 +13,30 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXIS = "data"
+MODEL_AXIS = "model"     # training only: class centres split over it (configs' shard_centres)
 
 
 @functools.lru_cache(maxsize=None)
-def mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes, axis name `data`."""
-  return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
+def mesh(model_axis: int = 1) -> Mesh:
+  """A 1-D mesh over all devices of all processes (axis `data`), or with `model_axis` > 1 a
+  2-D ("data", "model") mesh with `model_axis` devices per row."""
+  devices = np.asarray(jax.devices())
+  if model_axis <= 1:
+    return Mesh(devices, (BATCH_AXIS,))
+  if devices.size % model_axis:
+    raise ValueError(f"model axis {model_axis} does not divide the {devices.size} devices; "
+                     "set --config.shard_centres to a divisor of the device count (or 0 to "
+                     "replicate the class centres).")
+  return Mesh(devices.reshape(-1, model_axis), (BATCH_AXIS, MODEL_AXIS))
 
 
-def batch_sharding() -> NamedSharding:
+def batch_sharding(on: Mesh | None = None) -> NamedSharding:
   """Leading axis split over the `data` axis, everything else replicated."""
-  return NamedSharding(mesh(), P(BATCH_AXIS))
+  return NamedSharding(on if on is not None else mesh(), P(BATCH_AXIS))
 
 
-def replicated() -> NamedSharding:
-  return NamedSharding(mesh(), P())
-
-
-def global_batch_size(per_device: int) -> int:
-  return per_device * jax.device_count()
+def replicated(on: Mesh | None = None) -> NamedSharding:
+  return NamedSharding(on if on is not None else mesh(), P())
 
 
 def local_batch_size(global_batch: int) -> int:

@@ -2,10 +2,13 @@
 
 Inputs are `BenchmarkEval`s (one per benchmark × FR model): the quality columns evaluated and,
 per EDC mode, the engine's `edc.EdcCurves` plus the pAUC and its bootstrap CI. Numbers are
-written exactly as the engine produced them (float repr), so the files equal `exfiqa_jax.edc`.
+written exactly as the engine produced them (float repr), so the files equal `exfiqa_jax.eval.edc`.
 
+  scores.csv   image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L (`score_table`),
+               then q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw when the model
+               has a 0–100 mapping (quality_mapping.json, exfiqa_jax/eval/calibration.py)
   edc.csv      benchmark, fr_model, quality, mode, fmr, discard, fnmr, threshold, n_genuine,
-               n_impostor                              (DESIGN.md contract + `mode`)
+               n_impostor
   pauc.csv     benchmark, fr_model, quality, mode, fmr, limit, pauc, ci_low, ci_high
                (raw area; the papers print ×1e3)
   summary.json every pAUC with its CI, the best column per (benchmark, FR model, mode, FMR),
@@ -20,93 +23,23 @@ Plots use matplotlib's Agg canvas directly (no pyplot state), written atomically
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io as _io
 import math
 import os
-import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from exfiqa_jax import edc
-from exfiqa_jax import io
+from exfiqa_jax import files
+from exfiqa_jax.eval.results import (BASELINE_KINDS, KINDS, RANDOM, BenchmarkEval, ModeEval,
+                                     QualityColumn, best_index, column_set, random_quality)
 
 EDC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "discard", "fnmr",
                "threshold", "n_genuine", "n_impostor")
 PAUC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "limit", "pauc", "ci_low",
                 "ci_high")
-KINDS = ("exit", "fusion", "attn", "random", "oracle")
-BASELINE_KINDS = ("random", "oracle")     # references, never marked best
-RANDOM = "random"
-OVERLAY_ALPHA = 0.4                       # ATTN-FIQA plot_attnfiqa.py (SPEC-METHOD §4.3)
-
-
-# ------------------------------------------------------------------------------------------
-# What is reported
-# ------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class QualityColumn:
-  """One quality score set. `name` is unique in a run (prefixed by the model when several
-  quality models are evaluated); `exit` is the 1-based exit (exit_l, attn_l) or None."""
-  name: str
-  kind: str
-  model: str = ""
-  exit: int | None = None
-
-  def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f"quality kind must be one of {KINDS}, got {self.kind!r}")
-
-  @property
-  def is_baseline(self) -> bool:
-    return self.kind in BASELINE_KINDS
-
-
-@dataclasses.dataclass
-class ModeEval:
-  """One EDC mode of one benchmark: curves [S, F, R] and pAUC [S, F] with its CI."""
-  mode: str
-  limit: float
-  curves: edc.EdcCurves
-  pauc: np.ndarray
-  ci_low: np.ndarray
-  ci_high: np.ndarray
-
-
-@dataclasses.dataclass
-class BenchmarkEval:
-  benchmark: str
-  fr_model: str
-  columns: list[QualityColumn]
-  fmrs: np.ndarray
-  modes: dict[str, ModeEval]
-  n_pairs: int = 0
-  n_genuine: int = 0
-
-  @property
-  def names(self) -> list[str]:
-    return [c.name for c in self.columns]
-
-
-def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
-               ) -> list[QualityColumn]:
-  """The quality columns of one quality model, in scores.csv order: exit_1..exit_L, ex_fiqa_f,
-  ex_fiqa_fw, attn_1..attn_L (only attn_* for mode "fr" models)."""
-  p = f"{model}/" if prefix else ""
-  cols = []
-  if has_exits:
-    cols += [QualityColumn(f"{p}exit_{l}", "exit", model, l) for l in range(1, num_exits + 1)]
-    cols += [QualityColumn(f"{p}ex_fiqa_f", "fusion", model),
-             QualityColumn(f"{p}ex_fiqa_fw", "fusion", model)]
-  cols += [QualityColumn(f"{p}attn_{l}", "attn", model, l) for l in range(1, num_exits + 1)]
-  return cols
-
-
-def random_quality(num_images: int, seed: int) -> np.ndarray:
-  """The seeded `random` baseline column [I] (uniform, no ties)."""
-  return np.random.default_rng([int(seed), 0x5EED]).random(num_images).astype(np.float32)
+OVERLAY_ALPHA = 0.4                       # as ATTN-FIQA's published overlays (docs/methods.md)
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,6 +74,34 @@ def pauc_rows(result: BenchmarkEval) -> list[dict[str, Any]]:
   return rows
 
 
+def score_columns(num_exits: int, has_exits: bool) -> list[str]:
+  attn = [f"attn_{l}" for l in range(1, num_exits + 1)]
+  if not has_exits:
+    return ["image"] + attn
+  return (["image"] + [f"exit_{l}" for l in range(1, num_exits + 1)]
+          + ["ex_fiqa_f", "ex_fiqa_fw"] + attn)
+
+
+def score_table(names: Sequence[str], scores: dict[str, np.ndarray], has_exits: bool,
+                extra: Mapping[str, np.ndarray] | None = None) -> str:
+  """scores.csv text in the contract's column order (floats with 9 significant digits);
+  `extra` columns ({name: [N]}, e.g. the 0–100 values q100_exit_1.., exfiqa_jax/eval/
+  calibration.py) are appended after them in their order."""
+  num_exits = scores["attn_scores"].shape[1]
+  extra = dict(extra or {})
+  buf = _io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(score_columns(num_exits, has_exits) + list(extra))
+  for i, name in enumerate(names):
+    row = []
+    if has_exits:
+      row += list(scores["exit_scores"][i]) + [scores["ex_fiqa_f"][i], scores["ex_fiqa_fw"][i]]
+    row += list(scores["attn_scores"][i])
+    row += [v[i] for v in extra.values()]
+    writer.writerow([name] + [f"{float(v):.9g}" for v in row])
+  return buf.getvalue()
+
+
 def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
   buf = _io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
@@ -153,14 +114,6 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
 def read_csv(path: str) -> list[dict[str, str]]:
   with open(path, newline="", encoding="utf-8") as f:
     return list(csv.DictReader(f))
-
-
-def best_index(values: np.ndarray, columns: Sequence[QualityColumn]) -> int | None:
-  """Row with the lowest pAUC among the non-baseline columns (first on ties), None if none."""
-  candidates = [i for i, c in enumerate(columns) if not c.is_baseline and np.isfinite(values[i])]
-  if not candidates:
-    return None
-  return min(candidates, key=lambda i: (values[i], i))
 
 
 def summary_dict(results: Sequence[BenchmarkEval], extra: Mapping[str, Any] | None = None
@@ -236,27 +189,18 @@ def write_tables(output: str, results: Sequence[BenchmarkEval],
   paths = {k: os.path.join(output, f) for k, f in (("edc", "edc.csv"), ("pauc", "pauc.csv"),
                                                     ("json", "summary.json"),
                                                     ("md", "summary.md"))}
-  io.write_text(paths["edc"], csv_text((row for r in results for row in edc_rows(r)),
+  files.write_text(paths["edc"], csv_text((row for r in results for row in edc_rows(r)),
                                        EDC_COLUMNS))
-  io.write_text(paths["pauc"], csv_text((row for r in results for row in pauc_rows(r)),
+  files.write_text(paths["pauc"], csv_text((row for r in results for row in pauc_rows(r)),
                                         PAUC_COLUMNS))
-  io.write_json(paths["json"], summary_dict(results, extra))
-  io.write_text(paths["md"], summary_markdown(results, title, notes, footer))
+  files.write_json(paths["json"], summary_dict(results, extra))
+  files.write_text(paths["md"], summary_markdown(results, title, notes, footer))
   return paths
 
 
 # ------------------------------------------------------------------------------------------
-# GFLOPs (one place per fact: models/vit.py)
+# GFLOPs
 # ------------------------------------------------------------------------------------------
-def gflops_per_exit(model_config: Mapping[str, Any]) -> tuple[np.ndarray, float]:
-  """(GFLOPs of every exit [L], GFLOPs of a fusion of all exits) of a ViT quality model, from
-  `vit.gflops_per_exit` / `vit.gflops_fusion`."""
-  from exfiqa_jax.models import vit
-  cfg = vit.ViTConfig.from_dict({k: v for k, v in dict(model_config).items()
-                                 if k in {f.name for f in dataclasses.fields(vit.ViTConfig)}})
-  return np.asarray(vit.gflops_per_exit(cfg), np.float64), float(vit.gflops_fusion(cfg))
-
-
 def gflops_markdown(gflops: Mapping[str, tuple[np.ndarray, float]]) -> list[str]:
   """A GFLOPs-per-exit table (rows = quality models)."""
   if not gflops:
@@ -283,13 +227,9 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str) -> str:
-  with io.atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", bbox_inches="tight")
   return path
-
-
-def _slug(text: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 def _style(col: QualityColumn, num_exits: int) -> dict[str, Any]:
@@ -430,7 +370,7 @@ def write_plots(output: str, results: Sequence[BenchmarkEval],
   for r in results:
     for mode in r.modes:
       written.append(plot_edc(os.path.join(
-          plots, f"edc_{_slug(r.benchmark)}_{_slug(r.fr_model)}_{mode}.png"), r, mode))
+          plots, f"edc_{files.slug(r.benchmark)}_{files.slug(r.fr_model)}_{mode}.png"), r, mode))
   if gflops:
     by_fr: dict[str, list[BenchmarkEval]] = {}
     for r in results:
@@ -438,5 +378,5 @@ def write_plots(output: str, results: Sequence[BenchmarkEval],
     for fr, rs in by_fr.items():
       for mode in rs[0].modes:
         written.append(plot_pauc_vs_gflops(os.path.join(
-            plots, f"pauc_vs_gflops_{_slug(fr)}_{mode}.png"), rs, mode, gflops))
+            plots, f"pauc_vs_gflops_{files.slug(fr)}_{mode}.png"), rs, mode, gflops))
   return written

@@ -1,7 +1,3 @@
-"""Test-wide setup. Multi-device cases run in subprocesses with XLA_FLAGS set there."""
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+"""Test-wide setup. Multi-device cases run in subprocesses (exfiqa_jax.testing.subproc) with
+XLA_FLAGS set there; the package is installed (`pip install -e .[dev]`), so nothing patches
+sys.path."""

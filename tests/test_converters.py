@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from converters import families, flax_to_torch, torch_io, torch_to_flax, vit_keys
-from converters.strict import CheckpointError, check_state_dict
+from exfiqa_jax import convert
+from exfiqa_jax import models
+from exfiqa_jax.convert import families, torch_io, vit_keys
+from exfiqa_jax.convert.strict import CheckpointError, check_state_dict
 from exfiqa_jax import checkpoints
 from exfiqa_jax.models import vit
-from tests import torch_reference as ref
+from exfiqa_jax.testing import torch_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # "fr_nomask": a CVLFace-style FR ViT built without masking (no mask_token key)
@@ -101,9 +103,9 @@ def test_flax_tree_is_what_the_module_creates(twin):
 
 def test_converted_model_matches_the_twin(twin):
   mode, cfg, model, sd = twin
-  variables, config = torch_to_flax.convert_state_dict(sd, num_heads=cfg.num_heads)
+  variables, config = convert.convert_state_dict(sd, num_heads=cfg.num_heads)
   images = _images()
-  _, out = vit_keys.VIT.build(config).apply(variables, images)
+  _, out = models.get_model(config).apply(variables, images)
   with torch.no_grad():
     embedding, score = model(torch.from_numpy(images).permute(0, 3, 1, 2))
     attn_scores, _ = model.attention(torch.from_numpy(images).permute(0, 3, 1, 2))
@@ -168,7 +170,7 @@ def test_each_bad_case_alone_through_the_file_path(tmp_path, bad):
     tensors[key] = torch.ones(3, 3)
   torch.save(tensors, tmp_path / "bad.pt")
   with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
-    torch_to_flax.convert(str(tmp_path / "bad.pt"), str(tmp_path / "out"),
+    convert.pt_to_directory(str(tmp_path / "bad.pt"), str(tmp_path / "out"),
                           num_heads=cfg.num_heads)
   assert not os.path.exists(tmp_path / "out")
 
@@ -216,7 +218,7 @@ def test_mode_inference_errors_and_unknown_family():
 def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
   cfg, model = _twin("full", seed=4)
   torch.save(model.state_dict(), tmp_path / "m.pt")
-  config = torch_to_flax.convert(str(tmp_path / "m.pt"), str(tmp_path / "ckpt"),
+  config = convert.pt_to_directory(str(tmp_path / "m.pt"), str(tmp_path / "ckpt"),
                                  num_heads=cfg.num_heads)
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["model_config.json", "variables"]
   assert not os.path.exists(tmp_path / "ckpt.partial")
@@ -224,7 +226,7 @@ def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
   assert loaded == config
   # overwriting an existing directory replaces it atomically
   checkpoints.save_model(tmp_path / "ckpt", checkpoints.to_numpy(variables), loaded)
-  sd = flax_to_torch.convert(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
+  sd = convert.directory_to_pt(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
   fresh = _fresh_twin(cfg)
   fresh.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
   for k, v in model.state_dict().items():
@@ -234,7 +236,7 @@ def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
 
 def test_directory_that_does_not_fit_its_config(tmp_path):
   cfg, model = _twin("token", seed=2)
-  variables, config = torch_to_flax.convert_state_dict(_sd(model), num_heads=cfg.num_heads)
+  variables, config = convert.convert_state_dict(_sd(model), num_heads=cfg.num_heads)
   checkpoints.save_model(tmp_path / "ckpt", variables, {**config, "depth": config["depth"] + 1})
   with pytest.raises(CheckpointError, match="do not fit"):
     checkpoints.load_model(tmp_path / "ckpt")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_config
-from exfiqa_jax import demo, report
+from exfiqa_jax import report
+from exfiqa_jax.tasks import demo
 
 
 def _config(output):
-  config = demo_config.get_config("smoke")
+  config = demo_config.get_config("size=smoke")
   config.output = str(output)
   config.progress = False
   config.train.progress = False

@@ -10,7 +10,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
-from exfiqa_jax import edc
+from exfiqa_jax.eval import comparisons, edc
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,9 +244,9 @@ def test_bad_input(case, match):
 def test_pair_quality_and_scores():
   iq = np.array([[0.5, 0.25, 0.75], [1.0, 3.0, 2.0]], np.float32)
   pairs = np.array([[0, 1], [1, 2], [2, 0]])
-  np.testing.assert_array_equal(edc.image_to_pair_quality(iq, pairs),
+  np.testing.assert_array_equal(comparisons.image_to_pair_quality(iq, pairs),
                                 [[0.25, 0.25, 0.5], [1.0, 2.0, 1.0]])
-  np.testing.assert_array_equal(edc.image_to_pair_quality(iq, pairs, uncertainty=True),
+  np.testing.assert_array_equal(comparisons.image_to_pair_quality(iq, pairs, uncertainty=True),
                                 [[0.5, 0.75, 0.75], [3.0, 3.0, 2.0]])
   rng = np.random.default_rng(0)
   e, fe = rng.standard_normal((7, 16)), rng.standard_normal((7, 16))
@@ -255,13 +255,13 @@ def test_pair_quality_and_scores():
   def cos(a, b):
     return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
-  np.testing.assert_allclose(edc.pair_scores(e, pairs, chunk_size=16),
+  np.testing.assert_allclose(comparisons.pair_scores(e, pairs, chunk_size=16),
                              cos(e[pairs[:, 0]], e[pairs[:, 1]]), atol=1e-6)
-  np.testing.assert_allclose(edc.pair_scores(e, pairs, flip_embeddings=fe, chunk_size=64),
+  np.testing.assert_allclose(comparisons.pair_scores(e, pairs, flip_embeddings=fe, chunk_size=64),
                              (cos(e[pairs[:, 0]], e[pairs[:, 1]]) +
                               cos(fe[pairs[:, 0]], fe[pairs[:, 1]])) / 2, atol=1e-6)
   with pytest.raises(ValueError, match="pair indices"):
-    edc.pair_scores(e, np.array([[0, 7]]))
+    comparisons.pair_scores(e, np.array([[0, 7]]))
 
 
 def test_ijbc_template_aggregation_miniature():
@@ -270,17 +270,17 @@ def test_ijbc_template_aggregation_miniature():
   f = np.array([[1, 0], [0, 1], [2, 2], [0, 3], [-1, 1]], np.float32)
   tids = np.array([20, 20, 20, 10, 30])
   mids = np.array([1, 1, 2, 1, 5])
-  feats, index = edc.aggregate_templates(f, tids, mids)
+  feats, index = comparisons.aggregate_templates(f, tids, mids)
   np.testing.assert_array_equal(index.templates, [10, 20, 30])
   t20 = np.array([0.5, 0.5]) + np.array([2, 2])            # mean of media 1 + media 2
   want = np.stack([[0, 1], t20 / np.linalg.norm(t20), np.array([-1, 1]) / np.sqrt(2)])
   np.testing.assert_allclose(feats, want, atol=1e-6)
   iq = np.array([[0.9, 0.4, 0.7, 0.3, 0.8]], np.float32)
-  np.testing.assert_allclose(edc.template_quality(iq, index), [[0.3, 0.4, 0.8]])
-  np.testing.assert_allclose(edc.template_quality(iq, index, uncertainty=True), [[0.3, 0.9, 0.8]])
+  np.testing.assert_allclose(comparisons.template_quality(iq, index), [[0.3, 0.4, 0.8]])
+  np.testing.assert_allclose(comparisons.template_quality(iq, index, uncertainty=True), [[0.3, 0.9, 0.8]])
   rows = index.pair_rows(np.array([[20, 10], [30, 20]]))
   np.testing.assert_array_equal(rows, [[1, 0], [2, 1]])
-  np.testing.assert_allclose(edc.template_pair_scores(feats, rows),
+  np.testing.assert_allclose(comparisons.pair_scores(feats, rows),
                              [want[1] @ want[0], want[2] @ want[1]], atol=1e-6)
   with pytest.raises(ValueError, match="no images"):
     index.pair_rows(np.array([[20, 99]]))

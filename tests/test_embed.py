@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from converters import iresnet_keys as ik
-from exfiqa_jax import embed
+from exfiqa_jax.convert import iresnet_keys as ik
+from configs import embed as embed_config
+from exfiqa_jax import embedding, inference, models
+from exfiqa_jax.tasks import embed
 from exfiqa_jax.data import preprocess
-from tests import fr_torch_reference as ref
-from tests.subproc import run_python
+from exfiqa_jax.testing import fr_torch_reference as ref
+from exfiqa_jax.testing.subproc import run_python
 
 TINY = (8, 16, 24, 32)
 
@@ -28,7 +29,7 @@ def magface():
   tmodel = ref.randomize_(ref.MagFaceWrapper(ref.IResNet((1, 1, 1, 1), TINY, 64, eps=2e-5)), 4)
   sd = {k: v.numpy() for k, v in tmodel.state_dict().items()}
   config = ik.MAGFACE.infer_config(sd)
-  return tmodel, ik.MAGFACE.build(config), ik.MAGFACE.to_flax(sd, config), config
+  return tmodel, models.get_model(config), ik.MAGFACE.to_flax(sd, config), config
 
 
 def _uint8(n, seed=0):
@@ -49,7 +50,7 @@ def _twin_features(tmodel, images_uint8, scale):
 def test_flip_conventions_match_numpy_on_the_twin(magface, convention):
   tmodel, module, variables, config = magface
   images = _uint8(5)
-  ours = embed.embed_images(module, variables, images, convention=convention,
+  ours = embedding.embed_images(module, variables, images, convention=convention,
                             input_scale=config["input_scale"], batch_size=4)  # 5 → padded
   f, ff = _twin_features(tmodel, images, "0_1")
   expected = {"concat": np.concatenate([_l2n(f), _l2n(ff)], -1), "sum": _l2n(f + ff),
@@ -62,23 +63,23 @@ def test_flip_conventions_match_numpy_on_the_twin(magface, convention):
 def test_input_scale_matters(magface):
   tmodel, module, variables, _ = magface
   images = _uint8(2, seed=1)
-  ours = embed.embed_images(module, variables, images, convention="none",
+  ours = embedding.embed_images(module, variables, images, convention="none",
                             input_scale="minus1_1")
   f, _ = _twin_features(tmodel, images, "minus1_1")
   np.testing.assert_allclose(ours, _l2n(f), atol=1e-5, rtol=0)
-  wrong = embed.embed_images(module, variables, images, convention="none", input_scale="0_1")
+  wrong = embedding.embed_images(module, variables, images, convention="none", input_scale="0_1")
   assert np.abs(wrong - ours).max() > 1e-2
   with pytest.raises(ValueError, match="input_scale"):
-    embed.embed_images(module, variables, images, input_scale="imagenet")
+    embedding.embed_images(module, variables, images, input_scale="imagenet")
   with pytest.raises(ValueError, match="convention"):
-    embed.embed_images(module, variables, images, convention="mean")
+    embedding.embed_images(module, variables, images, convention="mean")
   with pytest.raises(ValueError, match="uint8"):
-    embed.embed_images(module, variables, images.astype(np.float32))
+    embedding.embed_images(module, variables, images.astype(np.float32))
 
 
 def test_concat_cosine_is_mean_of_the_two_cosines(magface):
   _, module, variables, config = magface
-  e = embed.embed_images(module, variables, _uint8(2, seed=2), input_scale="0_1")
+  e = embedding.embed_images(module, variables, _uint8(2, seed=2), input_scale="0_1")
   e1, e2 = e[:, :64], e[:, 64:]
   cos_concat = e[0] @ e[1] / (np.linalg.norm(e[0]) * np.linalg.norm(e[1]))
   np.testing.assert_allclose(cos_concat, 0.5 * (e1[0] @ e1[1] + e2[0] @ e2[1]), atol=1e-6)
@@ -88,18 +89,18 @@ def test_sharded_over_8_devices_matches_single_device(tmp_path, magface):
   _, module, variables, _ = magface
   images = _uint8(11, seed=3)
   np.save(tmp_path / "images.npy", images)
-  np.save(tmp_path / "single.npy", embed.embed_images(module, variables, images,
+  np.save(tmp_path / "single.npy", embedding.embed_images(module, variables, images,
                                                       input_scale="0_1", batch_size=8))
   sd_path = tmp_path / "sd.npz"
   np.savez(sd_path, **ik.MAGFACE.to_torch(variables, {}))
   out = run_python(f"""
     import jax, numpy as np
-    from converters import iresnet_keys as ik
-    from exfiqa_jax import embed
+    from exfiqa_jax.convert import iresnet_keys as ik
+    from exfiqa_jax import embedding, models
     assert jax.device_count() == 8
     sd = dict(np.load({str(sd_path)!r}))
     cfg = ik.MAGFACE.infer_config(sd)
-    e = embed.embed_images(ik.MAGFACE.build(cfg), ik.MAGFACE.to_flax(sd, cfg),
+    e = embedding.embed_images(models.get_model(cfg), ik.MAGFACE.to_flax(sd, cfg),
                            np.load({str(tmp_path / 'images.npy')!r}), input_scale="0_1",
                            batch_size=8)
     print(float(np.abs(e - np.load({str(tmp_path / 'single.npy')!r})).max()))
@@ -115,12 +116,12 @@ def test_embed_task_writes_atomically_and_resumes(tmp_path, magface, monkeypatch
   for i, im in enumerate(images):
     Image.fromarray(im).save(folder / f"{i}.png")
   calls = []
-  monkeypatch.setattr(embed, "load_fr_model",
+  monkeypatch.setattr(inference, "load_fr_model",
                       lambda *a: calls.append(a) or (module, variables, dict(config)))
-  cfg = ml_collections.ConfigDict(dict(
-      task="embed", model="x.pt", family="", normalisation="", images=str(tmp_path / "faces"),
-      image_root="", channel_order="rgb", convention="sum", decode_threads=2, batch_size=2,
-      output=str(tmp_path / "out")))
+  cfg = embed_config.get_config()
+  cfg.fr.path, cfg.fr.convention, cfg.fr.batch_size = "x.pt", "sum", 2
+  cfg.images, cfg.output = str(tmp_path / "faces"), str(tmp_path / "out")
+  cfg.data.decode_threads = 2
   result = embed.run(cfg)
   emb = np.load(tmp_path / "out" / "embeddings.npy")
   names = (tmp_path / "out" / "image_list.txt").read_text().split()
@@ -160,7 +161,7 @@ def _save_pt(path, tmodel, prefix=""):
 
 
 def _vit_twin(kind):
-  from tests import torch_reference as vit_ref
+  from exfiqa_jax.testing import torch_reference as vit_ref
   kwargs, prefix, heads = FR_VITS[kind]
   twin = vit_ref.random_init_(vit_ref.VitFiqaTorch(**kwargs), seed=5).eval()
   return (lambda x: twin(x)[0]), twin, prefix, heads
@@ -170,26 +171,26 @@ def _vit_twin(kind):
 @pytest.mark.parametrize("kind", sorted(FR_VITS))
 def test_fr_vit_checkpoint_through_load_fr_model(tmp_path, kind, route):
   """A ViT FR .pt → (converters/torch_to_flax.py →) load_fr_model → embed_images = the twin."""
-  from converters import torch_to_flax
+  from exfiqa_jax import convert
   forward, twin, prefix, heads = _vit_twin(kind)
   path = _save_pt(tmp_path / "fr_vit.pt", twin, prefix)
   if route == "converted":
-    torch_to_flax.convert(path, str(tmp_path / "converted"), num_heads=heads or 8)
-    module, variables, config = embed.load_fr_model(str(tmp_path / "converted"))
+    convert.pt_to_directory(path, str(tmp_path / "converted"), num_heads=heads or 8)
+    module, variables, config = inference.load_fr_model(str(tmp_path / "converted"))
   else:
-    module, variables, config = embed.load_fr_model(path, num_heads=heads)
+    module, variables, config = inference.load_fr_model(path, num_heads=heads)
   assert config["family"] == "vit" and config["mode"] == "fr"
   assert config["num_heads"] == (heads or 8) and config["input_scale"] == "minus1_1"
   assert config["has_mask_token"] == FR_VITS[kind][0]["mask_token"]
   images = _uint8(5, seed=6)
-  ours = embed.embed_images(module, variables, images, convention="concat",
+  ours = embedding.embed_images(module, variables, images, convention="concat",
                             input_scale=config["input_scale"], batch_size=4)   # 5 → padded
   f, ff = _twin_features(forward, images, "minus1_1")
   assert np.abs(_l2n(f) - _l2n(ff)).max() > 1e-2       # the flip changes the features
   np.testing.assert_allclose(ours, np.concatenate([_l2n(f), _l2n(ff)], -1), atol=1e-5, rtol=0)
   if heads:   # the head count is in no shape: the default would load a different model
-    module8, variables8, _ = embed.load_fr_model(path)
-    wrong = embed.embed_images(module8, variables8, images, convention="concat", batch_size=4)
+    module8, variables8, _ = inference.load_fr_model(path)
+    wrong = embedding.embed_images(module8, variables8, images, convention="concat", batch_size=4)
     assert np.abs(wrong - ours).max() > 1e-3
 
 
@@ -197,11 +198,11 @@ def test_iresnet_checkpoint_through_load_fr_model_is_folded(tmp_path):
   """An arcface_torch iResNet .pt → load_fr_model (BatchNorms folded) → embed_images = twin."""
   from exfiqa_jax.models import iresnet
   tmodel = ref.randomize_(ref.IResNet((1, 2, 1, 1), TINY, 64), seed=6)
-  module, variables, config = embed.load_fr_model(_save_pt(tmp_path / "backbone.pth", tmodel))
+  module, variables, config = inference.load_fr_model(_save_pt(tmp_path / "backbone.pth", tmodel))
   assert isinstance(module, iresnet.FoldedIResNet) and set(variables) == {"params"}
   assert config["family"] == "arcface_iresnet"
   images = _uint8(3, seed=7)
-  ours = embed.embed_images(module, variables, images, convention="sum",
+  ours = embedding.embed_images(module, variables, images, convention="sum",
                             input_scale=config["input_scale"])
   f, ff = _twin_features(tmodel, images, "minus1_1")
   np.testing.assert_allclose(ours, _l2n(f + ff), atol=1e-5, rtol=0)

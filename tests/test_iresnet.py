@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import iresnet_keys as ik
+from exfiqa_jax import models
+from exfiqa_jax.convert import iresnet_keys as ik
 from exfiqa_jax.models import iresnet
-from tests import fr_torch_reference as ref
+from exfiqa_jax.testing import fr_torch_reference as ref
 
 TINY = (8, 16, 24, 32)
 
@@ -35,7 +36,7 @@ def _parity(tmodel: torch.nn.Module, family, expect_layout: str, n: int = 2, ext
   config = family.infer_config(sd)
   assert config["layout"] == expect_layout
   variables = family.to_flax(sd, config)
-  model = family.build(config)
+  model = models.get_model(config)
   x = _images(n)
   ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
   with torch.no_grad():
@@ -157,7 +158,7 @@ def test_folded_batchnorm_equals_unfolded_and_twin(family_name, make, layout):
   sd = _state_dict(tmodel)
   config = family.infer_config(sd)
   assert config["layout"] == layout
-  model, variables = family.build(config), family.to_flax(sd, config)
+  model, variables = models.get_model(config), family.to_flax(sd, config)
   folded, folded_vars = iresnet.fold_batchnorm(model.config, variables)
   assert set(folded_vars) == {"params"}                         # no BatchNorm left
   x = _images(2, seed=4)

@@ -10,12 +10,14 @@ import socket
 
 import pytest
 
-from exfiqa_jax import evaluate, report, stages
+from configs import eval_verification
+from exfiqa_jax import report
 from exfiqa_jax.data import builders
-from tests.subproc import run_python
-from tests.test_evaluate import _bin_config, build_world
+from exfiqa_jax.eval import stages
+from exfiqa_jax.tasks import eval as evaluate
+from exfiqa_jax.testing import worlds
+from exfiqa_jax.testing.subproc import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ["compare/mini/fr", "edc/mini/fr/fiqa", "edc/mini/fr/iso", "embed/mini/fr",
           "quality/mini/q_token"]
 FAST = {"report.plots": False}
@@ -26,9 +28,11 @@ import jax
 jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2,
                            process_id={pid}, initialization_timeout=120)
 assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
-from exfiqa_jax import evaluate
-from tests.test_evaluate import _bin_config
-result = evaluate.run(_bin_config({world!r}, {output!r}, **{over!r}))
+from configs import eval_verification
+from exfiqa_jax.tasks import eval as evaluate
+from exfiqa_jax.testing import worlds
+config = eval_verification.get_config("benchmarks=mini,size=tiny")
+result = evaluate.run(worlds.bin_config(config, {world!r}, {output!r}, **{over!r}))
 print(json.dumps({{"computed": result["computed"]}}))
 """
 
@@ -69,11 +73,12 @@ def _is_number(text: str) -> bool:
 
 
 def test_two_hosts_match_one_process_and_share_the_stage_cache(tmp_path):
-  world = build_world(tmp_path)
+  world = worlds.build_world(tmp_path)
   # The TFDS data set is built here once, so the two hosts only open it.
   builders.load("verification_bin/mini", world["bins"], world["data_dir"])
   single = tmp_path / "single"
-  evaluate.run(_bin_config(world, single, **FAST))
+  evaluate.run(worlds.bin_config(eval_verification.get_config("benchmarks=mini,size=tiny"),
+                                 world, single, **FAST))
   multi = str(tmp_path / "multi")
 
   first = _two_hosts(world, multi)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from exfiqa_jax.data import pipeline, preprocess
-from tests.subproc import run_python
+from exfiqa_jax.testing.subproc import run_python
 
 SIZE = 8          # tiny images: the pipeline is shape-agnostic
 

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from exfiqa_jax import edc, report
+from exfiqa_jax import report
+from exfiqa_jax.eval import comparisons, edc
+from exfiqa_jax import models
 from exfiqa_jax.models import vit
 
 FMRS = (1e-2, 1e-3)
@@ -33,7 +35,7 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[report.B
   cols.append(report.QualityColumn("random", "random"))
   q.append(report.random_quality(n_img, 7))
   image_q = np.stack(q).astype(np.float32)
-  pq = edc.image_to_pair_quality(image_q, pairs)
+  pq = comparisons.image_to_pair_quality(image_q, pairs)
   modes = {}
   engine = {}
   for mode, limit in (("fiqa", 0.3), ("iso", 0.2)):
@@ -111,7 +113,7 @@ def test_summary_marks_best_and_skips_baselines(tmp_path):
 
 def test_plots_are_pngs(tmp_path):
   result, _ = _synthetic_result()
-  g = report.gflops_per_exit(vit.tiny_config("token").to_dict())
+  g = models.gflops(vit.tiny_config("token").to_dict())
   written = report.write_plots(str(tmp_path), [result], {"m": (g[0][:3], g[1])})
   assert len(written) == 2 + 2          # EDC per mode + pAUC-vs-GFLOPs per mode
   rng = np.random.default_rng(1)
@@ -125,8 +127,8 @@ def test_plots_are_pngs(tmp_path):
 
 
 def test_gflops_match_the_poster():
-  crfiqa, fuse_c = report.gflops_per_exit(vit.vit_s_config("crfiqa").to_dict())
-  token, fuse_t = report.gflops_per_exit(vit.vit_s_config("token").to_dict())
+  crfiqa, fuse_c = models.gflops(vit.vit_s_config("crfiqa").to_dict())
+  token, fuse_t = models.gflops(vit.vit_s_config("token").to_dict())
   poster_c = [1.06, 2.01, 2.96, 3.91, 4.85, 5.80, 6.75, 7.70, 8.65, 9.60, 10.55, 11.49]
   poster_t = [0.99, 1.95, 2.90, 3.86, 4.81, 5.76, 6.72, 7.67, 8.63, 9.58, 10.54, 11.49]
   # The poster's own numbers, exactly (2 decimals): (C) exit 7 and 12, (T) exit 6, fusion (C).

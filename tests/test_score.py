@@ -1,7 +1,7 @@
 """The scoring command and the Python API, end to end, against the PyTorch twin.
 
 Images are random PNG/JPEG files (some not 112×112) decoded here with PIL independently of
-exfiqa_jax; the twin (tests/torch_reference.py) gives the reference exit and ATTN scores.
+exfiqa_jax; the twin (exfiqa_jax/testing/torch_reference.py) gives the reference exit and ATTN scores.
 Tolerance: atol 1e-4 against the twin; 1e-5 between runs of our own code (devices, orders).
 """
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from configs import score as score_config
-from exfiqa_jax import api, score
+from exfiqa_jax import inference
+from exfiqa_jax.tasks import score
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import vit
-from tests import torch_reference as ref
-from tests.subproc import run_python
+from exfiqa_jax.testing import torch_reference as ref
+from exfiqa_jax.testing.subproc import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (relative name, height, width): 11 files, not a multiple of the tiny batch (8)
@@ -64,7 +65,7 @@ def _read_csv(path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def _config(**overrides):
-  config = score_config.get_config("tiny")
+  config = score_config.get_config("size=tiny")
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
@@ -115,9 +116,9 @@ def _check_against_twin(path, ref_scores, names, depth):
 def test_cli_end_to_end_matches_the_twin(data, tmp_path):
   out = tmp_path / "out"
   proc = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/score.py:tiny",
-       f"--config.checkpoint={data['ckpt']}", f"--config.images={data['faces']}",
-       f"--config.output={out}", f"--config.model.num_heads={data['cfg'].num_heads}"],
+      [sys.executable, "main.py", "--config=configs/score.py:size=tiny",
+       f"--config.quality_model.path={data['ckpt']}", f"--config.images={data['faces']}",
+       f"--config.output={out}", f"--config.quality_model.num_heads={data['cfg'].num_heads}"],
       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-4000:]
   names = sorted(n for n, _, _ in FILES)
@@ -133,20 +134,20 @@ def test_cli_end_to_end_matches_the_twin(data, tmp_path):
 
 
 def test_bgr_on_swapped_files_equals_rgb(data, tmp_path):
-  rgb = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+  rgb = score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["faces"]),
                           output=str(tmp_path / "rgb"),
-                          **{"model.num_heads": data["cfg"].num_heads}))
-  bgr = score.run(_config(checkpoint=data["ckpt"], images=str(data["swapped"]),
+                          **{"quality_model.num_heads": data["cfg"].num_heads}))
+  bgr = score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["swapped"]),
                           output=str(tmp_path / "bgr"),
-                          **{"model.num_heads": data["cfg"].num_heads,
+                          **{"quality_model.num_heads": data["cfg"].num_heads,
                              "data.channel_order": "bgr"}))
   a, b = np.load(rgb["npz"]), np.load(bgr["npz"])
   for key in ("exit_scores", "ex_fiqa_f", "ex_fiqa_fw", "attn_scores"):
     np.testing.assert_allclose(a[key], b[key], atol=1e-6)
   # and a second run with the same inputs is not recomputed
-  again = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+  again = score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["faces"]),
                             output=str(tmp_path / "rgb"),
-                            **{"model.num_heads": data["cfg"].num_heads}))
+                            **{"quality_model.num_heads": data["cfg"].num_heads}))
   assert again["cached"]
 
 
@@ -155,18 +156,18 @@ def test_eight_devices_give_the_same_scores(data, tmp_path):
     import jax
     assert jax.device_count() == 8
     from configs import score as score_config
-    from exfiqa_jax import score
-    c = score_config.get_config("tiny")
-    c.checkpoint, c.images = {data['ckpt']!r}, {str(data['faces'])!r}
+    from exfiqa_jax.tasks import score
+    c = score_config.get_config("size=tiny")
+    c.quality_model.path, c.images = {data['ckpt']!r}, {str(data['faces'])!r}
     c.output = {str(tmp_path / 'eight')!r}
-    c.model.num_heads = {data['cfg'].num_heads}
+    c.quality_model.num_heads = {data['cfg'].num_heads}
     c.batch_size = 4   # rounded up to 8 = one row per device
     score.run(c)
   """
   run_python(code, devices=8)
-  one = score.run(_config(checkpoint=data["ckpt"], images=str(data["faces"]),
+  one = score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["faces"]),
                           output=str(tmp_path / "one"),
-                          **{"model.num_heads": data["cfg"].num_heads}))
+                          **{"quality_model.num_heads": data["cfg"].num_heads}))
   h1, n1, v1 = _read_csv(one["scores"])
   h8, n8, v8 = _read_csv(tmp_path / "eight" / "scores.csv")
   assert h1 == h8 and n1 == n8
@@ -185,8 +186,8 @@ def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path):
     os.link(data["faces"] / rel, list_dir / rel)
   os.replace(tmp_path / "broken.png", list_dir / "broken.png")
   (list_dir / "list.txt").write_text("\n".join(listed) + "\n")
-  common = dict(checkpoint=data["ckpt"], images=str(list_dir / "list.txt"),
-                **{"model.num_heads": data["cfg"].num_heads})
+  common = dict(**{"quality_model.path": data["ckpt"]}, images=str(list_dir / "list.txt"),
+                **{"quality_model.num_heads": data["cfg"].num_heads})
   with pytest.raises(preprocess.ImageError, match="broken.png") as e:
     score.run(_config(output=str(tmp_path / "strict"), **common))
   assert "skip_unreadable" in str(e.value)
@@ -206,12 +207,12 @@ def test_empty_input_is_a_clear_error(tmp_path, data):
   (tmp_path / "empty" / "sub").mkdir(parents=True)
   (tmp_path / "empty" / "notes.txt").write_text("no images here")
   with pytest.raises(ValueError, match="no images in"):
-    score.run(_config(checkpoint=data["ckpt"], images=str(tmp_path / "empty"),
+    score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(tmp_path / "empty"),
                       output=str(tmp_path / "o")))
 
 
 def test_api_any_batch_resize_and_attention_maps(data):
-  model = api.load(data["ckpt"], num_heads=data["cfg"].num_heads, batch_size=4)
+  model = inference.load(data["ckpt"], num_heads=data["cfg"].num_heads, batch_size=4)
   raw = [np.asarray(Image.open(data["faces"] / n).convert("RGB")) for n, _, _ in FILES[:3]]
   # a single non-112 image, then a batch of 112² crops larger than batch_size
   one = model.score(raw[1][None])
@@ -232,8 +233,9 @@ def test_fr_mode_has_attention_columns_only(tmp_path, data):
   cfg, model = _twin("fr", seed=5)
   torch.save({"state_dict": {"net." + k: v for k, v in model.state_dict().items()}},
              tmp_path / "fr.pt")
-  result = score.run(_config(checkpoint=str(tmp_path / "fr.pt"), images=str(data["faces"]),
-                             output=str(tmp_path / "fr"), **{"model.num_heads": cfg.num_heads}))
+  result = score.run(_config(**{"quality_model.path": str(tmp_path / "fr.pt")},
+                             images=str(data["faces"]),
+                             output=str(tmp_path / "fr"), **{"quality_model.num_heads": cfg.num_heads}))
   header, names, values = _read_csv(result["scores"])
   assert header == ["image"] + [f"attn_{l}" for l in range(1, cfg.depth + 1)]
   order = [n for n, _, _ in FILES]

@@ -10,20 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from exfiqa_jax import parallel
+from exfiqa_jax.eval import verification
 from exfiqa_jax.train import augment, losses, optim, step as step_lib, trainer
-from tests.subproc import run_python
-
-
-def tiny_model():
-  """(module, config): the tiny ViT-FIQA of the core model."""
-  from exfiqa_jax.models import vit
-  cfg = vit.tiny_config("token")
-  return vit.VisionTransformer(cfg), cfg
+from exfiqa_jax.train import data as train_data
+from exfiqa_jax.testing.subproc import run_python
+from exfiqa_jax.testing.worlds import tiny_data, tiny_model
 
 
 def tiny_train_config(output: str, total_steps: int = 6, **over):
   from configs import train_tiny
-  config = train_tiny.get_config("smoke")
+  config = train_tiny.get_config("size=smoke")
   with config.unlocked():
     config.output = output
     config.total_steps = total_steps
@@ -32,14 +29,6 @@ def tiny_train_config(output: str, total_steps: int = 6, **over):
     for k, v in over.items():
       config[k] = v
   return config
-
-
-def tiny_data(n: int = 64, classes: int = 8, batch: int = 16, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  base = rng.integers(0, 256, (classes, 112, 112, 3))
-  labels = np.arange(n) % classes
-  images = np.clip(base[labels] + rng.normal(0, 20, (n, 112, 112, 3)), 0, 255).astype(np.uint8)
-  return trainer.ArrayData(images, labels, batch, seed=seed, num_classes=classes)
 
 
 # -------------------------------------------------------------------------------- losses
@@ -204,7 +193,7 @@ def test_augment_operators():
 def test_steps_lower_loss_on_fixed_batch(tmp_path):
   model, cfg = tiny_model()
   config = tiny_train_config(str(tmp_path))
-  mesh = step_lib.make_mesh(1)
+  mesh = parallel.mesh(1)
   tx, sched = optim.make_optimizer(2e-3, 0, 50, clip_norm=5.0)
   state, sh = step_lib.init_state(model, tx, jax.random.key(0), 8, cfg.embed_dim, mesh)
   train_step = step_lib.make_train_step(
@@ -257,20 +246,21 @@ def test_eight_devices_match_one_device():
     import jax, numpy as np, optax
     from jax.sharding import Mesh
     from exfiqa_jax.train import step as step_lib, augment
-    from tests.test_train import tiny_model, tiny_data
+    from exfiqa_jax import parallel
+    from exfiqa_jax.testing.worlds import tiny_data, tiny_model
     model, cfg = tiny_model()
     batch = tiny_data(batch=16).host_batch(0)
     aug = augment.AugmentConfig(gridsample_prob=1.0, blur_prob=1.0, cutout_prob=0.5)
     results = []
     for name, mesh in [("one", Mesh(np.asarray(jax.devices()[:1]), ("data",))),
-                       ("data8", step_lib.make_mesh(1)), ("data4model2", step_lib.make_mesh(2))]:
+                       ("data8", parallel.mesh(1)), ("data4model2", parallel.mesh(2))]:
       tx = optax.sgd(1e-3)
       state, sh = step_lib.init_state(model, tx, jax.random.key(0), 7, cfg.embed_dim, mesh)
       p0 = jax.tree.map(np.asarray, jax.device_get(state.params))
       f = step_lib.make_train_step(model, tx, mesh=mesh, shardings=sh, augment=aug,
                                    loss_kwargs=dict(scale=32.0, margins=(1.0, 0.0, 0.35),
                                                     num_classes=7))
-      b = {k: jax.device_put(v, step_lib.batch_sharding(mesh)) for k, v in batch.items()}
+      b = {k: jax.device_put(v, parallel.batch_sharding(mesh)) for k, v in batch.items()}
       b["label"] = b["label"] % 7
       losses = []
       for _ in range(2):
@@ -309,8 +299,8 @@ def test_folder_data_and_bin_pairs(tmp_path):
       buf = _io.BytesIO()
       img.save(buf, format="PNG")
       encoded.append(buf.getvalue())
-  a = trainer.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
-  b = trainer.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
+  a = train_data.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
+  b = train_data.FolderData(str(tmp_path / "train"), 4, seed=3, threads=2)
   assert a.num_classes == 3 and a.num_images == 12 and a.steps_per_epoch == 3
   seen = []
   for s in (2, 0, 1):                                      # random access order
@@ -323,7 +313,7 @@ def test_folder_data_and_bin_pairs(tmp_path):
   assert not np.array_equal(a.host_batch(3)["image"], a.host_batch(0)["image"])  # new epoch
   with open(tmp_path / "set.bin", "wb") as f:
     pickle.dump((encoded[:6], [True, False, True]), f)
-  pairs = trainer.load_bin_pairs(str(tmp_path / "set.bin"))
+  pairs = train_data.load_bin_pairs(str(tmp_path / "set.bin"))
   assert pairs.images.shape == (6, 112, 112, 3)
   np.testing.assert_array_equal(pairs.pairs, [[0, 1], [2, 3], [4, 5]])
   np.testing.assert_array_equal(pairs.is_genuine, [True, False, True])
@@ -333,21 +323,22 @@ def test_verification_accuracy_folds():
   rng = np.random.default_rng(4)
   genuine = rng.random(400) < 0.5
   scores = np.where(genuine, 0.6, 0.2) + rng.normal(0, 0.05, 400)
-  assert trainer.verification_accuracy(scores, genuine) > 0.99       # nearly separable
-  flipped = trainer.verification_accuracy(rng.random(400), genuine)
+  assert verification.verification_accuracy(scores, genuine) > 0.99       # nearly separable
+  flipped = verification.verification_accuracy(rng.random(400), genuine)
   assert 0.3 < flipped < 0.7                                          # chance
 
 
 def test_export_scores_and_converts_to_official_pt(tmp_path):
   """The final checkpoint is a converted-model directory: the scoring command reads it, and
-  converters/flax_to_torch.py writes a .pt that the PyTorch twin loads strictly and that gives
+  exfiqa_jax.convert.directory_to_pt writes a .pt that the PyTorch twin loads strictly and that gives
   the same scores."""
   import torch
   from PIL import Image
   from configs import score as score_config
-  from converters import flax_to_torch
-  from exfiqa_jax import api, score
-  from tests import torch_reference
+  from exfiqa_jax import convert
+  from exfiqa_jax import inference
+  from exfiqa_jax.tasks import score
+  from exfiqa_jax.testing import torch_reference
   model, cfg = tiny_model()
   trainer.train(tiny_train_config(str(tmp_path / "run"), 4), tiny_data(), model=model,
                 model_cfg=cfg)
@@ -357,14 +348,14 @@ def test_export_scores_and_converts_to_official_pt(tmp_path):
   os.makedirs(tmp_path / "faces")
   for k, img in enumerate(images):
     Image.fromarray(img).save(tmp_path / "faces" / f"{k}.png")
-  config = score_config.get_config("tiny")
-  config.checkpoint, config.images = model_dir, str(tmp_path / "faces")
+  config = score_config.get_config("size=tiny")
+  config.quality_model.path, config.images = model_dir, str(tmp_path / "faces")
   config.output, config.progress = str(tmp_path / "scores"), False
   score.run(config)
   table = np.load(tmp_path / "scores" / "scores.npz")
-  expected = api.load(model_dir, batch_size=8).score(images)
+  expected = inference.load(model_dir, batch_size=8).score(images)
   np.testing.assert_allclose(table["exit_scores"], expected["exit_scores"], atol=1e-5)
-  flax_to_torch.convert(model_dir, str(tmp_path / "model.pt"))
+  convert.directory_to_pt(model_dir, str(tmp_path / "model.pt"))
   twin = torch_reference.VitFiqaTorch(**torch_reference.tiny_kwargs("token")).eval()
   twin.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
   x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)

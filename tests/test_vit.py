@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from converters import vit_keys
-from exfiqa_jax.models import vit
-from tests import torch_reference as tr
+from exfiqa_jax.convert import vit_keys
+from exfiqa_jax.models import exits, vit
+from exfiqa_jax.testing import torch_reference as tr
 
 ATOL = 1e-4
 
@@ -102,7 +102,7 @@ def test_truncated_depth_equals_first_columns(mode):
   images = _images(2, seed=6)
   _, full = vit.VisionTransformer(cfg).apply(variables, images)
   for k in (1, 2, 3):
-    _, part = vit.VisionTransformer(cfg, depth=k).apply(vit.truncate_variables(variables, k),
+    _, part = vit.VisionTransformer(cfg, depth=k).apply(exits.truncate_variables(variables, k),
                                                         images)
     assert part["exit_scores"].shape == (2, k)
     np.testing.assert_allclose(part["exit_scores"], full["exit_scores"][:, :k], atol=1e-6)

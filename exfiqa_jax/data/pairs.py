@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from exfiqa_jax import io as fxio
+from exfiqa_jax import files
 
 PAIR_FILES = {"a": "pairs_a.npy", "b": "pairs_b.npy", "is_genuine": "pairs_is_genuine.npy"}
 
@@ -173,9 +173,9 @@ def save_pairs(directory: str | os.PathLike, a: np.ndarray, b: np.ndarray,
                is_genuine: np.ndarray) -> None:
   """Writes the three arrays atomically as `pairs_{a,b,is_genuine}.npy` in `directory`."""
   validate_pairs(a, b, is_genuine)
-  fxio.save_npy(os.path.join(directory, PAIR_FILES["a"]), np.asarray(a, dtype=np.int64))
-  fxio.save_npy(os.path.join(directory, PAIR_FILES["b"]), np.asarray(b, dtype=np.int64))
-  fxio.save_npy(os.path.join(directory, PAIR_FILES["is_genuine"]),
+  files.save_npy(os.path.join(directory, PAIR_FILES["a"]), np.asarray(a, dtype=np.int64))
+  files.save_npy(os.path.join(directory, PAIR_FILES["b"]), np.asarray(b, dtype=np.int64))
+  files.save_npy(os.path.join(directory, PAIR_FILES["is_genuine"]),
                 np.asarray(is_genuine, dtype=bool))
 
 

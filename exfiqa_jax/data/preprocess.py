@@ -2,7 +2,7 @@
 
 Decode to uint8 (PIL) → bilinear resize to 112 when needed → channel order → on device
 (x/255 − 0.5)/0.5. `channel_order="rgb"` feeds RGB, what the networks were trained on;
-`"bgr"` (alias `"bgr_on_disk"`) feeds the file's pixels in B,G,R order — exactly what the
+`"bgr"` feeds the file's pixels in B,G,R order — exactly what the
 official evaluation scripts feed, right for CR-FIQA-prepared (channel-swapped) folders.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SIZE = 112
-CHANNEL_ORDERS = ("rgb", "bgr", "bgr_on_disk")
+CHANNEL_ORDERS = ("rgb", "bgr")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

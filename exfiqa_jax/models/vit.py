@@ -11,8 +11,8 @@ pass gives every exit (SPEC-METHOD §1, §3, §4).
     output, out = model.apply(variables, images)         # images float32 [B,112,112,3] in [-1,1]
     out["exit_scores"] [B, L], out["attn_scores"] [B, L], out["embedding"] [B, E]
 
-A truncated program (`depth=k`) expects block parameters sliced to k (`truncate_variables`), so
-its cost really falls with k. Parameter names mirror the PyTorch module tree.
+A truncated program (`depth=k`) expects block parameters sliced to k
+(`exfiqa_jax.models.exits.truncate_variables`), so its cost really falls with k. Parameter names mirror the PyTorch module tree.
 """
 from __future__ import annotations
 
@@ -118,15 +118,6 @@ def cvlface_config(variant: str = "S") -> ViTConfig:
     return ViTConfig(mode="fr", patch_size=8, depth=24, num_heads=16, mlp_dim=1536,
                      has_mask_token=False)
   raise ValueError(f"CVLFace variant must be 'S' or 'B', got {variant!r}")
-
-
-def truncate_variables(variables: Mapping, depth: int) -> dict:
-  """Keeps the first `depth` blocks of stacked block parameters (for `VisionTransformer(depth=k)`)."""
-  def cut(tree):
-    return jax.tree.map(lambda x: x[:depth], tree)
-  params = dict(variables["params"])
-  params["blocks"] = cut(params["blocks"])
-  return {**variables, "params": params}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +419,7 @@ class VisionTransformer(nn.Module):
     have = jax.tree.leaves(blocks)[0].shape[0]
     if have != self.num_blocks:
       raise ValueError(f"the block parameters hold {have} blocks but this program runs "
-                       f"{self.num_blocks}; pass vit.truncate_variables(variables, "
+                       f"{self.num_blocks}; pass exits.truncate_variables(variables, "
                        f"{self.num_blocks}) to a VisionTransformer(depth={self.num_blocks})")
 
 
@@ -460,21 +451,29 @@ def _block_gflops(cfg: ViTConfig) -> float:
 
 
 def _head_gflops(cfg: ViTConfig) -> float:
+  if cfg.mode == "token":
+    return 2 * cfg.width / 1e9              # BN + the width→1 regression on the token: ≈ 1 kFLOP
   e = cfg.embed_dim
   feature = cfg.feature_in * e + e * e
-  if cfg.mode == "token":
-    return 2 * e / 1e9                      # BN + the 512→1 regression: ≈ 1 kFLOP
   return 2 * (feature + (e if cfg.mode in QUALITY_MODES else 0)) / 1e9
+
+
+def gflops_program(cfg: ViTConfig, blocks, heads) -> np.ndarray:
+  """GFLOPs of a program that embeds the patches, runs `blocks` blocks and evaluates `heads`
+  exit heads (arrays broadcast): the one formula behind every per-exit, fusion and cascade
+  cost (docs/methods.md)."""
+  patch = 2 * cfg.num_patches * 3 * cfg.patch_size ** 2 * cfg.width / 1e9
+  return (patch + np.asarray(blocks, np.float64) * _block_gflops(cfg)
+          + np.asarray(heads, np.float64) * _head_gflops(cfg))
 
 
 def gflops_per_exit(cfg: ViTConfig) -> np.ndarray:
   """GFLOPs to score at exit l = 1..L: patch embedding + l blocks + the head (poster numbers:
   ViT-S (C) exit 7 = 6.75, exit 12 = 11.49; (T) exit 6 = 5.76)."""
-  patch = 2 * cfg.num_patches * 3 * cfg.patch_size ** 2 * cfg.width / 1e9
-  exits = np.arange(1, cfg.depth + 1)
-  return patch + exits * _block_gflops(cfg) + _head_gflops(cfg)
+  return gflops_program(cfg, np.arange(1, cfg.depth + 1), 1)
 
 
-def gflops_fusion(cfg: ViTConfig) -> float:
-  """GFLOPs of a fusion of all exits: every block once plus a head at every exit."""
-  return float(gflops_per_exit(cfg)[-1] + (cfg.depth - 1) * _head_gflops(cfg))
+def gflops_fusion(cfg: ViTConfig, num_exits: int | None = None) -> float:
+  """GFLOPs of a fusion of exits 1..k (default all L): k blocks once plus a head at each."""
+  k = cfg.depth if num_exits is None else int(num_exits)
+  return float(gflops_program(cfg, k, k))

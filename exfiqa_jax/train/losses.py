@@ -22,15 +22,11 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from exfiqa_jax.embedding import l2_normalize
+
 COSFACE = (1.0, 0.0, 0.4)
 ARCFACE = (1.0, 0.5, 0.0)
 _NEG = -1e30  # finite "minus infinity" (keeps 0 * _NEG = 0 in one-hot sums)
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """torch.nn.functional.normalize: x / max(||x||, eps)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 def cosine_logits(embedding: jax.Array, centres: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ from exfiqa_jax import parallel
 from exfiqa_jax.train import augment as augment_lib
 from exfiqa_jax.train import losses
 
-DATA, MODEL = parallel.BATCH_AXIS, "model"
+DATA, MODEL = parallel.BATCH_AXIS, parallel.MODEL_AXIS
 
 
 @flax.struct.dataclass
@@ -39,25 +39,10 @@ class TrainState:
     return {"params": self.params["backbone"], "batch_stats": self.batch_stats}
 
 
-def make_mesh(model_axis: int = 1) -> Mesh:
-  """parallel.mesh() (1-D `data`) or a ("data", "model") mesh with `model_axis` devices per row."""
-  if model_axis <= 1:
-    return parallel.mesh()
-  devices = np.asarray(jax.devices())
-  if devices.size % model_axis:
-    raise ValueError(f"model axis {model_axis} does not divide the {devices.size} devices; "
-                     "set config.shard_centres to a divisor of the device count (or 0 to replicate).")
-  return Mesh(devices.reshape(-1, model_axis), (DATA, MODEL))
-
-
 def padded_classes(num_classes: int, mesh: Mesh) -> int:
   """Class count rounded up so the class axis divides the model axis."""
   m = mesh.shape.get(MODEL, 1)
   return -(-num_classes // m) * m
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA))
 
 
 def state_sharding(abstract_state: TrainState, mesh: Mesh) -> TrainState:
@@ -147,7 +132,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(step_fn,
-                 in_shardings=(shardings, batch_sharding(mesh), replicated),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh), replicated),
                  out_shardings=(shardings, replicated),
                  donate_argnums=(0,) if donate else ())
 
@@ -156,8 +141,8 @@ def make_eval_fn(model: nn.Module, mesh: Mesh) -> Callable[[dict[str, Any], jax.
                                                            dict[str, jax.Array]]:
   """jit(eval)(variables, images uint8 [B, H, W, 3]) -> {"exit_scores" [B, L], "embedding" [B, E]}."""
 
-  @functools.partial(jax.jit, in_shardings=(NamedSharding(mesh, P()), batch_sharding(mesh)),
-                     out_shardings=batch_sharding(mesh))
+  @functools.partial(jax.jit, in_shardings=(NamedSharding(mesh, P()), parallel.batch_sharding(mesh)),
+                     out_shardings=parallel.batch_sharding(mesh))
   def eval_fn(variables, images):
     x = augment_lib.augment_batch(jax.random.key(0), images, None)
     _, out = model.apply(variables, x)

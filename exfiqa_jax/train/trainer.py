@@ -1,4 +1,4 @@
-"""Task "train": the training loop with Orbax checkpoints, exact resume, monitoring and eval.
+"""The training loop with Orbax checkpoints, exact resume, monitoring and eval.
 
   python main.py --config=configs/train_vitfiqa.py --config.output=OUT --config.data.root=DIR
   python main.py --config=configs/train_tiny.py           # tiny synthetic run (demo/tests)
@@ -21,7 +21,7 @@ import csv
 import io as _io
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,235 +30,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import io as xio
+from exfiqa_jax import files
 from exfiqa_jax import parallel
+from exfiqa_jax.eval import verification
 from exfiqa_jax.train import augment as augment_lib
+from exfiqa_jax.train import data as data_lib
 from exfiqa_jax.train import optim
 from exfiqa_jax.train import step as step_lib
 
 TRAIN_COLUMNS = ("step", "loss", "loss_fr", "loss_fiq", "train_accuracy", "cr_mean",
                  "quality_mean", "grad_norm_backbone", "lr", "images_per_s", "elapsed_s")
-
-
-# -------------------------------------------------------------------------------- data
-class TrainData(Protocol):
-  """What the loop needs from a training set: random access by step (=> resumable)."""
-  num_classes: int
-  num_images: int
-
-  def host_batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch of `step`: {"image" uint8 [b, H, W, 3],
-    "label" int32 [b]}, b = global batch / process count."""
-
-
-class _StepSampler:
-  """Samples without replacement per epoch; the permutation of epoch e is a pure function of
-  (seed, e), so the rows of every step — and hence a resumed run — are reproducible. Each
-  process loads only its own slice of the global batch."""
-
-  def __init__(self, labels: np.ndarray, global_batch: int, seed: int, num_classes: int | None,
-               transform=None):
-    if global_batch > len(labels):
-      raise ValueError(f"batch {global_batch} is larger than the training set ({len(labels)} "
-                       "images); lower config.batch_size.")
-    self.labels = np.asarray(labels, np.int32)
-    self.global_batch, self.seed, self.transform = global_batch, seed, transform
-    self.num_classes = int(num_classes or self.labels.max() + 1)
-    self.num_images = len(self.labels)
-    self.steps_per_epoch = self.num_images // global_batch
-    self._perm_epoch, self._perm = -1, None
-
-  def _rows(self, step: int) -> np.ndarray:
-    epoch, i = divmod(step, self.steps_per_epoch)
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-      self._perm_epoch = epoch
-    rows = self._perm[i * self.global_batch:(i + 1) * self.global_batch]
-    local = self.global_batch // jax.process_count()
-    return rows[jax.process_index() * local:(jax.process_index() + 1) * local]
-
-  def _load(self, rows: np.ndarray) -> np.ndarray:
-    raise NotImplementedError
-
-  def host_batch(self, step: int) -> dict[str, np.ndarray]:
-    rows = self._rows(step)
-    images, labels = self._load(rows), self.labels[rows]
-    if self.transform is not None:
-      rng = np.random.default_rng([self.seed, 1 << 20, step, jax.process_index()])
-      images = self.transform(images, labels, rng)
-    return {"image": np.asarray(images, np.uint8), "label": labels}
-
-
-class ArrayData(_StepSampler):
-  """In-memory training set (synthetic faces, small sets). `transform(images, labels, rng)`
-  (optional) re-degrades clean images afresh every batch (online re-degradation); `rng` is a
-  numpy Generator seeded from (seed, step)."""
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, seed: int = 0,
-               num_classes: int | None = None,
-               transform: Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
-               | None = None):
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    super().__init__(labels, global_batch, seed, num_classes, transform)
-    self.images = images
-
-  def _load(self, rows):
-    return self.images[rows]
-
-
-class FolderData(_StepSampler):
-  """An identity folder `<root>/<identity>/**/<image>` (e.g. MS1MV2 exported to images); labels
-  are the sorted identity folder names' indices. Images are decoded per step by a thread pool."""
-
-  def __init__(self, root: str, global_batch: int, seed: int = 0, channel_order: str = "rgb",
-               threads: int = 16):
-    from exfiqa_jax.data import preprocess
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f"training folder {root!r} does not exist; set config.data.root to "
-                              "a folder with one sub-folder of face crops per identity.")
-    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    paths, labels = [], []
-    for label, ident in enumerate(identities):
-      files = preprocess.list_images(os.path.join(root, ident))
-      paths += files
-      labels += [label] * len(files)
-    if not paths:
-      raise ValueError(f"no images under {root!r}: expected <root>/<identity>/<image>.jpg|png")
-    super().__init__(np.asarray(labels), global_batch, seed, len(identities))
-    self.paths, self.identities, self.channel_order = paths, identities, channel_order
-    self._decode = preprocess.decode_image
-    from concurrent.futures import ThreadPoolExecutor
-    self._pool = ThreadPoolExecutor(threads)
-
-  def _load(self, rows):
-    return np.stack(list(self._pool.map(
-        lambda r: self._decode(self.paths[r], self.channel_order), rows)))
-
-
-class PairSet(Protocol):
-  """A verification pair set: images uint8 [N, H, W, 3], pairs int [P, 2], is_genuine bool [P]."""
-  images: np.ndarray
-  pairs: np.ndarray
-  is_genuine: np.ndarray
-
-
-class ArrayPairs:
-  """A pair set held in memory (see PairSet)."""
-
-  def __init__(self, images: np.ndarray, pairs: np.ndarray, is_genuine: np.ndarray):
-    self.images, self.pairs = np.asarray(images, np.uint8), np.asarray(pairs, np.int64)
-    self.is_genuine = np.asarray(is_genuine, bool)
-
-
-def load_bin_pairs(path: str, channel_order: str = "rgb") -> ArrayPairs:
-  """An insightface verification .bin (read with the restricted unpickler): pairs (2i, 2i+1)."""
-  from exfiqa_jax.data import preprocess
-  from exfiqa_jax.data.builders import verification_bin
-  bins, issame = verification_bin.read_bin(path)
-  images = np.stack([preprocess.decode_image(bytes(b), channel_order) for b in bins])
-  n = len(issame)
-  return ArrayPairs(images, np.stack([2 * np.arange(n), 2 * np.arange(n) + 1], 1), issame)
-
-
-def synthetic_sizes(data_config, split_per_identity: int | None = None):
-  """The identity split of config.data (train / val / test identities are disjoint ranges)."""
-  from exfiqa_jax.data import synthetic
-  return synthetic.SplitSizes(
-      train=int(data_config.num_identities), val=int(data_config.eval_identities),
-      test=int(data_config.get("test_identities", synthetic.SplitSizes().test)),
-      per_identity=int(split_per_identity or data_config.images_per_identity))
-
-
-def _synthetic_data(config) -> tuple[TrainData, PairSet]:
-  """Synthetic faces: the training split stored clean and re-degraded afresh every batch (online
-  re-degradation), or degraded once; the validation split's pairs for monitoring."""
-  from exfiqa_jax.data import synthetic
-  d = config.data
-  online = bool(d.get("online_degradation", True))
-  gamma = float(d.get("gamma", synthetic.GAMMA))
-  clean = float(d.get("clean_fraction", synthetic.CLEAN_FRACTION))
-  train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
-                               clean_fraction=clean, gamma=gamma)
-
-  def redegrade(images, labels, rng):
-    severity, kind = synthetic.sample_degradations(rng, len(images), clean)
-    return synthetic.degrade(images, severity, kind, rng, gamma)
-
-  data = ArrayData(train.images, train.label, config.batch_size, config.seed,
-                   transform=redegrade if online else None)
-  val = synthetic.make_split(config.seed, "val", synthetic_sizes(d, d.get("eval_per_identity", 10)),
-                             clean_fraction=clean, gamma=gamma)
-  pairs, genuine = synthetic.make_pairs(val.label, config.seed)
-  if d.get("num_pairs", 0) and len(pairs) > d.num_pairs:
-    keep = np.sort(np.random.default_rng([config.seed, 3]).choice(len(pairs), d.num_pairs,
-                                                                   replace=False))
-    pairs, genuine = pairs[keep], genuine[keep]
-  return data, ArrayPairs(val.images, pairs, genuine)
-
-
-# --------------------------------------------------------------------------- evaluation
-def verification_accuracy(scores: np.ndarray, is_genuine: np.ndarray, folds: int = 10) -> float:
-  """insightface-style 10-fold accuracy: threshold chosen on 9 folds, accuracy on the 10th."""
-  scores, is_genuine = np.asarray(scores, np.float64), np.asarray(is_genuine, bool)
-  idx = np.arange(len(scores))
-  accs = []
-  for f in range(min(folds, len(scores))):
-    test = idx % folds == f
-    train = ~test
-    thr = np.unique(scores[train])
-    acc_train = [np.mean((scores[train] >= t) == is_genuine[train]) for t in thr]
-    best = thr[int(np.argmax(acc_train))]
-    accs.append(np.mean((scores[test] >= best) == is_genuine[test]))
-  return float(np.mean(accs))
-
-
-def embed_and_score(eval_fn, variables, images: np.ndarray, mesh, batch: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """Runs the eval program over all images -> (exit_scores [N, L], embeddings [N, E])."""
-  n_dev = mesh.devices.size
-  batch = -(-batch // n_dev) * n_dev
-  scores, embs = [], []
-  sharding = step_lib.batch_sharding(mesh)
-  local = batch // jax.process_count()
-  for start in range(0, len(images), batch):
-    chunk = images[start:start + batch]
-    pad = batch - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    rows = chunk[jax.process_index() * local:(jax.process_index() + 1) * local]
-    out = eval_fn(variables, jax.make_array_from_process_local_data(sharding, rows))
-    out = parallel.global_to_host(out)
-    scores.append(out["exit_scores"][:batch - pad])
-    embs.append(out["embedding"][:batch - pad])
-  return np.concatenate(scores), np.concatenate(embs)
-
-
-def evaluate_pairs(eval_fn, variables, pairs: PairSet, mesh, batch: int, fmr: float,
-                   limit: float, seed: int = 0) -> dict[str, float]:
-  """Verification accuracy and EDC pAUC (FIQA convention) of every exit and a random quality."""
-  from exfiqa_jax import edc  # the EDC helper's module (imported late: optional for training)
-  exit_scores, emb = embed_and_score(eval_fn, variables, pairs.images, mesh, batch)
-  e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-  a, b = pairs.pairs[:, 0], pairs.pairs[:, 1]
-  cos = np.sum(e[a] * e[b], axis=1)
-  genuine = np.asarray(pairs.is_genuine, bool)
-  pair_q = np.minimum(exit_scores[a], exit_scores[b]).T                  # [L, P]
-  rand = np.random.default_rng(seed).random(len(pairs.images))
-  pair_q = np.concatenate([pair_q, np.minimum(rand[a], rand[b])[None]])  # [L+1, P]
-  discard = np.asarray(getattr(edc, "FIQA_DISCARD", np.linspace(0.0, 0.3, 31)))
-  fnmr = edc.edc_fnmr(jnp.asarray(cos, jnp.float32), jnp.asarray(genuine),
-                      jnp.asarray(pair_q, jnp.float32), fmrs=(fmr,), discard=discard, mode="fiqa")
-  area = np.asarray(edc.pauc(fnmr, discard, limit=limit))[:, 0]          # [L+1]
-  n_exits = exit_scores.shape[1]
-  best = int(np.argmin(area[:n_exits]))
-  result = {"accuracy": verification_accuracy(cos, genuine),
-            "pauc_last": float(area[n_exits - 1]), "pauc_random": float(area[-1]),
-            "pauc_best": float(area[best]), "best_exit": best + 1,
-            "pauc_ratio_last": float(area[n_exits - 1] / max(area[-1], 1e-12))}
-  for l in range(n_exits):
-    result[f"pauc_exit_{l + 1}"] = float(area[l])
-  return result
 
 
 # ---------------------------------------------------------------------------------- CSV
@@ -279,12 +60,12 @@ class CsvLog:
       writer = csv.DictWriter(buf, columns)
       writer.writeheader()
       writer.writerows(self.rows)
-      xio.write_text(self.path, buf.getvalue())
+      files.write_text(self.path, buf.getvalue())
 
 
 # -------------------------------------------------------------------------------- model
 def build_model(model_config: dict[str, Any], dtype: str = "float32"):
-  """(ViT module, ViTConfig) from config.model (ViTConfig fields)."""
+  """(ViT module, ViTConfig) from config.architecture (ViTConfig fields)."""
   from exfiqa_jax.models import vit
   cfg = vit.ViTConfig.from_dict(dict(model_config))
   return vit.VisionTransformer(cfg, dtype=jnp.dtype(dtype)), cfg
@@ -298,11 +79,11 @@ def export_model(directory: str, state: step_lib.TrainState, model_cfg) -> None:
 
 
 def _checkpoint_manager(config, directory: str) -> ocp.CheckpointManager:
-  best = config.checkpoint.get("best_metric", "") or None
+  best = config.checkpointing.get("best_metric", "") or None
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.checkpoint.keep, create=True,
+      max_to_keep=config.checkpointing.keep, create=True,
       best_fn=(lambda m: m[best]) if best else None,
-      best_mode=config.checkpoint.get("best_mode", "max"),
+      best_mode=config.checkpointing.get("best_mode", "max"),
       keep_checkpoints_without_metrics=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -320,12 +101,12 @@ def resolve_steps(config, num_images: int) -> tuple[int, int]:
 
 
 
-def train(config, data: TrainData, eval_pairs: PairSet | None = None, model=None,
+def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None = None, model=None,
           model_cfg=None) -> step_lib.TrainState:
   """Runs (or resumes) training to config.total_steps (or config.stop_after); returns the state."""
   if model is None:
-    model, model_cfg = build_model(config.model, config.get("compute_dtype", "float32"))
-  mesh = step_lib.make_mesh(max(int(config.get("shard_centres", 0)), 1))
+    model, model_cfg = build_model(config.architecture, config.get("compute_dtype", "float32"))
+  mesh = parallel.mesh(max(int(config.get("shard_centres", 0)), 1))
   n_data = mesh.shape[step_lib.DATA]
   if config.batch_size % n_data:
     raise ValueError(f"config.batch_size {config.batch_size} is not a multiple of the {n_data} "
@@ -359,10 +140,10 @@ def train(config, data: TrainData, eval_pairs: PairSet | None = None, model=None
   log = CsvLog(os.path.join(output, "train_log.csv"), start)
   eval_log = CsvLog(os.path.join(output, "eval.csv"), start)
   stop = min(int(config.get("stop_after", 0) or total), total)
-  sharding = step_lib.batch_sharding(mesh)
+  sharding = parallel.batch_sharding(mesh)
 
   def run_eval(s: int) -> dict[str, float]:
-    res = evaluate_pairs(eval_fn, state.variables(), eval_pairs, mesh, config.eval.batch_size,
+    res = verification.evaluate_pairs(eval_fn, state.variables(), eval_pairs, mesh, config.eval.batch_size,
                          config.eval.fmr, config.eval.limit, config.seed)
     eval_log.add({"step": s, **res})
     logging.info("eval step %d: %s", s, {k: v for k, v in res.items() if "exit_" not in k})
@@ -391,9 +172,9 @@ def train(config, data: TrainData, eval_pairs: PairSet | None = None, model=None
     if eval_fn is not None and config.eval.every and (done % config.eval.every == 0
                                                       or done == total):
       res = run_eval(done)
-    if done % config.checkpoint.every == 0 or done == stop:
+    if done % config.checkpointing.every == 0 or done == stop:
       manager.save(done, args=ocp.args.StandardSave(state),
-                   metrics=res if (res and config.checkpoint.get("best_metric")) else None)
+                   metrics=res if (res and config.checkpointing.get("best_metric")) else None)
   manager.wait_until_finished()
   if int(jax.device_get(state.step)) == total and config.get("export_model", True):
     model_dir = os.path.join(output, "model")
@@ -403,21 +184,3 @@ def train(config, data: TrainData, eval_pairs: PairSet | None = None, model=None
   return state
 
 
-def build_data(config) -> tuple[TrainData, PairSet | None]:
-  """The training set and the verification pair set named by config.data / config.eval."""
-  kind = config.data.kind
-  if kind == "image_folder":
-    data = FolderData(config.data.root, config.batch_size, config.seed,
-                      config.data.get("channel_order", "rgb"))
-    bin_path = config.eval.get("pairs_bin", "")
-    pairs = load_bin_pairs(bin_path, config.data.get("channel_order", "rgb")) if bin_path else None
-    return data, pairs
-  if kind == "synthetic":
-    return _synthetic_data(config)
-  raise ValueError(f"config.data.kind must be 'image_folder' or 'synthetic', got {kind!r}")
-
-
-def run(config) -> None:
-  """Task entry point: builds the training set (and pair set) from config.data, then trains."""
-  data, pairs = build_data(config)
-  train(config, data, pairs)

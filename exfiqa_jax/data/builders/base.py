@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from exfiqa_jax import io as fxio
+from exfiqa_jax import files
 from exfiqa_jax.data import pairs as pairs_lib
 from exfiqa_jax.data import preprocess
 
@@ -230,9 +230,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     directory = os.fspath(self.data_path)
     all_ids = np.array([e.image_id for e in plan.images], dtype=np.int64)
     written = all_ids[positions]
-    fxio.save_npy(os.path.join(directory, IDS_FILE), written)
+    files.save_npy(os.path.join(directory, IDS_FILE), written)
     for key, array in plan.record_arrays.items():
-      fxio.save_npy(os.path.join(directory, f"record_{key}.npy"), np.asarray(array)[positions])
+      files.save_npy(os.path.join(directory, f"record_{key}.npy"), np.asarray(array)[positions])
     dropped_pairs = 0
     if plan.pair_a is not None:
       a, b, g = plan.pair_a, plan.pair_b, plan.is_genuine
@@ -252,7 +252,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       except pairs_lib.PairError as e:
         raise DataError(f"{self.name}: {e}") from e
     if skipped:
-      fxio.write_text(os.path.join(directory, SKIPPED_FILE),
+      files.write_text(os.path.join(directory, SKIPPED_FILE),
                       "".join(f"{n}\t{why}\n" for n, why in skipped))
     info = {
         "format_version": FORMAT_VERSION,
@@ -268,7 +268,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "default_channel_order": self.DEFAULT_CHANNEL_ORDER,
         **plan.metadata,
     }
-    fxio.write_json(os.path.join(directory, INFO_FILE), info)
+    files.write_json(os.path.join(directory, INFO_FILE), info)
 
 
 def _prepare(entry: ImageEntry) -> bytes | Exception:

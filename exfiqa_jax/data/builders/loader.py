@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from exfiqa_jax import io as fxio
+from exfiqa_jax import files
 from exfiqa_jax.data import pairs as pairs_lib
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.data.builders import base
@@ -127,7 +127,7 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
   built = os.path.exists(os.path.join(directory, base.INFO_FILE)) and builder.is_prepared()
   if built and not overwrite:
     if manual_dir is not None:
-      stored = fxio.read_json(os.path.join(directory, base.INFO_FILE))["manual_dir"]
+      stored = files.read_json(os.path.join(directory, base.INFO_FILE))["manual_dir"]
       if os.path.abspath(os.fspath(manual_dir)) != stored:
         raise ValueError(f"{directory} already holds {builder.name} built from {stored}, not "
                          f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
@@ -158,7 +158,7 @@ def load(name: str, manual_dir: str | os.PathLike | None = None,
   """Builds if needed, then opens the data set: (Source, LoadedInfo). See the package docstring."""
   directory = build(name, manual_dir, data_dir, overwrite=overwrite, **options)
   builder = builder_for(name, None if data_dir is None else os.fspath(data_dir), **options)
-  meta = fxio.read_json(os.path.join(directory, base.INFO_FILE))
+  meta = files.read_json(os.path.join(directory, base.INFO_FILE))
   order = preprocess.check_channel_order(channel_order or meta["default_channel_order"])
   data_source = builder.as_data_source(split=base.SPLIT,
                                        decoders={"image": tfds.decode.SkipDecoding()})

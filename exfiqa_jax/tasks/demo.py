@@ -3,7 +3,7 @@
 1. train the tiny ViT-FIQA config on the synthetic-faces training split (configs/train_tiny.py:
    clean images re-degraded afresh every batch; resumable Orbax checkpoints in <output>/train);
 2. render the identity-disjoint test split (degraded, severity recorded per image) and its pairs;
-3. evaluate exactly as `eval` does (exfiqa_jax/evaluate.py): every exit, the fusions and ATTN in
+3. evaluate exactly as `eval` does (exfiqa_jax/eval/pipeline.py): every exit, the fusions and ATTN in
    one pass, the model's own feature head as the FR model, EDC (both modes) for every quality
    column plus the seeded `random` baseline and the `oracle` (minus the true severity);
 4. write the full report, with `spearman_vs_severity` per quality column (and per degradation
@@ -17,11 +17,15 @@ import os
 import time
 from typing import Any, Mapping
 
+import ml_collections
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import evaluate, io, report, stages
+from exfiqa_jax import files, report
+from exfiqa_jax.eval import benchmarks, pipeline, results, stages
+from exfiqa_jax.tasks import eval as eval_task
 from exfiqa_jax.data import synthetic
+from exfiqa_jax.train import data as train_data
 from exfiqa_jax.train import trainer
 
 BENCHMARK = "synthetic_faces"
@@ -44,14 +48,14 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
   return sums[inverse] / counts[inverse]
 
 
-def heldout_benchmark(config) -> tuple[evaluate.Benchmark, synthetic.FaceSet]:
+def heldout_benchmark(config) -> tuple[benchmarks.Benchmark, synthetic.FaceSet]:
   """The identity-disjoint, degraded test split and its pairs (all genuine + sampled impostors)."""
   t = config.test
-  sizes = trainer.synthetic_sizes(config.train.data, t.per_identity)
+  sizes = train_data.synthetic_sizes(config.train.data, t.per_identity)
   faces = synthetic.make_split(config.seed, "test", sizes, clean_fraction=t.clean_fraction,
                                gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
   pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
-  bench = evaluate.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
+  bench = benchmarks.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
                                    extra={"severity": faces.severity, "kind": faces.kind})
   return bench, faces
 
@@ -70,14 +74,14 @@ def severity_correlations(names: list[str], image_q: np.ndarray, faces: syntheti
   return overall, by_kind
 
 
-def target_check(config, results: list[report.BenchmarkEval], rho: Mapping[str, float]
+def target_check(config, results: list[results.BenchmarkEval], rho: Mapping[str, float]
                  ) -> dict[str, Any]:
   """The demo's targets: the best exit's pAUC at FMR 1e-3 (fiqa mode) relative to `random`, and
   its Spearman correlation with -severity."""
   r = results[0]
   m = r.modes["fiqa"]
   f = int(np.argmin(np.abs(np.log(r.fmrs) - np.log(float(config.targets.fmr)))))
-  rnd = r.names.index(report.RANDOM)
+  rnd = r.names.index(results.RANDOM)
   exits = [s for s, c in enumerate(r.columns) if c.kind == "exit"]
   best = min(exits, key=lambda s: m.pauc[s, f])
   ratio = float(m.pauc[best, f] / m.pauc[rnd, f]) if m.pauc[rnd, f] > 0 else float("nan")
@@ -102,24 +106,24 @@ def train_model(train_cfg) -> str:
   done_file = os.path.join(train_cfg.output, "trained_config.json")
   settings = {k: v for k, v in train_cfg.to_dict().items() if k not in ("output", "progress")}
   fp = stages.fingerprint(settings)
-  if os.path.isdir(model_dir) and os.path.isfile(done_file) and io.read_json(done_file) == fp:
+  if os.path.isdir(model_dir) and os.path.isfile(done_file) and files.read_json(done_file) == fp:
     logging.info("reusing the trained model in %s", model_dir)
     return model_dir
-  data, pairs = trainer.build_data(train_cfg)
+  data, pairs = train_data.build_data(train_cfg)
   trainer.train(train_cfg, data, pairs)
   if not os.path.isdir(model_dir):
     raise RuntimeError(f"training did not export {model_dir}; is config.train.stop_after set?")
-  io.write_json(done_file, fp)
+  files.write_json(done_file, fp)
   return model_dir
 
 
 def run(config) -> dict[str, Any]:
   started = time.time()
+  config = ml_collections.ConfigDict(config.to_dict())     # a copy: the caller's stays as given
   output = config.output
   train_cfg = config.train
-  with train_cfg.unlocked():
-    train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
-    train_cfg.seed = config.seed
+  train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
+  train_cfg.seed = config.seed
   t0 = time.time()
   model_dir = train_model(train_cfg)
   seconds = {"train": round(time.time() - t0, 1)}
@@ -127,11 +131,10 @@ def run(config) -> dict[str, Any]:
   t0 = time.time()
   bench, faces = heldout_benchmark(config)
   seconds["test_data"] = round(time.time() - t0, 1)
-  with config.unlocked():
-    config.checkpoint = f"vitfiqa_tiny={model_dir}"
-  quality = evaluate.load_quality_models(config)
+  config.quality_model.path = f"vitfiqa_tiny={model_dir}"
+  quality = pipeline.load_quality_models(config)
   t0 = time.time()
-  ev = evaluate.evaluate(config, [bench], quality,
+  ev = pipeline.evaluate(config, [bench], quality,
                          extra_columns=lambda b: {"oracle": ("oracle", -faces.severity)})
   seconds["evaluate"] = round(time.time() - t0, 1)
   cols, image_q = ev.columns[BENCHMARK]
@@ -159,7 +162,7 @@ def run(config) -> dict[str, Any]:
         f"{rho_kind[name].get(k, float('nan')):.3f}" for k in synthetic.DEGRADATIONS) + " |")
   extra = {"spearman_vs_severity": rho, "spearman_by_degradation": rho_kind, "targets": check,
            "seconds": seconds}
-  out = evaluate.write_report(config, ev, [bench], quality, extra=extra,
+  out = eval_task.write_report(config, ev, [bench], quality, extra=extra,
                               title="exfiqa-jax demo: tiny ViT-FIQA on synthetic faces",
                               notes=notes, footer=rho_rows)
   log = logging.info if check["met"] else logging.warning

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def run_python(code: str, devices: int = 8, env: dict | None = None,
@@ -14,7 +14,6 @@ def run_python(code: str, devices: int = 8, env: dict | None = None,
   """Runs `code` with `devices` host devices; returns stdout, raises with stderr on failure."""
   full_env = dict(os.environ)
   full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
   full_env["JAX_PLATFORMS"] = "cpu"
   full_env.update(env or {})
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import io, parallel
+from exfiqa_jax import files, parallel
 
 FINGERPRINT_KEY = "__fingerprint__"
 DEPS_KEY = "__deps__"
@@ -97,7 +97,13 @@ def _agree(flag: bool) -> bool:
 
 
 class StageCache:
-  """Stages under `root` (normally `<config.output>/cache`)."""
+  """Stages under `root` (normally `<config.output>/cache`).
+
+  `after_stage(name)`, when set (class-wide), is called after each stage is stored or loaded: a
+  hook for tests that stop a run deterministically after stage N (a simulated kill).
+  """
+
+  after_stage: Callable[[str], None] | None = None
 
   def __init__(self, root: str, progress: bool = True):
     self.root = os.path.abspath(root)
@@ -114,6 +120,8 @@ class StageCache:
       os.makedirs(self.root, exist_ok=True)
       with open(os.path.join(self.root, LOG_FILE), "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
+    if event in ("computed", "cached") and StageCache.after_stage is not None:
+      StageCache.after_stage(name)
 
   def load(self, name: str, fp: str) -> dict[str, np.ndarray] | None:
     """The stored arrays if the stage exists with fingerprint `fp`, else None."""
@@ -132,7 +140,7 @@ class StageCache:
   def _store(self, path: str, fp: str, deps: Mapping[str, Any], arrays: Mapping[str, Any]
              ) -> None:
     if parallel.is_writer():
-      io.save_npz(path, **{FINGERPRINT_KEY: np.asarray(fp),
+      files.save_npz(path, **{FINGERPRINT_KEY: np.asarray(fp),
                            DEPS_KEY: np.asarray(json.dumps(_canonical(deps), sort_keys=True)),
                            **{k: np.asarray(v) for k, v in arrays.items()}})
 

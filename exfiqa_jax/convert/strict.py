@@ -6,6 +6,8 @@ missing, unexpected or mis-shaped key (and a non-integer `num_batches_tracked`) 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,6 +17,29 @@ _MAX_LISTED = 40   # per category; a whole wrong model would otherwise print hun
 
 class CheckpointError(ValueError):
   """A checkpoint that does not match the model it is loaded into, or cannot be read safely."""
+
+
+# How a message names the setting that fixes it, in the language of the entry point that runs:
+# the Python API by default, a converter CLI `--family=`, a main.py task
+# `--config.quality_model.family=` (see `flags_named`).
+_FLAG_NAMES = contextvars.ContextVar(
+    "checkpoint_flag_names", default={"family": "family=", "num_heads": "num_heads="})
+
+
+def flag(name: str) -> str:
+  """The current entry point's spelling of setting `name` ("family" | "num_heads"), e.g.
+  "--config.fr.family=" inside the eval task; messages append the value."""
+  return _FLAG_NAMES.get().get(name, f"{name}=")
+
+
+@contextlib.contextmanager
+def flags_named(**names: str):
+  """Within the block, checkpoint errors name the settings as `names` spells them."""
+  token = _FLAG_NAMES.set({**_FLAG_NAMES.get(), **names})
+  try:
+    yield
+  finally:
+    _FLAG_NAMES.reset(token)
 
 
 def _listing(title: str, items: list[str]) -> str:

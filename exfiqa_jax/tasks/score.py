@@ -7,6 +7,8 @@ Writes into `config.output` (only process 0, atomically):
   scores.npz   image [N] and the same numbers as arrays: exit_scores [N, L], ex_fiqa_f [N],
                ex_fiqa_fw [N], attn_scores [N, L]; plus the inputs it was computed for.
   skipped.txt  with skip_unreadable=True: every file that could not be decoded, with the reason.
+With `config.exit=k` the program stops after block k and every L above is k (exit_1..exit_k,
+fusions of exits 1..k, attn_1..attn_k).
 Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
 batch has the same padded shape (one compilation) and is sharded over all devices; on several
 hosts each host decodes only its own rows of every batch. A finished run with the same inputs
@@ -14,77 +16,76 @@ is not recomputed.
 """
 from __future__ import annotations
 
-import csv
-import io as _io
 import os
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import api, io, parallel
+from exfiqa_jax import files, identity, inference, parallel, report
+from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
 
-
-def _columns(num_exits: int, has_exits: bool) -> list[str]:
-  attn = [f"attn_{l}" for l in range(1, num_exits + 1)]
-  if not has_exits:
-    return ["image"] + attn
-  return (["image"] + [f"exit_{l}" for l in range(1, num_exits + 1)]
-          + ["ex_fiqa_f", "ex_fiqa_fw"] + attn)
+STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
+FORMAT = 2
 
 
-def score_table(names: Sequence[str], scores: dict[str, np.ndarray], has_exits: bool) -> str:
-  """CSV text in the DESIGN contract's column order (floats with 9 significant digits)."""
-  num_exits = scores["attn_scores"].shape[1]
-  buf = _io.StringIO()
-  writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(_columns(num_exits, has_exits))
-  for i, name in enumerate(names):
-    row = []
-    if has_exits:
-      row += list(scores["exit_scores"][i]) + [scores["ex_fiqa_f"][i], scores["ex_fiqa_fw"][i]]
-    row += list(scores["attn_scores"][i])
-    writer.writerow([name] + [f"{float(v):.9g}" for v in row])
-  return buf.getvalue()
-
-
-def _already_done(npz_path: str, names: Sequence[str], checkpoint: str, channel_order: str
-                  ) -> bool:
-  if not os.path.exists(npz_path):
-    return False
-  with np.load(npz_path) as done:
-    return ("inputs" in done and list(done["inputs"]) == list(names)
-            and str(done["checkpoint"]) == checkpoint
-            and str(done["channel_order"]) == channel_order)
+def _identity(config, paths, names, channel_order, exit: int) -> dict[str, Any]:
+  """What the scores are made from (docs/caching.md): any change recomputes them."""
+  return {"format": FORMAT, "checkpoint": identity.checkpoint_identity(config.quality_model.path),
+          "num_heads": config.quality_model.num_heads,
+          "family": config.quality_model.family or "", "channel_order": channel_order,
+          "exit": exit, "skip_unreadable": bool(config.skip_unreadable), "names": list(names),
+          "images": identity.files_identity(paths)}
 
 
 def run(config) -> dict[str, Any]:
-  """Scores `config.images` with `config.checkpoint`; writes scores.csv/.npz in config.output."""
-  if not config.checkpoint or not config.images:
-    raise ValueError("pass --config.checkpoint=<converted dir or .pt> and "
+  """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
+  if not config.quality_model.path or not config.images:
+    raise ValueError("pass --config.quality_model.path=<converted dir or .pt> and "
                      "--config.images=<image folder or list file>")
   channel_order = preprocess.check_channel_order(config.data.channel_order)
-  paths, names = preprocess.read_image_list(config.images)
+  paths, names = preprocess.read_image_list(config.images, config.image_root or None)
   if not paths:
     raise ValueError(f"no images in {config.images}: a folder needs image files "
                      f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) somewhere below it, a list "
                      "file one path per line")
+  if int(config.batch_size) < 1:
+    raise ValueError(f"--config.batch_size must be at least 1, got {config.batch_size}")
+  if not os.path.exists(config.quality_model.path):
+    raise FileNotFoundError(f"checkpoint {config.quality_model.path} does not exist; pass "
+                            "--config.quality_model.path=<converted dir or .pt>")
   out_dir = config.output
+  if parallel.is_writer():
+    files.check_output_dir(out_dir)          # before any compute
   csv_path, npz_path = (os.path.join(out_dir, n) for n in ("scores.csv", "scores.npz"))
-  checkpoint = os.path.abspath(config.checkpoint)
-  if os.path.exists(csv_path) and _already_done(npz_path, names, checkpoint, channel_order):
+  skipped_path, stamp_path = (os.path.join(out_dir, n) for n in ("skipped.txt", STAMP))
+  checkpoint = os.path.abspath(config.quality_model.path)
+  exit = int(config.get("exit", 0) or 0)
+  ident = _identity(config, paths, names, channel_order, exit)
+  done, why = identity.check_stamp(stamp_path, ident)
+  if done:
     logging.info("scores already complete in %s; nothing to do", out_dir)
     return {"scores": csv_path, "npz": npz_path, "cached": True}
+  if os.path.exists(stamp_path) or os.path.exists(csv_path):
+    logging.info("scoring again into %s: %s", out_dir, why)
+  if parallel.is_writer():     # from here on an interrupted run leaves no stamp behind
+    if os.path.exists(stamp_path):
+      os.remove(stamp_path)
+    files.clean_temporaries(out_dir, (csv_path, npz_path, skipped_path, stamp_path))
 
-  model = api.load(config.checkpoint, num_heads=config.model.num_heads,
-                   family=config.model.get("family") or None, batch_size=config.batch_size)
+  with strict.flags_named(family="--config.quality_model.family=",
+                          num_heads="--config.quality_model.num_heads="):
+    model = inference.load(config.quality_model.path, num_heads=config.quality_model.num_heads,
+                           family=config.quality_model.family or None,
+                           batch_size=config.batch_size)
+  num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
   batch = model.batch_size
-  logging.info("scoring %d images from %s: mode %s, %d exits, batch %d on %d devices",
-               len(paths), config.images, model.mode, model.num_exits, batch,
+  logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
+               len(paths), config.images, model.mode, num_exits, model.num_exits, batch,
                jax.device_count())
   chunks, keep, local_errors = [], [], {}
   started = time.time()
@@ -101,7 +102,7 @@ def run(config) -> dict[str, Any]:
       for row, error in errors.items():
         logging.warning("skipping unreadable image %s: %s", names[row], error)
       local_errors.update(errors)
-      result = model.run_batch(images)
+      result = model.run_batch(images, exit=exit)
       valid = parallel.global_to_host(parallel.host_batch_to_global(valid))
       chunks.append({k: v[:n] for k, v in result.items()})
       keep.append(valid[:n])
@@ -117,15 +118,16 @@ def run(config) -> dict[str, Any]:
     raise preprocess.ImageError(f"none of the {len(paths)} images could be decoded; see "
                                 "the skipped files in the log")
   if parallel.is_writer():
-    skipped_path = os.path.join(out_dir, "skipped.txt")
     if skipped:
-      io.write_text(skipped_path, "".join(f"{n}\t{e}\n" for n, e in skipped))
+      files.write_text(skipped_path, "".join(f"{n}\t{e}\n" for n, e in skipped))
     elif os.path.exists(skipped_path):
       os.remove(skipped_path)   # stale list from an earlier run
-    io.write_text(csv_path, score_table(kept, scores, model.has_exits))
-    io.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
+    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits))
+    files.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
                 checkpoint=np.asarray(checkpoint), channel_order=np.asarray(channel_order),
-                **scores)
+                exit=np.asarray(exit), **scores)
+    identity.write_stamp(stamp_path, ident, [csv_path, npz_path] + ([skipped_path] if skipped
+                                                                   else []))   # LAST
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
                rate, out_dir)
   return {"scores": csv_path, "npz": npz_path, "cached": False, "count": len(kept),

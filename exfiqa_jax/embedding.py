@@ -1,4 +1,4 @@
-"""FR embeddings for the EDC (SPEC-METHOD §5, SPEC-EDC §3): jitted, sharded, with the flip.
+"""FR embeddings for the EDC: jitted, sharded, with the flip (docs/methods.md, docs/evaluation.md).
 
 Conventions (`convention=`):
   "concat"  FIQA evaluation scripts (CR-FIQA extract_emb.py): concat(L2n(f(x)), L2n(f(flip x)))
@@ -8,21 +8,17 @@ Conventions (`convention=`):
 Input scales (`input_scale=`, recorded per family in model_config.json):
   "minus1_1" (x/255 − 0.5)/0.5 — insightface ArcFace, ElasticFace, CurricularFace, ViTs
   "0_1"      x/255             — MagFace
-`embed_images` is the reusable entry for the evaluation pipeline; `run(config)` is the "embed"
-task (configs/embed.py): an image folder or list file → embeddings.npy + image_list.txt.
+`embed_images` is the reusable entry (evaluation, the "embed" task in exfiqa_jax/tasks/embed.py);
+models are loaded by `exfiqa_jax.inference.load_fr_model`.
 """
 from __future__ import annotations
 
-import os
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
-
-from exfiqa_jax import io, parallel
+from exfiqa_jax import parallel
 from exfiqa_jax.data import pipeline, preprocess
 
 CONVENTIONS = ("concat", "sum", "none")
@@ -45,8 +41,9 @@ def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
   raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
 
 
-def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
+  """x / max(‖x‖, eps) along `axis` (the one normalisation of embeddings and class centres)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def combine_flip(embedding: jnp.ndarray, flipped: jnp.ndarray | None,
@@ -142,78 +139,3 @@ def embed_images(model_fn: Any, variables: Any, images_uint8: np.ndarray,
   if not out:
     raise ValueError("no images to embed")
   return np.concatenate(out)
-
-
-# ---------------------------------------------------------------- loading FR models
-
-def load_fr_model(path: str, family: str | None = None, normalisation: str | None = None,
-                  num_heads: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
-  """A converted directory (Orbax + model_config.json) or a PyTorch file → (module, variables,
-  model_config). `normalisation` overrides the family's input scale ("minus1_1" | "0_1");
-  `num_heads` is for a ViT .pt (no shape records it; default 8, CVLFace ViT-B needs 16)."""
-  if os.path.isdir(path):
-    from exfiqa_jax import checkpoints
-    variables, model_config = checkpoints.load_model(path)
-  else:
-    from converters import families, torch_io
-    state_dict = torch_io.load_state_dict(path)
-    fam = families.detect_family(state_dict, family)
-    model_config = fam.infer_config(state_dict, num_heads=num_heads)
-    variables = fam.to_flax(state_dict, model_config)
-  if normalisation:
-    if normalisation not in INPUT_SCALES:
-      raise ValueError(f"normalisation must be one of {INPUT_SCALES}, got {normalisation!r}")
-    model_config = {**model_config, "input_scale": normalisation}
-  model_config.setdefault("input_scale", "minus1_1")
-  from converters import families
-  module = families.family_of_config(model_config).build(model_config)
-  from exfiqa_jax.models import iresnet
-  if isinstance(module, iresnet.IResNet):   # inference only: BatchNorms folded into the convs
-    module, variables = iresnet.fold_batchnorm(module.config, variables, module.dtype)
-  return module, variables, model_config
-
-
-# ---------------------------------------------------------------- the "embed" task
-
-def run(config) -> dict[str, Any]:
-  """Embeds `config.images` with `config.model`; writes embeddings.npy, image_list.txt and
-  embed_config.json into `config.output` (atomic; skipped when already complete)."""
-  from tqdm import tqdm
-  convention = check_convention(config.convention)
-  out_dir = config.output
-  emb_path = os.path.join(out_dir, "embeddings.npy")
-  list_path = os.path.join(out_dir, "image_list.txt")
-  paths, names = preprocess.read_image_list(config.images, config.get("image_root") or None)
-  if not paths:
-    raise ValueError(f"no images found in {config.images}")
-  if os.path.exists(emb_path) and os.path.exists(list_path):
-    with open(list_path, encoding="utf-8") as f:
-      if f.read().split("\n")[:-1] == names:
-        logging.info("embeddings already complete in %s; nothing to do", out_dir)
-        return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
-  module, variables, model_config = load_fr_model(
-      config.model, config.get("family") or None, config.get("normalisation") or None,
-      config.get("num_heads") or None)
-  input_scale = model_config["input_scale"]
-  batch_size = parallel.round_up_to_devices(config.batch_size)
-  embed_fn = make_embed_fn(module, convention, input_scale)
-  variables = replicate(variables)
-  chunks, start = [], time.time()
-  with tqdm(total=len(paths), unit="img", desc="embed", smoothing=0.1) as bar:
-    for step in pipeline.global_batches(pipeline.image_reader(paths, config.channel_order),
-                                        len(paths), batch_size,
-                                        workers=config.get("decode_threads", 4)):
-      chunks.append(parallel.global_to_host(embed_fn(variables, step.images))[:step.num_rows])
-      bar.update(step.num_rows)
-  embeddings = np.concatenate(chunks).astype(np.float32)
-  rate = len(paths) / max(time.time() - start, 1e-9)
-  if parallel.is_writer():
-    io.save_npy(emb_path, embeddings)
-    io.write_json(os.path.join(out_dir, "embed_config.json"), {
-        "model": config.model, "model_config": model_config, "convention": convention,
-        "channel_order": config.channel_order, "count": len(paths),
-        "dim": int(embeddings.shape[1])})
-    io.write_text(list_path, "".join(n + "\n" for n in names))   # last: marks completion
-  logging.info("embedded %d images (%.1f images/s) into %s", len(paths), rate, out_dir)
-  return {"embeddings": emb_path, "image_list": list_path, "skipped": False,
-          "images_per_second": rate}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from exfiqa_jax.convert.strict import check_state_dict
 from exfiqa_jax.models import iresnet
 
 BN_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -34,22 +35,8 @@ MAGFACE_PREFIXES = ("features.module.", "module.features.", "features.")
 
 
 def _strict_check(expected: dict[str, tuple], state_dict: dict[str, np.ndarray]) -> None:
-  """Fails listing every missing, unexpected and mis-shaped key (converters/strict.py)."""
-  try:
-    from converters.strict import check_state_dict
-  except ImportError:  # core-io's module not landed yet: same contract, minimal message
-    check_state_dict = _check_state_dict_fallback
+  """Fails listing every missing, unexpected and mis-shaped key."""
   check_state_dict(expected, state_dict)
-
-
-def _check_state_dict_fallback(expected, state_dict):
-  missing = sorted(set(expected) - set(state_dict))
-  unexpected = sorted(set(state_dict) - set(expected))
-  shapes = sorted(k for k in set(expected) & set(state_dict)
-                  if tuple(np.shape(state_dict[k])) != tuple(expected[k]))
-  if missing or unexpected or shapes:
-    raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected "
-                     f"{unexpected}, mis-shaped {shapes}; check --family and the depth")
 
 
 # ---------------------------------------------------------------- generic tree <-> state dict
@@ -193,7 +180,7 @@ def _img_size(fc_in: int, channels: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class IResNetFamily:
-  """One released FR checkpoint family (registry object, see converters/families.py)."""
+  """One released FR checkpoint family (registry object, see exfiqa_jax/convert/families.py)."""
   name: str
   layout: str                    # "iresnet" | "ir"  (ir_tface is inferred from the keys)
   bn_eps: float = 1e-5
@@ -255,10 +242,6 @@ class IResNetFamily:
 
   def to_torch(self, variables: dict, config: dict[str, Any]) -> dict[str, np.ndarray]:
     return {self._wrap(k): v for k, v in variables_to_state_dict(variables).items()}
-
-  def build(self, config: dict[str, Any], dtype=None):
-    import jax.numpy as jnp
-    return iresnet.IResNet(self.model_config(config), dtype=dtype or jnp.float32)
 
   def _wrap(self, key: str) -> str:
     return (self.wrapper_prefixes[0] + key) if self.wrapper_prefixes else key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator
 
@@ -65,3 +66,44 @@ def _json_default(obj: Any) -> Any:
   if isinstance(obj, np.ndarray):
     return obj.tolist()
   raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def slug(text: str) -> str:
+  """`text` as a safe file or cache name (runs of other characters become one "_")."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--config.output") -> str:
+  """Creates `path` if needed and proves it is a writable folder, before any compute.
+
+  A file in its place, a parent that is a file, or a folder this process cannot write is a
+  ValueError naming `flag` (the setting that fixes it)."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"output {path} is a file, not a folder; pass {flag}=<a folder>")
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"cannot write into the output folder {path} ({e.strerror or e}); pass "
+                     f"{flag}=<a writable folder>") from e
+  return path
+
+
+def clean_temporaries(directory: str | os.PathLike, names: Any = None) -> list[str]:
+  """Removes the temporary files `atomic_path` left in `directory` when a run was killed
+  (`.<name>.<random>.tmp<ext>`), for the given output `names` or for every name."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return []
+  wanted = None if names is None else {os.path.basename(os.fspath(n)) for n in names}
+  removed = []
+  for entry in os.listdir(directory):
+    match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp(\.[^.]*)?", entry)
+    if match and (wanted is None or match.group(1) in wanted):
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(directory, entry))
+        removed.append(entry)
+  return removed

@@ -9,8 +9,8 @@ A family knows one checkpoint layout (key names) and the Flax module it becomes:
   expected_shapes(config) -> {key: shape}  every torch key the strict check demands
   to_flax(sd, config) -> {"params": ..., "batch_stats": ...}     strict
   to_torch(variables, config) -> {key: np.ndarray}              loads with strict=True
-  build(config, dtype=None) -> flax module
 
+The Flax module itself comes from `exfiqa_jax.models.get_model(config)`.
 A new family is one object appended to FAMILIES (first match wins in `detect_family`).
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from converters import iresnet_keys, vit_keys
-from converters.strict import CheckpointError
+from exfiqa_jax.convert import iresnet_keys, vit_keys
+from exfiqa_jax.convert.strict import CheckpointError
 
 
 class Family(Protocol):
@@ -31,7 +31,6 @@ class Family(Protocol):
   def expected_shapes(self, config: dict[str, Any]) -> dict[str, tuple]: ...
   def to_flax(self, sd: Mapping[str, np.ndarray], config: dict[str, Any]) -> dict: ...
   def to_torch(self, variables: dict, config: dict[str, Any]) -> dict[str, np.ndarray]: ...
-  def build(self, config: dict[str, Any], dtype: Any = None) -> Any: ...
 
 
 FAMILIES: tuple[Family, ...] = (vit_keys.VIT,) + tuple(iresnet_keys.FAMILIES)

@@ -3,7 +3,7 @@
 Covers the official ViT-FIQA / EX-FIQA checkpoints (SPEC-METHOD §1.4, Appendix A) and, as mode
 "fr", the insightface arcface_torch ViTs and the CVLFace ViTs ATTN-FIQA uses (§4.1: no quality
 token, no `head_qs`, `mask_token` only when trained with masking). Wrappers and `module.`/`net.`
-prefixes are undone by converters/torch_io.py before a state dict gets here.
+prefixes are undone by exfiqa_jax/convert/torch_io.py before a state dict gets here.
 
 Architecture from the shapes (heads cannot be seen in any shape: a flag, default 8):
   width D, patch p     patch_embed.proj.weight [D, 3, p, p]
@@ -25,7 +25,8 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from converters.strict import CheckpointError, check_state_dict
+from exfiqa_jax.convert.strict import CheckpointError, check_state_dict
+from exfiqa_jax import models
 from exfiqa_jax.models import vit
 from exfiqa_jax.models.vit import QUALITY_MODES
 
@@ -97,15 +98,14 @@ def _bn_modules(config: Mapping[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------ shapes and config
 
 def _tokens(config: Mapping[str, Any]) -> tuple[int, int]:
-  """(number of patches, number of extra tokens in front)."""
-  grid = config["img_size"] // config["patch_size"]
-  return grid * grid, 1 if config["mode"] in ("token", "full") else 0
+  """(number of patches, number of extra tokens in front), as ViTConfig counts them."""
+  cfg = vit_config(config)
+  return cfg.num_patches, cfg.num_tokens - cfg.num_patches
 
 
 def feature_in(config: Mapping[str, Any]) -> int:
-  """F, the input width of feature.0: token mode leaves the qs token out (§1.3)."""
-  patches, extra = _tokens(config)
-  return (patches + (extra if config["mode"] == "full" else 0)) * config["width"]
+  """F, the input width of feature.0 (ViTConfig.feature_in: token mode leaves the qs token out)."""
+  return vit_config(config).feature_in
 
 
 def _torch_shape(leaf: Leaf, config: Mapping[str, Any]) -> tuple[int, ...]:
@@ -278,10 +278,9 @@ def variables_to_state_dict(variables: Mapping, config: Mapping[str, Any]
 
 # ------------------------------------------------------------------------ the family object
 
-def vit_config(config: Mapping[str, Any]):
+def vit_config(config: Mapping[str, Any]) -> vit.ViTConfig:
   """model_config dict → vit.ViTConfig (ignores the converter's extra fields)."""
-  fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
-  return vit.ViTConfig.from_dict({k: v for k, v in config.items() if k in fields})
+  return models.model_config_object(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,11 +307,6 @@ class ViTFamily:
 
   def to_torch(self, variables: Mapping, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return variables_to_state_dict(variables, config)
-
-  def build(self, config: Mapping[str, Any], dtype: Any = None):
-    cfg = vit_config(config)
-    return vit.VisionTransformer(cfg) if dtype is None else vit.VisionTransformer(cfg,
-                                                                                  dtype=dtype)
 
 
 VIT = ViTFamily()

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.strict import CheckpointError
-from exfiqa_jax import io
+from exfiqa_jax.convert.strict import CheckpointError
+from exfiqa_jax import files
 
 WRAPPER_KEYS = ("state_dict", "model")
 PREFIXES = ("module.", "net.")
@@ -100,5 +100,5 @@ def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) 
   """{key: numpy} → a plain `.pt` state dict (tensors only), written atomically."""
   torch = import_torch()
   tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state_dict.items()}
-  with io.atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     torch.save(tensors, tmp)

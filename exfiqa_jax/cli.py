@@ -1,0 +1,42 @@
+"""The command line: parse a config file, set up devices and hosts, run `config.task`.
+
+  python main.py --config=configs/demo.py          (or the console script: exfiqa --config=...)
+  python main.py --config=configs/score.py --config.quality_model.path=X.pt \
+      --config.images=DIR --config.output=OUT
+
+Every task is a module of exfiqa_jax/tasks with `run(config) -> dict`, so tests call it directly.
+"""
+from __future__ import annotations
+
+import importlib
+
+import jax
+from absl import app, logging
+from ml_collections import config_flags
+
+from exfiqa_jax.tasks import TASKS
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.<field>=")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("pass --config=configs/<job>.py (e.g. configs/demo.py)")
+  if config.task not in TASKS:
+    raise app.UsageError(f"unknown task {config.task!r}; known: {sorted(TASKS)}")
+  if config.get("distributed", False):
+    jax.distributed.initialize()
+  logging.info("task %s: process %d of %d, %d local / %d global devices (%s)", config.task,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform)
+  importlib.import_module(TASKS[config.task]).run(config)
+
+
+def run_main() -> None:
+  """Console-script entry point (`exfiqa`)."""
+  jax.config.config_with_absl()
+  app.run(main)

@@ -1,0 +1,1 @@
+"""The evaluation: EDC numerics, comparisons, benchmarks, cached stages, the pipeline."""

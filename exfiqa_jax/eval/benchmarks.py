@@ -1,0 +1,124 @@
+"""Benchmarks: the images of an evaluation in a fixed order and its comparison protocol.
+
+A `Benchmark` comes from the TFDS builders (`open_benchmark`: .bin sets, XQLFW, Adience, IJB-C,
+any registered builder) or from arrays in memory (`array_benchmark`: synthetic data, tests).
+`identity` fingerprints the data: every cached stage depends on it (docs/evaluation.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from exfiqa_jax.data import pipeline
+from exfiqa_jax.data.benchmark_names import manual_dir_key
+
+
+@dataclasses.dataclass
+class Benchmark:
+  """Images in a fixed order and the comparison protocol over them.
+
+  pair_kind "image": pairs [P, 2] image rows; "template" (IJB-C): template_pairs [P, 2] raw
+  template ids, template_ids / media_ids [I]. `identity` fingerprints the data (what a cached
+  stage depends on); `extra` holds per-image arrays a caller may use (e.g. severity).
+  """
+  name: str
+  num_images: int
+  read: Callable[[np.ndarray], tuple[np.ndarray, list[str]]]   # rows → (uint8 [k,112,112,3], names)
+  pair_kind: str
+  is_genuine: np.ndarray
+  identity: dict[str, Any]
+  pairs: np.ndarray | None = None
+  template_pairs: np.ndarray | None = None
+  template_ids: np.ndarray | None = None
+  media_ids: np.ndarray | None = None
+  extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def array_benchmark(name: str, images: np.ndarray, names: Sequence[str], pairs: np.ndarray,
+                    is_genuine: np.ndarray, extra: Mapping[str, np.ndarray] | None = None
+                    ) -> Benchmark:
+  """An in-memory benchmark (synthetic data, tests): images uint8 [I, 112, 112, 3]."""
+  images = np.asarray(images)
+  names = [str(n) for n in names]
+  if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(names):
+    raise ValueError(f"images must be uint8 [I, H, W, 3] with one name each, got {images.dtype} "
+                     f"{images.shape} and {len(names)} names")
+  ident = {"kind": "arrays", "images": images, "names": names, "pairs": np.asarray(pairs),
+           "is_genuine": np.asarray(is_genuine)}
+  return Benchmark(name, len(images), lambda rows: (images[rows], [names[r] for r in rows]),
+                   "image", np.asarray(is_genuine, bool), ident,
+                   pairs=np.asarray(pairs, np.int64), extra=dict(extra or {}))
+
+
+def _source_reader(source) -> Callable[[np.ndarray], tuple[np.ndarray, list[str]]]:
+  def read(rows):
+    records = source.__getitems__([int(r) for r in rows])
+    if not records:
+      return np.zeros((0, 112, 112, 3), np.uint8), []
+    return np.stack([r["image"] for r in records]), [str(r["name"]) for r in records]
+  return read
+
+
+def _manual_dir(config, name: str) -> str | None:
+  per = config.data.get("manual_dirs", None)
+  value = (per.get(manual_dir_key(name), "") if per is not None else "") or config.data.get("manual_dir", "")
+  if value and not os.path.isdir(os.path.expanduser(value)):
+    raise FileNotFoundError(
+        f"data folder {value} for {name} does not exist; pass --config.data.manual_dir=<folder "
+        f"with the {name} files> (or --config.data.manual_dirs.{manual_dir_key(name)}=...)")
+  return os.path.expanduser(value) if value else None
+
+
+def open_benchmark(name: str, config) -> Benchmark:
+  """A benchmark from the TFDS builders (built on first use from config.data.manual_dir)."""
+  from exfiqa_jax.data import builders
+  options: dict[str, Any] = {}
+  if config.data.get("skip_corrupt", False):
+    options["skip_corrupt"] = True
+  if name == "ijbc":
+    builder = "ijbc"
+    if config.data.get("subset", 0):
+      options["subset"] = int(config.data.subset)
+  elif name in builders.REGISTRY or name in builders.ALIASES or "/" in name:
+    builder = name
+  else:                                   # any <name>.bin in manual_dir
+    builder = f"verification_bin/{name[:-4] if name.endswith('.bin') else name}"
+  data_dir = os.path.expanduser(config.data.get("data_dir", "")) or None
+  source, info = builders.load(builder, _manual_dir(config, name), data_dir, decode=True,
+                               channel_order=config.data.get("channel_order", "") or None,
+                               **options)
+  if info.pairs is None:
+    raise ValueError(f"{name} ({info.name}/{info.config}) has no comparison protocol (pairs); "
+                     "it cannot be evaluated with EDC")
+  ident = {"kind": "tfds", "directory": info.directory, "config": info.config,
+           "records": info.num_records, "channel_order": info.channel_order,
+           "image_ids": np.asarray(info.image_ids)}
+  gen = np.asarray(info.pairs["is_genuine"], bool)
+  if info.pair_kind == "template":
+    return Benchmark(name, info.num_records, _source_reader(source), "template", gen, ident,
+                     template_pairs=np.stack([info.pairs["template_a"],
+                                              info.pairs["template_b"]], 1),
+                     template_ids=np.asarray(info.record_arrays["template_id"]),
+                     media_ids=np.asarray(info.record_arrays["media_id"]))
+  return Benchmark(name, info.num_records, _source_reader(source), "image", gen, ident,
+                   pairs=np.stack([info.pairs["index_a"], info.pairs["index_b"]], 1))
+
+
+def image_reader(bench: Benchmark) -> pipeline.Reader:
+  """The benchmark's rows as a pipeline reader (images only; names are read once per chunk)."""
+  return lambda rows: bench.read(rows)[0]
+
+
+def image_names(bench: Benchmark, lo: int, hi: int) -> np.ndarray:
+  """Names of rows [lo, hi) (read on every host: cheap next to decoding)."""
+  return np.asarray(bench.read(np.arange(lo, hi))[1] if hi > lo else [], dtype=str)
+
+
+def benchmark_names(config) -> list[str]:
+  names = [b.strip() for b in str(config.benchmarks).split(",") if b.strip()]
+  if not names:
+    raise ValueError("no benchmark: pass e.g. --config=configs/eval_verification.py:lfw,agedb_30")
+  return names

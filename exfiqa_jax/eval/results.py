@@ -1,0 +1,85 @@
+"""What an evaluation reports: the quality columns and, per benchmark × FR model × EDC mode,
+the curves, pAUC and bootstrap CIs (the data model that exfiqa_jax/report.py writes out)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from exfiqa_jax.eval import edc
+
+KINDS = ("exit", "fusion", "attn", "random", "oracle")
+BASELINE_KINDS = ("random", "oracle")     # references, never marked best
+RANDOM = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityColumn:
+  """One quality score set. `name` is unique in a run (prefixed by the model when several
+  quality models are evaluated); `exit` is the 1-based exit (exit_l, attn_l) or None."""
+  name: str
+  kind: str
+  model: str = ""
+  exit: int | None = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"quality kind must be one of {KINDS}, got {self.kind!r}")
+
+  @property
+  def is_baseline(self) -> bool:
+    return self.kind in BASELINE_KINDS
+
+
+@dataclasses.dataclass
+class ModeEval:
+  """One EDC mode of one benchmark: curves [S, F, R] and pAUC [S, F] with its CI."""
+  mode: str
+  limit: float
+  curves: edc.EdcCurves
+  pauc: np.ndarray
+  ci_low: np.ndarray
+  ci_high: np.ndarray
+
+
+@dataclasses.dataclass
+class BenchmarkEval:
+  benchmark: str
+  fr_model: str
+  columns: list[QualityColumn]
+  fmrs: np.ndarray
+  modes: dict[str, ModeEval]
+  n_pairs: int = 0
+  n_genuine: int = 0
+
+  @property
+  def names(self) -> list[str]:
+    return [c.name for c in self.columns]
+
+
+def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
+               ) -> list[QualityColumn]:
+  """The quality columns of one quality model, in scores.csv order: exit_1..exit_L, ex_fiqa_f,
+  ex_fiqa_fw, attn_1..attn_L (only attn_* for mode "fr" models)."""
+  p = f"{model}/" if prefix else ""
+  cols = []
+  if has_exits:
+    cols += [QualityColumn(f"{p}exit_{l}", "exit", model, l) for l in range(1, num_exits + 1)]
+    cols += [QualityColumn(f"{p}ex_fiqa_f", "fusion", model),
+             QualityColumn(f"{p}ex_fiqa_fw", "fusion", model)]
+  cols += [QualityColumn(f"{p}attn_{l}", "attn", model, l) for l in range(1, num_exits + 1)]
+  return cols
+
+
+def random_quality(num_images: int, seed: int) -> np.ndarray:
+  """The seeded `random` baseline column [I] (uniform, no ties)."""
+  return np.random.default_rng([int(seed), 0x5EED]).random(num_images).astype(np.float32)
+
+
+def best_index(values: np.ndarray, columns: Sequence[QualityColumn]) -> int | None:
+  """Row with the lowest pAUC among the non-baseline columns (first on ties), None if none."""
+  candidates = [i for i, c in enumerate(columns) if not c.is_baseline and np.isfinite(values[i])]
+  if not candidates:
+    return None
+  return min(candidates, key=lambda i: (values[i], i))

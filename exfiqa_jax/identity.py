@@ -1,0 +1,230 @@
+"""What a result was made from: identities of input files and checkpoints, stamps, what changed.
+
+Every cached result (the score and embed tasks' outputs, each evaluation stage of
+exfiqa_jax/eval/stages.py, each built data set of exfiqa_jax/data/builders) records what it was
+made from: the config fields it depends on and the identity of every input file. A mismatch
+recomputes, and `changes(old, new)` says what changed for the log line (docs/caching.md).
+
+  file_identity(path)        a file: absolute path, size, and the SHA-256 of its content when
+                             that is cheap (up to DIGEST_LIMIT bytes), else its mtime_ns; a
+                             folder: the same over every file below it (one digest)
+  files_identity(paths)      a list of files (images) as one digest; contents are hashed while
+                             the whole list is up to DIGEST_LIMIT bytes, else size + mtime_ns
+  checkpoint_identity(path)  always a content digest: a `.pt` is hashed, a converted directory
+                             gives the variables digest recorded in its model_config.json
+  write_stamp / check_stamp  a completion stamp, written LAST, that records the identity and the
+                             output files it vouches for; a stamp that does not match (or whose
+                             outputs were replaced since) is not "done"
+Digests of unchanged files are memoised per process by (path, size, mtime_ns, ctime_ns, inode):
+any write, even one that restores the mtime, changes ctime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+DIGEST_LIMIT = 64 << 20     # bytes: files and file lists up to this size are content-hashed
+_CHUNK = 1 << 20
+_memo: dict[tuple, str] = {}
+
+
+def _stat_key(path: str, st: os.stat_result) -> tuple:
+  return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+  """SHA-256 of a file's bytes (memoised while the file is unchanged)."""
+  path = os.path.abspath(os.fspath(path))
+  key = _stat_key(path, os.stat(path))
+  if key not in _memo:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      while block := f.read(_CHUNK):
+        digest.update(block)
+    _memo[key] = digest.hexdigest()
+  return _memo[key]
+
+
+def _walk(path: str, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+  """(relative path, absolute path) of every file below `path`, sorted; hidden entries and the
+  `exclude` folders (e.g. a data_dir inside the manual_dir) left out."""
+  excluded = {os.path.abspath(e) for e in exclude}
+  out = []
+  for folder, dirs, names in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                     and os.path.abspath(os.path.join(folder, d)) not in excluded)
+    for name in names:
+      if not name.startswith("."):
+        full = os.path.join(folder, name)
+        out.append((os.path.relpath(full, path), full))
+  return sorted(out)
+
+
+def _entries_digest(entries: Iterable[tuple[str, os.stat_result | None, str]],
+                    contents: bool) -> str:
+  digest = hashlib.sha256()
+  for name, st, full in entries:
+    if st is None:
+      part = [name, None]
+    elif contents:
+      part = [name, st.st_size, sha256_file(full)]
+    else:
+      part = [name, st.st_size, st.st_mtime_ns]
+    digest.update(json.dumps(part).encode() + b"\n")
+  return digest.hexdigest()
+
+
+def _stat(path: str) -> os.stat_result | None:
+  try:
+    return os.stat(path)
+  except OSError:
+    return None
+
+
+def file_identity(path: str | os.PathLike, digest: bool | None = None,
+                  exclude: Sequence[str] = ()) -> dict[str, Any]:
+  """Identity of a file or folder. `digest`: None = hash contents up to DIGEST_LIMIT bytes,
+  True = always, False = never (size + mtime_ns only)."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isfile(path):
+    st = os.stat(path)
+    if digest or (digest is None and st.st_size <= DIGEST_LIMIT):
+      return {"path": path, "size": st.st_size, "sha256": sha256_file(path)}
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+  if os.path.isdir(path):
+    entries = [(rel, _stat(full), full) for rel, full in _walk(path, exclude)]
+    size = sum(st.st_size for _, st, _ in entries if st is not None)
+    contents = bool(digest or (digest is None and size <= DIGEST_LIMIT))
+    return {"path": path, "files": len(entries), "size": size,
+            ("sha256" if contents else "stat_sha256"): _entries_digest(entries, contents)}
+  raise FileNotFoundError(f"{path} does not exist")
+
+
+def files_identity(paths: Sequence[str | os.PathLike], digest: bool | None = None
+                   ) -> dict[str, Any]:
+  """One identity for a list of files (the images of a run), in order; missing files count as
+  missing (a run that skips unreadable files records which were absent)."""
+  paths = [os.path.abspath(os.fspath(p)) for p in paths]
+  stats = [_stat(p) for p in paths]
+  size = sum(st.st_size for st in stats if st is not None)
+  contents = bool(digest or (digest is None and size <= DIGEST_LIMIT))
+  return {"count": len(paths), "missing": sum(st is None for st in stats), "size": size,
+          ("sha256" if contents else "stat_sha256"):
+              _entries_digest(zip(paths, stats, paths), contents)}
+
+
+def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
+  """A content identity of a checkpoint: the SHA-256 of a `.pt`; for a converted directory the
+  variables digest recorded in its model_config.json and the digest of that file (a directory
+  without a recorded digest, from an older version, is hashed file by file)."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isfile(path):
+    return file_identity(path, digest=True)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  from exfiqa_jax import checkpoints
+  config_file = os.path.join(path, checkpoints.CONFIG_FILE)
+  recorded = checkpoints.recorded_digest(path) if os.path.isfile(config_file) else None
+  if recorded is None:
+    return file_identity(path, digest=True)
+  return {"path": path, "variables_sha256": recorded, "config_sha256": sha256_file(config_file)}
+
+
+# ----------------------------------------------------------------------------- comparisons
+def canonical(value: Any) -> Any:
+  """JSON-ready copy (ConfigDicts as dicts, tuples as lists, numpy scalars as numbers)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+  if isinstance(value, (list, tuple)):
+    return [canonical(v) for v in value]
+  if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+    return value.item()
+  return value
+
+
+def _short(value: Any) -> str:
+  text = json.dumps(value, sort_keys=True, default=str)
+  if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+    return value[:12] + "…"
+  return text if len(text) <= 60 else text[:57] + "…"
+
+
+def changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """Human-readable differences between two canonical values: ["num_heads: 4 → 2", ...]."""
+  old, new = canonical(old), canonical(new)
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      name = f"{prefix}.{key}" if prefix else key
+      if key not in old:
+        out.append(f"{name}: new ({_short(new[key])})")
+      elif key not in new:
+        out.append(f"{name}: no longer recorded (was {_short(old[key])})")
+      else:
+        out.extend(changes(old[key], new[key], name))
+    return out
+  if old == new:
+    return []
+  return [f"{prefix or 'value'}: {_short(old)} → {_short(new)}"]
+
+
+def describe(diff: Sequence[str], limit: int = 6) -> str:
+  shown = "; ".join(diff[:limit])
+  return shown + (f"; and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
+# ---------------------------------------------------------------------------------- stamps
+STAMP_FORMAT = 1
+
+
+def write_stamp(path: str | os.PathLike, identity: Mapping[str, Any],
+                outputs: Sequence[str | os.PathLike], **extra: Any) -> None:
+  """Writes the completion stamp (atomically) LAST, after every output in `outputs`."""
+  from exfiqa_jax import files
+  directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+  files.write_json(path, {
+      "stamp_format": STAMP_FORMAT, "identity": canonical(identity),
+      "outputs": {os.path.relpath(os.path.abspath(os.fspath(p)), directory): _output_identity(p)
+                  for p in outputs},
+      **canonical(extra)})
+
+
+def _output_identity(path: str | os.PathLike) -> dict[str, int]:
+  st = os.stat(path)
+  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      stamp = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return stamp if isinstance(stamp, dict) and "identity" in stamp else None
+
+
+def check_stamp(path: str | os.PathLike, identity: Mapping[str, Any]) -> tuple[bool, str]:
+  """(done, why not): the stamp exists, records `identity`, and every output it vouches for is
+  still the file that run wrote."""
+  path = os.path.abspath(os.fspath(path))
+  stamp = read_stamp(path)
+  if stamp is None:
+    return False, ("no completion stamp" if not os.path.exists(path)
+                   else f"unreadable completion stamp {os.path.basename(path)}")
+  diff = changes(stamp["identity"], identity)
+  if diff:
+    return False, "inputs changed since the last run: " + describe(diff)
+  directory = os.path.dirname(path)
+  for rel, recorded in stamp.get("outputs", {}).items():
+    full = os.path.join(directory, rel)
+    try:
+      current = _output_identity(full)
+    except OSError:
+      return False, f"{rel} is missing"
+    if current != recorded:
+      return False, f"{rel} was replaced after the run that wrote it"
+  return True, "complete"

@@ -1,0 +1,217 @@
+"""Loading every model (one loader) and scoring uint8 face crops at every exit in one call.
+
+    import exfiqa_jax as fx
+    model = fx.load("vitfiqa_token.pt", num_heads=8)   # or a converted directory
+    out = model.score(images)    # uint8 [B, H, W, 3] RGB, any B
+    out["exit_scores"] [B, L]  out["ex_fiqa_f"] [B]  out["ex_fiqa_fw"] [B]
+    out["attn_scores"] [B, L]  out["embedding"] [B, E]  (+ out["attn_maps"] [B, L, N])
+    out = model.score(images, exit=7)   # the program truncated after block 7: exits 1..7 only
+    result = model.cascade(images, thresholds)   # adaptive early exits (models/exits.py)
+
+Mode "fr" models (insightface/CVLFace ViTs) have no quality head: their result holds
+attn_scores, embedding (and attn_maps) only. Higher = better quality in every score.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from exfiqa_jax import checkpoints, convert, embedding, fusion, models, parallel
+from exfiqa_jax.convert.strict import CheckpointError
+from exfiqa_jax.data import preprocess
+from exfiqa_jax.models import exits as exits_lib
+from exfiqa_jax.models import iresnet
+from exfiqa_jax.models.vit import QUALITY_MODES
+
+
+def resize_images(images: np.ndarray, size: int = preprocess.IMAGE_SIZE) -> np.ndarray:
+  """uint8 [B, H, W, 3] → [B, size, size, 3], bilinear (PIL, as for decoded files)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                   for im in images]) if len(images) else images.reshape(0, size, size, 3)
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, n - 1).bit_length()
+
+
+class QualityModel:
+  """A loaded ViT with its variables on every device; one compiled program per shape/flags."""
+
+  def __init__(self, module: Any, variables: Any, model_config: dict[str, Any],
+               batch_size: int = 64):
+    self.module = module
+    self.model_config = dict(model_config)
+    self.mode = model_config["mode"]
+    self.num_exits = int(model_config["depth"])
+    self.image_size = int(model_config.get("img_size", preprocess.IMAGE_SIZE))
+    self.batch_size = parallel.round_up_to_devices(max(1, int(batch_size)))
+    self.variables = jax.device_put(variables, parallel.replicated())
+    self._fns: dict[tuple[bool, int], Any] = {}
+    self._truncated: dict[int, Any] = {self.num_exits: self.variables}   # on device, per exit
+    self._cascades: dict[tuple[int, ...], exits_lib.Cascade] = {}
+
+  @property
+  def has_exits(self) -> bool:
+    """Quality modes have exit scores and fusions; mode "fr" only ATTN-FIQA scores."""
+    return self.mode in QUALITY_MODES
+
+  def resolve_exit(self, exit: int | None) -> int:
+    """Blocks the program runs for `exit`: k in 1..L, 0 or None = all L (clear error else)."""
+    return exits_lib.check_exit(exit, self.num_exits)
+
+  def variables_at(self, exit: int | None) -> Any:
+    """The variables of the program truncated after block k (cached on the devices)."""
+    k = self.resolve_exit(exit)
+    if k not in self._truncated:
+      self._truncated[k] = jax.device_put(exits_lib.truncate_variables(self.variables, k),
+                                          parallel.replicated())
+    return self._truncated[k]
+
+  def _forward(self, attn_maps: bool, k: int):
+    """The jitted program that stops after block k (k = L: the whole model)."""
+    if (attn_maps, k) not in self._fns:
+      has_exits = self.has_exits
+      module = self.module if k == self.num_exits else self.module.clone(depth=k)
+
+      def forward(variables, images_uint8):
+        x = preprocess.normalize(images_uint8)
+        _, out = module.apply(variables, x, return_attn_maps=attn_maps)
+        result = {"attn_scores": out["attn_scores"], "embedding": out["embedding"]}
+        if has_exits:
+          result["exit_scores"] = out["exit_scores"]
+          result["ex_fiqa_f"] = fusion.fuse_f(out["exit_scores"])
+          result["ex_fiqa_fw"] = fusion.fuse_fw(out["exit_scores"])
+        if attn_maps:
+          result["attn_maps"] = out["attn_maps"]
+        return result
+
+      self._fns[(attn_maps, k)] = jax.jit(forward)
+    return self._fns[(attn_maps, k)]
+
+  def run_batch(self, local_images: np.ndarray, attn_maps: bool = False,
+                exit: int | None = None) -> dict[str, np.ndarray]:
+    """One sharded call. `local_images`: this process's rows (uint8 [b, S, S, 3]) of a global
+    batch whose size is a multiple of the device count; returns the global batch's results.
+    `exit=k` runs the program truncated after block k: every per-exit array has k columns,
+    the fusions fuse exits 1..k, the embedding is block k's (0/None = all L exits)."""
+    k = self.resolve_exit(exit)
+    batch = parallel.host_batch_to_global(np.asarray(local_images, np.uint8))
+    return parallel.global_to_host(self._forward(bool(attn_maps), k)(self.variables_at(k),
+                                                                      batch))
+
+  def padded_size(self, n: int) -> int:
+    """Padded rows for a chunk of n ≤ batch_size: powers of two, so few programs compile."""
+    return min(self.batch_size, parallel.round_up_to_devices(_next_pow2(n)))
+
+  def _host_images(self, images: np.ndarray, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be uint8 [B, H, W, 3] RGB, got {images.dtype} "
+                       f"{list(images.shape)} (decode files with exfiqa_jax.data.preprocess."
+                       "decode_image)")
+    if jax.process_count() > 1:
+      raise NotImplementedError(f"QualityModel.{what} feeds from one host; on a multi-host job "
+                                "use run_batch with each host's rows (see exfiqa_jax/tasks/score.py)")
+    return resize_images(images, self.image_size)
+
+  def score(self, images: np.ndarray, attn_maps: bool = False,
+            exit: int | None = None) -> dict[str, np.ndarray]:
+    """uint8 [B, H, W, 3] RGB (any B, H, W) → dict of numpy arrays (see the module doc).
+
+    Chunks of `batch_size` rows, each padded to a power of two (at most log2(batch_size) + 1
+    compiled shapes); padded rows are dropped. The CLI pads every batch to one fixed shape.
+    `exit=k` (1..L) runs only blocks 1..k (see run_batch); 0/None = all L exits.
+    """
+    self.resolve_exit(exit)
+    images = self._host_images(images, "score")
+    chunks = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      size = self.padded_size(len(chunk))
+      padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
+                                                np.uint8)])
+      chunks.append({k: v[:len(chunk)]
+                     for k, v in self.run_batch(padded, attn_maps, exit).items()})
+    if not chunks:
+      result = self.run_batch(np.zeros((self.padded_size(1), self.image_size, self.image_size,
+                                        3), np.uint8), attn_maps, exit)
+      return {k: v[:0] for k, v in result.items()}
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def cascade(self, images: np.ndarray, thresholds: exits_lib.CascadeThresholds,
+              ladder: Sequence[int] | None = None) -> exits_lib.CascadeResult:
+    """Adaptive early exits (exfiqa_jax/models/exits.py; docs/methods.md): uint8 [N, H, W, 3]
+    → per image the score at the exit it left at, that exit, the decision and its GFLOPs.
+
+    Segments end at thresholds.exits; buckets come from `ladder` (default powers of two up to
+    batch_size), rounded to multiples of the device count. Single host.
+    """
+    if not self.has_exits:
+      raise ValueError(f"mode {self.mode!r} models have no exit scores to cascade on")
+    thresholds.check(self.num_exits)
+    images = self._host_images(images, "cascade")
+    key = tuple(thresholds.exits)
+    if key not in self._cascades:
+      self._cascades[key] = exits_lib.Cascade(self.module, self.variables, key, self.batch_size)
+    return self._cascades[key].run(images, thresholds, ladder)
+
+
+def load_variables(path: str | os.PathLike, num_heads: int | None = None,
+                   family: str | None = None) -> tuple[Any, dict[str, Any]]:
+  """(variables, model_config) from a converted directory or a PyTorch file.
+
+  The one loader of every model (quality ViTs and FR networks): a directory is restored against
+  its model_config.json; a `.pt`/`.pth` is read safely, converted strictly and verified by the
+  round trip (exfiqa_jax.convert). `num_heads` is for a ViT `.pt` (no shape records it;
+  default 8, CVLFace ViT-B needs 16); `family` names a family the keys cannot tell apart.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    variables, config = checkpoints.load_model(path)
+    if num_heads and "num_heads" in config and num_heads != config["num_heads"]:
+      logging.info("%s records num_heads=%d; ignoring num_heads=%d", path,
+                      config["num_heads"], num_heads)
+    return variables, config
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
+                            "or a PyTorch .pt file)")
+  return convert.convert_state_dict(convert.torch_io.load_state_dict(path),
+                                    num_heads=num_heads or None, family=family)
+
+
+def load(path: str | os.PathLike, num_heads: int | None = 8, family: str | None = None,
+         batch_size: int = 64) -> QualityModel:
+  """A QualityModel from a converted directory or a `.pt` file (converted in memory)."""
+  variables, config = load_variables(path, num_heads=num_heads, family=family)
+  if "mode" not in config:
+    raise CheckpointError(f"{path} is a {config.get('family', 'CNN')} face-recognition CNN: it "
+                          "has no quality or attention scores; use it for embeddings "
+                          "(configs/embed.py)")
+  return QualityModel(models.get_model(config), variables, config, batch_size=batch_size)
+
+
+def load_fr_model(path: str, family: str | None = None, input_scale: str | None = None,
+                  num_heads: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+  """(module, variables, model_config) of an FR model for `embedding.embed_images`.
+
+  `input_scale` overrides the family's ("minus1_1" | "0_1"); iResNets come back with their
+  BatchNorms folded into the convolutions (inference only, same outputs).
+  """
+  variables, model_config = load_variables(path, num_heads=num_heads, family=family)
+  if input_scale:
+    if input_scale not in embedding.INPUT_SCALES:
+      raise ValueError(f"input_scale must be one of {embedding.INPUT_SCALES}, got "
+                       f"{input_scale!r}")
+    model_config = {**model_config, "input_scale": input_scale}
+  model_config.setdefault("input_scale", "minus1_1")
+  module = models.get_model(model_config)
+  if isinstance(module, iresnet.IResNet):   # inference only: BatchNorms folded into the convs
+    module, variables = iresnet.fold_batchnorm(module.config, variables, module.dtype)
+  return module, variables, model_config

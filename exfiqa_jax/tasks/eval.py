@@ -1,0 +1,100 @@
+"""Task "eval": quality at every exit → FR comparisons → EDC / pAUC → reports (configs/eval_*.py).
+
+The stages and their caching are in exfiqa_jax/eval/pipeline.py; this module opens the
+benchmarks, runs the pipeline and writes edc.csv, pauc.csv, summary.json/.md, plots/ and
+<benchmark>/scores_<model>.csv (process 0 only).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import files, parallel, report
+from exfiqa_jax.eval import benchmarks as benchmarks_lib
+from exfiqa_jax.eval import pipeline
+from exfiqa_jax.eval.benchmarks import Benchmark
+from exfiqa_jax.eval.pipeline import EvalRun, QualitySpec
+
+
+def write_scores(output: str, run: EvalRun, quality: Sequence[QualitySpec]) -> None:
+  """<output>/<benchmark>/scores_<model>.csv in the DESIGN scores.csv contract."""
+  for bench, per_model in run.quality.items():
+    for spec in quality:
+      st = per_model[spec.name]
+      files.write_text(os.path.join(output, files.slug(bench), f"scores_{files.slug(spec.name)}.csv"),
+                    report.score_table(list(st["name"]), st.arrays, "exit_scores" in st.arrays))
+
+
+def attention_examples(output: str, bench: Benchmark, run: EvalRun,
+                       quality: Sequence[QualitySpec], count: int) -> list[str]:
+  """Overlays of the `count` highest- and lowest-quality images per quality model."""
+  if count <= 0 or jax.process_count() > 1:
+    return []
+  written = []
+  for spec in quality:
+    st = run.quality[bench.name][spec.name]
+    q = st["exit_scores"][:, -1] if "exit_scores" in st.arrays else st["attn_scores"][:, -1]
+    order = np.argsort(-q, kind="stable")
+    k = min(count, len(q) // 2)
+    rows = np.concatenate([order[:k], order[::-1][:k][::-1]])
+    images, _ = bench.read(rows)
+    out = spec.model.score(images, attn_maps=True)
+    maps = out["attn_maps"][:, -1]
+    n = maps.shape[-1]
+    if int(round(np.sqrt(n))) ** 2 != n:       # a quality token first: keep the patches
+      maps = maps[:, 1:]
+    labels = [f"high #{i + 1}" for i in range(k)] + [f"low #{k - i}" for i in range(k)]
+    written.append(report.plot_attention(
+        os.path.join(output, "plots", f"attention_{files.slug(bench.name)}_{files.slug(spec.name)}.png"),
+        images, maps, q[rows], f"{bench.name}, {spec.name}: last-block attention, highest "
+        "(left) and lowest (right) quality", labels))
+  return written
+
+
+def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
+                 quality: Sequence[QualitySpec], extra: Mapping[str, Any] | None = None,
+                 title: str = "EDC evaluation", notes: Sequence[str] = (),
+                 footer: Sequence[str] = ()) -> dict[str, Any]:
+  """Every output file (process 0 only); `footer` lines go under the tables of summary.md."""
+  if not parallel.is_writer():
+    return {}
+  output = config.output
+  gflops = pipeline.gflops_table(quality)
+  summary_extra = {"fmrs": [float(f) for f in config.eval.fmrs],
+                   "modes": list(config.eval.modes),
+                   "pauc_limit": {m: float(config.eval.pauc_limit[m]) for m in config.eval.modes},
+                   "bootstrap": int(config.eval.get("bootstrap", 0)),
+                   "quality_models": {q.name: q.path for q in quality},
+                   "gflops_per_exit": {k: [round(float(x), 4) for x in v[0]]
+                                       for k, v in gflops.items()},
+                   "gflops_fusion": {k: round(v[1], 4) for k, v in gflops.items()},
+                   "seconds_per_benchmark": run.seconds, **(extra or {})}
+  paths = report.write_tables(output, run.results, summary_extra, title, notes,
+                              list(report.gflops_markdown(gflops)) + list(footer))
+  write_scores(output, run, quality)
+  plots = []
+  if config.report.get("plots", True):
+    plots = report.write_plots(output, run.results, gflops)
+    for bench in benchmarks:
+      plots += attention_examples(output, bench, run, quality,
+                                  int(config.report.get("attention_examples", 4)))
+  return {**paths, "plots": plots}
+
+
+def run(config) -> dict[str, Any]:
+  """Task "eval" (configs/eval_ijbc.py, configs/eval_verification.py)."""
+  started = time.time()
+  quality = pipeline.load_quality_models(config)
+  pipeline.fr_items(config, quality)                     # bad FR input fails before any data work
+  benchmarks = [benchmarks_lib.open_benchmark(name, config)
+                for name in benchmarks_lib.benchmark_names(config)]
+  ev = pipeline.evaluate(config, benchmarks, quality)
+  out = write_report(config, ev, benchmarks, quality,
+                     extra={"seconds_total": round(time.time() - started, 1)})
+  logging.info("evaluation written to %s (%.1f s)", config.output, time.time() - started)
+  return {**out, "results": ev.results, "computed": ev.cache.computed()}

@@ -1,0 +1,1 @@
+"""PyTorch twins of the models and helpers that the tests and benchmarks share."""

@@ -1,0 +1,185 @@
+"""Training data: random access by step (so a resumed run draws the same rows), per process.
+
+`ArrayData` (arrays in memory, optionally re-degraded every batch), `FolderData` (an identity
+folder <root>/<identity>/<image>), the synthetic faces split, and the verification pair sets
+used for monitoring (`ArrayPairs`, an insightface `.bin`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Protocol
+
+import jax
+import numpy as np
+
+
+class TrainData(Protocol):
+  """What the loop needs from a training set: random access by step (=> resumable)."""
+  num_classes: int
+  num_images: int
+
+  def host_batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch of `step`: {"image" uint8 [b, H, W, 3],
+    "label" int32 [b]}, b = global batch / process count."""
+
+
+class _StepSampler:
+  """Samples without replacement per epoch; the permutation of epoch e is a pure function of
+  (seed, e), so the rows of every step — and hence a resumed run — are reproducible. Each
+  process loads only its own slice of the global batch."""
+
+  def __init__(self, labels: np.ndarray, global_batch: int, seed: int, num_classes: int | None,
+               transform=None):
+    if global_batch > len(labels):
+      raise ValueError(f"batch {global_batch} is larger than the training set ({len(labels)} "
+                       "images); lower config.batch_size.")
+    self.labels = np.asarray(labels, np.int32)
+    self.global_batch, self.seed, self.transform = global_batch, seed, transform
+    self.num_classes = int(num_classes or self.labels.max() + 1)
+    self.num_images = len(self.labels)
+    self.steps_per_epoch = self.num_images // global_batch
+    self._perm_epoch, self._perm = -1, None
+
+  def _rows(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
+      self._perm_epoch = epoch
+    rows = self._perm[i * self.global_batch:(i + 1) * self.global_batch]
+    local = self.global_batch // jax.process_count()
+    return rows[jax.process_index() * local:(jax.process_index() + 1) * local]
+
+  def _load(self, rows: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+  def host_batch(self, step: int) -> dict[str, np.ndarray]:
+    rows = self._rows(step)
+    images, labels = self._load(rows), self.labels[rows]
+    if self.transform is not None:
+      rng = np.random.default_rng([self.seed, 1 << 20, step, jax.process_index()])
+      images = self.transform(images, labels, rng)
+    return {"image": np.asarray(images, np.uint8), "label": labels}
+
+
+class ArrayData(_StepSampler):
+  """In-memory training set (synthetic faces, small sets). `transform(images, labels, rng)`
+  (optional) re-degrades clean images afresh every batch (online re-degradation); `rng` is a
+  numpy Generator seeded from (seed, step)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, seed: int = 0,
+               num_classes: int | None = None,
+               transform: Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+               | None = None):
+    if len(images) != len(labels):
+      raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    super().__init__(labels, global_batch, seed, num_classes, transform)
+    self.images = images
+
+  def _load(self, rows):
+    return self.images[rows]
+
+
+class FolderData(_StepSampler):
+  """An identity folder `<root>/<identity>/**/<image>` (e.g. MS1MV2 exported to images); labels
+  are the sorted identity folder names' indices. Images are decoded per step by a thread pool."""
+
+  def __init__(self, root: str, global_batch: int, seed: int = 0, channel_order: str = "rgb",
+               threads: int = 16):
+    from exfiqa_jax.data import preprocess
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"training folder {root!r} does not exist; set config.data.root to "
+                              "a folder with one sub-folder of face crops per identity.")
+    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths, labels = [], []
+    for label, ident in enumerate(identities):
+      files = preprocess.list_images(os.path.join(root, ident))
+      paths += files
+      labels += [label] * len(files)
+    if not paths:
+      raise ValueError(f"no images under {root!r}: expected <root>/<identity>/<image>.jpg|png")
+    super().__init__(np.asarray(labels), global_batch, seed, len(identities))
+    self.paths, self.identities, self.channel_order = paths, identities, channel_order
+    self._decode = preprocess.decode_image
+    from concurrent.futures import ThreadPoolExecutor
+    self._pool = ThreadPoolExecutor(threads)
+
+  def _load(self, rows):
+    return np.stack(list(self._pool.map(
+        lambda r: self._decode(self.paths[r], self.channel_order), rows)))
+
+
+class PairSet(Protocol):
+  """A verification pair set: images uint8 [N, H, W, 3], pairs int [P, 2], is_genuine bool [P]."""
+  images: np.ndarray
+  pairs: np.ndarray
+  is_genuine: np.ndarray
+
+
+class ArrayPairs:
+  """A pair set held in memory (see PairSet)."""
+
+  def __init__(self, images: np.ndarray, pairs: np.ndarray, is_genuine: np.ndarray):
+    self.images, self.pairs = np.asarray(images, np.uint8), np.asarray(pairs, np.int64)
+    self.is_genuine = np.asarray(is_genuine, bool)
+
+
+def load_bin_pairs(path: str, channel_order: str = "rgb") -> ArrayPairs:
+  """An insightface verification .bin (read with the restricted unpickler): pairs (2i, 2i+1)."""
+  from exfiqa_jax.data import preprocess
+  from exfiqa_jax.data.builders import verification_bin
+  bins, issame = verification_bin.read_bin(path)
+  images = np.stack([preprocess.decode_image(bytes(b), channel_order) for b in bins])
+  n = len(issame)
+  return ArrayPairs(images, np.stack([2 * np.arange(n), 2 * np.arange(n) + 1], 1), issame)
+
+
+def synthetic_sizes(data_config, split_per_identity: int | None = None):
+  """The identity split of config.data (train / val / test identities are disjoint ranges)."""
+  from exfiqa_jax.data import synthetic
+  return synthetic.SplitSizes(
+      train=int(data_config.num_identities), val=int(data_config.eval_identities),
+      test=int(data_config.get("test_identities", synthetic.SplitSizes().test)),
+      per_identity=int(split_per_identity or data_config.images_per_identity))
+
+
+def synthetic_data(config) -> tuple[TrainData, PairSet]:
+  """Synthetic faces: the training split stored clean and re-degraded afresh every batch (online
+  re-degradation), or degraded once; the validation split's pairs for monitoring."""
+  from exfiqa_jax.data import synthetic
+  d = config.data
+  online = bool(d.get("online_degradation", True))
+  gamma = float(d.get("gamma", synthetic.GAMMA))
+  clean = float(d.get("clean_fraction", synthetic.CLEAN_FRACTION))
+  train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
+                               clean_fraction=clean, gamma=gamma)
+
+  def redegrade(images, labels, rng):
+    severity, kind = synthetic.sample_degradations(rng, len(images), clean)
+    return synthetic.degrade(images, severity, kind, rng, gamma)
+
+  data = ArrayData(train.images, train.label, config.batch_size, config.seed,
+                   transform=redegrade if online else None)
+  val = synthetic.make_split(config.seed, "val", synthetic_sizes(d, d.get("eval_per_identity", 10)),
+                             clean_fraction=clean, gamma=gamma)
+  pairs, genuine = synthetic.make_pairs(val.label, config.seed)
+  if d.get("num_pairs", 0) and len(pairs) > d.num_pairs:
+    keep = np.sort(np.random.default_rng([config.seed, 3]).choice(len(pairs), d.num_pairs,
+                                                                   replace=False))
+    pairs, genuine = pairs[keep], genuine[keep]
+  return data, ArrayPairs(val.images, pairs, genuine)
+
+
+def build_data(config) -> tuple[TrainData, PairSet | None]:
+  """The training set and the verification pair set named by config.data / config.eval."""
+  kind = config.data.kind
+  if kind == "image_folder":
+    data = FolderData(config.data.root, config.batch_size, config.seed,
+                      config.data.get("channel_order", "rgb"))
+    bin_path = config.eval.get("pairs_bin", "")
+    pairs = load_bin_pairs(bin_path, config.data.get("channel_order", "rgb")) if bin_path else None
+    return data, pairs
+  if kind == "synthetic":
+    return synthetic_data(config)
+  raise ValueError(f"config.data.kind must be 'image_folder' or 'synthetic', got {kind!r}")
+
+
