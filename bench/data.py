@@ -45,14 +45,9 @@ def write_jpegs(directory: str, n: int, seed: int = 0) -> list[str]:
   return paths
 
 
-def synthetic_reader(seed: int = 0, per_identity: int = 10) -> pipeline.Reader | None:
+def synthetic_reader(seed: int = 0, per_identity: int = 10) -> pipeline.Reader:
   """Rows rendered and degraded on demand (row r is identity r // per_identity)."""
-  try:
-    from exfiqa_jax.data import synthetic
-  except ImportError:
-    return None
-  if not hasattr(synthetic, "render"):
-    return None
+  from exfiqa_jax.data import synthetic
 
   def read(rows):
     rng = np.random.default_rng([seed, int(rows[0])])
@@ -112,10 +107,7 @@ def main() -> None:
     kib = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
     arrays = np.stack([preprocess.decode_image(p) for p in paths])
     sources = {"jpeg_folder": pipeline.image_reader(paths),
-               "arrays": pipeline.array_reader(arrays)}
-    synth = synthetic_reader()
-    if synth is not None:
-      sources["synthetic"] = synth
+               "arrays": pipeline.array_reader(arrays), "synthetic": synthetic_reader()}
     results = {(name, w): rate(read, args.images, batch, w, args.repeats)
                for name, read in sources.items() for w in WORKERS}
     model = (model_rates(paths[:args.model_images], batch, args.repeats)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from exfiqa_jax.convert import iresnet_keys as ik
-from exfiqa_jax.tasks import embed
+from exfiqa_jax import embedding, models
 from exfiqa_jax.models import iresnet
 from exfiqa_jax.testing import fr_torch_reference as ref
 
@@ -48,13 +48,13 @@ def main() -> None:
   tmodel_cl = ref.randomize_(ref.IResNet(), seed=0).to(memory_format=torch.channels_last)
   sd = {k: v.numpy() for k, v in tmodel.state_dict().items()}
   config = ik.ARCFACE_IRESNET.infer_config(sd)
-  module, variables = ik.ARCFACE_IRESNET.build(config), ik.ARCFACE_IRESNET.to_flax(sd, config)
+  module, variables = models.get_model(config), ik.ARCFACE_IRESNET.to_flax(sd, config)
   folded, folded_vars = iresnet.fold_batchnorm(module.config, variables)
   images = np.random.RandomState(0).randint(0, 256, (args.batch, 112, 112, 3)).astype(np.uint8)
 
   def ours(model, model_vars):
-    fn, placed = embed.make_embed_fn(model, "concat", "minus1_1"), embed.replicate(model_vars)
-    return lambda: embed.embed_batch(fn, placed, images, args.batch)
+    fn, placed = embedding.make_embed_fn(model, "concat", "minus1_1"), embedding.replicate(model_vars)
+    return lambda: embedding.embed_batch(fn, placed, images, args.batch)
 
   variants = {
       "exfiqa_jax, BN folded (XLA CPU, fp32)": ours(folded, folded_vars),

@@ -22,6 +22,7 @@ from exfiqa_jax.tasks import score
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import vit
 from exfiqa_jax.testing import torch_reference as ref
+from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,14 +66,7 @@ def _read_csv(path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def _config(**overrides):
-  config = score_config.get_config("size=tiny")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return worlds.override(score_config.get_config("size=tiny"), **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -131,12 +131,17 @@ def bin_config(config, world, output, **over):
   config.eval.chunk_images = 16
   config.report.attention_examples = 2
   config.progress = False
-  for k, v in over.items():
-    parent = config
-    *path, last = k.split(".")
-    for p in path:
-      parent = parent[p]
-    parent[last] = v
+  return override(config, **over)
+
+
+def override(config, **dotted):
+  """Sets dotted fields ("eval.alpha": 0.1) of a ConfigDict; returns it."""
+  for key, value in dotted.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   return config
 
 
