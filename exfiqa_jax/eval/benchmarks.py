@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from exfiqa_jax import identity
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.data.benchmark_names import manual_dir_key
 
@@ -93,9 +94,13 @@ def open_benchmark(name: str, config) -> Benchmark:
   if info.pairs is None:
     raise ValueError(f"{name} ({info.name}/{info.config}) has no comparison protocol (pairs); "
                      "it cannot be evaluated with EDC")
+  # What the stages depend on: the source files it was built from (a rebuild from changed
+  # files changes them) and the built files themselves (size + mtime of every file).
   ident = {"kind": "tfds", "directory": info.directory, "config": info.config,
            "records": info.num_records, "channel_order": info.channel_order,
-           "image_ids": np.asarray(info.image_ids)}
+           "image_ids": np.asarray(info.image_ids),
+           "sources": info.metadata.get("sources_sha256"),
+           "build": identity.file_identity(info.directory, digest=False)}
   gen = np.asarray(info.pairs["is_genuine"], bool)
   if info.pair_kind == "template":
     return Benchmark(name, info.num_records, _source_reader(source), "template", gen, ident,
@@ -120,5 +125,6 @@ def image_names(bench: Benchmark, lo: int, hi: int) -> np.ndarray:
 def benchmark_names(config) -> list[str]:
   names = [b.strip() for b in str(config.benchmarks).split(",") if b.strip()]
   if not names:
-    raise ValueError("no benchmark: pass e.g. --config=configs/eval_verification.py:lfw,agedb_30")
+    raise ValueError("no benchmark: pass e.g. "
+                     "--config=configs/eval_verification.py:benchmarks=lfw+agedb_30")
   return names
