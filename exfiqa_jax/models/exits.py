@@ -1,6 +1,6 @@
 """EX-FIQA early exits as deployable compute: truncated programs and the adaptive cascade.
 
-Fixed exit k (docs/methods.md, "Early exits"): `truncate_variables(variables, k)` with a
+Fixed exit k (docs/methods.md, "Fixed exits"): `truncate_variables(variables, k)` with a
 `VisionTransformer(cfg, depth=k)` runs blocks 1..k only, so the cost of scoring at exit k really
 falls with k (QualityModel.score(images, exit=k) builds it).
 
@@ -21,7 +21,7 @@ few and the compute per image really falls with the exit it leaves at.
 
     thresholds = CascadeThresholds(exits=(3, 6, 9, 12), reject=(-1.0, -0.8, -0.5),
                                    accept=(2.0, 1.8, 1.6), tau=0.9)
-    result = fx.load(path).cascade(images, thresholds)   # CascadeResult(score, exit, accept, gflops)
+    result = fx.load(path).cascade(images, thresholds)  # (score, exit, accept, gflops) per image
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _json_float(v: float) -> float | str:
 
 @dataclasses.dataclass(frozen=True)
 class CascadeThresholds:
-  """Per-exit early decisions of the cascade (docs/methods.md, "Adaptive cascade").
+  """Per-exit early decisions of the cascade (docs/methods.md, "Thresholds").
 
   At exits[i] (i < S-1): score < reject[i] → leaves rejected, score > accept[i] → leaves
   accepted (-inf / +inf: never). At exits[-1] (= the depth): accept iff score >= tau.
