@@ -6,10 +6,15 @@
 Written atomically (everything goes to `DIR.partial`, which is renamed onto DIR at the end), so
 a directory either holds a complete model or does not exist. Restored against a target that
 `jax.eval_shape` builds from the config, so a tree that does not fit the architecture is an
-error instead of a silently different model.
+error instead of a silently different model. model_config.json also records the SHA-256 of the
+variables ("integrity", written at save, checked at every load): flipped bytes, a deleted or
+truncated data file or missing Orbax metadata are a CheckpointError naming the directory
+("damaged: re-convert from the .pt"), and NaN/inf weights are reported as such.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from typing import Any
@@ -26,6 +31,7 @@ from exfiqa_jax import files, models, parallel
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
+INTEGRITY_KEY = "integrity"       # {"variables_sha256": ...} in model_config.json
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -53,7 +59,9 @@ def save_model(directory: str | os.PathLike, variables: Any, model_config: dict[
   finally:
     checkpointer.close()
   if parallel.is_writer():
-    files.write_json(os.path.join(partial, CONFIG_FILE), model_config)
+    recorded = {k: v for k, v in model_config.items() if k != INTEGRITY_KEY}
+    recorded[INTEGRITY_KEY] = {"variables_sha256": variables_digest(variables)}
+    files.write_json(os.path.join(partial, CONFIG_FILE), recorded)
     old = directory + ".old"
     if os.path.exists(directory):
       os.replace(directory, old)
@@ -71,7 +79,59 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         f"{directory} is not a converted model directory (no {CONFIG_FILE}); convert a PyTorch "
         "file with `python -m converters.torch_to_flax --checkpoint=X.pt --out=DIR`, or pass "
         "the .pt itself")
-  return files.read_json(os.path.join(directory, CONFIG_FILE))
+  try:
+    config = files.read_json(os.path.join(directory, CONFIG_FILE))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{directory} is damaged: {CONFIG_FILE} is unreadable ({e}); "
+                          "re-convert from the .pt") from e
+  if not isinstance(config, dict):
+    raise CheckpointError(f"{directory} is damaged: {CONFIG_FILE} holds no JSON object; "
+                          "re-convert from the .pt")
+  config.pop(INTEGRITY_KEY, None)
+  return config
+
+
+def recorded_digest(directory: str | os.PathLike) -> str | None:
+  """The variables digest that `save_model` recorded (None for directories written before)."""
+  try:
+    config = files.read_json(os.path.join(os.fspath(directory), CONFIG_FILE))
+  except (OSError, ValueError):
+    return None
+  integrity = config.get(INTEGRITY_KEY) if isinstance(config, dict) else None
+  return integrity.get("variables_sha256") if isinstance(integrity, dict) else None
+
+
+def _host_leaf(x: Any) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def variables_digest(variables: Any) -> str:
+  """SHA-256 over every leaf (path, dtype, shape, bytes) in path order; floating leaves as
+  float32, the dtype they are restored in."""
+  leaves = jax.tree_util.tree_flatten_with_path(flax.core.unfreeze(variables))[0]
+  named = sorted((jax.tree_util.keystr(p, simple=True, separator="/"), x) for p, x in leaves)
+  digest = hashlib.sha256()
+  for name, x in named:
+    a = _host_leaf(x)
+    if np.issubdtype(a.dtype, np.floating):
+      a = a.astype(np.float32)
+    a = np.ascontiguousarray(a)
+    digest.update(json.dumps([name, str(a.dtype), list(a.shape)]).encode())
+    digest.update(a.tobytes())
+  return digest.hexdigest()
+
+
+def _damaged(directory: str, what: str, error: Exception | None = None) -> CheckpointError:
+  detail = ""
+  if error is not None:
+    first = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+    detail = f" ({type(error).__name__}: {first[:160]}{'…' if len(first) > 160 else ''})"
+  return CheckpointError(f"{directory} is damaged: {what}{detail}. Re-convert from the .pt "
+                         "(python -m converters.torch_to_flax), or copy the directory again.")
 
 
 def abstract_variables(model_config: dict[str, Any]) -> Any:
@@ -90,9 +150,18 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         flax.core.unfreeze(abstract_variables(model_config)))
   path = os.path.join(directory, VARIABLES_DIR)
+  if not os.path.isdir(path):
+    raise _damaged(directory, f"its {VARIABLES_DIR}/ folder is missing")
   checkpointer = ocp.StandardCheckpointer()
   try:
-    stored = _flat_shapes(checkpointer.metadata(path).item_metadata)
+    try:
+      item = checkpointer.metadata(path).item_metadata
+    except Exception as e:     # Orbax/TensorStore raise many types for a damaged tree
+      raise _damaged(directory, "its Orbax metadata cannot be read", e) from e
+    if item is None:
+      raise _damaged(directory, f"its Orbax metadata ({VARIABLES_DIR}/_METADATA or the "
+                     "manifest) is missing or empty")
+    stored = _flat_shapes(item)
     wanted = _flat_shapes(target)
     problems = ([f"missing {k} {list(v)}" for k, v in wanted.items() if k not in stored]
                 + [f"unexpected {k}" for k in stored if k not in wanted]
@@ -103,10 +172,30 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
           f"the variables in {directory} do not fit its {CONFIG_FILE} "
           f"({model_config.get('family', 'vit')}):\n  " + "\n  ".join(problems[:40])
           + "\nRe-convert the checkpoint (or fix model_config.json).")
-    variables = checkpointer.restore(path, target)
+    try:
+      variables = checkpointer.restore(path, target)
+    except Exception as e:
+      raise _damaged(directory, "its variables cannot be read (a data file is missing, "
+                     "truncated or corrupt)", e) from e
   finally:
     checkpointer.close()
+  _verify(directory, variables)
   return variables, model_config
+
+
+def _verify(directory: str, variables: Any) -> None:
+  """The recorded digest matches the restored values, and every weight is finite."""
+  recorded = recorded_digest(directory)
+  if recorded is not None and variables_digest(variables) != recorded:
+    raise _damaged(directory, "its variables do not match the digest recorded when it was "
+                   "written (bytes changed on disk)")
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  bad = [jax.tree_util.keystr(p, simple=True, separator="/") for p, x in leaves
+         if jnp.issubdtype(x.dtype, jnp.floating) and not np.isfinite(_host_leaf(x)).all()]
+  if bad:
+    raise CheckpointError(f"{directory} holds NaN/inf weights in {len(bad)} variable(s): "
+                          f"{bad[:10]}; the training that wrote it diverged or the file is "
+                          "damaged. Use an earlier checkpoint.")
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

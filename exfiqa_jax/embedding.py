@@ -131,7 +131,9 @@ def embed_images(model_fn: Any, variables: Any, images_uint8: np.ndarray,
   if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
     raise ValueError(f"images must be uint8 [N, H, W, 3], got {images_uint8.dtype} "
                      f"{images_uint8.shape}")
-  batch_size = parallel.round_up_to_devices(min(batch_size, max(len(images_uint8), 1)))
+  if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+  batch_size = parallel.round_up_to_devices(min(int(batch_size), max(len(images_uint8), 1)))
   embed_fn = _cached_embed_fn(model_fn, convention, input_scale)
   variables = replicate(variables)
   out = [embed_batch(embed_fn, variables, images_uint8[i:i + batch_size], batch_size)

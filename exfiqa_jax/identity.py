@@ -115,20 +115,31 @@ def files_identity(paths: Sequence[str | os.PathLike], digest: bool | None = Non
               _entries_digest(zip(paths, stats, paths), contents)}
 
 
+def names_identity(names: Sequence[str]) -> dict[str, Any]:
+  """A list of names (the images of a run, in order) as a count and one digest."""
+  digest = hashlib.sha256("\n".join(str(n) for n in names).encode("utf-8"))
+  return {"count": len(names), "sha256": digest.hexdigest()}
+
+
 def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
   """A content identity of a checkpoint: the SHA-256 of a `.pt`; for a converted directory the
   variables digest recorded in its model_config.json and the digest of that file (a directory
-  without a recorded digest, from an older version, is hashed file by file)."""
+  without a recorded digest, from an older version, is hashed file by file; a path that does
+  not exist is recorded as missing)."""
   path = os.path.abspath(os.fspath(path))
   if os.path.isfile(path):
     return file_identity(path, digest=True)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return {"path": path, "missing": True}     # the loader then says so, in its own words
   from exfiqa_jax import checkpoints
   config_file = os.path.join(path, checkpoints.CONFIG_FILE)
-  recorded = checkpoints.recorded_digest(path) if os.path.isfile(config_file) else None
-  if recorded is None:
+  if not os.path.isfile(config_file):
     return file_identity(path, digest=True)
+  recorded = checkpoints.recorded_digest(path)
+  if recorded is None:      # only the weights and their config; sidecar files do not count
+    variables = os.path.join(path, checkpoints.VARIABLES_DIR)
+    recorded = (file_identity(variables, digest=True)["sha256"] if os.path.isdir(variables)
+                else None)
   return {"path": path, "variables_sha256": recorded, "config_sha256": sha256_file(config_file)}
 
 

@@ -22,6 +22,7 @@ from absl import logging
 from PIL import Image
 
 from exfiqa_jax import checkpoints, convert, embedding, fusion, models, parallel
+from exfiqa_jax.convert import strict
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import exits as exits_lib
@@ -51,7 +52,9 @@ class QualityModel:
     self.mode = model_config["mode"]
     self.num_exits = int(model_config["depth"])
     self.image_size = int(model_config.get("img_size", preprocess.IMAGE_SIZE))
-    self.batch_size = parallel.round_up_to_devices(max(1, int(batch_size)))
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+      raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    self.batch_size = parallel.round_up_to_devices(int(batch_size))
     self.variables = jax.device_put(variables, parallel.replicated())
     self._fns: dict[tuple[bool, int], Any] = {}
     self._truncated: dict[int, Any] = {self.num_exits: self.variables}   # on device, per exit
@@ -182,8 +185,10 @@ def load_variables(path: str | os.PathLike, num_heads: int | None = None,
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
                             "or a PyTorch .pt file)")
-  return convert.convert_state_dict(convert.torch_io.load_state_dict(path),
-                                    num_heads=num_heads or None, family=family)
+  # errors name the API's arguments, unless a main.py task already named its --config flags
+  with strict.flags_named(outer_wins=True, family="family=", num_heads="num_heads="):
+    return convert.convert_state_dict(convert.torch_io.load_state_dict(path),
+                                      num_heads=num_heads or None, family=family, source=path)
 
 
 def load(path: str | os.PathLike, num_heads: int | None = 8, family: str | None = None,

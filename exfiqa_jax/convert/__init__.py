@@ -18,18 +18,32 @@ from absl import logging
 from exfiqa_jax.convert import families, torch_io
 from exfiqa_jax.convert.strict import CheckpointError
 
-__all__ = ["CheckpointError", "convert_state_dict", "check_round_trip", "pt_to_directory",
-           "directory_to_pt", "families", "torch_io"]
+__all__ = ["CheckpointError", "convert_state_dict", "check_finite", "check_round_trip",
+           "pt_to_directory", "directory_to_pt", "families", "torch_io"]
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], num_heads: int | None = 8,
-                       family: str | None = None, **flags: Any) -> tuple[dict, dict[str, Any]]:
-  """Unwrapped state dict → ({"params", "batch_stats"}, model_config); strict, verified."""
+                       family: str | None = None, source: str = "the state dict", **flags: Any
+                       ) -> tuple[dict, dict[str, Any]]:
+  """Unwrapped state dict → ({"params", "batch_stats"}, model_config); strict, verified.
+  `source` names the checkpoint in errors (NaN/inf weights are refused as such)."""
+  check_finite(sd, source)
   fam = families.detect_family(sd, family)
   config = fam.infer_config(sd, num_heads=num_heads, **flags)
   variables = fam.to_flax(sd, config)
   check_round_trip(sd, fam.to_torch(variables, config))
   return variables, config
+
+
+def check_finite(sd: Mapping[str, Any], source: str = "the state dict") -> None:
+  """CheckpointError naming the tensors that hold NaN or inf (a damaged file or a diverged
+  training run: every score computed from it would be NaN)."""
+  bad = [k for k, v in sd.items()
+         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+  if bad:
+    raise CheckpointError(f"{source} holds NaN/inf weights in {len(bad)} tensor(s): {bad[:10]}; "
+                          "the file is damaged or its training diverged. Use an earlier or a "
+                          "freshly downloaded checkpoint.")
 
 
 def check_round_trip(sd: Mapping[str, np.ndarray], back: Mapping[str, np.ndarray]) -> None:
@@ -46,7 +60,8 @@ def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str |
   """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config."""
   from exfiqa_jax import checkpoints
   sd = torch_io.load_state_dict(checkpoint)
-  variables, config = convert_state_dict(sd, num_heads=num_heads, family=family)
+  variables, config = convert_state_dict(sd, num_heads=num_heads, family=family,
+                                         source=checkpoint)
   checkpoints.save_model(out, variables, config)
   count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
   logging.info("converted %s (%s, %s) → %s: %d parameters",

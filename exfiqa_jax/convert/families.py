@@ -20,7 +20,7 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 
 from exfiqa_jax.convert import iresnet_keys, vit_keys
-from exfiqa_jax.convert.strict import CheckpointError
+from exfiqa_jax.convert.strict import CheckpointError, flag
 
 
 class Family(Protocol):
@@ -44,7 +44,9 @@ def family_by_name(name: str) -> Family:
   for family in FAMILIES:
     if family.name == name:
       return family
-  raise CheckpointError(f"unknown model family {name!r}; known families: {names()}")
+  raise CheckpointError(f"unknown model family {name!r}; known families: {names()} (fix "
+                        f"{flag('family')}<name>, or leave it empty to detect the family from "
+                        "the keys)")
 
 
 def detect_family(sd: Mapping[str, np.ndarray], family: str | None = None) -> Family:
@@ -57,7 +59,8 @@ def detect_family(sd: Mapping[str, np.ndarray], family: str | None = None) -> Fa
   sample = sorted(sd)[:8]
   raise CheckpointError(
       f"no known model family matches this checkpoint (first keys: {sample}); known families: "
-      f"{names()}. Pass --family=<name> if it is one of them under different key names.")
+      f"{names()}. Pass {flag('family')}<name> if it is one of them under different key "
+      "names.")
 
 
 def family_of_config(model_config: Mapping[str, Any]) -> Family:

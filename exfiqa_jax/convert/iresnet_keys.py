@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from exfiqa_jax.convert.strict import check_state_dict
+from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
 from exfiqa_jax.models import iresnet
 
 BN_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -139,8 +139,8 @@ def _infer_iresnet(sd: dict[str, np.ndarray]) -> dict[str, Any]:
     units = {int(m.group(1)) for k in sd
              if (m := re.match(rf"layer{stage}\.(\d+)\.conv1\.weight$", k))}
     if not units:
-      raise ValueError(f"no layer{stage}.*.conv1.weight in the checkpoint: not an iResNet "
-                       "backbone (pass the right --family)")
+      raise CheckpointError(f"no layer{stage}.*.conv1.weight in the checkpoint: not an iResNet "
+                            f"backbone (pass the right {flag('family')}<name>)")
     layers.append(max(units) + 1)
     widths.append(int(np.shape(sd[f"layer{stage}.0.conv1.weight"])[0]))
   fc = np.shape(sd["fc.weight"])
@@ -152,8 +152,8 @@ def _infer_ir(sd: dict[str, np.ndarray]) -> dict[str, Any]:
   units = sorted({int(m.group(1)) for k in sd
                   if (m := re.match(r"body\.(\d+)\.res_layer\.1\.weight$", k))})
   if not units or units != list(range(len(units))):
-    raise ValueError("body.N.res_layer.1.weight keys missing or not numbered 0..N-1: not an IR "
-                     "backbone (pass the right --family)")
+    raise CheckpointError("body.N.res_layer.1.weight keys missing or not numbered 0..N-1: not "
+                          f"an IR backbone (pass the right {flag('family')}<name>)")
   widths, layers = [], []
   for u in units:   # a stage starts at unit 0 and at every unit with a conv shortcut
     w = int(np.shape(sd[f"body.{u}.res_layer.1.weight"])[0])

@@ -20,22 +20,27 @@ class CheckpointError(ValueError):
 
 
 # How a message names the setting that fixes it, in the language of the entry point that runs:
-# the Python API by default, a converter CLI `--family=`, a main.py task
+# the converter CLIs by default (`--family=`), the Python API `family=`, a main.py task
 # `--config.quality_model.family=` (see `flags_named`).
-_FLAG_NAMES = contextvars.ContextVar(
-    "checkpoint_flag_names", default={"family": "family=", "num_heads": "num_heads="})
+_DEFAULT_FLAGS = {"family": "--family=", "num_heads": "--num_heads="}
+_FLAG_NAMES: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "checkpoint_flag_names", default={})
 
 
 def flag(name: str) -> str:
   """The current entry point's spelling of setting `name` ("family" | "num_heads"), e.g.
   "--config.fr.family=" inside the eval task; messages append the value."""
-  return _FLAG_NAMES.get().get(name, f"{name}=")
+  return _FLAG_NAMES.get().get(name) or _DEFAULT_FLAGS.get(name, f"{name}=")
 
 
 @contextlib.contextmanager
-def flags_named(**names: str):
-  """Within the block, checkpoint errors name the settings as `names` spells them."""
-  token = _FLAG_NAMES.set({**_FLAG_NAMES.get(), **names})
+def flags_named(outer_wins: bool = False, **names: str):
+  """Within the block, checkpoint errors name the settings as `names` spells them. With
+  `outer_wins` (library entry points such as `inference.load`), names an enclosing block set
+  (a main.py task) are kept."""
+  current = _FLAG_NAMES.get()
+  merged = {**names, **current} if outer_wins else {**current, **names}
+  token = _FLAG_NAMES.set(merged)
   try:
     yield
   finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -67,12 +68,32 @@ def _refusal(path: str, error: Exception) -> CheckpointError:
       "then convert plain.pt.")
 
 
+def check_archive(path: str) -> None:
+  """A zip-format `.pt` (torch >= 1.6) is read member by member against its CRC-32s; torch
+  itself does not check them, so flipped bytes would load as changed weights. Legacy (pickle
+  format) files carry no checksums and pass unchecked."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if head[:2] != b"PK":
+    return
+  try:
+    with zipfile.ZipFile(path) as archive:
+      bad = archive.testzip()
+  except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+    raise CheckpointError(f"{path} is damaged: not a complete zip archive ({e}); download or "
+                          "copy the checkpoint again") from e
+  if bad is not None:
+    raise CheckpointError(f"{path} is damaged: {bad} fails its CRC-32 check (changed or "
+                          "truncated bytes); download or copy the checkpoint again")
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """A `.pt`/`.pth` file → {torch key: numpy array} (float tensors keep their dtype)."""
   torch = import_torch()
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
+  check_archive(path)
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:

@@ -25,7 +25,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from exfiqa_jax.convert.strict import CheckpointError, check_state_dict
+from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
 from exfiqa_jax import models
 from exfiqa_jax.models import vit
 from exfiqa_jax.models.vit import QUALITY_MODES
@@ -146,7 +146,7 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
 def _shape(sd: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
   if key not in sd:
     raise CheckpointError(f"not a ViT checkpoint: no {key!r} (first keys: {sorted(sd)[:6]}); "
-                          "pass --family if it is another model family")
+                          f"pass {flag('family')}<name> if it is another model family")
   return tuple(np.shape(sd[key]))
 
 
@@ -197,8 +197,8 @@ def check_heads(width: int, num_heads: int) -> int:
       or num_heads < 1 or width % num_heads:
     raise CheckpointError(
         f"num_heads={num_heads!r} does not divide the width {width}. The number of heads is not "
-        "stored in any weight shape: pass it with --num_heads (ViT-FIQA and CVLFace ViT-S use "
-        "8, CVLFace ViT-B 16).")
+        f"stored in any weight shape: pass it with {flag('num_heads')}<n> (ViT-FIQA and CVLFace "
+        "ViT-S use 8, CVLFace ViT-B 16).")
   return int(num_heads)
 
 

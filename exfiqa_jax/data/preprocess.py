@@ -35,14 +35,7 @@ def decode_image(source: bytes | str | os.PathLike, channel_order: str = "rgb",
   """Decodes encoded bytes or a file to uint8 [size, size, 3] in the requested channel order."""
   check_channel_order(channel_order)
   label = name or (os.fspath(source) if not isinstance(source, bytes) else "<bytes>")
-  try:
-    if isinstance(source, bytes):
-      image = Image.open(io.BytesIO(source))
-    else:
-      image = Image.open(source)
-    image = image.convert("RGB")
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise ImageError(f"cannot decode image {label}: {e}") from e
+  image = open_rgb(source, label)
   if min(image.size) < 8:
     raise ImageError(f"image {label} is {image.size[0]}x{image.size[1]}: too small for a face "
                      f"crop (expected {size}x{size} aligned faces)")
@@ -52,6 +45,45 @@ def decode_image(source: bytes | str | os.PathLike, channel_order: str = "rgb",
   if channel_order != "rgb":
     array = array[..., ::-1]
   return np.ascontiguousarray(array)
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(image: Image.Image, label: str = "<image>") -> Image.Image:
+  """An opened PIL image → 8-bit RGB. 16-bit greyscale (and 32-bit integer images holding
+  16-bit values) is scaled 65535 → 255 — PIL's own convert("RGB") clips it at 255, which turns
+  almost every pixel white; floating-point images are refused."""
+  if image.mode in _SIXTEEN_BIT or image.mode == "I":
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise ImageError(f"image {label} is a {image.mode} image with values in "
+                       f"[{values.min()}, {values.max()}], not 8- or 16-bit; convert it to "
+                       "8-bit RGB")
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1)))
+  if image.mode == "F":
+    raise ImageError(f"image {label} holds floating-point pixels (mode F); convert it to 8-bit "
+                     "RGB")
+  return image.convert("RGB")
+
+
+def open_rgb(source: bytes | str | os.PathLike, label: str) -> Image.Image:
+  """Encoded bytes or a file → decoded 8-bit RGB PIL image; anything that cannot be decoded
+  (truncated, not an image, a header claiming more pixels than PIL's decompression-bomb limit)
+  is an ImageError naming `label`, which the skip options can skip."""
+  try:
+    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    return to_rgb(image, label)
+  except ImageError:
+    raise
+  except Image.DecompressionBombError as e:
+    raise ImageError(f"cannot decode image {label}: its header claims too many pixels for a "
+                     f"face crop ({e})") from e
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+    raise ImageError(f"cannot decode image {label}: {e}") from e
+  except Exception as e:  # noqa: BLE001  PIL plugins raise assorted types for broken files
+    raise ImageError(f"cannot decode image {label}: {type(e).__name__}: {e}") from e
 
 
 def normalize(images: jnp.ndarray) -> jnp.ndarray:

@@ -26,12 +26,43 @@ def pair_quality(quality_a, quality_b, uncertainty: bool = False):
   return xp.maximum(quality_a, quality_b) if uncertainty else xp.minimum(quality_a, quality_b)
 
 
-def image_to_pair_quality(image_quality, pairs, uncertainty: bool = False):
-  """image_quality [S, I] (or [I]), pairs [P, 2] image indices → pair quality [S, P] (or [P])."""
-  q = np.asarray(image_quality) if not _is_tracer(image_quality) else image_quality
-  pairs = np.asarray(pairs)
+def check_pairs(pairs, num_rows: int, what: str = "image"):
+  """pairs as [P, 2] integer indices into `num_rows` rows: a float, bool or out-of-range index
+  (negative included: it would silently take the last rows) is a ValueError. Traced pairs
+  (under jit) are checked for shape and dtype only; see `image_to_pair_quality`."""
+  traced = _is_tracer(pairs)
+  if not traced:
+    pairs = np.asarray(pairs)
   if pairs.ndim != 2 or pairs.shape[1] != 2:
-    raise ValueError(f"pairs must be [P, 2] image indices, got shape {pairs.shape}")
+    raise ValueError(f"pairs must be [P, 2] {what} indices, got shape {tuple(pairs.shape)}")
+  if not (jnp.issubdtype(pairs.dtype, jnp.integer) or (not traced and pairs.size == 0)):
+    raise ValueError(f"pairs must be integer {what} indices, got dtype {pairs.dtype} (cast "
+                     "with .astype(int) only if the values are whole numbers)")
+  if not traced and pairs.size and (pairs.min() < 0 or pairs.max() >= num_rows):
+    raise ValueError(f"pair indices must be in [0, {num_rows}) ({num_rows} {what}s), got range "
+                     f"[{pairs.min()}, {pairs.max()}]")
+  return pairs if traced else pairs.astype(np.int64, copy=False)
+
+
+def image_to_pair_quality(image_quality, pairs, uncertainty: bool = False):
+  """image_quality [S, I] (or [I]), pairs [P, 2] image indices → pair quality [S, P] (or [P]).
+
+  Indices must be integers in [0, I) (ValueError otherwise, also under jit when the pairs are
+  concrete). Pairs that are themselves traced cannot be checked on the host: an out-of-range
+  index then gives a NaN pair quality instead of a clamped or wrapped one."""
+  traced_q = _is_tracer(image_quality)
+  q = image_quality if traced_q else np.asarray(image_quality)
+  if q.ndim < 1:
+    raise ValueError(f"image_quality must be [I] or [S, I], got shape {tuple(q.shape)}")
+  pairs = check_pairs(pairs, q.shape[-1])
+  if _is_tracer(pairs):
+    n = q.shape[-1]
+    q = jnp.asarray(q, jnp.float32)
+
+    def take(idx):
+      idx = jnp.where((idx < 0) | (idx >= n), n, idx)       # out of range → fill (NaN)
+      return jnp.take(q, idx, axis=-1, mode="fill", fill_value=jnp.nan)
+    return pair_quality(take(pairs[:, 0]), take(pairs[:, 1]), uncertainty)
   return pair_quality(q[..., pairs[:, 0]], q[..., pairs[:, 1]], uncertainty)
 
 
@@ -48,12 +79,12 @@ def pair_scores(embeddings, pairs, flip_embeddings=None, chunk_size: int = 1 << 
   if flip_embeddings is not None:
     feats = l2_normalize(jnp.concatenate(
         [feats, l2_normalize(jnp.asarray(flip_embeddings, jnp.float32))], axis=-1))
-  pairs = np.asarray(pairs)
-  if pairs.ndim != 2 or pairs.shape[1] != 2:
-    raise ValueError(f"pairs must be [P, 2] row indices, got shape {pairs.shape}")
-  n = feats.shape[0]
-  if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
-    raise ValueError(f"pair indices must be in [0, {n}), got range [{pairs.min()}, {pairs.max()}]")
+  if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a whole number ≥ 1, got {chunk_size!r}")
+  if _is_tracer(pairs):
+    raise TypeError("pair_scores runs on the host in fixed chunks; pass concrete pairs (numpy), "
+                    "not traced ones")
+  pairs = check_pairs(pairs, feats.shape[0], "embedding row")
   out = np.empty(pairs.shape[0], np.float32)
   chunk_size = max(1, min(chunk_size, pairs.shape[0]))
   for lo in range(0, pairs.shape[0], chunk_size):

@@ -26,7 +26,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import embedding, files, inference, models, parallel
+from exfiqa_jax import embedding, files, identity, inference, models, parallel
+from exfiqa_jax.convert import families, strict
 from exfiqa_jax.eval import comparisons, edc, stages
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.eval import results
@@ -75,9 +76,11 @@ def load_quality_models(config) -> list[QualitySpec]:
     if not os.path.exists(path):
       raise FileNotFoundError(f"quality checkpoint {path} does not exist; pass "
                               "--config.quality_model.path=<converted directory or PyTorch .pt>")
-    model = inference.load(path, num_heads=config.quality_model.num_heads,
-                           family=config.quality_model.family or None,
-                           batch_size=config.batch_size)
+    with strict.flags_named(family="--config.quality_model.family=",
+                            num_heads="--config.quality_model.num_heads="):
+      model = inference.load(path, num_heads=config.quality_model.num_heads,
+                             family=config.quality_model.family or None,
+                             batch_size=config.batch_size)
     exit = int(config.get("exit", 0) or 0)
     model.resolve_exit(exit)               # a clear error for an exit outside 1..L
     specs.append(QualitySpec(name, os.path.abspath(path), model, exit))
@@ -90,6 +93,11 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
     raise ValueError(f"no FR model: pass --config.fr.path=<converted FR dir or .pt>, "
                      f"'{PRECOMPUTED}<embeddings.npy>' (rows in image order) or '{SELF_FR}' (the "
                      "quality model's own feature head)")
+  if config.fr.family and config.fr.family not in families.names():
+    raise ValueError(f"--config.fr.family={config.fr.family!r} is not a known model family; "
+                     f"known: {families.names()} (or leave it empty to detect the family)")
+  if int(config.fr.batch_size) < 1:
+    raise ValueError(f"--config.fr.batch_size must be at least 1, got {config.fr.batch_size}")
   out = []
   for name, path in parse_named_list(value):
     if path == SELF_FR or path.startswith(SELF_FR + ":"):
@@ -126,7 +134,7 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
                   ) -> stages.Stage:
   model = spec.model
   batch = model.batch_size
-  deps = {"benchmark": bench.identity, "checkpoint": stages.file_identity(spec.path),
+  deps = {"benchmark": bench.identity, "checkpoint": identity.checkpoint_identity(spec.path),
           "model_config": model.model_config, "num_heads": config.quality_model.num_heads,
           **({"exit": spec.exit} if spec.exit else {})}   # every-exit caches stay valid
 
@@ -173,14 +181,16 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
     spec = next(q for q in quality if q.name == which)
     module, variables = spec.model.module, spec.model.variables
     input_scale = "minus1_1"
-    ident = {"quality_model": stages.file_identity(spec.path),
+    ident = {"quality_model": identity.checkpoint_identity(spec.path),
              "model_config": spec.model.model_config}
   else:
-    module, variables, fr_config = inference.load_fr_model(
-        fr_path, config.fr.family or None, config.fr.input_scale or None, config.fr.num_heads)
+    with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
+      module, variables, fr_config = inference.load_fr_model(
+          fr_path, config.fr.family or None, config.fr.input_scale or None, config.fr.num_heads)
     variables = embedding.replicate(variables)
     input_scale = fr_config["input_scale"]
-    ident = {"fr_model": stages.file_identity(fr_path), "model_config": fr_config}
+    ident = {"fr_model": identity.checkpoint_identity(fr_path), "model_config": fr_config,
+             "family": config.fr.family or ""}
   embed_fn = embedding.make_embed_fn(module, convention, input_scale)
   batch = parallel.round_up_to_devices(int(config.fr.batch_size))
   deps = {"benchmark": bench.identity, **ident, "convention": convention,
@@ -348,17 +358,98 @@ class EvalRun:
   seconds: dict[str, float]
 
 
+def check_eval_config(config) -> None:
+  """The numeric settings of config.eval, before anything runs (each error names its flag)."""
+  for f in config.eval.fmrs:
+    if not 0.0 < float(f) < 1.0:
+      raise ValueError(f"--config.eval.fmrs: every FMR must be in (0, 1), got {f!r}")
+  for mode in config.eval.modes:
+    limit = float(config.eval.pauc_limit[mode])
+    if not 0.0 < limit <= 1.0:
+      raise ValueError(f"--config.eval.pauc_limit.{mode} must be in (0, 1], got {limit!r}")
+  resamples = config.eval.get("bootstrap", 0)
+  if int(resamples) != resamples or resamples < 0:
+    raise ValueError(f"--config.eval.bootstrap must be a whole number ≥ 0, got {resamples!r}")
+  alpha = float(config.eval.get("alpha", 0.05))
+  if resamples and not 0.0 < alpha < 1.0:
+    raise ValueError(f"--config.eval.alpha must be in (0, 1) (0.05 = 95 % intervals), got "
+                     f"{alpha!r}")
+  for key in ("chunk_images", "set_group"):
+    value = config.eval.get(key, 1)
+    if int(value) != value or value < 1:
+      raise ValueError(f"--config.eval.{key} must be a whole number ≥ 1, got {value!r}")
+  if int(config.batch_size) != config.batch_size or config.batch_size < 1:
+    raise ValueError(f"--config.batch_size must be a whole number ≥ 1, got {config.batch_size!r}")
+
+
+def check_protocol(bench: Benchmark) -> None:
+  """The comparison protocol can give an EDC: pairs in range, genuine and impostor pairs both
+  present. Raised before any stage, naming the benchmark."""
+  gen = np.asarray(bench.is_genuine)
+  if bench.num_images < 1:
+    raise ValueError(f"benchmark {bench.name} has no images")
+  if bench.pair_kind == "image":
+    pairs = np.asarray(bench.pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) != len(gen):
+      raise ValueError(f"benchmark {bench.name}: pairs have shape {pairs.shape} for {len(gen)} "
+                       "labels; the protocol must be [P, 2] image rows with one label each")
+    if not np.issubdtype(pairs.dtype, np.integer):
+      raise ValueError(f"benchmark {bench.name}: pair indices are {pairs.dtype}, not integers")
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= bench.num_images):
+      raise ValueError(f"benchmark {bench.name}: pair indices span [{pairs.min()}, "
+                       f"{pairs.max()}] but there are {bench.num_images} images")
+  elif bench.pair_kind == "template":
+    tp = np.asarray(bench.template_pairs)
+    if tp.ndim != 2 or tp.shape[1] != 2 or len(tp) != len(gen):
+      raise ValueError(f"benchmark {bench.name}: template pairs have shape {tp.shape} for "
+                       f"{len(gen)} labels")
+    unknown = ~np.isin(tp, np.asarray(bench.template_ids))
+    if unknown.any():
+      raise ValueError(f"benchmark {bench.name}: {int(unknown.any(axis=1).sum())} template "
+                       "pairs name templates that have no images (e.g. "
+                       f"{int(tp[unknown][0])}); rebuild the data set")
+  else:
+    raise ValueError(f"benchmark {bench.name}: unknown pair kind {bench.pair_kind!r}")
+  n_gen = int(gen.sum())
+  if n_gen == 0 or n_gen == len(gen):
+    raise ValueError(f"benchmark {bench.name} has {n_gen} genuine and {len(gen) - n_gen} "
+                     "impostor pairs; an EDC needs both (FNMR from genuine pairs, the threshold "
+                     "from impostors). Check the pair list and its labels.")
+
+
+def check_precomputed(bench: Benchmark, frs: Sequence[tuple[str, str]]) -> None:
+  """Precomputed embeddings have one row per image of the benchmark (read from the header)."""
+  for name, path in frs:
+    if path.startswith(PRECOMPUTED):
+      file = path[len(PRECOMPUTED):]
+      try:
+        shape = np.load(file, mmap_mode="r").shape
+      except (OSError, ValueError) as e:
+        raise ValueError(f"precomputed embeddings {file} cannot be read as a .npy: {e}") from e
+      if len(shape) != 2 or shape[0] != bench.num_images:
+        raise ValueError(f"precomputed embeddings {file} have shape {shape}, but benchmark "
+                         f"{bench.name} has {bench.num_images} images: the FR model and the "
+                         "quality model disagree on the image list (one row per image, in the "
+                         "benchmark's order)")
+
+
 def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualitySpec],
              extra_columns: Callable[[Benchmark], Mapping[str, tuple[str, np.ndarray]]]
              | None = None) -> EvalRun:
   """Runs every stage for every benchmark × FR model × mode; returns what the report needs."""
-  cache = stages.StageCache(os.path.join(config.output, "cache"),
-                            progress=config.get("progress", True))
   frs = fr_items(config, quality)
   modes = tuple(config.eval.modes)
   for mode in modes:
     if mode not in edc.MODES:
       raise ValueError(f"config.eval.modes: unknown mode {mode!r}; use {edc.MODES}")
+  check_eval_config(config)
+  for bench in benchmarks:       # every protocol problem before the first expensive stage
+    check_protocol(bench)
+    check_precomputed(bench, frs)
+  if parallel.is_writer():
+    files.check_output_dir(config.output)
+  cache = stages.StageCache(os.path.join(config.output, "cache"),
+                            progress=config.get("progress", True))
   evals, qall, colmap, namemap, seconds = [], {}, {}, {}, {}
   for bench in benchmarks:
     t0 = time.time()

@@ -2,13 +2,17 @@
 
 Every stage's arrays live in `<root>/<name>.npz` together with the fingerprint (SHA-256 of a
 canonical JSON) of what the stage depends on: the config fields it reads, the identity of the
-files it reads (path, size, mtime) and the fingerprints of the stages it consumes. A stage whose
+files it reads (exfiqa_jax/identity.py: path, size, and a content digest where cheap or mtime;
+checkpoints always by content) and the fingerprints of the stages it consumes. A stage whose
 stored fingerprint matches is loaded, not recomputed; a changed field changes the fingerprint
-of that stage and, through the chain, of every stage downstream — and of nothing else.
+of that stage and, through the chain, of every stage downstream — and of nothing else. A
+recomputed stage logs what changed (its stored dependencies against the new ones). A stage file
+that cannot be read — truncated, emptied, bit-flipped (the zip CRCs are checked as it loads) —
+is recomputed with a warning, never an error.
 
 Long stages run in chunks (`run_chunked`): each finished chunk is written at once, so a run
 killed in the middle of scoring 469k IJB-C images restarts at the first missing chunk.
-Writes are atomic (exfiqa_jax/io.py); on several hosts only process 0 writes and the
+Writes are atomic (exfiqa_jax/files.py); on several hosts only process 0 writes and the
 "cached or not" decision of process 0 is broadcast, so every host runs the same programs.
 Every event goes to `<root>/stages.jsonl` (stage, fingerprint, computed | cached | chunk).
 """
@@ -27,7 +31,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import files, parallel
+from exfiqa_jax import files, identity, parallel
 
 FINGERPRINT_KEY = "__fingerprint__"
 DEPS_KEY = "__deps__"
@@ -76,8 +80,7 @@ def file_identity(path: str) -> dict[str, Any]:
   (a re-converted checkpoint or a rebuilt data set changes it)."""
   path = os.path.abspath(os.fspath(path))
   if os.path.isfile(path):
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return identity.file_identity(path)    # + the content's SHA-256 when cheap
   if os.path.isdir(path):
     size, newest, count = 0, 0, 0
     for folder, _, files in os.walk(path):
@@ -123,23 +126,38 @@ class StageCache:
     if event in ("computed", "cached") and StageCache.after_stage is not None:
       StageCache.after_stage(name)
 
-  def load(self, name: str, fp: str) -> dict[str, np.ndarray] | None:
-    """The stored arrays if the stage exists with fingerprint `fp`, else None."""
+  def load(self, name: str, fp: str, deps: Mapping[str, Any] | None = None
+           ) -> dict[str, np.ndarray] | None:
+    """The stored arrays if the stage exists with fingerprint `fp`, else None (a stale stage
+    logs what changed against `deps`; an unreadable one is a warning)."""
     path = self.path(name)
     if not os.path.exists(path):
       return None
     try:
       with np.load(path, allow_pickle=False) as data:
         if str(data[FINGERPRINT_KEY]) != fp:
+          if deps is not None:
+            self._log_changes(name, str(data[DEPS_KEY]) if DEPS_KEY in data.files else "", deps)
           return None
         return {k: data[k] for k in data.files if k not in (FINGERPRINT_KEY, DEPS_KEY)}
-    except (OSError, ValueError, KeyError) as e:   # unreadable: recompute
-      logging.warning("stage %s: cannot read %s (%s); recomputing", name, path, e)
+    except Exception as e:  # noqa: BLE001  truncated/empty/bit-flipped: zipfile, EOF, CRC, ...
+      logging.warning("stage %s: cannot read %s (%s: %s); recomputing it", name, path,
+                      type(e).__name__, e)
       return None
+
+  def _log_changes(self, name: str, stored: str, deps: Mapping[str, Any]) -> None:
+    try:
+      old = json.loads(stored)
+    except ValueError:
+      old = None
+    what = (identity.describe(identity.changes(old, _canonical(deps))) if old is not None
+            else "its stored dependencies are unreadable")
+    logging.info("stage %s: recomputing, changed since the cached run: %s", name, what)
 
   def _store(self, path: str, fp: str, deps: Mapping[str, Any], arrays: Mapping[str, Any]
              ) -> None:
     if parallel.is_writer():
+      files.clean_temporaries(os.path.dirname(path), [path])   # left by a killed run
       files.save_npz(path, **{FINGERPRINT_KEY: np.asarray(fp),
                            DEPS_KEY: np.asarray(json.dumps(_canonical(deps), sort_keys=True)),
                            **{k: np.asarray(v) for k, v in arrays.items()}})
@@ -148,7 +166,8 @@ class StageCache:
           compute: Callable[[], Mapping[str, np.ndarray]]) -> Stage:
     """Loads stage `name` if its fingerprint matches `deps`, else computes and stores it."""
     fp = fingerprint(deps)
-    arrays = self.load(name, fp) if parallel.is_writer() or jax.process_count() > 1 else None
+    arrays = (self.load(name, fp, deps) if parallel.is_writer() or jax.process_count() > 1
+              else None)
     if _agree(arrays is not None):
       if arrays is None:     # another host decided "cached": the output must be shared
         arrays = self.load(name, fp)
@@ -173,8 +192,10 @@ class StageCache:
     """Like `run` for a stage over `num_items` rows computed in chunks of `chunk_size` rows:
     `compute_chunk(start, stop)` → arrays with `stop - start` leading rows. Finished chunks are
     kept in `<name>.parts/<fingerprint>/` until the stage is complete, then concatenated."""
-    fp = fingerprint({**deps, "__chunk_size__": int(chunk_size), "__items__": int(num_items)})
-    final = self.load(name, fp) if parallel.is_writer() or jax.process_count() > 1 else None
+    full_deps = {**deps, "__chunk_size__": int(chunk_size), "__items__": int(num_items)}
+    fp = fingerprint(full_deps)
+    final = (self.load(name, fp, full_deps) if parallel.is_writer() or jax.process_count() > 1
+             else None)
     if _agree(final is not None):
       if final is None:
         final = self.load(name, fp)
@@ -220,7 +241,7 @@ class StageCache:
     if not pieces:
       raise ValueError(f"stage {name}: nothing to compute (0 items)")
     result = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-    self._store(self.path(name), fp, deps, result)
+    self._store(self.path(name), fp, full_deps, result)
     if parallel.is_writer():
       shutil.rmtree(parts_root, ignore_errors=True)
     seconds = time.time() - start_time

@@ -12,8 +12,21 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import embedding, files, inference, parallel
+from exfiqa_jax import embedding, files, identity, inference, parallel
+from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
+
+STAMP = "embed_config.json"    # written LAST, with the identity of what the embeddings are of
+FORMAT = 2
+
+
+def _identity(config, paths, names, convention) -> dict[str, Any]:
+  """What the embeddings are made from (docs/caching.md): any change recomputes them."""
+  return {"format": FORMAT, "fr": identity.checkpoint_identity(config.fr.path),
+          "family": config.fr.family or "", "num_heads": config.fr.num_heads,
+          "input_scale": config.fr.input_scale or "", "convention": convention,
+          "channel_order": config.data.channel_order,
+          "names": identity.names_identity(names), "images": identity.files_identity(paths)}
 
 
 def run(config) -> dict[str, Any]:
@@ -27,16 +40,35 @@ def run(config) -> dict[str, Any]:
   paths, names = preprocess.read_image_list(config.images, config.get("image_root") or None)
   if not paths:
     raise ValueError(f"no images found in {config.images}")
-  if os.path.exists(emb_path) and os.path.exists(list_path):
-    with open(list_path, encoding="utf-8") as f:
-      if f.read().split("\n")[:-1] == names:
-        logging.info("embeddings already complete in %s; nothing to do", out_dir)
-        return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
-  module, variables, model_config = inference.load_fr_model(
-      config.fr.path, config.fr.family or None, config.fr.input_scale or None,
-      config.fr.num_heads)
+  preprocess.check_channel_order(config.data.channel_order)
+  if int(config.fr.batch_size) < 1:
+    raise ValueError(f"--config.fr.batch_size must be at least 1, got {config.fr.batch_size}")
+  if not config.fr.path:
+    raise ValueError("pass --config.fr.path=<converted FR directory or .pt>")
+  if parallel.is_writer():
+    files.check_output_dir(out_dir)          # before any compute
+  stamp_path = os.path.join(out_dir, STAMP)
+  ident = _identity(config, paths, names, convention)
+  done, why = identity.check_stamp(stamp_path, ident)
+  if done:
+    logging.info("embeddings already complete in %s; nothing to do", out_dir)
+    return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
+  if os.path.exists(stamp_path) or os.path.exists(emb_path):
+    logging.info("embedding again into %s: %s", out_dir, why)
+  if parallel.is_writer():     # from here on an interrupted run leaves no stamp behind
+    if os.path.exists(stamp_path):
+      os.remove(stamp_path)
+    files.clean_temporaries(out_dir, (emb_path, list_path, stamp_path))
+  try:
+    with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
+      module, variables, model_config = inference.load_fr_model(
+          config.fr.path, config.fr.family or None, config.fr.input_scale or None,
+          config.fr.num_heads)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e}; pass --config.fr.path=<converted FR directory or .pt>"
+                            ) from None
   input_scale = model_config["input_scale"]
-  batch_size = parallel.round_up_to_devices(config.fr.batch_size)
+  batch_size = parallel.round_up_to_devices(int(config.fr.batch_size))
   embed_fn = embedding.make_embed_fn(module, convention, input_scale)
   variables = embedding.replicate(variables)
   chunks, start = [], time.time()
@@ -50,11 +82,11 @@ def run(config) -> dict[str, Any]:
   rate = len(paths) / max(time.time() - start, 1e-9)
   if parallel.is_writer():
     files.save_npy(emb_path, embeddings)
-    files.write_json(os.path.join(out_dir, "embed_config.json"), {
-        "model": config.fr.path, "model_config": model_config, "convention": convention,
-        "channel_order": config.data.channel_order, "count": len(paths),
-        "dim": int(embeddings.shape[1])})
-    files.write_text(list_path, "".join(n + "\n" for n in names))   # last: marks completion
+    files.write_text(list_path, "".join(n + "\n" for n in names))
+    identity.write_stamp(stamp_path, ident, [emb_path, list_path],   # LAST: marks completion
+                         model=config.fr.path, model_config=model_config,
+                         convention=convention, channel_order=config.data.channel_order,
+                         count=len(paths), dim=int(embeddings.shape[1]))
   logging.info("embedded %d images (%.1f images/s) into %s", len(paths), rate, out_dir)
   return {"embeddings": emb_path, "image_list": list_path, "skipped": False,
           "images_per_second": rate}

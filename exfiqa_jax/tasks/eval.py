@@ -89,6 +89,9 @@ def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
 def run(config) -> dict[str, Any]:
   """Task "eval" (configs/eval_ijbc.py, configs/eval_verification.py)."""
   started = time.time()
+  pipeline.check_eval_config(config)
+  if parallel.is_writer():
+    files.check_output_dir(config.output)
   quality = pipeline.load_quality_models(config)
   pipeline.fr_items(config, quality)                     # bad FR input fails before any data work
   benchmarks = [benchmarks_lib.open_benchmark(name, config)

@@ -38,8 +38,8 @@ def _identity(config, paths, names, channel_order, exit: int) -> dict[str, Any]:
   return {"format": FORMAT, "checkpoint": identity.checkpoint_identity(config.quality_model.path),
           "num_heads": config.quality_model.num_heads,
           "family": config.quality_model.family or "", "channel_order": channel_order,
-          "exit": exit, "skip_unreadable": bool(config.skip_unreadable), "names": list(names),
-          "images": identity.files_identity(paths)}
+          "exit": exit, "skip_unreadable": bool(config.skip_unreadable),
+          "names": identity.names_identity(names), "images": identity.files_identity(paths)}
 
 
 def run(config) -> dict[str, Any]:

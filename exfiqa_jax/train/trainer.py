@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import files
+from exfiqa_jax import files, identity
 from exfiqa_jax import parallel
 from exfiqa_jax.eval import verification
 from exfiqa_jax.train import augment as augment_lib
@@ -88,6 +88,46 @@ def _checkpoint_manager(config, directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+# ------------------------------------------------------------------------------- resume
+RUN_CONFIG = "train_config.json"      # the config a run started with (what it is made from)
+# Settings a resumed run may change: none of them alters the parameters it computes.
+RESUMABLE = ("task", "output", "progress", "distributed", "stop_after", "log_every", "eval",
+             "checkpointing", "export_model", "data.decode_threads")
+
+
+def _resume_relevant(config) -> dict[str, Any]:
+  out = identity.canonical(config)
+  for dotted in RESUMABLE:
+    *parents, leaf = dotted.split(".")
+    node = out
+    for p in parents:
+      node = node.get(p, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  return out
+
+
+def check_resume_config(config, output: str, latest: int | None) -> None:
+  """Records the config a run starts with; a resumed run must match it (every field but
+  RESUMABLE), else a ValueError listing what differs."""
+  path = os.path.join(output, RUN_CONFIG)
+  current = _resume_relevant(config)
+  if latest is not None and os.path.exists(path):
+    started = files.read_json(path)
+    diff = identity.changes(started, current)
+    if diff:
+      raise ValueError(
+          f"{output} holds a training run (checkpoint at step {latest}) started with another "
+          f"config: {identity.describe(diff, 10)}. Resume it with the config it started with "
+          f"(recorded in {path}), or pass --config.output=<a new folder> to start a new run.")
+    return
+  if latest is not None:
+    logging.warning("resuming %s: no %s records the config it started with; recording the "
+                    "current one", output, RUN_CONFIG)
+  if parallel.is_writer():
+    files.write_json(path, current)
+
+
 # --------------------------------------------------------------------------------- loop
 def resolve_steps(config, num_images: int) -> tuple[int, int]:
   """(total, warm-up) steps: config.total_steps / optim.warmup_steps, or, when total_steps is 0,
@@ -119,8 +159,11 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   state, shardings = step_lib.init_state(model, tx, init_key, data.num_classes,
                                          model_cfg.embed_dim, mesh, model_cfg.img_size)
   output = config.output
+  if parallel.is_writer():
+    files.check_output_dir(output)
   manager = _checkpoint_manager(config, os.path.join(output, "checkpoints"))
   latest = manager.latest_step()
+  check_resume_config(config, output, latest)
   if latest is not None:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, shardings)

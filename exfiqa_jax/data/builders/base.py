@@ -5,7 +5,10 @@ record `FEATURES`, and implements `locate(manual_dir)` (check the layout, return
 paths) and `plan(paths, options)` (list the images, read and validate the pairs). The base
 turns that into TFDS array_record records (TFDS `GeneratorBasedBuilder`, no TensorFlow) and,
 next to them in the dataset directory:
-  exfiqa_info.json        manual_dir, options, counts, skipped images
+  exfiqa_info.json        manual_dir, options, counts, skipped images, and the identity of
+                          every source file (exfiqa_jax/identity.py): when they change, the next
+                          load rebuilds the data set (loader.build) and every cached stage
+                          that read it recomputes (Benchmark.identity)
   record_image_ids.npy    [N] image_id of record k (records are written in plan order)
   pairs_{a,b,is_genuine}.npy  the pair list (image ids, or template ids for IJB-C)
   skipped_images.txt      images left out with `skip_corrupt=True` (name and reason)
@@ -27,7 +30,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from exfiqa_jax import files
+from exfiqa_jax import files, identity
 from exfiqa_jax.data import pairs as pairs_lib
 from exfiqa_jax.data import preprocess
 
@@ -35,7 +38,7 @@ SPLIT = "test"
 INFO_FILE = "exfiqa_info.json"
 IDS_FILE = "record_image_ids.npy"
 SKIPPED_FILE = "skipped_images.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2    # 2: records the identity of its source files
 
 
 class ManualDirError(FileNotFoundError):
@@ -114,9 +117,17 @@ def validated_image_bytes(data: bytes, name: str) -> bytes:
       image.load()
       if image.format in ("JPEG", "PNG") and image.mode == "RGB":
         return data
-      return encode_png(np.asarray(image.convert("RGB")))
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+      return encode_png(np.asarray(preprocess.to_rgb(image, name)))   # 16-bit scaled, not clipped
+  except preprocess.ImageError:
+    raise
+  except Image.DecompressionBombError as e:
+    raise preprocess.ImageError(f"corrupt or unreadable image {name}: its header claims too "
+                                f"many pixels for a face crop ({e})") from e
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
     raise preprocess.ImageError(f"corrupt or unreadable image {name}: {e}") from e
+  except Exception as e:  # noqa: BLE001  PIL plugins raise assorted types for broken files
+    raise preprocess.ImageError(f"corrupt or unreadable image {name}: "
+                                f"{type(e).__name__}: {e}") from e
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -199,6 +210,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     options = dict(self.builder_config.options)
     paths = self.locate(manual_dir, options)
     plan = self.plan(paths, options)
+    self._sources = source_identity(paths, plan, exclude=[os.fspath(self._data_dir_root)])
     if not plan.images:
       raise DataError(f"{self.name}: the data set under {manual_dir} has no images; an empty "
                       f"data set cannot be evaluated. Check manual_dir and the list files.")
@@ -256,6 +268,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       "".join(f"{n}\t{why}\n" for n, why in skipped))
     info = {
         "format_version": FORMAT_VERSION,
+        **self._sources,
         "builder": self.name,
         "config": self.builder_config.name,
         "manual_dir": manual_dir,
@@ -271,11 +284,39 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     files.write_json(os.path.join(directory, INFO_FILE), info)
 
 
+def _under(path: str, folders: list[str]) -> bool:
+  path = os.path.abspath(path)
+  return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def source_identity(paths: dict[str, Any], plan: Plan | None = None,
+                    exclude: list[str] | None = None, outside: list[str] | None = None
+                    ) -> dict[str, Any]:
+  """{"sources": identity of every located path (folders recursively, `exclude` left out) and
+  of the plan's image files outside them, "sources_sha256": one digest of that}."""
+  exclude = list(exclude or [])
+  located = {k: os.path.abspath(os.fspath(v)) for k, v in sorted(paths.items())
+             if isinstance(v, (str, os.PathLike)) and os.path.exists(v)}
+  sources = {k: identity.file_identity(v, exclude=exclude) for k, v in located.items()}
+  if outside is None and plan is not None:
+    folders = [v for v in located.values() if os.path.isdir(v)]
+    outside = sorted({os.path.abspath(e.source) for e in plan.images
+                      if isinstance(e.source, str) and not _under(e.source, folders)
+                      and not any(e.source == v for v in located.values())})
+  if outside:
+    sources["outside_files"] = {"list": list(outside),
+                                **identity.files_identity(outside, digest=False)}
+  digest = hashlib.sha256(json.dumps(identity.canonical(sources), sort_keys=True).encode())
+  return {"sources": sources, "sources_sha256": digest.hexdigest()}
+
+
 def _prepare(entry: ImageEntry) -> bytes | Exception:
   try:
     return validated_image_bytes(_read_source(entry.source, entry.name), entry.name)
   except (preprocess.ImageError, OSError) as e:
     return e
+  except (Image.DecompressionBombError, SyntaxError, EOFError) as e:   # from a producer's PIL
+    return preprocess.ImageError(f"corrupt or unreadable image {entry.name}: {e}")
 
 
 def _prepared_images(images: list[ImageEntry], chunk: int = 256

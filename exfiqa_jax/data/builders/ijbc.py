@@ -17,7 +17,6 @@ import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, UnidentifiedImageError
 
 from exfiqa_jax.data import align
 from exfiqa_jax.data import preprocess
@@ -110,13 +109,10 @@ def _count_lines(data: bytes) -> int:
 
 def aligned_crop(path: str, landmarks: np.ndarray, image_format: str) -> bytes:
   """Reads a loose crop (RGB), aligns it to 112×112 and encodes it."""
-  try:
-    with Image.open(path) as image:
-      rgb = np.asarray(image.convert("RGB"))
-  except FileNotFoundError as e:
-    raise preprocess.ImageError(f"loose crop {path} is missing") from e
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise preprocess.ImageError(f"corrupt or unreadable loose crop {path}: {e}") from e
+  if not os.path.exists(path):
+    raise preprocess.ImageError(f"loose crop {path} is missing")
+  # 16-bit scaled; broken files and decompression bombs are an ImageError (skip_corrupt skips)
+  rgb = np.asarray(preprocess.open_rgb(path, f"loose crop {path}"))
   try:
     crop = align.align_face(rgb, landmarks, preprocess.IMAGE_SIZE)
   except ValueError as e:

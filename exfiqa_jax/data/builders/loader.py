@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from exfiqa_jax import files
+from exfiqa_jax import files, identity
 from exfiqa_jax.data import pairs as pairs_lib
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.data.builders import base
@@ -126,13 +127,17 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
   directory = os.fspath(builder.data_path)
   built = os.path.exists(os.path.join(directory, base.INFO_FILE)) and builder.is_prepared()
   if built and not overwrite:
-    if manual_dir is not None:
-      stored = files.read_json(os.path.join(directory, base.INFO_FILE))["manual_dir"]
-      if os.path.abspath(os.fspath(manual_dir)) != stored:
-        raise ValueError(f"{directory} already holds {builder.name} built from {stored}, not "
-                         f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
-                         f"overwrite=True to rebuild it.")
-    return directory
+    meta = files.read_json(os.path.join(directory, base.INFO_FILE))
+    stored = meta["manual_dir"]
+    if manual_dir is not None and os.path.abspath(os.fspath(manual_dir)) != stored:
+      raise ValueError(f"{directory} already holds {builder.name} built from {stored}, not "
+                       f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
+                       f"overwrite=True to rebuild it.")
+    changed = _changed_sources(builder, meta, directory)
+    if changed is None:
+      return directory
+    logging.warning("%s: rebuilding %s: %s", builder.name, directory, changed)
+    overwrite, manual_dir = True, manual_dir if manual_dir is not None else stored
   if manual_dir is None and not builder.NEEDS_MANUAL_DIR:
     manual_dir = os.path.dirname(directory)       # unused by the builder; TFDS wants a folder
     os.makedirs(manual_dir, exist_ok=True)
@@ -149,6 +154,33 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
   return directory
+
+
+def _changed_sources(builder: base.Builder, meta: dict, directory: str) -> str | None:
+  """What changed in the files a built data set was made from (None: nothing, or they cannot
+  be checked because they are gone: the built set is then used as it is)."""
+  if not builder.NEEDS_MANUAL_DIR:
+    return None                   # rendered from its options alone (synthetic_faces)
+  source_dir = meta.get("manual_dir")
+  if not source_dir or not os.path.isdir(source_dir):
+    logging.warning("%s: its source folder %s is gone; using the data set built in %s "
+                    "without checking it", builder.name, source_dir, directory)
+    return None
+  recorded = meta.get("sources")
+  if recorded is None:
+    return "built by an older version that did not record its source files"
+  options = dict(builder.builder_config.options)
+  try:
+    paths = builder.locate(source_dir, options)
+  except base.ManualDirError as e:
+    logging.warning("%s: cannot check the source files in %s (%s); using the data set built "
+                    "in %s", builder.name, source_dir, str(e).splitlines()[0], directory)
+    return None
+  outside = (recorded.get("outside_files") or {}).get("list")
+  current = base.source_identity(paths, exclude=[os.fspath(builder._data_dir_root)],
+                                 outside=outside)
+  diff = identity.changes(recorded, current["sources"])
+  return ("its source files changed (" + identity.describe(diff) + ")") if diff else None
 
 
 def load(name: str, manual_dir: str | os.PathLike | None = None,

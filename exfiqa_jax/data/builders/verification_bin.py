@@ -12,6 +12,7 @@ import codecs
 import io
 import os
 import pickle
+import struct
 
 import numpy as np
 
@@ -60,7 +61,11 @@ def _safe_reconstruct(cls, shape, typecode):
 
 
 class _SafeArray:
-  """Receives ndarray state from the pickle stream and keeps only uint8/bool arrays."""
+  """Receives ndarray state from the pickle stream and keeps only uint8/bool arrays. A crafted
+  pickle may reconstruct one and never BUILD it: `array` stays None and is refused on use."""
+
+  def __init__(self):
+    self.array = None
 
   def __setstate__(self, state):
     if not (isinstance(state, tuple) and len(state) == 5):
@@ -125,9 +130,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         f"bytes and bool labels. This file is not one (or was tampered with); do not load it.")
 
 
+def _built(item: _SafeArray, what: str) -> np.ndarray:
+  if item.array is None:
+    raise base.DataError(f"{what} of the .bin is a numpy array whose data never follows in the "
+                         "pickle (a malformed or crafted file); re-create the .bin")
+  return item.array
+
+
 def _as_bytes(item, k: int) -> bytes:
   if isinstance(item, _SafeArray):
-    item = item.array
+    item = _built(item, f"image {k}")
   if isinstance(item, (bytes, bytearray)):
     return bytes(item)
   if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim <= 2:
@@ -137,7 +149,7 @@ def _as_bytes(item, k: int) -> bytes:
 
 def _as_labels(issame) -> np.ndarray:
   if isinstance(issame, _SafeArray):
-    issame = issame.array
+    issame = _built(issame, "the issame list")
   if isinstance(issame, np.ndarray):
     if issame.dtype != bool or issame.ndim != 1:
       raise UnsafePickleError(f"issame array has dtype {issame.dtype}, shape {issame.shape}")
@@ -161,8 +173,10 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     obj = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
   except UnsafePickleError as e:
     raise UnsafePickleError(f"{path}: {e}") from None
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise base.DataError(f"{path} is not a readable insightface .bin pickle: {e}") from e
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+          KeyError, struct.error, MemoryError, RecursionError) as e:
+    raise base.DataError(f"{path} is not a readable insightface .bin pickle: "
+                         f"{type(e).__name__}: {e}") from e
   if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
     raise base.DataError(f"{path}: expected a pickle of (bins, issame_list), got "
                          f"{type(obj).__name__} of length {len(obj) if hasattr(obj, '__len__') else '?'}")
