@@ -33,13 +33,22 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
       manual_dirs=ml_collections.ConfigDict({manual_dir_key(b): "" for b in benchmarks}),
       data_dir="",            # where the TFDS builders write (default: the TFDS default)
       skip_corrupt=False,
-      subset=0)               # IJB-C: keep the first N templates (0 = all)
+      subset=0,               # IJB-C: keep the first N templates (0 = all)
+      # "published": the FIQA scripts' pixels (IJB-C crops and .bin / XQLFW images as CR-FIQA's
+      # scripts write and read them); "lossless": PNG IJB-C crops, stored .bin bytes
+      # (docs/data.md, "Protocols: published and lossless"). The demo's arrays ignore it.
+      protocol="published",   # benchmark_names.PROTOCOLS
+      image_format="",        # IJB-C "jpeg" | "png" (must agree with protocol); "" = from it
+      adience_folds="")       # folder with Adience fold_*_data.txt (age, gender); "" = manual dir
   config.eval = ml_collections.ConfigDict(dict(
       fmrs=FMRS, modes=MODES,
       pauc_limit=ml_collections.ConfigDict(dict(PAUC_LIMIT)),
       bootstrap=200,          # pAUC bootstrap resamples (0 = no CI)
       alpha=0.05,             # 95 % intervals
       set_group=8,            # quality columns per EDC call (memory at IJB-C scale)
+      # per-group EDC: a CSV "image,group" (more columns = more groupings); Adience's age and
+      # gender are used whenever its fold files are found (docs/evaluation.md, Per-group EDC)
+      groups="",
       chunk_images=4096))     # images per resumable chunk of the scoring stages
   config.report = ml_collections.ConfigDict(dict(plots=True, attention_examples=4))
   return config

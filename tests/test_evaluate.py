@@ -49,8 +49,9 @@ def test_bin_every_file_and_engine_numbers(world, bin_run):
     assert os.path.getsize(output / name) > 0, name
   # Independent recomputation: quality from the API, embeddings with embed_images (concat flip),
   # cosine scores, then the EDC engine.
-  from exfiqa_jax.data import builders
-  source, info = builders.load("verification_bin/mini", None, world["data_dir"], decode=True)
+  from exfiqa_jax.data import builders, protocols
+  source, info = builders.load("verification_bin/mini", None, world["data_dir"], decode=True,
+                               **protocols.build_options("verification_bin", "published"))
   images = np.stack([r["image"] for r in source])
   q = inference.load(world["token"], batch_size=8).score(images)
   module, variables, cfg = inference.load_fr_model(world["fr"])

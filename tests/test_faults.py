@@ -400,8 +400,8 @@ def test_quality_stage_recomputes_when_any_recorded_input_changes(assets, bins, 
     config.quality_model.num_heads = 2
   elif change == "image content":
     _write_bin(bins / "bins" / "lfw.bin", seed=3)
-  elif change == "channel order":
-    config.data.channel_order = "bgr"
+  elif change == "channel order":     # the published protocol reads its .bin JPEGs as "bgr"
+    config.data.channel_order = "rgb"
   second = stage(config)
   assert second.cached == (change == "nothing"), change
   if change != "nothing":

@@ -12,7 +12,7 @@ import pytest
 
 from configs import eval_verification
 from exfiqa_jax import report
-from exfiqa_jax.data import builders
+from exfiqa_jax.data import builders, protocols
 from exfiqa_jax.eval import stages
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
@@ -75,7 +75,8 @@ def _is_number(text: str) -> bool:
 def test_two_hosts_match_one_process_and_share_the_stage_cache(tmp_path):
   world = worlds.build_world(tmp_path)
   # The TFDS data set is built here once, so the two hosts only open it.
-  builders.load("verification_bin/mini", world["bins"], world["data_dir"])
+  builders.load("verification_bin/mini", world["bins"], world["data_dir"],
+                **protocols.build_options("verification_bin", "published"))  # the eval default
   single = tmp_path / "single"
   evaluate.run(worlds.bin_config(eval_verification.get_config("benchmarks=mini,size=tiny"),
                                  world, single, **FAST))

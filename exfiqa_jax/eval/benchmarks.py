@@ -16,6 +16,8 @@ from exfiqa_jax import identity
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.data.benchmark_names import manual_dir_key
 
+GROUP_FIELDS = ("age", "gender")   # record fields that are group labels (Adience fold files)
+
 
 @dataclasses.dataclass
 class Benchmark:
@@ -24,6 +26,9 @@ class Benchmark:
   pair_kind "image": pairs [P, 2] image rows; "template" (IJB-C): template_pairs [P, 2] raw
   template ids, template_ids / media_ids [I]. `identity` fingerprints the data (what a cached
   stage depends on); `extra` holds per-image arrays a caller may use (e.g. severity).
+  `protocol`: the pixel protocol it was opened with ("published" | "lossless", docs/data.md;
+  None for in-memory arrays); `groups`: per-image group labels [I] str ("" = none) by grouping
+  name, e.g. Adience "age" and "gender" (per-group EDC, docs/evaluation.md).
   """
   name: str
   num_images: int
@@ -36,6 +41,8 @@ class Benchmark:
   template_ids: np.ndarray | None = None
   media_ids: np.ndarray | None = None
   extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  protocol: str | None = None
+  groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def array_benchmark(name: str, images: np.ndarray, names: Sequence[str], pairs: np.ndarray,
@@ -74,8 +81,9 @@ def _manual_dir(config, name: str) -> str | None:
 
 
 def open_benchmark(name: str, config) -> Benchmark:
-  """A benchmark from the TFDS builders (built on first use from config.data.manual_dir)."""
-  from exfiqa_jax.data import builders
+  """A benchmark from the TFDS builders (built on first use from config.data.manual_dir), with
+  the pixels of `config.data.protocol` (docs/data.md, "Protocols: published and lossless")."""
+  from exfiqa_jax.data import builders, protocols
   options: dict[str, Any] = {}
   if config.data.get("skip_corrupt", False):
     options["skip_corrupt"] = True
@@ -87,6 +95,12 @@ def open_benchmark(name: str, config) -> Benchmark:
     builder = name
   else:                                   # any <name>.bin in manual_dir
     builder = f"verification_bin/{name[:-4] if name.endswith('.bin') else name}"
+  protocol = protocols.check_protocol(config.data.get("protocol", "published"))
+  builder_name = builders.loader.resolve(builder, {})[0].name
+  image_format = (config.data.get("image_format", "") or "") if builder_name == "ijbc" else ""
+  options.update(protocols.build_options(builder_name, protocol, image_format))
+  if builder_name == "adience" and config.data.get("adience_folds", ""):
+    options["folds"] = os.path.abspath(os.path.expanduser(config.data.adience_folds))
   data_dir = os.path.expanduser(config.data.get("data_dir", "")) or None
   source, info = builders.load(builder, _manual_dir(config, name), data_dir, decode=True,
                                channel_order=config.data.get("channel_order", "") or None,
@@ -97,19 +111,24 @@ def open_benchmark(name: str, config) -> Benchmark:
   # What the stages depend on: the source files it was built from (a rebuild from changed
   # files changes them) and the built files themselves (size + mtime of every file).
   ident = {"kind": "tfds", "directory": info.directory, "config": info.config,
+           "protocol": protocol, "options": {k: str(v) for k, v in sorted(options.items())},
            "records": info.num_records, "channel_order": info.channel_order,
            "image_ids": np.asarray(info.image_ids),
            "sources": info.metadata.get("sources_sha256"),
            "build": identity.file_identity(info.directory, digest=False)}
   gen = np.asarray(info.pairs["is_genuine"], bool)
+  groups = {k: np.asarray(info.record_arrays[k], dtype=str) for k in GROUP_FIELDS
+            if k in info.record_arrays}
   if info.pair_kind == "template":
     return Benchmark(name, info.num_records, _source_reader(source), "template", gen, ident,
                      template_pairs=np.stack([info.pairs["template_a"],
                                               info.pairs["template_b"]], 1),
                      template_ids=np.asarray(info.record_arrays["template_id"]),
-                     media_ids=np.asarray(info.record_arrays["media_id"]))
+                     media_ids=np.asarray(info.record_arrays["media_id"]),
+                     protocol=protocol, groups=groups)
   return Benchmark(name, info.num_records, _source_reader(source), "image", gen, ident,
-                   pairs=np.stack([info.pairs["index_a"], info.pairs["index_b"]], 1))
+                   pairs=np.stack([info.pairs["index_a"], info.pairs["index_b"]], 1),
+                   protocol=protocol, groups=groups)
 
 
 def image_reader(bench: Benchmark) -> pipeline.Reader:

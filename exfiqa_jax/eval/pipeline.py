@@ -11,6 +11,8 @@ config recomputes only what depends on it):
                             (media-averaged, summed, L2-normalised; SPEC-EDC §2.4)
   edc/<bench>/<fr>/<mode>   EDC of every quality column (+ the seeded `random` baseline) × FMR,
                             pAUC with bootstrap CIs
+  groups/<bench>/<fr>/<mode>/<grouping>   per-group EDC and pAUC where group labels exist
+                            (exfiqa_jax/eval/groups.py; docs/evaluation.md, Per-group EDC)
 then the reports (exfiqa_jax/tasks/eval.py writes them with exfiqa_jax/report.py). Images are decoded on
 every host for its own rows of each global batch and the model runs sharded over all devices;
 only process 0 writes.
@@ -30,6 +32,7 @@ from exfiqa_jax import embedding, files, identity, inference, models, parallel
 from exfiqa_jax.convert import families, strict
 from exfiqa_jax.eval import comparisons, edc, stages
 from exfiqa_jax.data import pipeline
+from exfiqa_jax.eval import groups as groups_lib
 from exfiqa_jax.eval import results
 from exfiqa_jax.eval.benchmarks import Benchmark, image_names, image_reader
 
@@ -356,6 +359,7 @@ class EvalRun:
   names: dict[str, np.ndarray]
   cache: stages.StageCache
   seconds: dict[str, float]
+  groups: list[groups_lib.GroupEval] = dataclasses.field(default_factory=list)  # per-group EDC
 
 
 def check_eval_config(config) -> None:
@@ -443,6 +447,8 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
     if mode not in edc.MODES:
       raise ValueError(f"config.eval.modes: unknown mode {mode!r}; use {edc.MODES}")
   check_eval_config(config)
+  if config.eval.get("groups", ""):          # a bad CSV fails before the first stage
+    groups_lib.read_groups_csv(config.eval.groups)
   for bench in benchmarks:       # every protocol problem before the first expensive stage
     check_protocol(bench)
     check_precomputed(bench, frs)
@@ -451,6 +457,7 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
   cache = stages.StageCache(os.path.join(config.output, "cache"),
                             progress=config.get("progress", True))
   evals, qall, colmap, namemap, seconds = [], {}, {}, {}, {}
+  group_evals: list[groups_lib.GroupEval] = []
   for bench in benchmarks:
     t0 = time.time()
     logging.info("benchmark %s: %d images, %d comparisons (%s pairs)", bench.name,
@@ -463,19 +470,24 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
     cols, image_q = quality_columns(quality, qst, extra, bench.num_images, config.seed)
     deps_q = {"stages": {k: v for k, v in qst.items()},
               "extra": {k: np.asarray(v[1]) for k, v in extra.items()}}
+    labels = groups_lib.image_labels(bench, names, config.eval.get("groups", "") or "")
     for fr, _ in frs:
       cmp = compare_stage(cache, bench, fr, fst[fr])
       modes_eval = {}
       for mode in modes:
         st = edc_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q, config)
         modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
+        for grouping, lab in labels.items():       # per-group EDC (docs/evaluation.md)
+          ge = groups_lib.group_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q,
+                                      grouping, lab, pair_quality_fn(bench, cmp), config)
+          group_evals += [ge] if ge is not None else []
       evals.append(results.BenchmarkEval(bench.name, fr, cols, np.asarray(config.eval.fmrs,
                                                                             np.float64),
                                           modes_eval, len(bench.is_genuine),
                                           int(bench.is_genuine.sum())))
     qall[bench.name], colmap[bench.name], namemap[bench.name] = qst, (cols, image_q), names
     seconds[bench.name] = time.time() - t0
-  return EvalRun(evals, qall, colmap, namemap, cache, seconds)
+  return EvalRun(evals, qall, colmap, namemap, cache, seconds, group_evals)
 
 
 def gflops_table(quality: Sequence[QualitySpec]) -> dict[str, tuple[np.ndarray, float]]:

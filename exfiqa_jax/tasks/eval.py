@@ -15,7 +15,9 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import files, parallel, report
+from exfiqa_jax.data import protocols
 from exfiqa_jax.eval import benchmarks as benchmarks_lib
+from exfiqa_jax.eval import groups as groups_lib
 from exfiqa_jax.eval import pipeline
 from exfiqa_jax.eval.benchmarks import Benchmark
 from exfiqa_jax.eval.pipeline import EvalRun, QualitySpec
@@ -56,6 +58,19 @@ def attention_examples(output: str, bench: Benchmark, run: EvalRun,
   return written
 
 
+def protocol_summary(config, benchmarks: Sequence[Benchmark]) -> dict[str, Any]:
+  """summary.json: the pixel protocol of the run and of every benchmark read from files
+  (docs/data.md, "Protocols: published and lossless"); nothing for in-memory arrays (demo)."""
+  used = {b.name: b.protocol for b in benchmarks if b.protocol}
+  return {"protocol": config.data.get("protocol", "published"), "protocols": used} if used else {}
+
+
+def protocol_markdown(benchmarks: Sequence[Benchmark]) -> list[str]:
+  used = sorted({b.protocol for b in benchmarks if b.protocol})
+  return ([f"Pixels: protocol `{'`, `'.join(used)}` (docs/data.md, Protocols: published and "
+           "lossless).", ""] if used else [])
+
+
 def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
                  quality: Sequence[QualitySpec], extra: Mapping[str, Any] | None = None,
                  title: str = "EDC evaluation", notes: Sequence[str] = (),
@@ -73,13 +88,20 @@ def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
                    "gflops_per_exit": {k: [round(float(x), 4) for x in v[0]]
                                        for k, v in gflops.items()},
                    "gflops_fusion": {k: round(v[1], 4) for k, v in gflops.items()},
-                   "seconds_per_benchmark": run.seconds, **(extra or {})}
+                   "seconds_per_benchmark": run.seconds,
+                   **protocol_summary(config, benchmarks),
+                   **({"groups": groups_lib.summary(run.groups)} if run.groups else {}),
+                   **(extra or {})}
   paths = report.write_tables(output, run.results, summary_extra, title, notes,
-                              list(report.gflops_markdown(gflops)) + list(footer))
+                              list(report.gflops_markdown(gflops)) + protocol_markdown(benchmarks)
+                              + groups_lib.markdown(run.groups, run.results) + list(footer))
   write_scores(output, run, quality)
-  plots = []
+  group_paths = groups_lib.write(output, run.groups, run.results,
+                                 plots=bool(config.report.get("plots", True)))
+  paths.update({k: v for k, v in group_paths.items() if k != "group_plots"})
+  plots = list(group_paths.get("group_plots", []))
   if config.report.get("plots", True):
-    plots = report.write_plots(output, run.results, gflops)
+    plots += report.write_plots(output, run.results, gflops)
     for bench in benchmarks:
       plots += attention_examples(output, bench, run, quality,
                                   int(config.report.get("attention_examples", 4)))
@@ -90,6 +112,7 @@ def run(config) -> dict[str, Any]:
   """Task "eval" (configs/eval_ijbc.py, configs/eval_verification.py)."""
   started = time.time()
   pipeline.check_eval_config(config)
+  protocols.check_protocol(config.data.get("protocol", "published"))   # before any model loads
   if parallel.is_writer():
     files.check_output_dir(config.output)
   quality = pipeline.load_quality_models(config)

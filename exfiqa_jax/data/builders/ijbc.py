@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from exfiqa_jax.data import align
 from exfiqa_jax.data import preprocess
+from exfiqa_jax.data import protocols
 from exfiqa_jax.data.builders import base
 from exfiqa_jax.data.builders.loader import register
 
@@ -108,7 +109,9 @@ def _count_lines(data: bytes) -> int:
 
 
 def aligned_crop(path: str, landmarks: np.ndarray, image_format: str) -> bytes:
-  """Reads a loose crop (RGB), aligns it to 112×112 and encodes it."""
+  """Reads a loose crop (RGB), aligns it to 112×112 and encodes it: "jpeg" = the file CR-FIQA's
+  extract_IJB.py writes (cv2.imwrite of the channel-swapped crop, read back as "bgr"), "png" =
+  lossless (docs/data.md, "Protocols: published and lossless")."""
   if not os.path.exists(path):
     raise preprocess.ImageError(f"loose crop {path} is missing")
   # 16-bit scaled; broken files and decompression bombs are an ImageError (skip_corrupt skips)
@@ -117,7 +120,7 @@ def aligned_crop(path: str, landmarks: np.ndarray, image_format: str) -> bytes:
     crop = align.align_face(rgb, landmarks, preprocess.IMAGE_SIZE)
   except ValueError as e:
     raise preprocess.ImageError(f"cannot align {path}: {e}") from e
-  return base.encode_png(crop) if image_format == "png" else base.encode_jpeg(crop, 95)
+  return base.encode_png(crop) if image_format == "png" else protocols.script_jpeg(crop)
 
 
 @register
@@ -127,6 +130,10 @@ class Ijbc(base.Builder):
   name = "ijbc"
   LAYOUT = LAYOUT
   OPTIONS = {"subset": None, "image_format": "jpeg"}
+  # 1.1.0: "jpeg" is the scripts' channel-swapped file (1.0.0 stored a true-RGB JPEG)
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First version.",
+                   "1.1.0": "image_format='jpeg' stores the FIQA scripts' channel-swapped JPEG."}
   PAIR_KIND = "template"
   FEATURES = {
       "template_id": lambda: tfds.features.Scalar(np.int64),
@@ -139,8 +146,9 @@ class Ijbc(base.Builder):
   @classmethod
   def locate(cls, manual_dir: str, options: dict) -> dict[str, str]:
     if options["image_format"] not in ("jpeg", "png"):
-      raise ValueError(f"ijbc: image_format must be 'jpeg' (quality 95, like the FIQA scripts' "
-                       f"cv2.imwrite) or 'png' (lossless), got {options['image_format']!r}")
+      raise ValueError(f"ijbc: image_format must be 'jpeg' (the FIQA scripts' cv2.imwrite file: "
+                       f"quality 95 of the channel-swapped crop) or 'png' (lossless), got "
+                       f"{options['image_format']!r}")
     if options["subset"] is not None and int(options["subset"]) < 2:
       raise ValueError(f"ijbc: subset must be >= 2 templates, got {options['subset']}")
     root = manual_dir
@@ -206,4 +214,6 @@ class Ijbc(base.Builder):
                      record_arrays={"template_id": template_id[rows], "media_id": media_id[rows],
                                     "faceness": faceness[rows]},
                      metadata={"num_templates": int(len(np.unique(template_id[rows]))),
+                               **({"default_channel_order": protocols.SCRIPT_CHANNEL_ORDER}
+                                  if options["image_format"] == "jpeg" else {}),
                                "num_meta_lines": len(names)})

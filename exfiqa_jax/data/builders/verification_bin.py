@@ -9,6 +9,7 @@ writers produce) and refuses every other global, so a hostile `.bin` cannot run 
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import os
 import pickle
@@ -16,6 +17,7 @@ import struct
 
 import numpy as np
 
+from exfiqa_jax.data import protocols
 from exfiqa_jax.data.builders import base
 from exfiqa_jax.data.builders.loader import register
 
@@ -200,13 +202,19 @@ class VerificationBin(base.Builder):
   name = "verification_bin"
   LAYOUT = LAYOUT
   CONFIG_KEY = "dataset"
-  OPTIONS = {"dataset": None}
+  # image_format: "stored" = the bytes of the .bin; "jpeg" = what CR-FIQA's extract_bin.py
+  # writes from them (channel-swapped quality-95 JPEG, read back "bgr"; docs/data.md, Protocols)
+  OPTIONS = {"dataset": None, "image_format": "stored"}
   PAIR_KIND = "image"
   DEFAULT_CHANNEL_ORDER = "rgb"   # mx.image.imdecode gives RGB; the bytes are normal JPEGs
   DESCRIPTION = "insightface .bin verification pairs (pair i = images 2i, 2i+1)."
 
   @classmethod
   def locate(cls, manual_dir: str, options: dict) -> dict[str, str]:
+    if options.get("image_format", "stored") not in ("stored", "jpeg"):
+      raise ValueError(f"verification_bin: image_format must be 'stored' (the .bin's bytes) or "
+                       f"'jpeg' (as CR-FIQA's extract_bin.py re-encodes them), got "
+                       f"{options['image_format']!r}")
     path = os.path.join(manual_dir, f"{options['dataset']}.bin")
     if not os.path.isfile(path):
       present = sorted(f for f in os.listdir(manual_dir) if f.endswith(".bin")) \
@@ -217,7 +225,12 @@ class VerificationBin(base.Builder):
 
   def plan(self, paths: dict[str, str], options: dict) -> base.Plan:
     images, labels = read_bin(paths["bin"])
-    entries = [base.ImageEntry(k, f"{k:05d}", data) for k, data in enumerate(images)]
+    script = options.get("image_format", "stored") == "jpeg"
+    entries = [base.ImageEntry(k, f"{k:05d}", functools.partial(protocols.script_file, data,
+                                                                f"{k:05d}") if script else data)
+               for k, data in enumerate(images)]
     index = np.arange(len(labels), dtype=np.int64)
     return base.Plan(entries, pair_a=2 * index, pair_b=2 * index + 1, is_genuine=labels,
-                     metadata={"dataset": options["dataset"]})
+                     metadata={"dataset": options["dataset"],
+                               **({"default_channel_order": protocols.SCRIPT_CHANNEL_ORDER}
+                                  if script else {})})

@@ -5,11 +5,13 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from exfiqa_jax.data import protocols
 from exfiqa_jax.data.builders import base
 from exfiqa_jax.data.builders.loader import register
 
@@ -48,12 +50,19 @@ class Xqlfw(base.Builder):
 
   name = "xqlfw"
   LAYOUT = LAYOUT
+  # image_format: "stored" = the release's files; "jpeg" = what CR-FIQA's extract_xqlfw.py
+  # writes from them (channel-swapped quality-95 JPEG, read back "bgr"; docs/data.md, Protocols)
+  OPTIONS = {"image_format": "stored"}
   PAIR_KIND = "image"
   FEATURES = {"identity": tfds.features.Text}
   DESCRIPTION = "XQLFW cross-quality LFW pairs."
 
   @classmethod
   def locate(cls, manual_dir: str, options: dict) -> dict[str, str]:
+    if options.get("image_format", "stored") not in ("stored", "jpeg"):
+      raise ValueError(f"xqlfw: image_format must be 'stored' (the release's files) or 'jpeg' "
+                       f"(as CR-FIQA's extract_xqlfw.py re-encodes them), got "
+                       f"{options['image_format']!r}")
     return {"pairs": base.require_file(cls.name, os.path.join(manual_dir, "xqlfw_pairs.txt"),
                                        LAYOUT),
             "images": base.require_dir(cls.name, os.path.join(manual_dir, "xqlfw_aligned_112"),
@@ -74,8 +83,10 @@ class Xqlfw(base.Builder):
           file = os.path.join(paths["images"], key[0], f"{key[0]}_{key[1]:04d}.jpg")
           if not os.path.isfile(file):
             missing.append(file)
-          entries.append(base.ImageEntry(ids[key], f"{key[0]}_{key[1]:04d}", file,
-                                         {"identity": key[0]}))
+          name = f"{key[0]}_{key[1]:04d}"
+          source = (functools.partial(protocols.script_file, file, name)
+                    if options.get("image_format", "stored") == "jpeg" else file)
+          entries.append(base.ImageEntry(ids[key], name, source, {"identity": key[0]}))
     if missing and not options["skip_corrupt"]:
       raise base.DataError(f"xqlfw: {len(missing)} images named by {paths['pairs']} are missing "
                            f"(first: {missing[:3]}). Check the aligned folder, or build with "
@@ -83,4 +94,6 @@ class Xqlfw(base.Builder):
     a = np.array([ids[(r[0], r[1])] for r in rows], dtype=np.int64)
     b = np.array([ids[(r[2], r[3])] for r in rows], dtype=np.int64)
     g = np.array([r[4] for r in rows], dtype=bool)
-    return base.Plan(entries, pair_a=a, pair_b=b, is_genuine=g)
+    return base.Plan(entries, pair_a=a, pair_b=b, is_genuine=g,
+                     metadata=({"default_channel_order": protocols.SCRIPT_CHANNEL_ORDER}
+                               if options.get("image_format", "stored") == "jpeg" else {}))
