@@ -14,7 +14,7 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs")
                  if p.stem not in ("__init__", "common", "eval_common"))
 VARIANTS = {"demo": "size=smoke", "train_tiny": "size=smoke", "train_vitfiqa": "size=smoke",
             "score": "size=tiny", "embed": "size=tiny", "eval_ijbc": "size=tiny",
-            "eval_verification": "benchmarks=lfw+xqlfw,size=tiny"}
+            "eval_verification": "benchmarks=lfw+xqlfw,size=tiny", "early_exit": "size=smoke"}
 
 
 def test_every_job_has_a_variant():
