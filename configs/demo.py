@@ -6,14 +6,15 @@
 No downloads: the synthetic-faces benchmark (exfiqa_jax/data/synthetic.py) is rendered on the
 fly. Outputs in `output` (default out/demo): summary.md (pAUC tables ×1e3, the demo's targets,
 Spearman correlations with the degradation severity), summary.json, edc.csv, pauc.csv, plots/,
-synthetic_faces/scores_vitfiqa_tiny.csv, train/ (checkpoints, train_log.csv, eval.csv, model/),
-cache/. Rerunning resumes: nothing finished is recomputed.
+synthetic_faces/scores_vitfiqa_tiny.csv, train/ (checkpoints, train_log.csv, eval.csv, model/
+with its quality_mapping.json), early_exit/ (configs/early_exit.py outputs), cache/. Rerunning
+resumes: nothing finished is recomputed.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common, train_tiny
+from configs import common, early_exit, train_tiny
 from configs.eval_common import eval_config
 
 
@@ -35,4 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.report.attention_examples = 2 if smoke else 4
   config.targets = ml_collections.ConfigDict(dict(fmr=1e-3, max_ratio_to_random=0.7,
                                                   min_spearman=0.5))
+  # Early exits on the trained model (configs/early_exit.py; summary.md states the compute
+  # saved at 99 % agreement), kept to seconds: images/s of the full pass and the 99 % cascade
+  # on 128 images, no FNMR-target thresholds (they need the val split's comparisons).
+  config.early_exit = early_exit.settings(args.size)
+  config.early_exit.timing.update(dict(images=32 if smoke else 128, repeats=1,
+                                       all_targets=False, fixed_exits=False))
+  config.early_exit.thresholds.fnmr = ()
   return config

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = common.data()
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
+  # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one
+  # (written by configs/early_exit.py), a .json path, or "none"
+  config.quality_mapping = ""
   if args.size == "tiny":
     config.batch_size = 8
   return config

@@ -10,16 +10,17 @@ plain NumPy on host arrays (the pair-based picker calls the EDC engine, exfiqa_j
      (first int(fraction·N) of the ascending sort; docs/evaluation.md). t is an observed value, so
      a decision "accept iff q >= t" is exact in float32. With ties at the cut the whole tie group
      is kept (a threshold cannot split it), so the fraction removed is <= int(fraction·N)/N.
-   * `fnmr_threshold(scores, is_genuine, pair_quality, target_fnmr, fmr)`: the smallest discard
-     level of a fine grid at which the EDC (exfiqa_jax.eval.edc, `fiqa` or `iso` mode) reaches
-     FNMR <= target at the FMR, and the pair-quality value of that cut (pair quality = min of the
-     two image qualities, so the same t applies to single images).
+   * `fnmr_thresholds(scores, is_genuine, pair_quality, targets, fmr)` (`fnmr_threshold` for
+     one): the smallest discard level of a fine grid at which the EDC (exfiqa_jax.eval.edc,
+     `fiqa` or `iso` mode) reaches FNMR <= target at the FMR, and the pair-quality value of that
+     cut (pair quality = min of the two image qualities, so the same t applies to single images);
+     the interval from a stratified bootstrap of the pairs.
 2. `QualityMapping`: raw scores → 0–100, the scale ISO/IEC 29794-5 uses for quality values (the
    integer value is round(q100); OFIQ maps its native scores with a sigmoid and rounds).
    One mapping per column (exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw), so exits become comparable.
    * "quantile" (default): the empirical CDF of the reference scores at K quantile knots,
      piecewise linear, strictly increasing between the lowest and highest knot, clipped to 0 / 100
-     outside, invertible there. q100 = 100·(fraction of reference images scoring lower).
+     outside, invertible there. q100 ≈ 100·(fraction of reference images scoring lower).
    * "logistic": q100 = 100 / (1 + exp(-(x - loc) / scale)), (loc, scale) a least-squares fit of
      the reference quantiles x_p = loc + scale·logit(p), p = 1 % .. 99 %; strictly increasing on
      the whole line, never clipped, inverse x = loc + scale·logit(q100 / 100).
@@ -30,16 +31,24 @@ plain NumPy on host arrays (the pair-based picker calls the EDC engine, exfiqa_j
    reproduces exactly on a full-pass exit matrix [N, L]: at each exit e_i but the last, an image
    still running leaves rejected if s_{e_i} < reject_i and accepted if s_{e_i} > accept_i
    (reject_i <= accept_i, so never both); the images reaching the last exit are accepted iff
-   s_L >= tau. Thresholds are compared as
-   float32, as on device. Calibration maximises the compute saved subject to
-   agreement(cascade decision, full-depth decision s_L >= tau) >= target on the calibration set:
+   s_L >= tau. Thresholds are compared as float32, as on device. Calibration maximises the
+   compute saved subject to agreement(cascade decision, full-depth decision s_L >= tau) >=
+   target on the calibration set:
    * the error budget E = floor((1 - target)·N) disagreements is split across the early exits;
    * given its share (plus whatever earlier exits left unused), each exit in turn picks the
      reject/accept pair that lets the most of the images reaching it leave, with at most that
      many disagreements — an exact search over every cut of the sorted scores (prefix errors from
      below, suffix errors from above); thresholds sit midway between neighbouring observed scores;
    * a coordinate search over the split (all budget at one exit, an even split, then moving
-     chunks of E/2, E/4, .., 1 between exits while the mean GFLOPs fall) picks the cheapest.
+     chunks of E/2, E/4, .., 1 between exits while the mean GFLOPs fall) picks the cheapest;
+   * with a cost function (the engine's cascade_gflops) every subset of the early exits is tried
+     too (greedy elimination beyond 6): an exit that decides too few images to pay for its head
+     is dropped, so the cascade never costs more than it must.
+   Thresholds at the calibration data's very edges are optimistic on new images (images cluster
+   by identity), so `robust_cascade` (the early_exit task's default) chooses how conservative to
+   be — a stricter internal target, then regions trimmed by a margin — by grouped K-fold
+   cross-validation: the least conservative setting whose out-of-fold agreement reaches the
+   target, refitted on the whole calibration set.
    The agreement on the calibration set is >= target by construction; report the held-out one.
 """
 from __future__ import annotations
@@ -52,6 +61,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+MARGINS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75)   # robust_cascade's region trimming ladder
 MAPPING_FILE = "quality_mapping.json"
 MAPPING_FORMAT = "exfiqa_quality_mapping"
 MAPPING_KINDS = ("quantile", "logistic")
@@ -140,48 +150,53 @@ def discard_threshold(quality: np.ndarray, fraction: float, resamples: int = 200
                        float(alpha), "discard")
 
 
-def fnmr_grid(step: float = 0.005, max_discard: float = 0.95) -> np.ndarray:
+def fnmr_grid(step: float = 0.01, max_discard: float = 0.95) -> np.ndarray:
   """The fine discard grid of fnmr_threshold: 0, step, .., <= max_discard (< 1)."""
   if not 0 < step < 1 or not 0 <= max_discard < 1:
     raise ValueError(f"need 0 < step < 1 and 0 <= max_discard < 1, got {step}, {max_discard}")
   return np.round(np.arange(0.0, max_discard + step / 2, step), 10)
 
 
-def _fnmr_pick(scores, is_genuine, pair_q, target, fmr, grid, mode):
-  """(threshold, discard, fnmr, reached) on one set of pairs."""
+def _fnmr_picks(scores, is_genuine, pair_q, targets, fmr, grid, mode):
+  """[(threshold, discard, fnmr, reached)] per target, from one EDC of these pairs."""
   from exfiqa_jax.eval import edc
   curves = edc.edc_curves(scores, is_genuine, pair_q[None], (fmr,), grid, mode)
   fnmr = np.asarray(curves.fnmr)[0, 0]
-  ok = np.flatnonzero(np.isfinite(fnmr) & (fnmr <= target))
-  if ok.size == 0:
-    return float("nan"), float("nan"), float(np.nanmin(fnmr)), False
-  r = int(ok[0])
-  if mode == "fiqa":
-    order = np.argsort(pair_q, kind="stable")
-    cut = _cut(grid[r], len(pair_q))
-    t = pair_q[order[cut]]
-    discard = float(cut / len(pair_q))
-  else:                                 # iso: genuine comparisons, whole tie groups
-    gq = np.sort(pair_q[is_genuine], kind="stable")
-    d = int(round(float(curves.discarded[0, r]) * gq.size))
-    t = gq[min(d, gq.size - 1)]
-    discard = float(d / gq.size)
-  return float(t), discard, float(fnmr[r]), True
+  order = np.argsort(pair_q, kind="stable") if mode == "fiqa" else None
+  gq = np.sort(pair_q[is_genuine], kind="stable") if mode != "fiqa" else None
+  out = []
+  for target in targets:
+    ok = np.flatnonzero(np.isfinite(fnmr) & (fnmr <= target))
+    if ok.size == 0:
+      out.append((float("nan"), float("nan"), float(np.nanmin(fnmr)), False))
+      continue
+    r = int(ok[0])
+    if mode == "fiqa":
+      cut = _cut(grid[r], len(pair_q))
+      t, discard = pair_q[order[cut]], cut / len(pair_q)
+    else:                               # iso: genuine comparisons, whole tie groups
+      d = int(round(float(curves.discarded[0, r]) * gq.size))
+      t, discard = gq[min(d, gq.size - 1)], d / gq.size
+    out.append((float(t), float(discard), float(fnmr[r]), True))
+  return out
 
 
-def fnmr_threshold(scores: np.ndarray, is_genuine: np.ndarray, pair_quality: np.ndarray,
-                   target_fnmr: float, fmr: float = 1e-3, mode: str = "fiqa",
-                   grid: np.ndarray | None = None, resamples: int = 50, seed: int = 0,
-                   alpha: float = 0.05) -> ThresholdPick:
-  """The smallest discard threshold at which FNMR @ `fmr` <= `target_fnmr` on these pairs.
+def fnmr_thresholds(scores: np.ndarray, is_genuine: np.ndarray, pair_quality: np.ndarray,
+                    targets: Sequence[float], fmr: float = 1e-3, mode: str = "fiqa",
+                    grid: np.ndarray | None = None, resamples: int = 50, seed: int = 0,
+                    alpha: float = 0.05) -> list[ThresholdPick]:
+  """Per target FNMR, the smallest discard threshold at which FNMR @ `fmr` <= target.
 
   scores [P] comparison scores, is_genuine [P], pair_quality [P] (min of the two images'
-  qualities). The EDC is evaluated on `grid` (default fnmr_grid(): 0 .. 0.95 in steps of 0.005)
+  qualities). The EDC is evaluated on `grid` (default fnmr_grid(): 0 .. 0.95 in steps of 0.01)
   with exfiqa_jax.eval.edc; the first level whose FNMR <= target gives the cut, and the
   threshold is the pair quality at that cut (fiqa: position int(r·P) of the stable ascending
-  sort; iso: the first kept genuine pair). Interval: bootstrap over the pairs (resampled with
-  replacement, kept in input order as edc.pauc_ci does); resamples that never reach the target
-  are left out. Not reached at all: threshold NaN and reached=False.
+  sort; iso: the first kept genuine pair). Interval: stratified bootstrap over the pairs
+  (genuine and impostor pairs resampled with replacement separately, so the class counts and
+  with them the EDC program's shapes stay fixed: one compilation; kept in input order as
+  edc.pauc_ci does; one EDC per resample serves every target); resamples that never reach a
+  target are left out of its interval. A target not
+  reached at all: threshold NaN, reached=False, achieved = the lowest FNMR on the grid.
   """
   s = np.asarray(scores, np.float32)
   gen = np.asarray(is_genuine, bool)
@@ -189,22 +204,33 @@ def fnmr_threshold(scores: np.ndarray, is_genuine: np.ndarray, pair_quality: np.
   if pq.ndim != 1 or pq.shape != s.shape or gen.shape != s.shape:
     raise ValueError(f"scores {s.shape}, is_genuine {gen.shape}, pair_quality {pq.shape} must be "
                      "1-D of one length (one entry per pair)")
+  targets = [float(t) for t in targets]
   grid = fnmr_grid() if grid is None else np.asarray(grid, np.float64)
-  t, discard, achieved, reached = _fnmr_pick(s, gen, pq, float(target_fnmr), float(fmr), grid,
-                                             mode)
-  boot = []
+  point = _fnmr_picks(s, gen, pq, targets, float(fmr), grid, mode)
+  boot = np.full((max(int(resamples), 0), len(targets)), np.nan)
   if resamples > 0:
     rng = np.random.default_rng([int(seed), 0xF1A])
-    p = s.size
-    for _ in range(int(resamples)):
-      idx = np.sort(rng.integers(0, p, p))
-      if gen[idx].all() or not gen[idx].any():
-        continue
-      boot.append(_fnmr_pick(s[idx], gen[idx], pq[idx], float(target_fnmr), float(fmr), grid,
-                             mode)[0])
-  low, high = _interval(np.asarray(boot), alpha)
-  return ThresholdPick(t, low, high, float(target_fnmr), discard, achieved, reached,
-                       int(resamples), float(alpha), f"fnmr@fmr={float(fmr):g},{mode}")
+    g_idx, i_idx = np.flatnonzero(gen), np.flatnonzero(~gen)
+    for b in range(int(resamples)):
+      idx = np.sort(np.concatenate([g_idx[rng.integers(0, g_idx.size, g_idx.size)],
+                                    i_idx[rng.integers(0, i_idx.size, i_idx.size)]]))
+      boot[b] = [x[0] for x in _fnmr_picks(s[idx], gen[idx], pq[idx], targets, float(fmr),
+                                           grid, mode)]
+  picks = []
+  for i, (target, (t, discard, achieved, reached)) in enumerate(zip(targets, point)):
+    low, high = _interval(boot[:, i], alpha)
+    picks.append(ThresholdPick(t, low, high, target, discard, achieved, reached,
+                               int(resamples), float(alpha), f"fnmr@fmr={float(fmr):g},{mode}"))
+  return picks
+
+
+def fnmr_threshold(scores: np.ndarray, is_genuine: np.ndarray, pair_quality: np.ndarray,
+                   target_fnmr: float, fmr: float = 1e-3, mode: str = "fiqa",
+                   grid: np.ndarray | None = None, resamples: int = 50, seed: int = 0,
+                   alpha: float = 0.05) -> ThresholdPick:
+  """fnmr_thresholds for one target."""
+  return fnmr_thresholds(scores, is_genuine, pair_quality, [target_fnmr], fmr, mode, grid,
+                         resamples, seed, alpha)[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -508,10 +534,12 @@ def _gap_threshold(u: np.ndarray, j: int, side: str) -> float:
   return float(mid if lo <= mid < hi else lo)   # need lo <= t < hi
 
 
-def _best_stage(v: np.ndarray, d: np.ndarray, allowed: int) -> tuple[int, int, int, np.ndarray]:
+def _best_stage(v: np.ndarray, d: np.ndarray, allowed: int, margin: float = 0.0
+                ) -> tuple[int, int, int, np.ndarray]:
   """(j_reject, k_accept, errors, distinct values): the cuts of one exit that let the most
   images leave with at most `allowed` disagreements. Groups of equal value are indivisible;
-  reject takes groups [0, j), accept groups [k, n), j <= k."""
+  reject takes groups [0, j), accept groups [k, n), j <= k. margin > 0 then keeps only the
+  outer (1 - margin) of each region (the part farthest from the undecided middle)."""
   u, inv, cnt = np.unique(v, return_inverse=True, return_counts=True)
   pos = np.bincount(inv, weights=d.astype(np.float64), minlength=u.size).astype(np.int64)
   neg = cnt - pos
@@ -525,11 +553,17 @@ def _best_stage(v: np.ndarray, d: np.ndarray, allowed: int) -> tuple[int, int, i
   count = num_r[j] + num_a[k]
   errs = err_r[j] + err_a[k]
   best = np.lexsort((errs, -count))[0]            # most images out, then fewest errors
-  return int(j[best]), int(k[best]), int(errs[best]), u
+  jb, kb = int(j[best]), int(k[best])
+  if margin > 0:
+    n = u.size
+    jb = int(math.floor(jb * (1.0 - margin)))
+    kb = n - int(math.floor((n - kb) * (1.0 - margin)))
+  return jb, kb, int(err_r[jb] + err_a[kb]), u
 
 
 def _run_allocation(s: np.ndarray, full: np.ndarray, exits: tuple[int, ...], alloc: Sequence[int],
-                    costs: np.ndarray) -> tuple[float, list[float], list[float]]:
+                    costs: np.ndarray, margin: float = 0.0
+                    ) -> tuple[float, list[float], list[float]]:
   """Sequential per-exit search for one budget split: (mean cost, reject, accept)."""
   n = s.shape[0]
   alive = np.arange(n)
@@ -543,7 +577,7 @@ def _run_allocation(s: np.ndarray, full: np.ndarray, exits: tuple[int, ...], all
       acc.append(math.inf)
       continue
     v = s[alive, ex - 1]
-    j, k, errs, u = _best_stage(v, full[alive], allowed)
+    j, k, errs, u = _best_stage(v, full[alive], allowed, margin)
     r_t, a_t = _gap_threshold(u, j, "reject"), _gap_threshold(u, k, "accept")
     if a_t < r_t:          # j == k in a gap of adjacent floats: keep reject <= accept (the
       a_t = r_t            # engine's rule); the group above the gap then runs on (safe side)
@@ -558,7 +592,7 @@ def _run_allocation(s: np.ndarray, full: np.ndarray, exits: tuple[int, ...], all
 
 
 def _search_split(s: np.ndarray, full: np.ndarray, e: tuple[int, ...], budget: int,
-                  c: np.ndarray, max_evaluations: int
+                  c: np.ndarray, max_evaluations: int, margin: float = 0.0
                   ) -> tuple[float, tuple[int, ...], list[float], list[float], int]:
   """Coordinate search over the budget split of one exit set: (mean cost, split, reject,
   accept, splits tried)."""
@@ -569,7 +603,7 @@ def _search_split(s: np.ndarray, full: np.ndarray, e: tuple[int, ...], budget: i
 
   def cost(alloc: tuple[int, ...]) -> float:
     if alloc not in cache:
-      cache[alloc] = _run_allocation(s, full, e, alloc, c)
+      cache[alloc] = _run_allocation(s, full, e, alloc, c, margin)
     return cache[alloc][0]
 
   starts = [tuple(budget if i == j else 0 for i in range(k)) for j in range(k)]
@@ -612,7 +646,7 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
                       target: float = 0.99,
                       costs: Sequence[float] | Callable[[tuple[int, ...]], Sequence[float]]
                       | None = None, full_cost: float | None = None, prune_exits: bool = True,
-                      max_evaluations: int = 4000) -> CascadeCalibration:
+                      max_evaluations: int = 4000, margin: float = 0.0) -> CascadeCalibration:
   """Per-exit reject/accept thresholds that minimise the mean cost subject to agreement with the
   full-depth decision (s_L >= tau) >= target on this calibration matrix [N, L].
 
@@ -621,7 +655,9 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   early exits that do not pay for their head (prune_exits: every subset of up to 6 early exits,
   else greedy elimination; the returned `exits` are the ones kept). Default: the exit's block
   count. full_cost: the full-depth program's GFLOPs (default the cost of leaving at the last
-  exit with no early exit), the reference for the compute saved. Algorithm: module docstring.
+  exit with no early exit), the reference for the compute saved. margin in [0, 1]: keep only
+  the outer (1 - margin) of every early-decision region (more conservative; 1 = no early exit;
+  robust_cascade chooses it). Algorithm: module docstring.
   """
   s = np.asarray(exit_scores, np.float32)
   if s.ndim != 2 or s.shape[0] == 0:
@@ -658,7 +694,7 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   def solve(ex: tuple[int, ...]):
     if ex not in tried:
       c = cost_of(ex)
-      tried[ex] = (*_search_split(s, full, ex, budget, c, per_eval), c)
+      tried[ex] = (*_search_split(s, full, ex, budget, c, per_eval, margin), c)
     return tried[ex]
 
   subsets = _exit_subsets(e) if prune_exits and not fixed_costs else [e]
@@ -682,3 +718,76 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
       out.disagreements, budget, tuple(int(x) for x in alloc), out.mean_cost(c), full_cost,
       tuple(float(x) for x in out.fraction_per_exit()), n,
       sum(t[4] for t in tried.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustCalibration:
+  """calibrate_cascade with its conservativeness chosen by grouped cross-validation."""
+  calibration: CascadeCalibration    # fitted on the whole calibration set with the choice
+  target: float
+  internal_target: float             # the agreement target the final fit used (>= target)
+  margin: float
+  cv_agreement: float                # out-of-fold agreement of the choice (estimate for new data)
+  cv_saved: float                    # out-of-fold compute saved
+  folds: int
+  tried: tuple[tuple[float, float, float, float], ...]   # (internal target, margin, cv agreement,
+                                                         #  cv saved) in the order tried
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**self.calibration.to_dict(), "internal_target": self.internal_target,
+            "margin": self.margin, "cv_agreement": self.cv_agreement, "cv_saved": self.cv_saved,
+            "folds": self.folds, "tried": [list(t) for t in self.tried]}
+
+
+def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
+                   target: float = 0.99, costs: Sequence[float] | Callable | None = None,
+                   full_cost: float | None = None, groups: np.ndarray | None = None,
+                   folds: int = 5, seed: int = 0, prune_exits: bool = True,
+                   memo: dict | None = None) -> RobustCalibration:
+  """calibrate_cascade made to generalise: thresholds set exactly at the calibration data's
+  edges are optimistic on new images (more so when images cluster by identity), so the
+  conservativeness is chosen by K-fold cross-validation over `groups` (identities; default each
+  image its own group). Settings are tried from the most to the least aggressive — the internal
+  target t, 1 - (1 - t)/2, /4, /8, 1 (no disagreement allowed), then at 1 the margins
+  MARGINS (each region trimmed to its outer part) — and the first whose out-of-fold agreement reaches `target` is refitted on all of
+  `exit_scores` (whose agreement is then >= target too). None reaching it: no early exit.
+  `memo` (a dict) shares the out-of-fold runs between calls on the same data (several targets).
+  """
+  s = np.asarray(exit_scores, np.float32)
+  n = s.shape[0]
+  groups = np.arange(n) if groups is None else np.asarray(groups)
+  uniq, inverse = np.unique(groups, return_inverse=True)
+  k = max(2, min(int(folds), uniq.size))
+  fold = np.random.default_rng([int(seed), 0xC5F]).permutation(uniq.size)[inverse] % k
+  memo = {} if memo is None else memo
+  t = float(target)
+  ladder = [(1.0 - (1.0 - t) / 2 ** i, 0.0) for i in range(4)] + [(1.0, m) for m in MARGINS]
+  full_depth = (s.shape[1],)
+
+  def cost_of(ex):
+    if costs is None:
+      return np.asarray(ex, np.float64)
+    return np.asarray(costs(ex) if callable(costs) else costs, np.float64)
+
+  ref = float(cost_of(full_depth)[-1] if full_cost is None else full_cost)
+  tried = []
+  for internal, margin in ladder:
+    key = (round(internal, 12), margin)
+    if key not in memo:
+      agree, spent = 0, 0.0
+      for f in range(k):
+        train, test = fold != f, fold == f
+        c = calibrate_cascade(s[train], exits, tau, internal, costs, full_cost, prune_exits,
+                              margin=margin)
+        out = simulate_cascade(s[test], c.exits, c.reject, c.accept, tau)
+        agree += int(np.sum(out.accept == out.full_accept))
+        spent += out.mean_cost(cost_of(c.exits)) * int(test.sum())
+      memo[key] = (agree / n, 1.0 - spent / n / ref)
+    cv_agree, cv_saved = memo[key]
+    tried.append((internal, margin, cv_agree, cv_saved))
+    if cv_agree >= t:
+      final = calibrate_cascade(s, exits, tau, internal, costs, full_cost, prune_exits,
+                                margin=margin)
+      return RobustCalibration(final, t, internal, margin, cv_agree, cv_saved, k, tuple(tried))
+  final = calibrate_cascade(s, exits, tau, 1.0, costs, full_cost, prune_exits, margin=1.0)
+  return RobustCalibration(final, t, 1.0, 1.0, 1.0, final.saved, k, tuple(tried))

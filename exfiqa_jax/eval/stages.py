@@ -75,6 +75,9 @@ def fingerprint(deps: Mapping[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
+SIDECAR = "quality_mapping.json"     # exfiqa_jax/eval/calibration.py MAPPING_FILE
+
+
 def file_identity(path: str) -> dict[str, Any]:
   """What identifies an input file or directory cheaply: absolute path, total size, newest mtime
   (a re-converted checkpoint or a rebuilt data set changes it)."""
@@ -85,6 +88,8 @@ def file_identity(path: str) -> dict[str, Any]:
     size, newest, count = 0, 0, 0
     for folder, _, files in os.walk(path):
       for name in files:
+        if name == SIDECAR and folder == path:   # the 0–100 mapping: metadata, not weights
+          continue
         st = os.stat(os.path.join(folder, name))
         size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
     return {"path": path, "size": size, "mtime_ns": newest, "files": count}

@@ -6,4 +6,5 @@ TASKS = {
     "demo": "exfiqa_jax.tasks.demo",
     "train": "exfiqa_jax.tasks.train",
     "embed": "exfiqa_jax.tasks.embed",
+    "early_exit": "exfiqa_jax.tasks.early_exit",
 }

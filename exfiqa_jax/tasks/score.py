@@ -7,6 +7,10 @@ Writes into `config.output` (only process 0, atomically):
   scores.npz   image [N] and the same numbers as arrays: exit_scores [N, L], ex_fiqa_f [N],
                ex_fiqa_fw [N], attn_scores [N, L]; plus the inputs it was computed for.
   skipped.txt  with skip_unreadable=True: every file that could not be decoded, with the reason.
+When the model has a 0–100 mapping (quality_mapping.json in its converted directory, written by
+the early_exit task; or `config.quality_mapping=<json>`, "none" to skip; docs/evaluation.md),
+scores.csv/.npz also hold q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw after the
+columns above (the ISO/IEC 29794-5 0–100 scale; the integer quality value is their rounding).
 With `config.exit=k` the program stops after block k and every L above is k (exit_1..exit_k,
 fusions of exits 1..k, attn_1..attn_k).
 Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
@@ -28,6 +32,7 @@ from tqdm import tqdm
 from exfiqa_jax import files, identity, inference, parallel, report
 from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
+from exfiqa_jax.eval import calibration
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
 FORMAT = 2
@@ -66,6 +71,9 @@ def run(config) -> dict[str, Any]:
   checkpoint = os.path.abspath(config.quality_model.path)
   exit = int(config.get("exit", 0) or 0)
   ident = _identity(config, paths, names, channel_order, exit)
+  mapping = calibration.mapping_for(config.quality_model.path, config.get("quality_mapping", ""))
+  if mapping is not None:                  # the 0–100 columns depend on it too
+    ident["quality_mapping"] = mapping.to_dict()
   done, why = identity.check_stamp(stamp_path, ident)
   if done:
     logging.info("scores already complete in %s; nothing to do", out_dir)
@@ -122,10 +130,11 @@ def run(config) -> dict[str, Any]:
       files.write_text(skipped_path, "".join(f"{n}\t{e}\n" for n, e in skipped))
     elif os.path.exists(skipped_path):
       os.remove(skipped_path)   # stale list from an earlier run
-    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits))
+    q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
+    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits, extra=q100))
     files.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
                 checkpoint=np.asarray(checkpoint), channel_order=np.asarray(channel_order),
-                exit=np.asarray(exit), **scores)
+                exit=np.asarray(exit), **scores, **q100)
     identity.write_stamp(stamp_path, ident, [csv_path, npz_path] + ([skipped_path] if skipped
                                                                    else []))   # LAST
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),

@@ -1,0 +1,572 @@
+"""Task "early_exit": fixed exits, the cascade and calibrated thresholds (configs/early_exit.py).
+
+For one benchmark (the synthetic faces by default) the task calibrates on one split and
+evaluates on another, identity-disjoint (docs/evaluation.md, "Early exits and thresholds"):
+  1. every exit score of both splits in one full pass (the eval pipeline's cached stages,
+     exfiqa_jax/eval/pipeline.py), FR comparisons of the evaluation split;
+  2. tau, the full-depth decision threshold (accept iff exit_L >= tau): by default the value
+     that discards 20 % of the calibration set (exfiqa_jax/eval/calibration.py); a threshold
+     table (discard fractions and FNMR targets, with bootstrap intervals);
+  3. the 0–100 mapping per exit, fitted on the calibration split → quality_mapping.json (also
+     into the model directory: the score task then writes q100_* columns);
+  4. per agreement target, the cascade's reject/accept thresholds calibrated on the calibration
+     split (calibration.robust_cascade: how conservative, chosen by identity-grouped
+     cross-validation, since thresholds at the calibration data's edges are optimistic;
+     cascade.robust=False: the plain optimum, calibration.calibrate_cascade); its behaviour on
+     the evaluation split predicted exactly from the full-pass exit matrix
+     (calibration.simulate_cascade, the engine's rule);
+  5. pAUC-EDC (FMR 1e-3, `fiqa` mode) of every fixed exit, the fusions and each cascade (its
+     quality = the 0–100 value at the exit it left, so the exits are comparable), mean GFLOPs
+     per image (exfiqa_jax.models.exits.cascade_gflops), agreement with full depth, fraction
+     decided at each exit; images/s measured with the real programs (QualityModel.score(exit=k),
+     QualityModel.cascade) on a small subset, where the engine's decisions are also checked
+     against the prediction.
+Writes (process 0, atomically) early_exit.csv, early_exit.json, early_exit.md,
+quality_mapping.json and plots/early_exit_pauc_vs_gflops.png, plots/early_exit_decided.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import files, models, parallel, report
+from exfiqa_jax.data import synthetic
+from exfiqa_jax.eval import benchmarks, calibration, edc, pipeline, results, stages
+from exfiqa_jax.eval.benchmarks import Benchmark
+from exfiqa_jax.models import exits as exits_lib
+from exfiqa_jax.train import data as train_data
+
+SYNTHETIC = "synthetic_faces"
+CSV_COLUMNS = ("method", "kind", "target", "exits", "mean_gflops", "saved", "pauc",
+               "agreement", "agreement_calibration", "images_per_second")
+
+
+# ------------------------------------------------------------------------------------------
+# Splits
+# ------------------------------------------------------------------------------------------
+def synthetic_split(config, split: str) -> Benchmark:
+  """A degraded synthetic split with its pairs, built as the demo builds its test split
+  (exfiqa_jax/tasks/demo.py): "test" is the demo's `synthetic_faces`, "val" calibrates."""
+  t = config.test
+  sizes = train_data.synthetic_sizes(config.train.data, t.per_identity)
+  faces = synthetic.make_split(config.seed, split, sizes, clean_fraction=t.clean_fraction,
+                               gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
+  pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
+  name = SYNTHETIC if split == "test" else f"{SYNTHETIC}_{split}"
+  return benchmarks.array_benchmark(name, faces.images, faces.names, pairs, genuine,
+                                    extra={"severity": faces.severity, "kind": faces.kind,
+                                           "label": faces.label})
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+  """Connected components of the pair graph (union-find): images linked by any comparison."""
+  parent = np.arange(n)
+
+  def find(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  for a, b in np.asarray(pairs, np.int64):
+    ra, rb = find(a), find(b)
+    if ra != rb:
+      parent[max(ra, rb)] = min(ra, rb)
+  return np.asarray([find(i) for i in range(n)])
+
+
+def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
+  """The images `rows` of `bench` and the pairs inside them (renumbered)."""
+  index = np.full(bench.num_images, -1, np.int64)
+  index[rows] = np.arange(len(rows))
+  inside = (index[bench.pairs[:, 0]] >= 0) & (index[bench.pairs[:, 1]] >= 0)
+  pairs = index[bench.pairs[inside]]
+  gen = bench.is_genuine[inside]
+  if gen.all() or not gen.any():
+    raise ValueError(f"the {part} split of {bench.name} has {int(gen.sum())} genuine and "
+                     f"{int((~gen).sum())} impostor pairs; it needs both (a larger benchmark "
+                     "or another early_exit.split.fraction)")
+  return Benchmark(f"{bench.name}_{part}", len(rows), lambda r: bench.read(rows[np.asarray(r)]),
+                   "image", gen, {"parent": bench.identity, "part": part, "rows": rows},
+                   pairs=pairs, extra={k: np.asarray(v)[rows] for k, v in bench.extra.items()})
+
+
+def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
+  """(group per image, how): identities when labels exist (extra["label"]), else connected
+  components of the pair graph, else (one component holding most images) every image alone."""
+  n = bench.num_images
+  if "label" in bench.extra:
+    return np.asarray(bench.extra["label"]), "identity"
+  groups = _components(n, bench.pairs)
+  if n and np.bincount(np.unique(groups, return_inverse=True)[1]).max() > n / 2:
+    return np.arange(n), "image"
+  return groups, "connected pairs"
+
+
+def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
+                    ) -> tuple[Benchmark, Benchmark, str]:
+  """(calibration, evaluation, how): identity-disjoint when per-image labels exist
+  (extra["label"]); else whole connected components of the pair graph (a .bin set: every pair
+  its own component), so no comparison is lost; else (one giant component, e.g. Adience) by
+  image, dropping the pairs across the split."""
+  if bench.pair_kind != "image":
+    raise ValueError(f"{bench.name} compares templates; early_exit splits image-pair benchmarks "
+                     "(the synthetic faces, .bin sets, XQLFW, Adience)")
+  n = bench.num_images
+  groups, how = image_groups(bench)
+  uniq, inverse = np.unique(groups, return_inverse=True)
+  order = np.random.default_rng([int(seed), 0x5B17]).permutation(uniq.size)
+  sizes = np.bincount(inverse)[order]
+  take = order[:max(1, int(np.searchsorted(np.cumsum(sizes), fraction * n)) + 1)]
+  cal_group = np.zeros(uniq.size, bool)
+  cal_group[take] = True
+  cal_rows = np.flatnonzero(cal_group[inverse])
+  ev_rows = np.flatnonzero(~cal_group[inverse])
+  return _subset(bench, cal_rows, "calibration"), _subset(bench, ev_rows, "evaluation"), how
+
+
+# ------------------------------------------------------------------------------------------
+# The analysis
+# ------------------------------------------------------------------------------------------
+def _fixed_tau(cal_q: np.ndarray, frac: float) -> float:
+  return calibration.discard_threshold(cal_q, frac, resamples=0).threshold
+
+
+def _time_it(fn, repeats: int, warm: bool = False) -> float:
+  """Best wall time of `repeats` calls, after one warm-up call (compilation) unless `warm`."""
+  if not warm:
+    fn()
+  best = math.inf
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
+            cache: stages.StageCache, output: str,
+            quality: Sequence[pipeline.QualitySpec] | None = None,
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Calibrate on `cal`, evaluate on `ev` (module docstring); writes into `output`. Reuses the
+  cached stages of `cache` (the demo passes its own: nothing is scored twice) and is itself a
+  cached stage (`early_exit/<benchmark>/<model>`: a rerun rewrites the files from it; images/s
+  are those measured when it was computed)."""
+  s = config.early_exit
+  quality = list(quality or [spec])
+  model = spec.model
+  if not model.has_exits:
+    raise ValueError(f"{spec.name} (mode {model.mode!r}) has no exit scores: early exits need a "
+                     "ViT-FIQA quality model")
+  if getattr(spec, "exit", 0) not in (0, model.num_exits):
+    raise ValueError(f"early_exit compares every exit with full depth; leave --config.exit at 0 "
+                     f"(got {spec.exit})")
+  fr_name, fr_path = pipeline.fr_items(config, quality)[0]
+  q_cal = pipeline.quality_stage(cache, cal, spec, config)
+  q_ev = pipeline.quality_stage(cache, ev, spec, config)
+  emb = pipeline.embed_stage(cache, ev, fr_name, fr_path, quality, config)
+  cmp = pipeline.compare_stage(cache, ev, fr_name, emb)
+  cmp_cal = None
+  if len(s.thresholds.fnmr):
+    emb_cal = pipeline.embed_stage(cache, cal, fr_name, fr_path, quality, config)
+    cmp_cal = pipeline.compare_stage(cache, cal, fr_name, emb_cal)
+  deps = {"quality_calibration": q_cal, "quality_evaluation": q_ev, "compare": cmp,
+          "compare_calibration": cmp_cal, "settings": s.to_dict(), "fr_model": fr_name,
+          "seed": int(config.seed), "pauc_limit": float(config.eval.pauc_limit.get("fiqa", 0.3)),
+          "model_config": model.model_config, "splits": [cal.name, ev.name],
+          "extra": dict(extra or {})}
+
+  def compute():
+    summary, mapping = _compute(config, cal, ev, spec, q_cal, q_ev, cmp, cmp_cal, fr_name)
+    summary.update(dict(extra or {}))
+    return {"summary": np.asarray(json.dumps(summary, default=_plain)),
+            "mapping": np.asarray(json.dumps(mapping.to_dict()))}
+
+  stage = cache.run(f"early_exit/{files.slug(ev.name)}/{files.slug(spec.name)}", deps, compute)
+  summary = json.loads(str(stage["summary"]))
+  mapping = calibration.QualityMapping.from_dict(json.loads(str(stage["mapping"])))
+  rows = summary["rows"]
+  written = {}
+  if parallel.is_writer():
+    written = write_outputs(output, summary, rows, mapping, int(summary["depth"]),
+                            summary["baselines"])
+    if s.mapping.get("store_with_model", True) and os.path.isdir(spec.path):
+      written["model_mapping"] = _store_mapping(spec.path, mapping)
+  logging.info("early exits: %s", summary["headline"]["text"])
+  return {**written, "summary": summary, "rows": rows, "headline": summary["headline"],
+          "mapping": mapping}
+
+
+def _plain(obj: Any) -> Any:
+  """JSON for numpy scalars and arrays."""
+  if isinstance(obj, (np.generic, np.ndarray)):
+    return obj.tolist()
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
+             q_cal: stages.Stage, q_ev: stages.Stage, cmp: stages.Stage,
+             cmp_cal: stages.Stage | None, fr_name: str
+             ) -> tuple[dict[str, Any], calibration.QualityMapping]:
+  """The numbers of `analyse`: (summary, mapping)."""
+  started = time.time()
+  s = config.early_exit
+  model = spec.model
+  cfg = model.model_config
+  depth = model.num_exits
+  s_cal = np.asarray(q_cal["exit_scores"], np.float32)
+  s_ev = np.asarray(q_ev["exit_scores"], np.float32)
+  seed = int(config.seed)
+  th = s.thresholds
+
+  # tau and the threshold table (calibration split, full depth).
+  tau_value = float(s.tau.get("value", float("nan")))
+  tau_pick = calibration.discard_threshold(s_cal[:, -1], float(s.tau.discard),
+                                           resamples=int(th.resamples), seed=seed,
+                                           alpha=float(th.alpha))
+  if math.isfinite(tau_value):
+    tau = float(np.float32(tau_value))
+    tau_info = {"value": tau, "rule": "explicit",
+                "discard_calibration": float(np.mean(s_cal[:, -1] < np.float32(tau)))}
+  else:
+    tau = tau_pick.threshold
+    tau_info = {"rule": f"discards {float(s.tau.discard):g} of the calibration set at exit "
+                        f"{depth}", **tau_pick.to_dict(), "value": tau,
+                "discard_calibration": tau_pick.discard}
+  frac = tau_info["discard_calibration"]
+  table = {"discard": [calibration.discard_threshold(s_cal[:, -1], float(f),
+                                                     resamples=int(th.resamples), seed=seed,
+                                                     alpha=float(th.alpha)).to_dict()
+                       for f in th.discard],
+           "fnmr": []}
+  if cmp_cal is not None:
+    pq_cal = pipeline.pair_quality_fn(cal, cmp_cal)(s_cal[:, -1][None])[0]
+    table["fnmr"] = [p.to_dict() for p in calibration.fnmr_thresholds(
+        cmp_cal["scores"], cmp_cal["is_genuine"], pq_cal, [float(t) for t in th.fnmr],
+        fmr=float(th.get("fmr", s.fmr)), resamples=int(th.fnmr_resamples), seed=seed,
+        alpha=float(th.alpha))]
+
+  # The 0–100 mapping (calibration split).
+  mapping = calibration.fit_mapping(
+      q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
+      meta={"benchmark": cal.name, "model": spec.path})
+  q100_ev = mapping.apply(q_ev.arrays)
+
+  # Costs.
+  per_exit, g_fusion = models.gflops(cfg)
+  full = float(per_exit[-1])
+
+  def costs(ex: tuple[int, ...]) -> np.ndarray:
+    return exits_lib.cascade_gflops(cfg, ex, np.asarray(ex))
+
+  exits = tuple(s.cascade.exits) or exits_lib.default_exits(depth)
+  exits = exits_lib.check_exits(exits, depth)
+
+  # Quality columns of the evaluation split: fixed exits, fusions, cascades, baselines.
+  names, values, rows = [], [], []
+  for k in range(1, depth + 1):
+    names.append(f"exit_{k}")
+    values.append(s_ev[:, k - 1])
+    tau_k = _fixed_tau(s_cal[:, k - 1], frac) if k < depth else tau
+    rows.append(dict(method=f"exit_{k}", kind="exit", target=float("nan"), exits=str(k),
+                     mean_gflops=float(per_exit[k - 1]), saved=1 - float(per_exit[k - 1]) / full,
+                     agreement=float(np.mean((s_ev[:, k - 1] >= np.float32(tau_k))
+                                             == (s_ev[:, -1] >= np.float32(tau)))),
+                     agreement_calibration=float(np.mean(
+                         (s_cal[:, k - 1] >= np.float32(tau_k))
+                         == (s_cal[:, -1] >= np.float32(tau)))),
+                     decided=[1.0 if e == k else 0.0 for e in range(1, depth + 1)],
+                     threshold=tau_k))
+  for fname in ("ex_fiqa_f", "ex_fiqa_fw"):
+    f_cal, f_ev = np.asarray(q_cal[fname], np.float32), np.asarray(q_ev[fname], np.float32)
+    tau_f = _fixed_tau(f_cal, frac)
+    names.append(fname)
+    values.append(f_ev)
+    rows.append(dict(method=fname, kind="fusion", target=float("nan"), exits="all",
+                     mean_gflops=float(g_fusion), saved=1 - float(g_fusion) / full,
+                     agreement=float(np.mean((f_ev >= np.float32(tau_f))
+                                             == (s_ev[:, -1] >= np.float32(tau)))),
+                     agreement_calibration=float(np.mean(
+                         (f_cal >= np.float32(tau_f)) == (s_cal[:, -1] >= np.float32(tau)))),
+                     decided=[0.0] * (depth - 1) + [1.0], threshold=tau_f))
+  cascades = []
+  robust = bool(s.cascade.get("robust", True))
+  groups, _ = image_groups(cal)
+  memo: dict = {}
+  for target in [float(t) for t in s.cascade.targets]:
+    if robust:       # conservativeness chosen by identity-grouped cross-validation
+      rc = calibration.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                      groups=groups, folds=int(s.cascade.get("folds", 5)),
+                                      seed=seed, prune_exits=bool(s.cascade.prune_exits),
+                                      memo=memo)
+      c, cv = rc.calibration, rc.to_dict()
+    else:
+      c = calibration.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                        prune_exits=bool(s.cascade.prune_exits))
+      cv = c.to_dict()
+    out = calibration.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
+    mean = out.mean_cost(costs(c.exits))
+    q = np.empty(len(s_ev))
+    for e in c.exits:
+      sel = out.exit == e
+      q[sel] = mapping.columns[f"exit_{e}"](out.score[sel])
+    name = f"cascade@{target:g}"
+    names.append(name)
+    values.append(q.astype(np.float32))
+    per_block = np.zeros(depth)
+    per_block[np.asarray(c.exits) - 1] = out.fraction_per_exit()
+    thresholds = exits_lib.CascadeThresholds(**c.thresholds())
+    rows.append(dict(method=name, kind="cascade", target=target,
+                     exits="+".join(str(e) for e in c.exits), mean_gflops=mean,
+                     saved=1 - mean / full, agreement=out.agreement,
+                     agreement_calibration=c.agreement, decided=per_block.tolist(),
+                     threshold=tau, agreement_cv=cv.get("cv_agreement", float("nan"))))
+    cascades.append({"target": target, "thresholds": thresholds.to_dict(),
+                     "calibration": {k: v for k, v in cv.items()
+                                     if k not in ("reject", "accept", "tau", "exits")},
+                     "evaluation": {"agreement": out.agreement,
+                                    "disagreements": out.disagreements, "mean_gflops": mean,
+                                    "saved": 1 - mean / full,
+                                    "fraction_per_exit": out.fraction_per_exit().tolist()},
+                     "_thresholds": thresholds, "_predicted": out})
+  baselines = {results.RANDOM: results.random_quality(ev.num_images, seed)}
+  if "severity" in ev.extra:
+    baselines["oracle"] = -np.asarray(ev.extra["severity"], np.float32)
+  all_q = np.stack(values + list(baselines.values())).astype(np.float32)
+  pq = pipeline.pair_quality_fn(ev, cmp)(all_q)
+  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
+  curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, (float(s.fmr),),
+                          edc.FIQA_DISCARD, "fiqa", pauc_limit=limit)
+  pauc = np.asarray(curves.pauc)[:, 0]
+  for row, p in zip(rows, pauc):
+    row["pauc"] = float(p)
+  baseline_pauc = {k: float(p) for k, p in zip(baselines, pauc[len(rows):])}
+
+  # Measured images/s (real programs, a small subset of the evaluation split).
+  timing = _measure(model, ev, s, rows, cascades, s_ev, depth)
+  headline = _headline(rows, cascades, float(s.cascade.headline), timing)
+  seconds = round(time.time() - started, 1)
+  summary = {
+      "benchmark": {"calibration": {"name": cal.name, "images": cal.num_images},
+                    "evaluation": {"name": ev.name, "images": ev.num_images,
+                                   "pairs": int(len(ev.is_genuine)),
+                                   "genuine": int(ev.is_genuine.sum())}},
+      "model": spec.path, "fr_model": fr_name, "depth": depth,
+      "fmr": float(s.fmr), "mode": "fiqa", "pauc_limit": limit,
+      "gflops_per_exit": [float(g) for g in per_exit], "gflops_fusion": float(g_fusion),
+      "exits": list(exits), "tau": tau_info, "thresholds": table,
+      "rows": [{k: v for k, v in r.items()} for r in rows],
+      "baselines": baseline_pauc,
+      "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
+      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
+      "seconds": seconds}
+  return summary, mapping
+
+
+def _store_mapping(model_dir: str, mapping: calibration.QualityMapping) -> str:
+  """Writes the mapping into the model directory unless the same one is there already."""
+  old = calibration.load_mapping(model_dir)
+  if old is None or old.to_dict() != mapping.to_dict():
+    logging.info("0–100 quality mapping stored with the model: %s",
+                 os.path.join(model_dir, calibration.MAPPING_FILE))
+    return calibration.save_mapping(model_dir, mapping)
+  return os.path.join(model_dir, calibration.MAPPING_FILE)
+
+
+def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
+             s_ev: np.ndarray, depth: int) -> dict[str, Any]:
+  """images/s of every fixed-exit program and the cascades on a subset; the engine's decisions
+  there against the prediction from the full-pass scores (mismatches are reported)."""
+  n = min(int(s.timing.images), ev.num_images)
+  info: dict[str, Any] = {"images": n, "repeats": int(s.timing.repeats)}
+  for r in rows:
+    r["images_per_second"] = float("nan")
+  if n <= 0 or jax.process_count() > 1:
+    info["skipped"] = "timing.images = 0" if n <= 0 else "multi-host run (single-host programs)"
+    return info
+  images, _ = ev.read(np.arange(n))
+  reps = int(s.timing.repeats)
+  by_method = {r["method"]: r for r in rows}
+  fixed = range(1, depth + 1) if s.timing.get("fixed_exits", True) else (depth,)
+  for k in fixed:
+    by_method[f"exit_{k}"]["images_per_second"] = n / _time_it(
+        lambda: model.score(images, exit=k), reps)
+  full_rate = by_method[f"exit_{depth}"]["images_per_second"]
+  for f in ("ex_fiqa_f", "ex_fiqa_fw"):     # the full pass computes every exit and both fusions
+    by_method[f]["images_per_second"] = full_rate
+  headline = float(s.cascade.headline)
+  mismatch = {}
+  for c in cascades:
+    if not s.timing.get("all_targets", True) and not math.isclose(c["target"], headline):
+      continue
+    thr = c["_thresholds"]
+    result = model.cascade(images, thr)          # also the warm-up (compilation)
+    pred = calibration.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
+    mismatch[f"{c['target']:g}"] = int(np.sum((np.asarray(result.exit) != pred.exit)
+                                              | (np.asarray(result.accept) != pred.accept)))
+    by_method[f"cascade@{c['target']:g}"]["images_per_second"] = n / _time_it(
+        lambda: model.cascade(images, thr), reps, warm=True)
+  info["engine_vs_prediction_mismatches"] = mismatch
+  return info
+
+
+def _headline(rows: list[dict], cascades: list[dict], target: float, timing: Mapping
+              ) -> dict[str, Any]:
+  """The cascade at the headline agreement target (0.99) in numbers and one sentence."""
+  row = next((r for r in rows if r["kind"] == "cascade" and math.isclose(r["target"], target)),
+             None)
+  full = next(r for r in rows if r["kind"] == "exit" and r["exits"] == str(len(r["decided"])))
+  if row is None:
+    return {"text": f"no cascade at agreement target {target:g}"}
+  cv = row.get("agreement_cv", float("nan"))
+  cv_text = f", cross-validated {100 * cv:.2f} %" if math.isfinite(cv) else ""
+  speed = (row["images_per_second"] / full["images_per_second"]
+           if full["images_per_second"] and math.isfinite(row["images_per_second"]) else None)
+  text = (f"at {100 * target:g} % agreement the cascade (exits {row['exits']}) needs "
+          f"{row['mean_gflops']:.3g} of {full['mean_gflops']:.3g} GFLOPs per image: "
+          f"{100 * row['saved']:.1f} % compute saved, held-out agreement "
+          f"{100 * row['agreement']:.2f} % (calibration {100 * row['agreement_calibration']:.2f} "
+          f"%{cv_text}), pAUC {1e3 * row['pauc']:.2f} vs {1e3 * full['pauc']:.2f} x1e-3 at full depth")
+  if speed is not None:
+    text += f", {speed:.2f}x images/s measured on {timing.get('images')} images"
+  return {"target": target, "saved": row["saved"], "mean_gflops": row["mean_gflops"],
+          "full_gflops": full["mean_gflops"], "agreement": row["agreement"],
+          "agreement_calibration": row["agreement_calibration"], "agreement_cv": cv,
+          "pauc": row["pauc"],
+          "full_pauc": full["pauc"], "exits": row["exits"], "speedup": speed, "text": text}
+
+
+# ------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------
+def write_outputs(output: str, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                  mapping: calibration.QualityMapping, depth: int,
+                  baselines: Mapping[str, float]) -> dict[str, str]:
+  decided_cols = [f"decided_exit_{e}" for e in range(1, depth + 1)]
+  flat = [{**{k: r[k] for k in CSV_COLUMNS}, **dict(zip(decided_cols, r["decided"]))}
+          for r in rows]
+  paths = {"csv": os.path.join(output, "early_exit.csv"),
+           "json": os.path.join(output, "early_exit.json"),
+           "md": os.path.join(output, "early_exit.md"),
+           "mapping": os.path.join(output, calibration.MAPPING_FILE)}
+  files.write_text(paths["csv"], report.csv_text(flat, list(CSV_COLUMNS) + decided_cols))
+  files.write_json(paths["json"], summary)
+  files.write_text(paths["md"], markdown(summary, rows))
+  calibration.save_mapping(paths["mapping"], mapping)
+  paths["plot_pauc"] = plot_pauc_vs_gflops(
+      os.path.join(output, "plots", "early_exit_pauc_vs_gflops.png"), rows, baselines,
+      summary["fmr"])
+  paths["plot_decided"] = plot_decided(os.path.join(output, "plots", "early_exit_decided.png"),
+                                       rows, depth)
+  return paths
+
+
+def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+  b = summary["benchmark"]
+  lines = ["# Early exits", "",
+           f"Calibrated on `{b['calibration']['name']}` ({b['calibration']['images']} images), "
+           f"evaluated on `{b['evaluation']['name']}` ({b['evaluation']['images']} images, "
+           f"{b['evaluation']['pairs']} pairs). tau = {summary['tau']['value']:.6g} "
+           f"({summary['tau']['rule']}). pAUC-EDC x1e3 at FMR {summary['fmr']:g} "
+           f"(`fiqa`, up to {summary['pauc_limit']:g}).", "",
+           f"Headline: {summary['headline']['text']}.", "",
+           "| method | exits | GFLOPs/image | saved | pAUC x1e3 | agreement (eval / cal) "
+           "| images/s |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['method']} | {r['exits']} | {r['mean_gflops']:.4g} | "
+                 f"{100 * r['saved']:.1f} % | {1e3 * r['pauc']:.2f} | "
+                 f"{100 * r['agreement']:.2f} / {100 * r['agreement_calibration']:.2f} % | "
+                 f"{r['images_per_second']:.0f} |")
+  for k, v in summary["baselines"].items():
+    lines.append(f"| {k} | | | | {1e3 * v:.2f} | | |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_pauc_vs_gflops(path: str, rows: Sequence[Mapping[str, Any]],
+                        baselines: Mapping[str, float], fmr: float) -> str:
+  """pAUC against mean GFLOPs per image: fixed exits (line), fusions (markers), the cascade
+  sweep of agreement targets (line, labelled), baselines as levels."""
+  fig = report._figure(6.0, 4.2)
+  ax = fig.add_subplot(1, 1, 1)
+  ex = [r for r in rows if r["kind"] == "exit"]
+  ax.plot([r["mean_gflops"] for r in ex], [r["pauc"] for r in ex], "o-", color="C0", ms=4,
+          label="fixed exit k")
+  for r in ex:
+    ax.annotate(r["exits"], (r["mean_gflops"], r["pauc"]), fontsize=6, xytext=(2, 3),
+                textcoords="offset points")
+  for r in (r for r in rows if r["kind"] == "fusion"):
+    ax.plot([r["mean_gflops"]], [r["pauc"]], "*" if r["method"].endswith("fw") else "P", ms=9,
+            color="C1" if r["method"].endswith("fw") else "C2", label=r["method"])
+  cas = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["mean_gflops"])
+  if cas:
+    ax.plot([r["mean_gflops"] for r in cas], [r["pauc"] for r in cas], "s-", color="C3", ms=4,
+            label="cascade (agreement target)")
+    for r in cas:
+      ax.annotate(f"{r['target']:g}", (r["mean_gflops"], r["pauc"]), fontsize=6,
+                  xytext=(2, -8), textcoords="offset points", color="C3")
+  for i, (k, v) in enumerate(baselines.items()):
+    ax.axhline(v, color="k" if k == results.RANDOM else "0.5", ls="--" if k == results.RANDOM
+               else ":", lw=0.8, label=k)
+  ax.set_xlabel("mean GFLOPs per image")
+  ax.set_ylabel("pAUC-EDC")
+  ax.set_title(f"pAUC-EDC (FMR {fmr:.0e}, fiqa) vs compute", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  return report._save(fig, path)
+
+
+def plot_decided(path: str, rows: Sequence[Mapping[str, Any]], depth: int) -> str:
+  """Stacked bars: per cascade agreement target, the fraction of images decided at each exit."""
+  cas = [r for r in rows if r["kind"] == "cascade"]
+  fig = report._figure(max(4.0, 1.0 + 0.9 * len(cas)), 3.6)
+  ax = fig.add_subplot(1, 1, 1)
+  x = np.arange(len(cas))
+  bottom = np.zeros(len(cas))
+  for e in range(depth):
+    h = np.asarray([r["decided"][e] for r in cas])
+    if np.any(h > 0):
+      ax.bar(x, h, bottom=bottom, color=f"C{e % 10}", label=f"exit {e + 1}", width=0.6)
+    bottom += h
+  ax.set_xticks(x, [f"{r['target']:g}" for r in cas], fontsize=8)
+  ax.set_xlabel("agreement target")
+  ax.set_ylabel("fraction of images decided")
+  ax.set_ylim(0, 1)
+  ax.set_title("Where the cascade decides (evaluation split)", fontsize=9)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  return report._save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------
+# The task
+# ------------------------------------------------------------------------------------------
+def run(config) -> dict[str, Any]:
+  """Task "early_exit" (configs/early_exit.py)."""
+  started = time.time()
+  quality = pipeline.load_quality_models(config)
+  if len(quality) != 1:
+    raise ValueError("early_exit analyses one quality model; pass one "
+                     "--config.quality_model.path")
+  pipeline.fr_items(config, quality)        # a bad FR input fails before any data work
+  names = benchmarks.benchmark_names(config)
+  if len(names) != 1:
+    raise ValueError(f"early_exit takes one benchmark, got {names}")
+  if names[0] == SYNTHETIC:
+    cal, ev, how = synthetic_split(config, "val"), synthetic_split(config, "test"), "identity"
+  else:
+    cal, ev, how = split_benchmark(benchmarks.open_benchmark(names[0], config),
+                                   float(config.early_exit.split.fraction), int(config.seed))
+  logging.info("early exits on %s: calibration %s (%d images), evaluation %s (%d images), "
+               "split by %s", names[0], cal.name, cal.num_images, ev.name, ev.num_images, how)
+  cache = stages.StageCache(os.path.join(config.output, "cache"),
+                            progress=config.get("progress", True))
+  out = analyse(config, cal, ev, quality[0], cache, config.output, quality, extra={"split": how})
+  logging.info("early-exit analysis written to %s (%.1f s)", config.output, time.time() - started)
+  return {**out, "computed": cache.computed()}

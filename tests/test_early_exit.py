@@ -1,0 +1,113 @@
+"""Task "early_exit" end to end on configs/early_exit.py:size=smoke with a tiny random ViT-FIQA:
+every output, their consistency, the cascade's calibration-split agreement, the engine's
+decisions against the prediction, and the score task's 0–100 columns from the stored mapping."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import early_exit as early_exit_config
+from configs import score as score_config
+from exfiqa_jax import models, report
+from exfiqa_jax.eval import benchmarks, calibration
+from exfiqa_jax.tasks import early_exit, score
+from exfiqa_jax.testing import worlds
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("early_exit")
+  model = worlds._save_vit(root / "model", "token", 0)
+  config = early_exit_config.get_config("size=smoke")
+  config.quality_model.path = model
+  config.output = str(root / "out")
+  config.progress = False
+  return root, config, early_exit.run(config)
+
+
+def test_outputs_exist_and_agree(run):
+  root, config, result = run
+  out = root / "out"
+  for name in ("early_exit.csv", "early_exit.json", "early_exit.md", "quality_mapping.json",
+               "plots/early_exit_pauc_vs_gflops.png", "plots/early_exit_decided.png"):
+    assert os.path.getsize(out / name) > 0, name
+  summary = json.loads((out / "early_exit.json").read_text())
+  rows = report.read_csv(str(out / "early_exit.csv"))
+  targets = list(early_exit_config.TARGETS)
+  assert [r["method"] for r in rows] == (
+      ["exit_1", "exit_2", "exit_3", "ex_fiqa_f", "ex_fiqa_fw"]
+      + [f"cascade@{t:g}" for t in targets])
+  per_exit, fusion = models.gflops(json.loads((root / "model/model_config.json").read_text()))
+  for r, j in zip(rows, summary["rows"]):
+    assert float(r["mean_gflops"]) == pytest.approx(j["mean_gflops"])
+    assert float(r["pauc"]) == pytest.approx(j["pauc"])
+    decided = [float(r[f"decided_exit_{e}"]) for e in (1, 2, 3)]
+    assert sum(decided) == pytest.approx(1.0)
+    if r["kind"] == "exit":
+      assert float(r["mean_gflops"]) == pytest.approx(per_exit[int(r["exits"]) - 1])
+    if r["kind"] == "cascade":            # calibration meets its target on its own split
+      assert float(r["agreement_calibration"]) >= float(r["target"])
+      assert per_exit[0] <= float(r["mean_gflops"]) <= per_exit[-1] + 3 * (fusion - per_exit[-1])
+    assert 0 <= float(r["agreement"]) <= 1 and float(r["images_per_second"]) > 0
+  assert float(rows[2]["agreement"]) == 1.0                # exit L is the full-depth decision
+  assert summary["timing"]["engine_vs_prediction_mismatches"] == {f"{t:g}": 0 for t in targets}
+  assert summary["tau"]["discard_calibration"] == pytest.approx(0.2, abs=1 / 48)
+  assert summary["headline"]["target"] == 0.99 and "compute saved" in summary["headline"]["text"]
+  assert {"synthetic_faces_val", "synthetic_faces"} == {
+      summary["benchmark"]["calibration"]["name"], summary["benchmark"]["evaluation"]["name"]}
+  assert [p["target"] for p in summary["thresholds"]["discard"]] == [0.1, 0.2, 0.3]
+
+
+def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):
+  root, _, _ = run
+  model = str(root / "model")
+  mapping = calibration.load_mapping(model)
+  assert mapping is not None and mapping.kind == "quantile"
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), np.uint8)).save(tmp_path / f"{i}.png")
+  cfg = score_config.get_config("size=tiny")
+  cfg.quality_model.path, cfg.images, cfg.output = model, str(tmp_path), str(tmp_path / "o")
+  cfg.progress = False
+  score.run(cfg)
+  rows = report.read_csv(str(tmp_path / "o" / "scores.csv"))
+  header = list(rows[0])
+  base = report.score_columns(3, True)
+  assert header[:len(base)] == base                     # the existing columns unchanged
+  assert header[len(base):] == ["q100_exit_1", "q100_exit_2", "q100_exit_3", "q100_ex_fiqa_f",
+                                "q100_ex_fiqa_fw"]
+  for r in rows:
+    for e in (1, 2, 3):
+      expected = mapping.columns[f"exit_{e}"](float(r[f"exit_{e}"]))
+      assert float(r[f"q100_exit_{e}"]) == pytest.approx(float(expected), abs=1e-4)
+  cfg.quality_mapping = "none"
+  score.run(cfg)                                        # the mapping is part of the identity
+  assert list(report.read_csv(str(tmp_path / "o" / "scores.csv"))[0]) == base
+
+
+def test_split_without_labels_keeps_connected_pairs_together():
+  rng = np.random.default_rng(0)
+  n = 40                                      # .bin-style: pair i = images 2i, 2i+1
+  pairs = np.stack([np.arange(0, n, 2), np.arange(1, n, 2)], 1)
+  gen = np.arange(n // 2) % 2 == 0
+  images = rng.integers(0, 255, (n, 112, 112, 3), np.uint8)
+  bench = benchmarks.array_benchmark("mini", images, [f"{i}.png" for i in range(n)], pairs, gen)
+  cal, ev, how = early_exit.split_benchmark(bench, 0.5, seed=1)
+  assert how == "connected pairs"
+  assert len(cal.is_genuine) + len(ev.is_genuine) == len(pairs)     # no comparison lost
+  assert cal.num_images + ev.num_images == n
+  a, _ = cal.read(np.arange(cal.num_images))
+  b, _ = ev.read(np.arange(ev.num_images))
+  assert not (set(map(bytes, a)) & set(map(bytes, b)))               # disjoint images
+
+
+def test_rerun_recomputes_nothing(run):
+  _, config, first = run
+  again = early_exit.run(config)
+  assert again["computed"] == []
+  assert again["rows"] == first["rows"]
