@@ -11,6 +11,8 @@ written exactly as the engine produced them (float repr), so the files equal `ex
                n_impostor
   pauc.csv     benchmark, fr_model, quality, mode, fmr, limit, pauc, ci_low, ci_high
                (raw area; the papers print ×1e3)
+  pauc_diff.csv benchmark, fr_model, mode, fmr, quality_a, quality_b, delta_pauc, ci_low,
+               ci_high, p_value (paired bootstrap; exfiqa_jax/eval/paired.py)
   summary.json every pAUC with its CI, the best column per (benchmark, FR model, mode, FMR),
                plus whatever the caller adds (timings, demo targets, Spearman correlations)
   summary.md   the papers' table: rows = quality columns, columns = benchmark × FMR, pAUC ×1e3,
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from exfiqa_jax import files
+from exfiqa_jax.eval import paired as paired_lib
 from exfiqa_jax.eval.results import (BASELINE_KINDS, KINDS, RANDOM, BenchmarkEval, ModeEval,
                                      QualityColumn, best_index, column_set, random_quality)
 
@@ -198,6 +201,54 @@ def write_tables(output: str, results: Sequence[BenchmarkEval],
   return paths
 
 
+def write_paired(output: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  """pauc_diff.csv (atomic; header only when there was no bootstrap)."""
+  path = os.path.join(output, "pauc_diff.csv")
+  files.write_text(path, csv_text(rows, paired_lib.COLUMNS))
+  return path
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """"Paired comparisons" section: every comparison not against `random` (fusions and the best
+  exit against the last exit), Δ pAUC ×1e3 with its interval and p; the exit-vs-random ones
+  summarised in one line (all of them are in pauc_diff.csv)."""
+  if not rows:
+    return []
+  lines = ["## Paired comparisons: Δ pAUC-EDC ×1e3 = a − b (paired bootstrap; < 0: a better)",
+           "",
+           "| benchmark | FR model | mode | FMR | a | b | Δ ×1e3 | interval ×1e3 | p |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  vs_random = [r for r in rows if r["quality_b"] == RANDOM]
+  for r in rows:
+    if r["quality_b"] == RANDOM:
+      continue
+    lines.append(f"| {r['benchmark']} | {r['fr_model']} | {r['mode']} | {r['fmr']:.0e} | "
+                 f"{r['quality_a']} | {r['quality_b']} | {1e3 * r['delta_pauc']:.3f} | "
+                 f"[{1e3 * r['ci_low']:.3f}, {1e3 * r['ci_high']:.3f}] | {r['p_value']:.3g} |")
+  if vs_random:
+    better = sum(1 for r in vs_random if r["p_value"] < 0.05 and r["delta_pauc"] < 0)
+    lines += ["", f"Every exit against `{RANDOM}`: {len(vs_random)} comparisons, {better} "
+              "significantly better at p < 0.05 (pauc_diff.csv)."]
+  return lines + [""]
+
+
+def sanity_markdown(sanity: Sequence[Mapping[str, Any]]) -> list[str]:
+  """One "FR sanity" line: 10-fold accuracy per pair set, TAR@FAR per template set."""
+  if not sanity:
+    return []
+  parts = []
+  for s in sanity:
+    if s.get("kind") == "tar_at_far":
+      tars = ", ".join(f"TAR@FAR={k.split('=', 1)[1]} {100 * v:.2f} %"
+                       for k, v in s.items() if k.startswith("tar@far="))
+      parts.append(f"{s['benchmark']}/{s['fr_model']} {tars}")
+    else:
+      parts.append(f"{s['benchmark']}/{s['fr_model']} 10-fold accuracy "
+                   f"{100 * s['accuracy_10fold']:.2f} %")
+  return ["FR sanity (is the FR model, the data and the channel order right?): "
+          + "; ".join(parts) + ".", ""]
+
+
 # ------------------------------------------------------------------------------------------
 # GFLOPs
 # ------------------------------------------------------------------------------------------
@@ -249,8 +300,10 @@ def _labelled(col: QualityColumn, num_exits: int) -> bool:
   return col.kind in ("fusion", "random", "oracle") or (col.exit in (1, num_exits))
 
 
-def plot_edc(path: str, result: BenchmarkEval, mode: str) -> str:
-  """EDC curves of one benchmark and mode, one panel per FMR."""
+def plot_edc(path: str, result: BenchmarkEval, mode: str,
+             band: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+  """EDC curves of one benchmark and mode, one panel per FMR; band = bootstrap (low, high)
+  [S, F, R] FNMR per level, drawn around the fusions, the last exit and the baselines."""
   m = result.modes[mode]
   fmrs = list(result.fmrs)
   fig = _figure(4.2 * len(fmrs), 3.6)
@@ -261,8 +314,15 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str) -> str:
     ax = fig.add_subplot(1, len(fmrs), f + 1)
     for s, col in enumerate(result.columns):
       L = depth.get(col.model, 1)
-      ax.plot(x, m.curves.fnmr[s, f], label=col.name if _labelled(col, L) else None,
-              **_style(col, L))
+      style = _style(col, L)
+      ax.plot(x, m.curves.fnmr[s, f], label=col.name if _labelled(col, L) else None, **style)
+      if band is not None and (col.kind in ("fusion", RANDOM, "oracle")
+                               or (col.kind == "exit" and col.exit == L)):
+        lo, hi = band[0][s, f], band[1][s, f]
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+          ax.fill_between(x, np.where(ok, lo, 0), np.where(ok, hi, 0), where=ok,
+                          color=style["color"], alpha=0.12, lw=0)
     ax.axvline(m.limit, color="0.6", lw=0.6, ls=":")
     ax.set_title(f"{result.benchmark}  FMR {float(fmr):.0e}  ({mode})", fontsize=9)
     ax.set_xlabel("fraction of pairs discarded" if mode == "fiqa"
@@ -296,12 +356,21 @@ def plot_pauc_vs_gflops(path: str, results: Sequence[BenchmarkEval], mode: str,
       color = f"C{k % 10}"
       k += 1
       label = r.benchmark if len(gflops) == 1 else f"{r.benchmark} {model}"
-      ax.plot([g[e - 1] for e, _ in idx], [m.pauc[s, f] for _, s in idx], "o-", ms=3,
-              color=color, label=label)
+      xs, ys = [g[e - 1] for e, _ in idx], np.array([m.pauc[s, f] for _, s in idx])
+      lo = np.array([m.ci_low[s, f] for _, s in idx])
+      hi = np.array([m.ci_high[s, f] for _, s in idx])
+      if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):     # bootstrap error bars
+        ax.errorbar(xs, ys, yerr=[np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)], fmt="o-",
+                    ms=3, capsize=2, lw=1, color=color, label=label)
+      else:
+        ax.plot(xs, ys, "o-", ms=3, color=color, label=label)
       for s, c in enumerate(r.columns):
         if c.kind == "fusion" and c.model == model:
-          ax.plot([g_fuse], [m.pauc[s, f]], "*" if c.name.endswith("fw") else "P", ms=9,
-                  color=color)
+          y, lo, hi = m.pauc[s, f], m.ci_low[s, f], m.ci_high[s, f]
+          yerr = ([[max(y - lo, 0)], [max(hi - y, 0)]] if np.isfinite(lo) and np.isfinite(hi)
+                  else None)
+          ax.errorbar([g_fuse], [y], yerr=yerr, fmt="*" if c.name.endswith("fw") else "P",
+                      ms=9, capsize=2, color=color)
       if RANDOM in r.names:
         ax.axhline(m.pauc[r.names.index(RANDOM), f], color=color, ls="--", lw=0.8, alpha=0.6)
     fmr = float(r.fmrs[f])
@@ -363,14 +432,18 @@ def plot_attention(path: str, images: np.ndarray, maps: np.ndarray, scores: np.n
 
 
 def write_plots(output: str, results: Sequence[BenchmarkEval],
-                gflops: Mapping[str, tuple[np.ndarray, float]] | None = None) -> list[str]:
-  """EDC curve plots per benchmark/mode and pAUC-vs-GFLOPs plots per FR model/mode."""
+                gflops: Mapping[str, tuple[np.ndarray, float]] | None = None,
+                bands: Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] | None = None
+                ) -> list[str]:
+  """EDC curve plots per benchmark/mode (with CI bands from `bands`, keyed (benchmark,
+  fr_model, mode)) and pAUC-vs-GFLOPs plots (error bars = the pAUC CIs) per FR model/mode."""
   plots = os.path.join(output, "plots")
   written = []
   for r in results:
     for mode in r.modes:
       written.append(plot_edc(os.path.join(
-          plots, f"edc_{files.slug(r.benchmark)}_{files.slug(r.fr_model)}_{mode}.png"), r, mode))
+          plots, f"edc_{files.slug(r.benchmark)}_{files.slug(r.fr_model)}_{mode}.png"), r, mode,
+          (bands or {}).get((r.benchmark, r.fr_model, mode))))
   if gflops:
     by_fr: dict[str, list[BenchmarkEval]] = {}
     for r in results:

@@ -186,17 +186,18 @@ def test_pauc_hand_made_curves():
 
 
 def test_pauc_ci_deterministic_and_brackets():
-  scores, gen, q = make_data(9, p=1200, n_sets=2)
-  a = edc.pauc_ci(scores, gen, q, fmrs=(1e-2,), num_resamples=16, seed=3, resample_batch=4)
-  b = edc.pauc_ci(scores, gen, q, fmrs=(1e-2,), num_resamples=16, seed=3, resample_batch=4)
-  c = edc.pauc_ci(scores, gen, q, fmrs=(1e-2,), num_resamples=16, seed=4, resample_batch=4)
+  # the shapes of the bootstrap tests below (one compile): 360 pairs, 2 sets, 2 FMRs, batch 3
+  scores, gen, q, _ = boot_data(9, tied=False, tied_scores=False)
+  a = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=3, resample_batch=3)
+  b = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=3, resample_batch=3)
+  c = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=4, resample_batch=3)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a[1], c[1])
   point, low, high = a
-  assert point.shape == low.shape == (2, 1)
+  assert point.shape == low.shape == (2, 2)
   assert np.all(low < high) and np.all(low <= point * 1.5) and np.all(high >= point / 1.5)
-  np.testing.assert_allclose(point, edc.pauc(edc.edc_fnmr(scores, gen, q, fmrs=(1e-2,)),
+  np.testing.assert_allclose(point, edc.pauc(edc.edc_fnmr(scores, gen, q, fmrs=BOOT_FMRS),
                                              edc.FIQA_DISCARD, 0.3))
 
 
@@ -295,3 +296,124 @@ def test_rows_for_report():
                           "threshold", "n_genuine", "n_impostor"}
   assert rows[-1]["quality"] == "ex_fiqa_fw" and rows[-1]["discard"] == edc.FIQA_DISCARD[-1]
   assert rows[-1]["fnmr"] == res.fnmr[2, 2, 19] and rows[-1]["n_genuine"] == res.n_genuine[2, 19]
+
+
+# ------------------------------------------------------------------------------------------
+# Bootstrap: every resample equals the plain EDC of its resampled pair list (NumPy reference)
+# ------------------------------------------------------------------------------------------
+def boot_data(seed, p=360, n_gen=120, n_sets=2, tied=True, tied_scores=True, n_ids=24):
+  """Fixed genuine count (one compile for every seed); identities per image side."""
+  rng = np.random.default_rng(seed)
+  gen = np.zeros(p, bool)
+  gen[rng.choice(p, n_gen, replace=False)] = True
+  ids = rng.integers(0, n_ids, (p, 2))
+  ids[gen, 1] = ids[gen, 0]                                  # a genuine pair: one identity
+  ids[~gen, 1] = (ids[~gen, 0] + 1 + rng.integers(0, n_ids - 1, (~gen).sum())) % n_ids
+  latent = rng.standard_normal(p)
+  scores = np.where(gen, 0.5 + 0.25 * rng.standard_normal(p) + 0.1 * latent,
+                    0.05 * rng.standard_normal(p)).astype(np.float32)
+  if tied_scores:
+    scores = (np.round(scores * 40) / 40).astype(np.float32)
+  q = latent[None] + rng.standard_normal((n_sets, p))
+  if tied:
+    q = np.round(q * 2) / 2
+  return scores, gen, q.astype(np.float32), ids
+
+
+def ref_multiplicities(draws, units, p):
+  """Literal rule: a pair inside one unit once per drawn copy of it, a pair across two units
+  once per (copy of a, copy of b); pairs as units: how often each pair was drawn."""
+  if units is None:
+    return np.array([np.sum(draws == i) for i in range(p)])
+  labels = sorted(set(np.asarray(units).reshape(-1).tolist()))
+  drawn = [labels[d] for d in draws]
+  out = []
+  for a, b in np.asarray(units).reshape(p, -1)[:, [0, -1]]:
+    out.append(drawn.count(a) if a == b else drawn.count(a) * drawn.count(b))
+  return np.array(out)
+
+
+BOOT_FMRS = (1e-1, 1e-2)
+
+
+@pytest.mark.parametrize("mode,unit,seed", [("fiqa", "pair", 0), ("fiqa", "identity", 1),
+                                             ("fiqa", "template", 2), ("iso", "pair", 3),
+                                             ("iso", "identity", 4)])
+def test_bootstrap_equals_plain_numpy_bootstrap(mode, unit, seed):
+  """Tolerance: fiqa FNMR/pAUC 1e-12 (integer counts → float64 ratios on both sides); iso pAUC
+  1e-12 (float64 sums in another order)."""
+  scores, gen, q, ids = boot_data(seed)
+  p = len(scores)
+  units = {"pair": None, "identity": ids,
+           "template": np.random.default_rng(seed).integers(0, 60, (p, 2))}[unit]
+  limit = 0.3 if mode == "fiqa" else 0.2
+  n_boot = 3
+  res = edc.bootstrap(scores, gen, q, fmrs=BOOT_FMRS, mode=mode, limit=limit,
+                      num_resamples=n_boot, seed=seed, units=units)
+  assert res.samples.shape == (n_boot, 2, 2) and res.fnmr.shape == (n_boot, 2, 2, 20)
+  n_units = p if units is None else len(np.unique(units))
+  for b in range(n_boot):
+    draws = edc.resample_draws(seed, b, n_units)
+    w = ref_multiplicities(draws, units, p)
+    np.testing.assert_array_equal(edc.resample_weights(seed, b, p, units), w)
+    idx = np.repeat(np.arange(p), w)
+    for s in range(2):
+      for f, fmr in enumerate(BOOT_FMRS):
+        if mode == "fiqa":
+          want, _ = ref_fiqa(scores[idx], gen[idx], q[s, idx], fmr, edc.FIQA_DISCARD)
+          area = ref_trapezoid(edc.FIQA_DISCARD[:7], want[:7])
+        else:
+          want, _, _, (cx, cy) = ref_iso(scores[idx], gen[idx], q[s, idx], fmr, edc.FIQA_DISCARD)
+          area = ref_step_pauc(cx, cy, limit)
+        np.testing.assert_allclose(res.fnmr[b, s, f], want, rtol=0, atol=1e-12)
+        assert res.samples[b, s, f] == pytest.approx(area, abs=1e-12)
+  np.testing.assert_array_equal(res.pauc, edc.edc_curves(scores, gen, q, BOOT_FMRS, mode=mode,
+                                                         pauc_limit=limit).pauc)
+
+
+def test_unit_resampling_keeps_whole_units():
+  scores, gen, q, ids = boot_data(5)
+  p = len(scores)
+  for b in range(4):
+    draws = edc.resample_draws(7, b, len(np.unique(ids)))
+    counts = np.bincount(draws, minlength=24)
+    w = edc.resample_weights(7, b, p, ids)
+    # a drawn identity brings all of its pairs; an identity not drawn takes every pair with it
+    for i in range(p):
+      a, c = ids[i]
+      assert w[i] == (counts[a] if a == c else counts[a] * counts[c])
+    assert np.all(w[np.isin(ids[:, 0], np.flatnonzero(counts == 0))] == 0)
+    same = ids[:, 0] == ids[:, 1]
+    for u in np.flatnonzero(counts):
+      assert np.all(w[same & (ids[:, 0] == u)] == counts[u])
+  # one unit per pair, labelled 0..P-1, is the pair bootstrap itself
+  np.testing.assert_array_equal(edc.resample_weights(3, 0, p, np.arange(p)),
+                                edc.resample_weights(3, 0, p))
+  a = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=2, seed=3)
+  c = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=2, seed=3, units=np.arange(p))
+  np.testing.assert_array_equal(a.samples, c.samples)
+
+
+def test_bootstrap_resamples_are_paired_and_stable():
+  """Resample b is the same whatever the column set and resample count (paired differences)."""
+  scores, gen, q, _ = boot_data(6)
+  three = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=3, seed=11, resample_batch=2)
+  two = edc.bootstrap(scores, gen, q[::-1], BOOT_FMRS, num_resamples=2, seed=11,
+                      resample_batch=2)
+  np.testing.assert_array_equal(three.samples[:2, ::-1], two.samples)
+
+
+@pytest.mark.parametrize("kw,match", [({"alpha": 2}, "alpha"), ({"alpha": 0}, "alpha"),
+                                      ({"alpha": "x"}, "alpha"), ({"num_resamples": -1}, "whole"),
+                                      ({"num_resamples": 2.5}, "whole"),
+                                      ({"units": np.zeros((5, 2))}, "units")])
+def test_pauc_ci_bad_arguments(kw, match):
+  scores, gen, q, _ = boot_data(7)
+  with pytest.raises(ValueError, match=match):
+    edc.pauc_ci(scores, gen, q, BOOT_FMRS, **kw)
+
+
+def test_pauc_ci_zero_resamples():
+  scores, gen, q, _ = boot_data(8)
+  point, low, high = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=0)
+  assert np.all(np.isnan(low)) and np.all(np.isnan(high)) and np.all(np.isfinite(point))

@@ -12,11 +12,17 @@ Two conventions (SPEC-EDC §0):
 
 Scale (IJB-C: 15.7M pairs, 26 quality sets). A sort per quality set and level is what makes the
 published code slow; here the impostor scores are sorted ONCE per call (shared by every quality
-set), and per quality set only histogram passes run: a radix selection finds the quality cut of
+set; on the host, one NumPy sort of packed 64-bit keys, ~10x a key-value sort under XLA on the
+CPU), and per quality set only histogram passes run: a radix selection finds the quality cut of
 every level (the kept sets are nested, so one int per pair, `level`, says up to which level it is
 kept), one scatter builds per-level kept counts per block of the score order, and the few order
 statistics the threshold rule needs are read from one block each. Genuine pairs are few and are
 handled directly. Cost O(N log N) once + O(N) per quality set; memory O(N).
+
+Bootstrap (`bootstrap`, `pauc_ci`; docs/evaluation.md, "Bootstrap"): a resample is an integer
+multiplicity per pair, drawn by pair, identity or template (`multiplicities`), and evaluated
+exactly as the plain EDC of the resampled pair list, but with weighted counts over the shared
+score order and one quality order per set: no sort and no pair list per resample.
 
 Exactness. Everything is integer counting, except the final choice between the two candidate
 FMR counts nearest the target, |m/N - f|, which the published code makes in float64. The public
@@ -30,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -189,10 +196,39 @@ class _Prep(NamedTuple):
   gen_overflow: jnp.ndarray  # [] bool: more genuines than G slots (traced path only)
 
 
+def _np_sortable(x: np.ndarray) -> np.ndarray:
+  """Host twin of _sortable(_canon(x)): float32 → uint32 in float order, -0.0 == +0.0."""
+  x = np.asarray(x, np.float32)
+  bits = np.where(x == 0, np.float32(0), x).view(np.uint32)
+  return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+
+
+def _np_order(key32: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+  """Stable ascending order of (group, key32) with ties by index: ONE np.sort of packed uint64
+  keys (unique keys, so any sort is stable; NumPy's vectorised sort makes this ~10x faster than
+  a key-value sort under XLA on the CPU: docs/evaluation.md, "Speed"). P < 2^31."""
+  n = key32.shape[0]
+  if n >= 1 << 31:
+    raise ValueError(f"{n} pairs: at most 2^31 - 1 per EDC call")
+  packed = (key32.astype(np.uint64) << np.uint64(31)) | np.arange(n, dtype=np.uint64)
+  if group is not None:
+    packed |= group.astype(np.uint64) << np.uint64(63)
+  packed.sort()
+  return (packed & np.uint64(0x7FFFFFFF)).astype(np.int32)
+
+
+def score_order(scores: np.ndarray, is_genuine: np.ndarray) -> np.ndarray:
+  """Pair index at each position of the comparison-score order shared by every quality set:
+  impostors by DESCENDING score, then genuines by ascending score (ties by index)."""
+  key = _np_sortable(scores)
+  return _np_order(np.where(is_genuine, key, ~key), np.asarray(is_genuine, bool))
+
+
 @functools.partial(jax.jit, static_argnames=("g_size", "block", "with_order"))
 def _prepare(scores, is_genuine, g_size: int, block: int = _BLOCK,
-             with_order: bool = True) -> _Prep:
-  """with_order=False (iso mode) skips the impostor sort: only the genuine slots are built."""
+             with_order: bool = True, perm=None) -> _Prep:
+  """with_order=False (iso mode) skips the impostor sort: only the genuine slots are built.
+  perm: the order from score_order (host); None (traced inputs) sorts on device."""
   p = scores.shape[0]
   nb = -(-p // block)
   ppad = nb * block
@@ -205,9 +241,11 @@ def _prepare(scores, is_genuine, g_size: int, block: int = _BLOCK,
     z = jnp.zeros((1,), jnp.int32)
     return _Prep(s, z, z.astype(jnp.float32), z, z, z, n_imp, gen_idx, gen_idx < p, n_gen,
                  n_gen > g_size)
-  key = jnp.where(gen, jnp.inf, -s)
   iota = lax.iota(jnp.int32, p)
-  _, perm = lax.sort((key, iota), num_keys=1, is_stable=False)  # ties in any order: only counts matter
+  if perm is None:
+    key = jnp.where(gen, jnp.inf, -s)
+    _, perm = lax.sort((key, iota), num_keys=1, is_stable=False)  # ties in any order: only counts matter
+  perm = jnp.asarray(perm, jnp.int32)
   sorted_s = s[perm]
   pos = iota
   new = jnp.concatenate([jnp.ones((1,), bool), sorted_s[1:] != sorted_s[:-1]]) | (pos == n_imp)
@@ -361,18 +399,18 @@ def _fiqa_decide(xp, st: _FiqaStats, fmrs):
   """Choose the FM count closest to the target (ties: larger count = lower threshold); FNMR."""
   dt = xp.float64 if xp is np or jax.config.jax_enable_x64 else xp.float32
   m = st.m.astype(dt)
-  n = st.n_imp.astype(dt)[:, None, None]
-  f = xp.asarray(fmrs, dt)[None, :, None]
+  n = st.n_imp.astype(dt)[..., :, None, None]
+  f = xp.asarray(fmrs, dt)[:, None]
   ratio = xp.where(n > 0, m / xp.where(n > 0, n, 1), xp.nan)   # no impostor left: NaN, silently
   dist = xp.where(st.valid, xp.abs(ratio - f), xp.inf)
   best = dist == xp.min(dist, axis=-1, keepdims=True)
   choice = xp.argmax(xp.where(best & st.valid, st.m, -1), axis=-1)[..., None]
   acc = xp.take_along_axis(st.accepted, choice, -1)[..., 0].astype(dt)
   thr = xp.take_along_axis(st.ustar, choice, -1)[..., 0]
-  ng = st.n_gen.astype(dt)[:, None]
-  ok = (st.n_gen[:, None] > 0) & xp.any(st.valid, axis=-1)
+  ng = st.n_gen.astype(dt)[..., :, None]
+  ok = (st.n_gen[..., :, None] > 0) & xp.any(st.valid, axis=-1)
   fnmr = xp.where(ok, 1.0 - acc / xp.where(ng > 0, ng, 1), xp.nan)
-  return xp.transpose(fnmr, (1, 0)), xp.transpose(xp.where(ok, thr, xp.nan), (1, 0))  # [F, R]
+  return xp.swapaxes(fnmr, -1, -2), xp.swapaxes(xp.where(ok, thr, xp.nan), -1, -2)  # [..., F, R]
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +498,15 @@ def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 
   dsort = disc[order]
   set_batch = set_batch or max(1, min(n_sets, (1 << 24) // p))
   g_size = _bucket(n_gen)              # padded genuine slots: one compile for similar sizes
-  prep = _prepare(jnp.asarray(s), jnp.asarray(gen), g_size=g_size, with_order=mode == "fiqa")
+  if mode == "fiqa":
+    prep = _prepare(jnp.asarray(s), jnp.asarray(gen), g_size=g_size,
+                    perm=jnp.asarray(score_order(s, gen)))
+  else:                                # genuine slots on the host (XLA's nonzero is slow here)
+    gi = np.full(g_size, p, np.int32)
+    gi[:n_gen] = np.flatnonzero(gen)
+    z = jnp.zeros((1,), jnp.int32)
+    prep = _Prep(jnp.asarray(s), z, z.astype(jnp.float32), z, z, z, jnp.int32(n_imp),
+                 jnp.asarray(gi), jnp.asarray(gi < p), jnp.int32(n_gen), jnp.bool_(False))
   F, R = fm.size, disc.size
   fnmr = np.empty((n_sets, F, R))
   thr = np.empty((n_sets, F, R))
@@ -489,8 +535,9 @@ def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 
       area[:] = pauc(fnmr, disc, pauc_limit, mode="fiqa")
   else:
     kk = np.floor(fm * n_imp).astype(np.int64)              # float64, as the rule is written
-    t = _iso_thresholds(jnp.asarray(s), jnp.asarray(gen), jnp.asarray(kk, jnp.int32),
-                        int(kk.max()) + 1)
+    imp = s[~gen]
+    v = np.partition(imp, n_imp - 1 - kk)[n_imp - 1 - kk]   # the (K+1)-th largest impostor
+    t = jnp.asarray(np.nextafter(v, np.float32(np.inf)))    # = _iso_thresholds, on the host
     dcount = jnp.asarray(cuts_for(dsort, n_gen), jnp.int32)
     set_batch = n_sets if n_sets * g_size <= (1 << 24) else set_batch
     kernel = _iso_kernel(set_batch)
@@ -648,44 +695,482 @@ def pauc(fnmr, discard, limit: float = PAUC_LIMIT, mode: str = "fiqa",
   return area
 
 
-def pauc_ci(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
-            discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
-            num_resamples: int = 200, seed: int = 0, alpha: float = 0.05,
-            higher_is_better: bool = True, resample_batch: int = 8):
-  """Bootstrap CI of pAUC: resample the P pairs with replacement (kept in input order, so
-  duplicates are adjacent and the stable tie order is preserved), B resamples vmapped in batches
-  of `resample_batch`, seeded. Returns (pauc [S, F], low [S, F], high [S, F]) — the point value is
-  on the full data. Resamples with no genuine or no impostor kept give NaN and are ignored.
-  Memory ~ resample_batch x the single-run footprint; at IJB-C scale use a few resamples.
+# --------------------------------------------------------------------------------------------
+# Bootstrap: a resample is an integer multiplicity per pair (docs/evaluation.md, "Bootstrap")
+# --------------------------------------------------------------------------------------------
+# A resample with multiplicities w [P] (w_i copies of pair i) is evaluated as the plain EDC of
+# the resampled list (pairs repeated w_i times, kept in input order, so copies are adjacent
+# and the stable tie order holds), without building that list. N' = sum(w) pairs; in the stable
+# quality order pair i holds the copies [W_<i, W_<=i) (W = cumulative weight), so level k
+# (cut c_k = int(r_k N')) keeps it whole iff W_<i >= c_k, drops it iff W_<=i <= c_k, and keeps
+# W_<=i - c_k copies of the ONE pair straddling c_k. Every count of the threshold rule (kept
+# impostors, FM(u), kept genuines, accepted genuines) becomes a weighted count; the rule itself
+# (candidates, |FM/N - f| in float64 on the host, strict acceptance) is unchanged. The score
+# order is sorted once per call, each quality order once per set; a resample then costs two
+# histogram passes over the pairs per set and a few block reads, no sort.
+UNITS = ("pair", "identity", "template")
+
+
+def check_alpha(alpha) -> float:
+  """alpha of the (1 - alpha) percentile interval; must lie in (0, 1)."""
+  try:
+    a = float(alpha)
+  except (TypeError, ValueError):
+    raise ValueError(f"alpha must be a number in (0, 1) (0.05 = 95 % intervals), got {alpha!r}")
+  if not 0 < a < 1:
+    raise ValueError(f"alpha must be in (0, 1) (0.05 = 95 % intervals), got {alpha!r}")
+  return a
+
+
+def check_resamples(num_resamples) -> int:
+  """Bootstrap resample count: a whole number >= 0 (0 = no interval)."""
+  if isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, np.integer)) and not (
+      isinstance(num_resamples, float) and num_resamples.is_integer()):
+    raise ValueError(f"num_resamples must be a whole number >= 0, got {num_resamples!r}")
+  n = int(num_resamples)
+  if n < 0:
+    raise ValueError(f"num_resamples must be a whole number >= 0, got {num_resamples!r}")
+  return n
+
+
+class Units(NamedTuple):
+  """Resampling units of the pairs: side a and side b of pair i belong to units a[i], b[i]
+  (0..count-1; a == b when a pair has one unit)."""
+  a: np.ndarray
+  b: np.ndarray
+  count: int
+
+
+def pair_units(units, num_pairs: int) -> Units | None:
+  """None (resample pairs) or labels [P] (one unit per pair) / [P, 2] (a unit per side, e.g.
+  the identities or templates of the two images) → Units. Labels may be any hashable dtype."""
+  if units is None:
+    return None
+  u = np.asarray(units)
+  if u.ndim == 1:
+    u = u[:, None]
+  if u.ndim != 2 or u.shape[0] != num_pairs or u.shape[1] not in (1, 2):
+    raise ValueError(f"units must be [P] or [P, 2] labels for the {num_pairs} pairs, got shape "
+                     f"{u.shape}")
+  _, inv = np.unique(u.reshape(-1), return_inverse=True)
+  inv = inv.reshape(u.shape).astype(np.int32)
+  return Units(inv[:, 0], inv[:, -1], int(inv.max()) + 1 if inv.size else 0)
+
+
+def resample_draws(seed: int, resample: int, num_units: int) -> np.ndarray:
+  """The units (0..num_units-1) drawn with replacement in resample `resample` (num_units
+  draws): its own NumPy stream per (seed, resample), so resample b is the same whatever the
+  number of resamples, quality columns or calls (paired comparisons rely on it)."""
+  rng = np.random.default_rng([int(seed) % (1 << 63), int(resample)])
+  return rng.integers(0, num_units, num_units, dtype=np.int64 if num_units >= 1 << 31 else np.int32)
+
+
+def multiplicities(draws: np.ndarray, units: Units | None, num_pairs: int) -> np.ndarray:
+  """Pair multiplicities [P] of a resample from its drawn units (cluster-bootstrap rule).
+
+  Pairs (units None): w_i = how often pair i was drawn. Units: with m_u = how often unit u was
+  drawn, a pair inside one unit (a == b) is kept m_u times, a pair across two units m_a·m_b
+  times: every drawn copy of a meets every drawn copy of b (the vertex bootstrap of dyadic
+  data, Snijders & Borgatti 1999; the pigeonhole bootstrap, Owen 2007), while a unit's own
+  pairs come once per copy of it."""
+  if units is None:
+    return np.bincount(draws, minlength=num_pairs).astype(np.int32)
+  m = np.bincount(draws, minlength=units.count).astype(np.int32)
+  ma = m[units.a]
+  return np.where(units.a == units.b, ma, ma * m[units.b])
+
+
+def resample_weights(seed: int, resample: int, num_pairs: int, units=None) -> np.ndarray:
+  """Pair multiplicities [P] of resample `resample` exactly as bootstrap() uses them."""
+  u = units if isinstance(units, Units) or units is None else pair_units(units, num_pairs)
+  return multiplicities(resample_draws(seed, resample, num_pairs if u is None else u.count), u,
+                        num_pairs)
+
+
+class Bootstrap(NamedTuple):
+  """pauc [S, F]: point estimate on all pairs; samples [B, S, F]: pAUC of every resample;
+  fnmr [B, S, F, R]: FNMR of every resample at every discard level (NaN where a level kept no
+  genuine or no impostor pair); unit: "pair" or "units" (a cluster bootstrap)."""
+  pauc: np.ndarray
+  samples: np.ndarray
+  fnmr: np.ndarray
+  unit: str
+
+
+def _pow2_block(n: int, div: int, lo: int, hi: int) -> int:
+  """Power-of-two block near sqrt(n/div): balances the per-block tables against the block reads."""
+  b = 1 << max(0, int(math.ceil(math.log2(max(1.0, math.sqrt(max(n, 1) / div))))))
+  return int(min(hi, max(lo, b)))
+
+
+class _Seq(NamedTuple):
+  """A score-ordered run of pairs (impostors or genuines) under one (set, resample)."""
+  w: jnp.ndarray        # [npad] multiplicity by position (0 on padding)
+  qpos: jnp.ndarray     # [npad] position in the quality order
+  t: jnp.ndarray        # [R] kept whole at level k iff qpos >= t[k]
+  xpos: jnp.ndarray     # [R] position of the pair straddling cut k in this run, -1 if elsewhere
+  extra: jnp.ndarray    # [R] its kept copies at level k
+  pref: jnp.ndarray     # [R, nb+1] kept copies before each block
+
+
+def _seq(w, qpos, t, xpos, extra, block: int) -> _Seq:
+  npad, r = w.shape[0], t.shape[0]
+  nb = npad // block
+  level = jnp.sum(qpos[:, None] >= t[None, :], axis=1, dtype=jnp.int32)   # levels kept whole
+  blk = lax.iota(jnp.int32, npad) // block
+  tab = jnp.zeros((nb * (r + 1),), jnp.int32).at[blk * (r + 1) + level].add(w).reshape(nb, r + 1)
+  kept = jnp.cumsum(tab[:, ::-1], axis=1)[:, ::-1][:, 1:]                     # [nb, R]
+  kept = kept.at[jnp.clip(xpos // block, 0, nb - 1), jnp.arange(r)].add(
+      jnp.where(xpos >= 0, extra, 0))
+  pref = jnp.concatenate([jnp.zeros((1, r), jnp.int32), jnp.cumsum(kept, axis=0)]).T
+  return _Seq(w, qpos, t, xpos, extra, pref)
+
+
+def _seq_block(sq: _Seq, bb, k, block: int):
+  """Kept copies [Q, block] of block bb at level k, and their positions."""
+  pos = bb[:, None] * block + jnp.arange(block, dtype=jnp.int32)[None, :]
+  w = jnp.where(sq.qpos[pos] >= sq.t[k][:, None], sq.w[pos], 0)
+  return w + jnp.where(pos == sq.xpos[k][:, None], sq.extra[k][:, None], 0), pos
+
+
+def _seq_count_before(sq: _Seq, x, k, block: int):
+  """Kept copies at positions < x (level k)."""
+  nb = sq.pref.shape[1] - 1
+  bb = jnp.minimum(x // block, nb - 1)
+  w, pos = _seq_block(sq, bb, k, block)
+  return sq.pref[k, bb] + jnp.sum(jnp.where(pos < x[:, None], w, 0), axis=1, dtype=jnp.int32)
+
+
+def _count_le_rows(table, k, v):
+  """#{j: table[k, j] <= v} for sorted rows, by binary search (Q·log n reads, not Q·n)."""
+  n = table.shape[1]
+  def step(_, c):
+    lo, hi = c
+    mid = (lo + hi) // 2
+    go = (mid < n) & (table[k, jnp.minimum(mid, n - 1)] <= v)
+    return jnp.where(go, mid + 1, lo), jnp.where(go, hi, mid)
+
+  lo, _ = lax.fori_loop(0, max(1, int(n).bit_length()), step,
+                        (jnp.zeros(v.shape, jnp.int32), jnp.full(v.shape, n, jnp.int32)))
+  return lo
+
+
+def _seq_select(sq: _Seq, rank, k, block: int):
+  """Position holding kept copy number `rank` (0-based, rank < kept total) at level k."""
+  nb = sq.pref.shape[1] - 1
+  bb = jnp.clip(_count_le_rows(sq.pref, k, rank) - 1, 0, nb - 1)
+  w, _ = _seq_block(sq, bb, k, block)
+  within = _count_le(jnp.cumsum(w, axis=1, dtype=jnp.int32), rank - sq.pref[k, bb])
+  return bb * block + jnp.minimum(within, block - 1)
+
+
+def _cut_search(qpos_s, spos_of_q, ws, cuts, block: int):
+  """Per level: t (kept whole iff quality position >= t), the straddling pair's (padded) score
+  position and its kept copies. One histogram of the weights over quality blocks + one block
+  read. qpos_s/ws [L] by padded score position (padding: weight 0), spos_of_q [P]."""
+  p = spos_of_q.shape[0]
+  nqb = -(-p // block)
+  qb = jnp.zeros((nqb,), jnp.int32).at[qpos_s // block].add(ws)
+  cq = jnp.cumsum(qb)                                                       # inclusive
+  b = jnp.minimum(jnp.searchsorted(cq, cuts, side="right").astype(jnp.int32), nqb - 1)
+  base = cq[b] - qb[b]
+  qp = b[:, None] * block + jnp.arange(block, dtype=jnp.int32)[None, :]
+  wq = jnp.where(qp < p, ws[spos_of_q[jnp.minimum(qp, p - 1)]], 0)
+  cum = base[:, None] + jnp.cumsum(wq, axis=1, dtype=jnp.int32)
+  within = jnp.minimum(_count_le(cum, cuts), block - 1)                     # first cum > cut
+  j = b * block + within
+  wi = jnp.take_along_axis(cum, within[:, None], 1)[:, 0]
+  we = wi - jnp.take_along_axis(wq, within[:, None], 1)[:, 0]
+  full = we >= cuts
+  return jnp.where(full, j, j + 1), spos_of_q[jnp.minimum(j, p - 1)], jnp.where(full, 0, wi - cuts)
+
+
+class _BootShared(NamedTuple):
+  sorted_imp: jnp.ndarray   # [Ipad] impostor scores, descending (-inf padding)
+  gstart: jnp.ndarray       # [Ipad] first position of the score tie group
+  gend: jnp.ndarray         # [Ipad] one past its last position
+  gen_le_imp: jnp.ndarray   # [Ipad] genuines with score <= the impostor's score
+  s_gen: jnp.ndarray        # [Gpad] genuine scores, ascending (+inf padding)
+  gen_next: jnp.ndarray     # [Gpad] first genuine index with a larger score
+
+
+def _boot_fiqa_instance(sh: _BootShared, qpos_s, spos_of_q, ws, cuts, fmrs, *, bi: int,
+                        bg: int, bq: int) -> _FiqaStats:
+  """Weighted twin of _fiqa_set for one (quality set, resample). Padded score positions:
+  impostors [0, Ipad), genuines [Ipad, Ipad + Gpad); qpos_s, ws [L]; spos_of_q [P]."""
+  ipad = sh.sorted_imp.shape[0]
+  g = sh.s_gen.shape[0]
+  t, xs, extra = _cut_search(qpos_s, spos_of_q, ws, cuts, bq)
+  take = extra > 0
+  imp = _seq(ws[:ipad], qpos_s[:ipad], t, jnp.where(take & (xs < ipad), xs, -1), extra, bi)
+  gen = _seq(ws[ipad:], qpos_s[ipad:], t, jnp.where(take & (xs >= ipad), xs - ipad, -1), extra,
+             bg)
+  n_i, n_g = imp.pref[:, -1], gen.pref[:, -1]
+  r, f_n = cuts.shape[0], fmrs.shape[0]
+  # FM-count candidates next to f·N_imp (kept impostor copies), as _fiqa_set.
+  kk = jnp.broadcast_to(jnp.arange(r)[:, None, None], (r, f_n, 3)).reshape(-1)
+  n_k = n_i[kk]
+  tgt = fmrs.astype(jnp.float32)[None, :, None] * n_i.astype(jnp.float32)[:, None, None]
+  j = jnp.floor(jnp.broadcast_to(tgt, (r, f_n, 3))).astype(jnp.int32).reshape(-1)
+  rho = jnp.clip(j + jnp.tile(jnp.array([-1, 0, 1], jnp.int32), r * f_n), 0,
+                 jnp.maximum(n_k - 1, 0))
+  pos = _seq_select(imp, rho, kk, bi)
+  q1 = rho.shape[0]
+  lohi = _seq_count_before(imp, jnp.concatenate([sh.gstart[pos], sh.gend[pos]]),
+                           jnp.concatenate([kk, kk]), bi)
+  m = jnp.stack([lohi[:q1], lohi[q1:]], -1).reshape(r, f_n, 6)
+  kc = jnp.broadcast_to(jnp.arange(r)[:, None, None], m.shape)
+  nc = n_i[kc]
+  mf, kf, nf = m.reshape(-1), kc.reshape(-1), nc.reshape(-1)
+  q2 = mf.shape[0]
+  # Positions of the (m+1)-th (b) and m-th (prev) largest kept impostor copies.
+  both = _seq_select(imp, jnp.concatenate([jnp.minimum(mf, nf - 1), jnp.maximum(mf - 1, 0)]),
+                     jnp.concatenate([kf, kf]), bi)
+  has_b, has_prev = mf < nf, mf >= 1
+  prev = jnp.where(has_prev, sh.sorted_imp[both[q2:]], jnp.inf)
+  # Smallest kept genuine above b, u* = min(it, prev), kept genuines strictly above u*.
+  ng = n_g[kf]
+  c0 = _seq_count_before(gen, jnp.where(has_b, sh.gen_le_imp[both[:q2]], 0), kf, bg)
+  gi = _seq_select(gen, jnp.minimum(c0, jnp.maximum(ng - 1, 0)), kf, bg)
+  gmin = jnp.where(c0 < ng, sh.s_gen[gi], jnp.inf)
+  ustar = jnp.minimum(gmin, prev)
+  i1 = jnp.where(gmin <= prev, sh.gen_next[gi],
+                 jnp.where(has_prev, sh.gen_le_imp[both[q2:]], g))
+  above = _seq_count_before(gen, jnp.where(ustar == jnp.inf, g, i1), kf, bg)
+  accepted = (ng - above).reshape(m.shape)
+  gmin, ustar = gmin.reshape(m.shape), ustar.reshape(m.shape)
+  valid = (nc > 0) & ((m >= 1) | (gmin < jnp.inf))
+  return _FiqaStats(m, valid, ustar, accepted, n_i, n_g)
+
+
+@functools.lru_cache(maxsize=None)
+def _boot_fiqa_kernel(bi: int, bg: int, bq: int):
+  one = functools.partial(_boot_fiqa_instance, bi=bi, bg=bg, bq=bq)
+  over_resamples = jax.vmap(one, in_axes=(None, None, None, 0, 0, None))
+  return jax.jit(jax.vmap(over_resamples, in_axes=(None, 0, 0, None, None, None)))
+
+
+def _quality_positions(q: np.ndarray, perm_pad: np.ndarray, rank_pad: np.ndarray):
+  """One quality set (host): quality position of the pair at each padded score position (0 on
+  padding) and the padded score position of the pair at each quality position (stable
+  ascending quality order)."""
+  perm_q = _np_order(_np_sortable(q))
+  rank_q = np.zeros(perm_q.size + 1, np.int32)
+  rank_q[perm_q] = np.arange(perm_q.size, dtype=np.int32)
+  return rank_q[perm_pad], rank_pad[perm_q]
+
+
+def _iso_boot_set(q_gen: np.ndarray, s_gen: np.ndarray, wg: np.ndarray, thr: np.ndarray,
+                  dsort: np.ndarray, limit: float):
+  """ISO mode, one quality set, a batch of resamples (host, float64; genuine pairs only).
+  q_gen/s_gen [G] genuine qualities and scores in pair-index order (the tie order), wg [b, G]
+  multiplicities, thr [b, F] fixed thresholds → fnmr [b, F, R], exact step pAUC [b, F]."""
+  og = _np_order(_np_sortable(q_gen))                    # stable ascending quality order
+  qs, ss, w = q_gen[og], s_gen[og], wg[:, og]
+  g = qs.size
+  start = np.concatenate([[True], _np_sortable(qs[1:]) != _np_sortable(qs[:-1])])
+  wex = np.cumsum(w, axis=1) - w                                             # copies before
+  n = wex[:, -1] + w[:, -1]                                                  # [b]
+  err = ss[None, None, :] < thr[:, :, None]                                  # [b, F, G]
+  suffix = np.concatenate([np.cumsum((err * w[:, None, :])[..., ::-1], axis=-1)[..., ::-1],
+                           np.zeros(err.shape[:2] + (1,), np.int64)], axis=-1)  # [b, F, G+1]
+  dcount = (dsort[None, :] * n[:, None]).astype(np.int64)                    # int(r·N'_gen)
+  last_start = np.maximum.accumulate(np.where(start[None], wex, 0), axis=1)
+  # Row-wise searchsorted on the nondecreasing rows of wex: one search over rows offset apart.
+  off = (np.arange(w.shape[0], dtype=np.int64) * (int(n.max()) + 1))[:, None]
+  flat = (wex + off).ravel()
+  base = (np.arange(w.shape[0]) * g)[:, None]
+  gstar = np.searchsorted(flat, dcount + off, side="right") - base - 1       # last wex <= dcount
+  d = np.take_along_axis(last_start, np.maximum(gstar, 0), axis=1)           # copies discarded
+  first = np.searchsorted(flat, d + off, side="left") - base                 # first wex >= d
+  errs = np.take_along_axis(suffix, np.broadcast_to(first[:, None, :], suffix.shape[:2] +
+                                                    first.shape[1:]), axis=-1)
+  kept = (n[:, None] - d).astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    fnmr = np.where(kept[:, None, :] > 0, errs / kept[:, None, :], np.nan)
+    nf = n.astype(np.float64)[:, None]
+    x = wex / np.maximum(nf, 1)
+    nxt = np.where(start[None], wex, n[:, None])
+    nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+    x_next = np.concatenate([nxt[:, 1:], n[:, None]], axis=1) / np.maximum(nf, 1)
+    e = suffix[..., :g] / np.maximum(n[:, None] - wex, 1)[:, None, :]
+    width = np.where(start[None] & (x < limit), np.maximum(np.minimum(x_next, limit) - x, 0.0), 0.0)
+    area = np.sum(e * width[:, None, :], axis=-1)
+  area = np.where(n[:, None] > 0, area, np.nan)
+  return fnmr, area
+
+
+def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
+              discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
+              num_resamples: int = 200, seed: int = 0, higher_is_better: bool = True,
+              units=None, resample_batch: int | None = None, point=None) -> Bootstrap:
+  """pAUC and per-level FNMR of `num_resamples` bootstrap resamples (docs/evaluation.md).
+
+  units None resamples the P pairs; labels [P] or [P, 2] resample whole units (identities,
+  templates) with the multiplicity rule of `multiplicities`. Resample b of a seed is the same
+  for every quality set and call, so differences between columns are paired. Each resample
+  equals the plain EDC (edc_curves) of its resampled pair list (tests/test_edc.py).
+  resample_batch: resamples per host batch (default: by memory); point: the pAUC [S, F] of
+  edc_curves(..., pauc_limit=limit) when the caller already has it.
   """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   s, gen, pq = _validate(scores, is_genuine, pair_quality)
   if not higher_is_better:
     pq = -pq
   disc = check_discard(discard)
   fm = check_fmrs(fmrs)
-  res = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit)
-  point = res.pauc
-  p = s.shape[0]
-  n_gen = int(gen.sum())
-  g_size = min(p, n_gen + int(math.ceil(8 * math.sqrt(n_gen))) + 16)
-  keys = jax.random.split(jax.random.PRNGKey(seed), num_resamples)
-  boot = np.asarray(_bootstrap(keys, jnp.asarray(s), jnp.asarray(gen), jnp.asarray(pq),
-                               tuple(fm.tolist()), tuple(disc.tolist()), mode, float(limit),
-                               g_size, int(resample_batch)))
-  low = np.nanpercentile(boot, 100 * alpha / 2, axis=0)
-  high = np.nanpercentile(boot, 100 * (1 - alpha / 2), axis=0)
-  return point, low, high
+  n_boot = check_resamples(num_resamples)
+  if point is None:
+    point = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit).pauc
+  n_sets, p = pq.shape
+  f_n, r = fm.size, disc.size
+  u = pair_units(units, p)
+  fnmr = np.full((n_boot, n_sets, f_n, r), np.nan)
+  area = np.full((n_boot, n_sets, f_n), np.nan)
+  unit = "pair" if u is None else "units"
+  if n_boot == 0:
+    return Bootstrap(np.asarray(point), area, fnmr, unit)
+  order = np.argsort(disc, kind="stable")
+  dsort = disc[order]
+  perm_s = score_order(s, gen)
+  n_imp = int((~gen).sum())
+  g_n = p - n_imp
+  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
+  n_units = p if u is None else u.count
+  rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
+
+  def weights(lo: int, hi: int, layout: np.ndarray):
+    """Multiplicities [b, len(layout)] at the given pair indices (P = padding, weight 0):
+    `multiplicities` evaluated directly in the layout (no pair-order copy)."""
+    w = np.empty((hi - lo, layout.size), np.int32)
+    if u is not None:
+      ua = np.append(u.a, u.count)[layout]               # padding → unit `count`, drawn 0 times
+      ub = np.append(u.b, u.count)[layout]
+      same = ua == ub
+    for i, b in enumerate(range(lo, hi)):
+      draws = resample_draws(seed, b, n_units)
+      if u is None:
+        np.take(np.bincount(draws, minlength=p + 1).astype(np.int32), layout, out=w[i])
+      else:
+        m = np.bincount(draws, minlength=u.count + 1).astype(np.int32)
+        ma = m[ua]
+        w[i] = np.where(same, ma, ma * m[ub])
+    return w
+
+  if mode == "iso":
+    gid = np.sort(perm_s[n_imp:])                         # genuines in pair-index order
+    s_can = np.where(s == 0, np.float32(0), s)
+    layout = np.concatenate([perm_s[:n_imp], gid])
+    for lo in range(0, n_boot, rb):
+      hi = min(n_boot, lo + rb)
+      w = weights(lo, hi, layout)
+      cum = np.cumsum(w[:, :n_imp], axis=1, dtype=np.int64)
+      n_i = cum[:, -1]
+      kk = np.floor(fm[None, :] * n_i[:, None]).astype(np.int64)            # as edc_curves
+      idx = np.stack([np.searchsorted(cum[i], kk[i], side="right") for i in range(hi - lo)])
+      v = s_sorted[np.minimum(idx, n_imp - 1)]
+      thr = np.nextafter(v.astype(np.float32), np.float32(np.inf))          # [b, F]
+      wg = w[:, n_imp:]
+      for si in range(n_sets):
+        f_, a_ = _iso_boot_set(pq[si, gid], s_can[gid], wg, thr, dsort, float(limit))
+        f_[n_i == 0], a_[n_i == 0] = np.nan, np.nan
+        fnmr[lo:hi, si][..., order] = f_
+        area[lo:hi, si] = a_
+    return Bootstrap(np.asarray(point), area, fnmr, unit)
+
+  # fiqa: padded score positions, impostors [0, ipad) then genuines [ipad, ipad + gpad).
+  bi, bg = _pow2_block(n_imp, 64, 8, 1024), _pow2_block(g_n, 64, 8, 1024)
+  bq = _pow2_block(p, 16, 8, 4096)
+  ipad, gpad = -(-n_imp // bi) * bi, -(-g_n // bg) * bg
+
+  def pad(x, n, fill):
+    return np.concatenate([x, np.full(n - x.size, fill, x.dtype)])
+
+  layout = np.concatenate([pad(perm_s[:n_imp], ipad, p), pad(perm_s[n_imp:], gpad, p)])
+  rank_pad = np.empty(p, np.int32)                       # padded score position of each pair
+  real = layout < p
+  rank_pad[layout[real]] = np.flatnonzero(real).astype(np.int32)
+  st_s = s_sorted[:n_imp]
+  pos = np.arange(n_imp, dtype=np.int32)
+  new = np.concatenate([[True], st_s[1:] != st_s[:-1]])
+  gstart = np.maximum.accumulate(np.where(new, pos, 0))                     # score tie groups
+  gend = np.minimum.accumulate(np.append(np.where(new, pos, n_imp)[1:], n_imp)[::-1])[::-1]
+  s_gen = s_sorted[n_imp:]
+  shared = _BootShared(*(jnp.asarray(x) for x in (
+      pad(st_s, ipad, -np.inf), pad(gstart, ipad, n_imp), pad(gend.astype(np.int32), ipad, n_imp),
+      pad(np.searchsorted(s_gen, st_s, side="right").astype(np.int32), ipad, 0),
+      pad(s_gen, gpad, np.inf),
+      pad(np.searchsorted(s_gen, s_gen, side="right").astype(np.int32), gpad, g_n))))
+  kernel = _boot_fiqa_kernel(bi, bg, bq)
+  length = ipad + gpad
+  budget = 1 << 23                                 # pair-instances per device call
+  kr = max(1, min(rb, budget // length))           # resamples per device call
+  sg = max(1, min(n_sets, (1 << 27) // (2 * p)))   # quality sets held at once (host arrays)
+  ks = max(1, min(sg, budget // (length * kr)))    # quality sets per device call
+  fm32 = jnp.asarray(fm, jnp.float32)
+  pending: list = []                     # dispatched device calls: host work overlaps them
+
+  def collect():
+    for st, n_ok, rows, cols in pending:
+      st = jax.device_get(st)
+      st = _FiqaStats(*(x[:len(cols), :len(rows)] for x in st))
+      f_, _ = _fiqa_decide(np, st, fm)                                     # [s, b, F, R]
+      f_ = np.where(n_ok[None, :, None, None] > 0, f_, np.nan)
+      out = np.empty_like(f_)
+      out[..., order] = f_
+      fnmr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = np.swapaxes(out, 0, 1)
+    pending.clear()
+
+  for s_lo in range(0, n_sets, sg):
+    s_hi = min(n_sets, s_lo + sg)
+    qp, sq = zip(*[_quality_positions(pq[i], layout, rank_pad) for i in range(s_lo, s_hi)])
+    qp, sq = np.stack(qp), np.stack(sq)
+    for lo in range(0, n_boot, rb):
+      hi = min(n_boot, lo + rb)
+      w = weights(lo, hi, layout)
+      n_all = w.sum(axis=1, dtype=np.int64)
+      cuts = (dsort[None, :] * n_all[:, None]).astype(np.int64)           # int(r·N'), float64
+      collect()
+      for a in range(0, s_hi - s_lo, ks):
+        cols = np.arange(s_lo + a, min(s_lo + a + ks, s_hi))
+        sel = _pad_rows(cols - s_lo, ks)
+        qa, sa = jnp.asarray(qp[sel]), jnp.asarray(sq[sel])
+        for b0 in range(0, hi - lo, kr):
+          rows = np.arange(b0, min(b0 + kr, hi - lo))
+          rsel = _pad_rows(rows, kr)
+          pending.append((kernel(shared, qa, sa, jnp.asarray(w[rsel]),
+                                 jnp.asarray(cuts[rsel], jnp.int32), fm32),
+                          n_all[rows], rows + lo, cols))
+    logging.log_every_n_seconds(logging.INFO, "bootstrap fiqa: %d/%d quality sets", 10, s_hi,
+                                n_sets)
+  collect()
+  area[:] = pauc(fnmr, disc, limit, mode="fiqa")
+  return Bootstrap(np.asarray(point), area, fnmr, unit)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
-def _bootstrap(keys, s, gen, pq, fm, disc, mode, limit, g_size, batch):
-  """pAUC [B, S, F] of B resamples (lax.map over resamples, vmapped in batches)."""
-  p = s.shape[0]
+def percentile_ci(samples: np.ndarray, alpha: float = 0.05, axis: int = 0):
+  """(low, high) percentile interval over `axis`, NaN samples ignored (all NaN → NaN)."""
+  a = check_alpha(alpha)
+  x = np.asarray(samples, np.float64)
+  if x.shape[axis] == 0 or not np.any(np.isfinite(x)):
+    shape = np.delete(np.array(x.shape), axis)
+    return np.full(shape, np.nan), np.full(shape, np.nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)        # all-NaN slices → NaN
+    return (np.nanpercentile(x, 100 * a / 2, axis=axis),
+            np.nanpercentile(x, 100 * (1 - a / 2), axis=axis))
 
-  def one(key):
-    counts = jnp.zeros((p,), jnp.int32).at[jax.random.randint(key, (p,), 0, p)].add(1)
-    idx = jnp.repeat(jnp.arange(p), counts, total_repeat_length=p)
-    return edc_curves(s[idx], gen[idx], pq[:, idx], fm, np.asarray(disc), mode,
-                      pauc_limit=limit, g_size=g_size).pauc
 
-  return lax.map(one, keys, batch_size=batch)
+def pauc_ci(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
+            discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
+            num_resamples: int = 200, seed: int = 0, alpha: float = 0.05,
+            higher_is_better: bool = True, resample_batch: int | None = None, units=None):
+  """Bootstrap percentile CI of pAUC (see `bootstrap`): (pauc [S, F], low [S, F], high [S, F]),
+  the point value on all pairs. Resamples with no genuine or impostor left at a level are
+  ignored. alpha in (0, 1); num_resamples = 0 gives NaN bounds."""
+  check_alpha(alpha)
+  res = bootstrap(scores, is_genuine, pair_quality, fmrs, discard, mode, limit, num_resamples,
+                  seed, higher_is_better, units, resample_batch)
+  low, high = percentile_ci(res.samples, alpha)
+  return res.pauc, low, high
