@@ -13,6 +13,9 @@ image, attn_1..attn_L) and OUT/scores.npz; OUT/skipped.txt lists files skipped w
 skip_unreadable=True. `data.channel_order="bgr"` feeds the file's pixels as B,G,R — right for
 CR-FIQA-prepared (channel-swapped) folders. `exit=k` runs the program truncated after block k
 (its cost falls with k) and writes exit_1..exit_k, their fusions and attn_1..attn_k only.
+`data.align="detect"` takes raw photos instead: rows are detected faces (the primary one per
+photo, or every face with `data.face="all"`), with the box, five landmarks and detector
+confidence appended as columns; OUT/no_face.txt lists photos without a face.
 Argument: `size=tiny` (batch 8, tests).
 """
 from __future__ import annotations
@@ -29,6 +32,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.images = ""                # image folder (recursive) or list file
   config.image_root = ""            # root for relative paths in a list file (default: its dir)
   config.data = common.data()
+  # "detect": the images are raw photos — MTCNN finds the faces, each is aligned to the ArcFace
+  # template and scored (docs/data.md, "Raw photos: detection and alignment"); "none": the
+  # images are aligned crops already
+  config.data.align = "none"
+  config.data.face = "primary"      # primary (big and central) | largest | probability | all
+  config.data.detector_weights = ""  # "" = installed facenet-pytorch; or its .whl / a folder
+  config.data.detect_batch_size = 16  # photos of one size per detector call
+  config.data.detector = ml_collections.ConfigDict(dict(   # the reference's MTCNN settings
+      min_face_size=20.0, factor=0.709, thresholds=(0.6, 0.7, 0.7), max_per_scale=512,
+      max_candidates=1024, max_rnet=512, max_onet=128, max_faces=32, rnet_share=192,
+      onet_share=32))
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
   # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one

@@ -3,6 +3,7 @@
     import exfiqa_jax as fx
     model = fx.load("vitfiqa_token.pt", num_heads=8)   # or a converted directory
     out = model.score(images)                          # uint8 [B, H, W, 3] RGB
+    out = model.score(photos, align="detect")          # raw photos: detect, align, score
     from exfiqa_jax import edc                         # EDC, pAUC, bootstrap CIs
 
 Submodules load on first use, so `import exfiqa_jax` is cheap (docs/README.md has the map).
@@ -28,6 +29,13 @@ def get_model(*args: Any, **kwargs: Any):
   """The Flax module for a model name or model_config (exfiqa_jax.models.get_model)."""
   from exfiqa_jax.models import get_model as _get_model
   return _get_model(*args, **kwargs)
+
+
+def detect_and_align(*args: Any, **kwargs: Any):
+  """Raw photos (uint8 RGB, any sizes) → aligned 112×112 crops of their faces with boxes,
+  landmarks and detector confidences (exfiqa_jax.data.detect.detect_and_align)."""
+  from exfiqa_jax.data.detect import detect_and_align as _detect_and_align
+  return _detect_and_align(*args, **kwargs)
 
 
 def __getattr__(name: str):

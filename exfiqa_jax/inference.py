@@ -125,13 +125,25 @@ class QualityModel:
     return resize_images(images, self.image_size)
 
   def score(self, images: np.ndarray, attn_maps: bool = False,
-            exit: int | None = None) -> dict[str, np.ndarray]:
+            exit: int | None = None, align: str = "none", face: str = "primary"
+            ) -> dict[str, np.ndarray]:
     """uint8 [B, H, W, 3] RGB (any B, H, W) → dict of numpy arrays (see the module doc).
 
     Chunks of `batch_size` rows, each padded to a power of two (at most log2(batch_size) + 1
     compiled shapes); padded rows are dropped. The CLI pads every batch to one fixed shape.
     `exit=k` (1..L) runs only blocks 1..k (see run_batch); 0/None = all L exits.
+    `align="detect"`: `images` are raw photos (a list, any sizes); each row is then a detected,
+    aligned face (data/detect.py; `face` "primary" per photo or "all"), and the result also
+    holds image (its photo's index), face, num_faces, det_score, box [N, 4], landmarks
+    [N, 5, 2] and no_face (indices of photos without a face); docs/data.md.
     """
+    from exfiqa_jax.data import detect
+    if detect.check_align_mode(align) == "detect":
+      found = detect.detect_and_align(images, face=face, size=self.image_size)
+      out = self.score(found.crops, attn_maps, exit)
+      return {**out, "image": found.image, "face": found.face, "num_faces": found.num_faces,
+              "det_score": found.score, "box": found.box, "landmarks": found.landmarks,
+              "no_face": np.asarray(found.no_face, np.int64)}
     self.resolve_exit(exit)
     images = self._host_images(images, "score")
     chunks = []

@@ -11,6 +11,12 @@ When the model has a 0–100 mapping (quality_mapping.json in its converted dire
 the early_exit task; or `config.quality_mapping=<json>`, "none" to skip; docs/evaluation.md),
 scores.csv/.npz also hold q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw after the
 columns above (the ISO/IEC 29794-5 0–100 scale; the integer quality value is their rounding).
+With `config.data.align="detect"` the inputs are raw photos (docs/data.md, "Raw photos: detection
+and alignment"): MTCNN finds the faces (exfiqa_jax/data/detect.py), each is aligned to the
+ArcFace template from its five landmarks (data/align.py) and scored; a row per face (the primary
+face of each photo, or every face with `data.face="all"`), the photo's name in `image`, and
+appended columns face, num_faces, det_score, box_x1, box_y1, box_x2, box_y2, lm1_x, lm1_y, ...,
+lm5_x, lm5_y (after any q100_* columns); photos without a face are listed in no_face.txt.
 With `config.exit=k` the program stops after block k and every L above is k (exit_1..exit_k,
 fusions of exits 1..k, attn_1..attn_k).
 Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
@@ -31,7 +37,7 @@ from tqdm import tqdm
 
 from exfiqa_jax import files, identity, inference, parallel, report
 from exfiqa_jax.convert import strict
-from exfiqa_jax.data import pipeline, preprocess
+from exfiqa_jax.data import detect, pipeline, preprocess
 from exfiqa_jax.eval import calibration
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
@@ -74,6 +80,10 @@ def run(config) -> dict[str, Any]:
   mapping = calibration.mapping_for(config.quality_model.path, config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
+  align = detect.check_align_mode(config.data.get("align", "none"))
+  if align == "detect":                    # raw photos: rows are detected faces
+    ident["align"] = detect.align_identity(config.data)
+  no_face_path = os.path.join(out_dir, "no_face.txt")
   done, why = identity.check_stamp(stamp_path, ident)
   if done:
     logging.info("scores already complete in %s; nothing to do", out_dir)
@@ -83,7 +93,8 @@ def run(config) -> dict[str, Any]:
   if parallel.is_writer():     # from here on an interrupted run leaves no stamp behind
     if os.path.exists(stamp_path):
       os.remove(stamp_path)
-    files.clean_temporaries(out_dir, (csv_path, npz_path, skipped_path, stamp_path))
+    files.clean_temporaries(out_dir, (csv_path, npz_path, skipped_path, stamp_path,
+                                     no_face_path))
 
   with strict.flags_named(family="--config.quality_model.family=",
                           num_heads="--config.quality_model.num_heads="):
@@ -95,12 +106,28 @@ def run(config) -> dict[str, Any]:
   logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
                len(paths), config.images, model.mode, num_exits, model.num_exits, batch,
                jax.device_count())
+  rows, row_names, photos = len(paths), list(names), None
+  reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
+  if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
+    with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
+              disable=not parallel.is_writer()) as bar:
+      photos = detect.photo_rows(paths, names, config.data, channel_order, model.image_size,
+                                 progress=bar.update)
+    if photos.unreadable and not config.skip_unreadable:
+      raise preprocess.ImageError(
+          f"{next(iter(photos.unreadable.values()))}\nFix or remove the file, or pass "
+          "--config.skip_unreadable=True to skip unreadable images (listed in skipped.txt)")
+    if not photos.records:
+      raise preprocess.ImageError(f"no face found in any of the {len(paths)} photos of "
+                                  f"{config.images} (--config.data.align=detect)")
+    rows, row_names, reader = len(photos.records), photos.names, photos.reader
+    logging.info("%d faces to score from %d photos (%d without a face)", rows, len(paths),
+                 len(photos.no_face))
   chunks, keep, local_errors = [], [], {}
   started = time.time()
-  with tqdm(total=len(paths), unit="img", desc="score", smoothing=0.1,
+  with tqdm(total=rows, unit="img", desc="score", smoothing=0.1,
             disable=not parallel.is_writer()) as bar:
-    reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
-    for host in pipeline.host_batches(reader, len(paths), batch, image_size=model.image_size,
+    for host in pipeline.host_batches(reader, rows, batch, image_size=model.image_size,
                                       workers=config.data.get("decode_threads", 4)):
       images, valid, errors, n = host.images, host.valid, host.errors, host.num_rows
       if errors and not config.skip_unreadable:
@@ -108,7 +135,7 @@ def run(config) -> dict[str, Any]:
             f"{next(iter(errors.values()))}\nFix or remove the file, or pass "
             "--config.skip_unreadable=True to skip unreadable images (listed in skipped.txt)")
       for row, error in errors.items():
-        logging.warning("skipping unreadable image %s: %s", names[row], error)
+        logging.warning("skipping unreadable image %s: %s", row_names[row], error)
       local_errors.update(errors)
       result = model.run_batch(images, exit=exit)
       valid = parallel.global_to_host(parallel.host_batch_to_global(valid))
@@ -119,9 +146,12 @@ def run(config) -> dict[str, Any]:
   keep = np.concatenate(keep)
   scores = {k: np.concatenate([c[k] for c in chunks])[keep] for k in chunks[0]
             if k != "embedding"}
-  kept = [n for n, k in zip(names, keep) if k]
-  skipped = [(names[i], local_errors.get(i, "unreadable (reported by another host)"))
+  kept = [n for n, k in zip(row_names, keep) if k]
+  skipped = [(row_names[i], local_errors.get(i, "unreadable (reported by another host)"))
              for i in np.flatnonzero(~keep)]
+  found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
+  if photos is not None:
+    skipped = [(names[i], e) for i, e in sorted(photos.unreadable.items())] + skipped
   if not kept:
     raise preprocess.ImageError(f"none of the {len(paths)} images could be decoded; see "
                                 "the skipped files in the log")
@@ -131,13 +161,23 @@ def run(config) -> dict[str, Any]:
     elif os.path.exists(skipped_path):
       os.remove(skipped_path)   # stale list from an earlier run
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits, extra=q100))
+    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits,
+                                                  extra={**q100, **found}))
+    if photos is not None:   # photos without a face: listed, never dropped silently
+      files.write_text(no_face_path, "".join(f"{n}\n" for n in photos.no_face))
+    elif os.path.exists(no_face_path):
+      os.remove(no_face_path)   # stale list from an earlier align=detect run
     files.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
                 checkpoint=np.asarray(checkpoint), channel_order=np.asarray(channel_order),
-                exit=np.asarray(exit), **scores, **q100)
+                exit=np.asarray(exit), **scores, **q100, **found)
     identity.write_stamp(stamp_path, ident, [csv_path, npz_path] + ([skipped_path] if skipped
-                                                                   else []))   # LAST
+                                                                   else [])
+                         + ([no_face_path] if photos is not None else []))   # LAST
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
                rate, out_dir)
+  if photos is not None and photos.overflow:
+    logging.warning("detector list caps hit on %d photos (a face may be missed; raise "
+                    "config.data.detector.max_*): %s", len(photos.overflow), photos.overflow[:5])
   return {"scores": csv_path, "npz": npz_path, "cached": False, "count": len(kept),
+          **({"no_face": photos.no_face} if photos is not None else {}),
           "skipped": [n for n, _ in skipped], "images_per_second": rate}

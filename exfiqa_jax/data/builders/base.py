@@ -38,6 +38,7 @@ SPLIT = "test"
 INFO_FILE = "exfiqa_info.json"
 IDS_FILE = "record_image_ids.npy"
 SKIPPED_FILE = "skipped_images.txt"
+NO_FACE_FILE = "no_face.txt"      # align=detect builders: photos without a face (left out)
 FORMAT_VERSION = 2    # 2: records the identity of its source files
 
 
@@ -220,9 +221,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          ) -> Iterator[tuple[int, dict]]:
     skipped: list[tuple[str, str]] = []
     written: list[int] = []
+    self._no_face: list[str] = []
     for position, entry, data in _prepared_images(plan.images):
       if isinstance(data, Exception):
-        if not options["skip_corrupt"]:
+        if getattr(data, "no_face", False):   # data/detect.py: listed, pairs dropped
+          self._no_face.append(entry.name)
+        elif not options["skip_corrupt"]:
           raise preprocess.ImageError(
               f"{self.name}: {data}. Fix or remove the file, or build with skip_corrupt=True "
               f"to leave it out (it is then listed in {SKIPPED_FILE}).") from data
@@ -266,6 +270,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if skipped:
       files.write_text(os.path.join(directory, SKIPPED_FILE),
                       "".join(f"{n}\t{why}\n" for n, why in skipped))
+    if getattr(self, "_no_face", None):
+      files.write_text(os.path.join(directory, NO_FACE_FILE),
+                       "".join(f"{n}\n" for n in self._no_face))
     info = {
         "format_version": FORMAT_VERSION,
         **self._sources,
