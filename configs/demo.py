@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       clean_fraction=0.5))
   config.train.data.test_identities = 6 if smoke else 100
   config.eval.bootstrap = 8 if smoke else 200
+  config.eval.bootstrap_unit = "identity"   # test identities recur across pairs: resample them
   config.report.attention_examples = 2 if smoke else 4
   config.targets = ml_collections.ConfigDict(dict(fmr=1e-3, max_ratio_to_random=0.7,
                                                   min_spearman=0.5))

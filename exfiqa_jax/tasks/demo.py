@@ -62,7 +62,8 @@ def heldout_benchmark(config) -> tuple[benchmarks.Benchmark, synthetic.FaceSet]:
                                gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
   pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
   bench = benchmarks.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
-                                   extra={"severity": faces.severity, "kind": faces.kind})
+                                   extra={"severity": faces.severity, "kind": faces.kind,
+                                          "identity": faces.label})
   return bench, faces
 
 
@@ -110,7 +111,7 @@ def train_model(train_cfg) -> str:
   without rendering its data again. Returns the exported model directory."""
   model_dir = os.path.join(train_cfg.output, "model")
   done_file = os.path.join(train_cfg.output, "trained_config.json")
-  settings = {k: v for k, v in train_cfg.to_dict().items() if k not in ("output", "progress")}
+  settings = trainer.resume_relevant(train_cfg)
   fp = stages.fingerprint(settings)
   if os.path.isdir(model_dir) and os.path.isfile(done_file) and files.read_json(done_file) == fp:
     logging.info("reusing the trained model in %s", model_dir)

@@ -91,11 +91,12 @@ def _checkpoint_manager(config, directory: str) -> ocp.CheckpointManager:
 # ------------------------------------------------------------------------------- resume
 RUN_CONFIG = "train_config.json"      # the config a run started with (what it is made from)
 # Settings a resumed run may change: none of them alters the parameters it computes.
-RESUMABLE = ("task", "output", "progress", "distributed", "stop_after", "log_every", "eval",
-             "checkpointing", "export_model", "data.decode_threads")
+RESUMABLE = ("task", "output", "progress", "distributed", "compile_cache", "stop_after",
+             "log_every", "eval", "checkpointing", "export_model", "data.decode_threads")
 
 
-def _resume_relevant(config) -> dict[str, Any]:
+def resume_relevant(config) -> dict[str, Any]:
+  """The config without RESUMABLE fields: what decides the trained parameters."""
   out = identity.canonical(config)
   for dotted in RESUMABLE:
     *parents, leaf = dotted.split(".")
@@ -111,7 +112,7 @@ def check_resume_config(config, output: str, latest: int | None) -> None:
   """Records the config a run starts with; a resumed run must match it (every field but
   RESUMABLE), else a ValueError listing what differs."""
   path = os.path.join(output, RUN_CONFIG)
-  current = _resume_relevant(config)
+  current = resume_relevant(config)
   if latest is not None and os.path.exists(path):
     started = files.read_json(path)
     diff = identity.changes(started, current)
