@@ -1,4 +1,4 @@
-"""Fusion of the per-exit quality scores (SPEC-METHOD §3.3), vmapped over strategies.
+"""Fusion of the per-exit quality scores (docs/methods.md), vmapped over strategies.
 
   EX-FIQA-F   w_l = 1/L (mean of all exits)          fuse_f(exit_scores)
   EX-FIQA-FW  w_l = l / Σ_k k (deeper exits count more)  fuse_fw(exit_scores)

@@ -385,7 +385,7 @@ def plot_pauc_vs_gflops(path: str, results: Sequence[BenchmarkEval], mode: str,
 
 
 def attention_heatmaps(maps: np.ndarray, size: int = 112) -> np.ndarray:
-  """Per-patch maps [K, N] → heat in [0, 1] [K, size, size] (SPEC-METHOD §4.3): reshape to the
+  """Per-patch maps [K, N] → heat in [0, 1] [K, size, size] (docs/methods.md): reshape to the
   patch grid, min-max with ONE global min/max over all K maps (+1e-8), clip, bilinear resize."""
   maps = np.asarray(maps, np.float32)
   k, n = maps.shape

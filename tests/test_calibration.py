@@ -12,7 +12,7 @@ from exfiqa_jax.eval import calibration
 
 
 def _plain_fiqa_fnmr(scores, gen, pq, fmr, r):
-  """SPEC-style FIQA EDC at one level, written plainly: drop the first int(r·P) pairs of the
+  """The FIQA-convention EDC at one level, written plainly: drop the first int(r·P) pairs of the
   stable quality sort, threshold = observed value whose FMR is closest (first = lowest),
   genuine accepted iff strictly above it."""
   keep = np.argsort(pq, kind="stable")[int(np.float64(r) * len(pq)):]

@@ -1,4 +1,4 @@
-"""EDC engine vs a plain NumPy reference written here from SPEC-EDC (loops, float64).
+"""EDC engine vs a plain NumPy reference written here from docs/evaluation.md (loops, float64).
 
 Tolerances: FNMR values are ratios of integer counts computed in float64 on both sides → 1e-12.
 pAUC → 1e-12 (float64 sums in a different order). Scores are float32 values on both sides.
@@ -14,7 +14,7 @@ from exfiqa_jax.eval import comparisons, edc
 
 
 # ------------------------------------------------------------------------------------------
-# NumPy reference (SPEC-EDC §5.1/§6 fiqa, §5.2/§6 iso, §7 areas): slow and literal
+# NumPy reference (docs/evaluation.md§6 fiqa, §5.2/§6 iso, §7 areas): slow and literal
 # ------------------------------------------------------------------------------------------
 def ref_fiqa(scores, gen, q, fmr, discard):
   """CR-FIQA getFNMRFixedTH + calculate_roc + get_fmr_op, with a stable sort. Returns fnmr, thr."""

@@ -72,7 +72,7 @@ def test_bin_every_file_and_engine_numbers(world, bin_run):
       for f, fmr in enumerate((1e-2, 1e-3, 1e-4)):
         assert float(rows[(name, mode, fmr)]["pauc"]) == pytest.approx(ref.pauc[s, f],
                                                                       abs=1e-6)
-  # Scores CSV follows the DESIGN contract.
+  # Scores CSV follows the scores.csv contract (docs/evaluation.md).
   header = _read(output / "mini" / "scores_q_token.csv").splitlines()[0].split(",")
   assert header == (["image", "exit_1", "exit_2", "exit_3", "ex_fiqa_f", "ex_fiqa_fw"]
                     + ["attn_1", "attn_2", "attn_3"])

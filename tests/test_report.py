@@ -133,7 +133,7 @@ def test_gflops_match_the_poster():
   # The poster's own numbers, exactly (2 decimals): (C) exit 7 and 12, (T) exit 6, fusion (C).
   assert (round(crfiqa[6], 2), round(crfiqa[11], 2), round(token[5], 2)) == (6.75, 11.49, 5.76)
   assert round(fuse_c, 2) == 12.33 and round(fuse_t, 2) == 11.49
-  # SPEC-METHOD §3.4 full table, to its rounding (its (C) exit 11 reads 10.55 and (T) exit 4 3.86
+  # docs/methods.md full table, to its rounding (its (C) exit 11 reads 10.55 and (T) exit 4 3.86
   # where the exact count gives 10.544 and 3.855).
   np.testing.assert_allclose(crfiqa, poster_c, atol=0.0106)
   np.testing.assert_allclose(token, poster_t, atol=0.0106)

@@ -62,7 +62,7 @@ def test_losses_hand_computed():
 
 
 def _np_reference(e, w, y, q, s, m, alpha, beta, arc=False):
-  """Plain-NumPy ViT-FIQA loss (float64), written from SPEC-METHOD §2.5."""
+  """Plain-NumPy ViT-FIQA loss (float64), written from docs/methods.md"""
   en = e / np.linalg.norm(e, axis=1, keepdims=True)
   wn = w / np.linalg.norm(w, axis=1, keepdims=True)
   c = np.clip(en @ wn.T, -1, 1)

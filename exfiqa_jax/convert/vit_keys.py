@@ -1,6 +1,6 @@
 """The ViT family ⇄ PyTorch state dicts: ViT-FIQA (token / crfiqa / full) and the FR ViTs.
 
-Covers the official ViT-FIQA / EX-FIQA checkpoints (SPEC-METHOD §1.4, Appendix A) and, as mode
+Covers the official ViT-FIQA / EX-FIQA checkpoints (docs/methods.md) and, as mode
 "fr", the insightface arcface_torch ViTs and the CVLFace ViTs ATTN-FIQA uses (§4.1: no quality
 token, no `head_qs`, `mask_token` only when trained with masking). Wrappers and `module.`/`net.`
 prefixes are undone by exfiqa_jax/convert/torch_io.py before a state dict gets here.
@@ -288,7 +288,7 @@ class ViTFamily:
   """ViT-FIQA token/crfiqa/full and FR ViTs (insightface arcface_torch, CVLFace) as mode "fr"."""
   name: str = "vit"
   kind = "vit"
-  input_scale = "minus1_1"    # (x/255 − 0.5)/0.5, RGB (SPEC-METHOD §1.6, §4.1)
+  input_scale = "minus1_1"    # (x/255 − 0.5)/0.5, RGB (docs/methods.md)
 
   def matches(self, sd: Mapping[str, np.ndarray]) -> bool:
     return "patch_embed.proj.weight" in sd and "pos_embed" in sd

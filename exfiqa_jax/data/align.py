@@ -1,6 +1,6 @@
 """5-point face alignment to the ArcFace 112×112 template, in plain NumPy.
 
-What the IJB-C scripts do (SPEC-EDC §2.4, §10): a least-squares similarity transform
+What the IJB-C scripts do (docs/evaluation.md): a least-squares similarity transform
 (Umeyama, = skimage `SimilarityTransform.estimate`) from the 5 detected landmarks to the
 ArcFace template, then `cv2.warpAffine(img, M, (112, 112), borderValue=0)` (bilinear,
 constant-0 border). Neither skimage nor OpenCV is a dependency here; this module
@@ -21,7 +21,7 @@ def arcface_template(size: int = 112) -> np.ndarray:
   """Landmark template [5, 2] (x, y) for a square `size` crop.
 
   The insightface template is defined for 96×112; for 112×112 every x gets +8.0
-  (SPEC-EDC §2.4). Other sizes scale the 112 template (insightface `norm_crop` rule).
+  (docs/evaluation.md). Other sizes scale the 112 template (insightface `norm_crop` rule).
   """
   template = ARCFACE_TEMPLATE_96.copy()
   template[:, 0] += 8.0

@@ -115,7 +115,7 @@ def all_unordered_pairs(identities: np.ndarray, max_pairs: int | None = None,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Every pair (i, j), i < j, of N images with identity labels `identities` [N].
 
-  Adience protocol (SPEC-EDC §2.3): label = same identity; pairs in row-major order. With
+  Adience protocol (docs/evaluation.md): label = same identity; pairs in row-major order. With
   `max_pairs`, a deterministic (seeded) uniform sample without replacement, kept in the same
   order; `keep_all_genuine` keeps every genuine pair and fills the rest with sampled impostors
   (genuine pairs are rare in all-pairs sets, so a uniform cap can leave too few).

@@ -1,4 +1,4 @@
-"""Image preprocessing shared by every model and data path (SPEC-METHOD §1.6).
+"""Image preprocessing shared by every model and data path (docs/methods.md).
 
 Decode to uint8 (PIL) → bilinear resize to 112 when needed → channel order → on device
 (x/255 − 0.5)/0.5. `channel_order="rgb"` feeds RGB, what the networks were trained on;

@@ -3,7 +3,7 @@
 Every identity is a fixed draw of face parameters (head shape, skin tone, hair colour and style,
 eyes, iris colour, brows, nose, mouth, lip colour, cheek marks, glasses, beard); every image of it
 varies pose, expression and lighting a little and sits on a near-plain background — little
-nuisance, so that what makes a comparison fail is the degradation, not the face (DEMO-NOTES.md).
+nuisance, so that what makes a comparison fail is the degradation, not the face (docs/demo.md).
 
 Degradations (`degrade`) come with a recorded severity s in [0, 1] and one kind per image:
 blur, noise, downscale (pixelation), occlusion, low light, JPEG artefacts. The damage grows as
@@ -35,7 +35,7 @@ from PIL import Image
 SIZE = 112
 DEGRADATIONS = ("blur", "noise", "downscale", "occlusion", "low_light", "jpeg")
 SPLITS = ("train", "val", "test")
-GAMMA = 1.0          # damage = severity ** GAMMA (the demo's tuning: DEMO-NOTES.md, README)
+GAMMA = 1.0          # damage = severity ** GAMMA (the demo's tuning: docs/demo.md, README)
 CLEAN_FRACTION = 0.5  # share of undegraded images in a degraded split / training batch
 _JPEG = DEGRADATIONS.index("jpeg")
 

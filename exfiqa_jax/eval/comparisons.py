@@ -21,7 +21,7 @@ def _is_tracer(*xs) -> bool:
 
 
 def pair_quality(quality_a, quality_b, uncertainty: bool = False):
-  """min(q_a, q_b) (max for uncertainty scores such as PFE, SPEC-EDC §4)."""
+  """min(q_a, q_b) (max for uncertainty scores such as PFE, docs/evaluation.md)."""
   xp = jnp if _is_tracer(quality_a, quality_b) else np
   return xp.maximum(quality_a, quality_b) if uncertainty else xp.minimum(quality_a, quality_b)
 
@@ -74,7 +74,7 @@ def _cosine_chunk(feats, pairs):
 def pair_scores(embeddings, pairs, flip_embeddings=None, chunk_size: int = 1 << 15) -> np.ndarray:
   """Cosine comparison scores [P] for pairs [P, 2] of rows of embeddings [I, E], on device in
   chunks (fixed chunk shape: one compile). With flip_embeddings, the cosine of
-  concat(L2n(e), L2n(e_flip)) = mean of the two cosines (CR-FIQA extract_emb.py, SPEC-EDC §3)."""
+  concat(L2n(e), L2n(e_flip)) = mean of the two cosines (CR-FIQA extract_emb.py, docs/evaluation.md)."""
   feats = l2_normalize(jnp.asarray(embeddings, jnp.float32))
   if flip_embeddings is not None:
     feats = l2_normalize(jnp.concatenate(
@@ -99,7 +99,7 @@ def pair_scores(embeddings, pairs, flip_embeddings=None, chunk_size: int = 1 << 
 @functools.partial(jax.jit, static_argnames=("num_groups", "num_templates"))
 def aggregate_templates_dense(features, group_index, group_template, num_groups: int,
                               num_templates: int):
-  """Segment ops (SPEC-EDC §2.4): features [I, E]; group_index [I] = (template, media) group of
+  """Segment ops (docs/evaluation.md): features [I, E]; group_index [I] = (template, media) group of
   each image; group_template [M] = template of each group → L2n(sum over media(mean over the
   media's images)) [T, E]."""
   f = jnp.asarray(features, jnp.float32)

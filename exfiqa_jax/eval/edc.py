@@ -1,6 +1,6 @@
-"""EDC (error-versus-discard characteristic), pAUC and bootstrap CIs, on device (SPEC-EDC).
+"""EDC (error-versus-discard characteristic), pAUC and bootstrap CIs on device (docs/evaluation.md).
 
-Two conventions (SPEC-EDC §0):
+Two conventions (docs/evaluation.md):
   mode="fiqa"  CR-FIQA ERC code behind the published FIQA numbers (§5.1, §6, §7.1): genuine and
                impostor pairs pooled, the first int(r·N) pairs of a STABLE ascending sort of pair
                quality discarded, the threshold re-chosen at every level among the observed scores
@@ -79,7 +79,7 @@ class EdcCurves(NamedTuple):
 
   def rows(self, benchmark: str, fr_model: str, quality_names: Sequence[str]) -> list[dict]:
     """Rows for edc.csv: benchmark, fr_model, quality, fmr, discard, fnmr, threshold, n_genuine,
-    n_impostor (DESIGN.md contract)."""
+    n_impostor (docs/evaluation.md, Output files)."""
     if len(quality_names) != self.fnmr.shape[0]:
       raise ValueError(f"{len(quality_names)} quality names for {self.fnmr.shape[0]} quality sets")
     out = []
@@ -120,7 +120,7 @@ def _count_le(sorted_rows: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
 
 
 def cuts_for(discard: np.ndarray, n: int) -> np.ndarray:
-  """int(r·n) for every r, exactly as Python/NumPy float64 does it (SPEC-EDC §6)."""
+  """int(r·n) for every r, exactly as Python/NumPy float64 does it (docs/evaluation.md)."""
   return (np.asarray(discard, np.float64) * n).astype(np.int64)
 
 

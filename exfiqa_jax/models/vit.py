@@ -5,7 +5,7 @@ mode "fr"). The block stack is an `nn.scan` over parameters stacked on a leading
 the scan's per-step output is what every exit needs (the raw quality token, or all tokens for
 the crfiqa/full heads, and the ATTN-FIQA statistics of that block), and the shared final
 LayerNorm and the unchanged heads run once over the stacked `[L, B, ...]` outputs — one jitted
-pass gives every exit (SPEC-METHOD §1, §3, §4).
+pass gives every exit (docs/methods.md).
 
     model = VisionTransformer(cfg)                       # depth=k: the first k blocks only
     output, out = model.apply(variables, images)         # images float32 [B,112,112,3] in [-1,1]
@@ -33,7 +33,7 @@ BN_MOMENTUM = 0.1  # torch convention: running = (1 - m)·running + m·batch
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-  """Architecture; released ViT-FIQA ViT-S is the default (SPEC-METHOD §1.1)."""
+  """Architecture; released ViT-FIQA ViT-S is the default (docs/methods.md)."""
   mode: str = "token"
   width: int = 512
   depth: int = 12
@@ -111,7 +111,7 @@ def vit_s_config(mode: str = "token") -> ViTConfig:
 
 
 def cvlface_config(variant: str = "S") -> ViTConfig:
-  """The CVLFace ViT-S / ViT-B that ATTN-FIQA uses (SPEC-METHOD §4.1)."""
+  """The CVLFace ViT-S / ViT-B that ATTN-FIQA uses (docs/methods.md)."""
   if variant == "S":
     return ViTConfig(mode="fr", patch_size=8, mlp_dim=2560, has_mask_token=False)
   if variant == "B":
@@ -182,7 +182,7 @@ class QualityHead(nn.Module):
 
 def attention_statistics(q: jnp.ndarray, k: jnp.ndarray, scale: float,
                          key_slice: slice | None = None) -> tuple[jnp.ndarray, jnp.ndarray | None]:
-  """ATTN-FIQA from q, k [B, T, H, d] without the T×T matrix (SPEC-METHOD §4.2, §4.3).
+  """ATTN-FIQA from q, k [B, T, H, d] without the T×T matrix (docs/methods.md).
 
   score = (1/H) Σ_h scale·⟨mean_i q_hi, mean_j k_hj⟩ = mean of all pre-softmax logits;
   map_j = (1/H) Σ_h scale·⟨mean_i q_hi, k_hj⟩ = the logit key j receives, mean over heads/queries.
@@ -381,7 +381,7 @@ class VisionTransformer(nn.Module):
     return (x + pos).astype(jnp.float32)
 
   def _mask_tokens(self, x: jnp.ndarray):
-    """Keeps int(T·(1−mask_ratio)) random tokens (quality token included, SPEC-METHOD §2.4)."""
+    """Keeps int(T·(1−mask_ratio)) random tokens (quality token included, docs/methods.md)."""
     b, t, _ = x.shape
     keep = int(t * (1 - self.config.mask_ratio))
     noise = jax.random.uniform(self.make_rng("masking"), (b, t))
@@ -438,7 +438,7 @@ class PatchEmbed(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Cost per exit (SPEC-METHOD §3.4) — one place for the formula.
+# Cost per exit (docs/methods.md) — one place for the formula.
 
 
 def _block_gflops(cfg: ViTConfig) -> float:

@@ -1,6 +1,6 @@
 """Our own PyTorch twin of the official ViT-FIQA / EX-FIQA / ATTN-FIQA modules, for parity tests.
 
-Written from SPEC-METHOD §1-§4 with the official state_dict key names (Appendix A). Every exit
+Written from docs/methods.md§4 with the official state_dict key names (Appendix A). Every exit
 is computed the official EX-FIQA way (re-run blocks 1..l, shared final LN, unchanged heads), and
 ATTN-FIQA from the explicit N×N pre-softmax logits — independent of the Flax implementation.
 """

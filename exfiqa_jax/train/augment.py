@@ -1,4 +1,4 @@
-"""The official "gridsample" training augmentation (SPEC-METHOD §2.2) as one jittable JAX function.
+"""The official "gridsample" training augmentation (docs/methods.md) as one jittable JAX function.
 
 Per sample: with probability `gridsample_prob` (0.6) the gridsample pipeline, otherwise only a
 horizontal flip (p 0.5). Gridsample (AdaFace/CVLFace `GridSampleAugmenter`, VF config values):

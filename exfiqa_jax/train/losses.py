@@ -1,4 +1,4 @@
-"""ViT-FIQA training losses (SPEC-METHOD §2.3): margin softmax for FR + CR-target SmoothL1 for quality.
+"""ViT-FIQA training losses (docs/methods.md): margin softmax for FR + CR-target SmoothL1 for quality.
 
 Per batch, with e the FR embedding [B, E], q the quality [B], y labels [B] and W class centres
 [C, E] (PartialFC with sample rate 1 = a full softmax):

@@ -1,4 +1,4 @@
-"""Optimiser of the official run (SPEC-METHOD §2.1): clip backbone grads at 5, AdamW, warm-up/decay.
+"""Optimiser of the official run (docs/methods.md): clip backbone grads at 5, AdamW, warm-up/decay.
 
 Parameters are one tree `{"backbone": <ViT params>, "centres": [C, E]}`.
 - Gradient clipping like `torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)`: the global

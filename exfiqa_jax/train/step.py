@@ -1,4 +1,4 @@
-"""Train state and the jitted, sharded training step (SPEC-METHOD §2.5).
+"""Train state and the jitted, sharded training step (docs/methods.md).
 
 State = {step, params: {"backbone", "centres"}, batch_stats, opt_state}. The batch axis is sharded
 over the mesh axis `data`; the backbone is replicated; the class centres [C_pad, E] are

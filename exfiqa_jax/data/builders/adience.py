@@ -1,4 +1,4 @@
-"""Adience as the FIQA papers use it (SPEC-EDC §2.3): aligned faces, all unordered pairs.
+"""Adience as the FIQA papers use it (docs/evaluation.md): aligned faces, all unordered pairs.
 
 Input is the output of CR-FIQA's `extract_adience.py`: a flat folder of aligned crops named
 `p_<person>_img_<k>.jpg`. Pairs are all (i, j), i < j, label = same person. The papers

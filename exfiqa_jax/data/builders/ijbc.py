@@ -1,4 +1,4 @@
-"""IJB-C 1:1 template verification as the FIQA papers run it (SPEC-EDC §2.4, §10).
+"""IJB-C 1:1 template verification as the FIQA papers run it (docs/evaluation.md).
 
 Every line of `meta/ijbc_name_5pts_score.txt` is one record: `loose_crop/<name>` aligned to
 the ArcFace 112×112 template by the 5-point similarity transform (`align.align_face`), with

@@ -3,7 +3,7 @@
 `image_path_list.txt`: one image path per line (written relative to the CR-FIQA checkout,
 e.g. `quality_data/lfw/images/00000.jpg`; duplicates possible for XQLFW). `pair_list.txt`:
 `name_a name_b label` rows, names with or without `.jpg`, labels possibly zero-padded
-(SPEC-EDC §2.1, §2.2). These JPEGs were written by `cv2.imwrite` from RGB arrays, so they are
+(docs/evaluation.md). These JPEGs were written by `cv2.imwrite` from RGB arrays, so they are
 stored channel-swapped: the default channel order here is "bgr" (feed the file's pixels as
 B,G,R, exactly what the official scripts fed the networks).
 """

@@ -1,6 +1,6 @@
 """insightface `.bin` pair sets (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW, any `<name>.bin`).
 
-Format (SPEC-EDC §2.1): a pickle of `(bins, issame_list)`; `bins` holds 2P encoded images,
+Format (docs/evaluation.md): a pickle of `(bins, issame_list)`; `bins` holds 2P encoded images,
 pair i = images 2i and 2i+1 with label issame_list[i]. The pickle is read with a restricted
 unpickler: besides plain containers it accepts only what these files really contain
 (bytes, bools; numpy uint8 buffers from `cv2.imencode` and numpy bools, which some

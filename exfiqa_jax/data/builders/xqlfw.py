@@ -1,4 +1,4 @@
-"""XQLFW: the LFW pair protocol on cross-quality images (SPEC-EDC §2.2).
+"""XQLFW: the LFW pair protocol on cross-quality images (docs/evaluation.md).
 
 `xqlfw_pairs.txt`: the first line is a header (skipped); `name i j` is a genuine pair,
 `name1 i name2 j` an impostor pair; image `xqlfw_aligned_112/<name>/<name>_<i:04d>.jpg`.
