@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.detector = ml_collections.ConfigDict(dict(   # the reference's MTCNN settings
       min_face_size=20.0, factor=0.709, thresholds=(0.6, 0.7, 0.7), max_per_scale=512,
       max_candidates=1024, max_rnet=512, max_onet=128, max_faces=32, rnet_share=192,
-      onet_share=32))
+      onet_share=16))
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
   # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one

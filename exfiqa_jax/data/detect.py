@@ -80,7 +80,7 @@ class DetectorConfig:
   max_onet: int = 128           # boxes into the O-Net per photo
   max_faces: int = 32           # faces returned per photo
   rnet_share: int = 192         # R-Net crops per photo of a batch, pooled (see `pool_size`)
-  onet_share: int = 32          # O-Net crops per photo of a batch, pooled
+  onet_share: int = 16          # O-Net crops per photo of a batch, pooled
   precision: str = "highest"    # conv/dense precision (models/mtcnn.py)
 
   def __post_init__(self):
