@@ -23,6 +23,8 @@ def base_config(task: str, output: str | None = None) -> ml_collections.ConfigDi
   config.distributed = False        # True on every host of a TPU pod slice / multi-host job
   config.batch_size = 64            # global; rounded up to a multiple of the device count
   config.progress = True
+  # Persistent XLA compilation cache (exfiqa_jax/compile_cache.py): a folder, "" = off.
+  config.compile_cache = "~/.cache/exfiqa_jax/xla"
   return config
 
 

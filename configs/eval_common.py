@@ -26,6 +26,9 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
   # Fixed early exit: score with the program truncated after block k (exits 1..k, fusions of
   # exits 1..k; ATTN-FIQA up to block k); 0 = every exit.
   config.exit = 0
+  # Matmul dtype of the quality model(s): "float32" | "bfloat16" (LayerNorms, exit heads and
+  # ATTN statistics stay float32; docs/accelerators.md). FR models run in float32.
+  config.compute_dtype = "float32"
   config.benchmarks = ",".join(benchmarks)
   config.data = common.data(
       channel_order="",       # "" = as the data set records; "rgb" | "bgr" (CR-FIQA-prepared)

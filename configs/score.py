@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       onet_share=16))
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
+  config.compute_dtype = "float32"  # "bfloat16": bf16 matmuls, f32 norms/heads/ATTN stats
   # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one
   # (written by configs/early_exit.py), a .json path, or "none"
   config.quality_mapping = ""

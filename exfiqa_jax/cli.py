@@ -14,6 +14,7 @@ import jax
 from absl import app, logging
 from ml_collections import config_flags
 
+from exfiqa_jax import compile_cache
 from exfiqa_jax.tasks import TASKS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unknown task {config.task!r}; known: {sorted(TASKS)}")
   if config.get("distributed", False):
     jax.distributed.initialize()
+  compile_cache.setup(config.get("compile_cache", ""))    # before anything compiles
   logging.info("task %s: process %d of %d, %d local / %d global devices (%s)", config.task,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)

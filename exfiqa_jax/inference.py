@@ -17,6 +17,7 @@ import os
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -42,12 +43,27 @@ def _next_pow2(n: int) -> int:
   return 1 << max(0, n - 1).bit_length()
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(name: str | None, flag: str = "dtype=") -> str:
+  """The matmul dtype of a ViT, "float32" (default for None or "") or "bfloat16"
+  (docs/accelerators.md, "bf16"); anything else is a ValueError naming `flag`."""
+  name = str(name or "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"{flag}{name!r} is not a compute dtype; use one of {COMPUTE_DTYPES}")
+  return name
+
+
 class QualityModel:
-  """A loaded ViT with its variables on every device; one compiled program per shape/flags."""
+  """A loaded ViT with its variables on every device; one compiled program per shape/flags.
+  `module.dtype` is the matmul dtype (bfloat16: norms, heads and ATTN statistics stay float32,
+  models/vit.py); `dtype` names it."""
 
   def __init__(self, module: Any, variables: Any, model_config: dict[str, Any],
                batch_size: int = 64):
     self.module = module
+    self.dtype = np.dtype(getattr(module, "dtype", np.float32)).name
     self.model_config = dict(model_config)
     self.mode = model_config["mode"]
     self.num_exits = int(model_config["depth"])
@@ -204,14 +220,18 @@ def load_variables(path: str | os.PathLike, num_heads: int | None = None,
 
 
 def load(path: str | os.PathLike, num_heads: int | None = 8, family: str | None = None,
-         batch_size: int = 64) -> QualityModel:
-  """A QualityModel from a converted directory or a `.pt` file (converted in memory)."""
+         batch_size: int = 64, dtype: str | None = None) -> QualityModel:
+  """A QualityModel from a converted directory or a `.pt` file (converted in memory).
+  `dtype` "bfloat16" runs the ViT's matmuls in bfloat16 (variables stay float32; LayerNorms,
+  exit heads and ATTN statistics float32; docs/accelerators.md); default float32."""
+  dtype = check_compute_dtype(dtype)
   variables, config = load_variables(path, num_heads=num_heads, family=family)
   if "mode" not in config:
     raise CheckpointError(f"{path} is a {config.get('family', 'CNN')} face-recognition CNN: it "
                           "has no quality or attention scores; use it for embeddings "
                           "(configs/embed.py)")
-  return QualityModel(models.get_model(config), variables, config, batch_size=batch_size)
+  module = models.get_model(config, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+  return QualityModel(module, variables, config, batch_size=batch_size)
 
 
 def load_fr_model(path: str, family: str | None = None, input_scale: str | None = None,

@@ -73,6 +73,8 @@ def load_quality_models(config) -> list[QualitySpec]:
   if not items:
     raise ValueError("no quality model: pass --config.quality_model.path=<converted dir or .pt> "
                      "(several as name1=path1,name2=path2)")
+  dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
+                                        "--config.compute_dtype=")
   specs = []
   for name, path in items:
     path = os.path.expanduser(path)
@@ -83,7 +85,7 @@ def load_quality_models(config) -> list[QualitySpec]:
                             num_heads="--config.quality_model.num_heads="):
       model = inference.load(path, num_heads=config.quality_model.num_heads,
                              family=config.quality_model.family or None,
-                             batch_size=config.batch_size)
+                             batch_size=config.batch_size, dtype=dtype)
     exit = int(config.get("exit", 0) or 0)
     model.resolve_exit(exit)               # a clear error for an exit outside 1..L
     specs.append(QualitySpec(name, os.path.abspath(path), model, exit))
@@ -139,7 +141,8 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
   batch = model.batch_size
   deps = {"benchmark": bench.identity, "checkpoint": identity.checkpoint_identity(spec.path),
           "model_config": model.model_config, "num_heads": config.quality_model.num_heads,
-          **({"exit": spec.exit} if spec.exit else {})}   # every-exit caches stay valid
+          **({"exit": spec.exit} if spec.exit else {}),   # every-exit caches stay valid
+          **({"compute_dtype": model.dtype} if model.dtype != "float32" else {})}
 
   def compute(lo, hi):
     parts = []
@@ -185,7 +188,8 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
     module, variables = spec.model.module, spec.model.variables
     input_scale = "minus1_1"
     ident = {"quality_model": identity.checkpoint_identity(spec.path),
-             "model_config": spec.model.model_config}
+             "model_config": spec.model.model_config,
+             **({"compute_dtype": spec.model.dtype} if spec.model.dtype != "float32" else {})}
   else:
     with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
       module, variables, fr_config = inference.load_fr_model(
@@ -288,9 +292,16 @@ def pair_quality_fn(bench: Benchmark, cmp: stages.Stage) -> Callable[[np.ndarray
   index = comparisons.TemplateIndex(np.arange(int(cmp["num_templates"])), cmp["template_index"],
                             cmp["template_index"], np.arange(int(cmp["num_templates"])))
 
+  first, second = np.ascontiguousarray(rows[:, 0]), np.ascontiguousarray(rows[:, 1])
+
   def fn(q):
     tq = comparisons.template_quality(q, index)
-    return comparisons.pair_quality(tq[:, rows[:, 0]], tq[:, rows[:, 1]])
+    # One quality set at a time: no [S, P] temporaries beside the result (at IJB-C scale
+    # each is 8 × 15.7M float32 = 0.5 GB).
+    out = np.empty((tq.shape[0], first.size), np.float32)
+    for k in range(tq.shape[0]):
+      out[k] = comparisons.pair_quality(tq[k, first], tq[k, second])
+    return out
   return fn
 
 

@@ -44,13 +44,15 @@ STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) fo
 FORMAT = 2
 
 
-def _identity(config, paths, names, channel_order, exit: int) -> dict[str, Any]:
+def _identity(config, paths, names, channel_order, exit: int, dtype: str = "float32"
+              ) -> dict[str, Any]:
   """What the scores are made from (docs/caching.md): any change recomputes them."""
   return {"format": FORMAT, "checkpoint": identity.checkpoint_identity(config.quality_model.path),
           "num_heads": config.quality_model.num_heads,
           "family": config.quality_model.family or "", "channel_order": channel_order,
           "exit": exit, "skip_unreadable": bool(config.skip_unreadable),
-          "names": identity.names_identity(names), "images": identity.files_identity(paths)}
+          "names": identity.names_identity(names), "images": identity.files_identity(paths),
+          **({"compute_dtype": dtype} if dtype != "float32" else {})}   # float32 stamps stay valid
 
 
 def run(config) -> dict[str, Any]:
@@ -76,7 +78,9 @@ def run(config) -> dict[str, Any]:
   skipped_path, stamp_path = (os.path.join(out_dir, n) for n in ("skipped.txt", STAMP))
   checkpoint = os.path.abspath(config.quality_model.path)
   exit = int(config.get("exit", 0) or 0)
-  ident = _identity(config, paths, names, channel_order, exit)
+  dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
+                                        "--config.compute_dtype=")
+  ident = _identity(config, paths, names, channel_order, exit, dtype)
   mapping = calibration.mapping_for(config.quality_model.path, config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
@@ -100,7 +104,7 @@ def run(config) -> dict[str, Any]:
                           num_heads="--config.quality_model.num_heads="):
     model = inference.load(config.quality_model.path, num_heads=config.quality_model.num_heads,
                            family=config.quality_model.family or None,
-                           batch_size=config.batch_size)
+                           batch_size=config.batch_size, dtype=dtype)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
   batch = model.batch_size
   logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
@@ -126,7 +130,7 @@ def run(config) -> dict[str, Any]:
   chunks, keep, local_errors = [], [], {}
   started = time.time()
   with tqdm(total=rows, unit="img", desc="score", smoothing=0.1,
-            disable=not parallel.is_writer()) as bar:
+            disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
     for host in pipeline.host_batches(reader, rows, batch, image_size=model.image_size,
                                       workers=config.data.get("decode_threads", 4)):
       images, valid, errors, n = host.images, host.valid, host.errors, host.num_rows

@@ -1,0 +1,503 @@
+"""IJB-C at growing size: the real eval_ijbc command on a synthetic IJB-C-shaped release, per stage.
+
+  python -m bench.ijbc_scale [--fractions=1/256,1/64] [--root=/tmp/ijbc_scale]
+      [--resume_at=1/256] [--bootstrap=20] [--keep]
+
+For each size fraction f (of 469,375 face lines, 23,124 templates, 15,658,489 pairs):
+  release   exfiqa_jax/testing/ijbc_release.py writes loose crops, landmarks, templates with
+            several media and shared media ids, and the pair list (deterministic);
+  build     the IJB-C builder aligns every crop into the TFDS data set (its own command, as
+            docs/accelerators.md does before a multi-host run, so that it is measured apart);
+  eval      `python main.py --config=configs/eval_ijbc.py` with tiny random models (a token
+            ViT-FIQA and an iResNet, as exfiqa_jax/testing/worlds.py makes them), three times
+            on one output: "cold" (every stage computed; fixed-shape programs come from the
+            compile cache, which an unreported first size --warmup filled), "warm" (the EDC
+            stage's files removed: it is recomputed with its programs cached, the other stages
+            load), "bootstrap" (--config.eval.bootstrap=N: the EDC stage again, with the
+            bootstrap; its cost is the growth over "warm").
+Per stage (from <output>/cache/stages.jsonl and the wall clock): wall seconds and CPU seconds
+(the child's /proc utime + stime, sampled every 0.1 s with its VmRSS), images/s or pairs/s,
+peak RSS inside the stage (the whole process's peak from wait4 is printed too), disk used; then
+the growth exponent between the two largest sizes (CPU seconds ∝ n^e, n = the stage's images
+or pairs: e ≈ 1 linear, n log n a little above 1, below 1 while fixed costs dominate) and an
+extrapolation to full size, which is only that: a fixed cost plus a linear part fitted on the
+two largest sizes (or n^e when e > 1.1), RSS linear in n. With --resume_at=f the eval run at
+that size is also killed right after the quality stage (StageCache.after_stage,
+exfiqa_jax/eval/stages.py) and rerun: its time, which stages it loaded, and whether its tables
+equal the uninterrupted run's. Everything runs where JAX runs (here: the CPU); the machine is
+shared, so the load average after each pass is printed with the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import fractions
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("startup", "build", "quality", "embed", "compare", "edc", "bootstrap", "report")
+
+# Run as a child (--_kill_after=quality): the eval command, killed after the first stage whose
+# name starts with that prefix is stored — like SIGKILL, no cleanup.
+KILL_FLAG = "--_kill_after="
+
+
+def _killed_main(prefix: str, argv: list[str]) -> None:
+  from exfiqa_jax import cli
+  from exfiqa_jax.eval import stages
+
+  def kill(name: str) -> None:
+    if name.startswith(prefix):
+      os._exit(137)
+  stages.StageCache.after_stage = kill
+  sys.argv = ["main.py", *argv]
+  cli.run_main()
+
+
+PAIRS_FLAG = "--_pairs_child="
+
+
+def _pairs_child(root: str, bootstrap: int) -> None:
+  """The pair-side stages (compare, EDC in both modes, bootstrap) at FULL IJB-C size, in this
+  process, through exfiqa_jax/eval/pipeline.py: the full release structure (469,375 lines,
+  23,124 templates, 15,658,489 pairs) with synthetic embeddings and 9 quality columns like the
+  tiny token model's (no images: the image stages scale per image and are measured above).
+  Prints one JSON line per stage: its start and stop times."""
+  import numpy as np
+  from configs import eval_ijbc
+  from exfiqa_jax.eval import benchmarks, pipeline, results, stages
+  from exfiqa_jax.testing import ijbc_release
+
+  def mark(name: str, start: float) -> None:
+    print(json.dumps({"stage": name, "start": start, "stop": time.time()}), flush=True)
+
+  t = time.time()
+  st = ijbc_release.structure(1.0)
+  rng = np.random.default_rng(0)
+  centres = rng.standard_normal((int(st.subject.max()) + 1, 128), dtype=np.float32)
+  emb = centres[st.subject] + 1.5 * rng.standard_normal((st.num_images, 128), dtype=np.float32)
+  image_q = rng.random((9, st.num_images), dtype=np.float32)
+  bench = benchmarks.Benchmark("ijbc", st.num_images, None, "template", st.label.astype(bool),
+                               {"kind": "synthetic", "fraction": 1.0},
+                               template_pairs=np.stack([st.pair_a, st.pair_b], 1),
+                               template_ids=st.template_id, media_ids=st.media_id)
+  del st
+  config = eval_ijbc.get_config()
+  config.eval.bootstrap = bootstrap
+  cache = stages.StageCache(os.path.join(root, "cache"), progress=False)
+  embed = stages.Stage("embed/ijbc/fr", "synthetic", {"embedding": emb}, False)
+  cols = results.column_set("q", 3, False) + [results.QualityColumn(results.RANDOM, "random")]
+  mark("setup", t)
+  t = time.time()
+  cmp = pipeline.compare_stage(cache, bench, "fr", embed)
+  mark("compare", t)
+  for mode in ("fiqa", "iso"):
+    t = time.time()
+    pipeline.edc_stage(cache, bench, "fr", mode, cmp, cols, image_q, {"synthetic": 1}, config)
+    mark(f"edc_{mode}", t)
+
+
+def pairs_full(args) -> dict[str, Any]:
+  """Runs `_pairs_child` twice (without and with the bootstrap): seconds, CPU s, peak RSS."""
+  out: dict[str, Any] = {}
+  for name, bootstrap in (("edc", 0), ("bootstrap", args.bootstrap)):
+    root = os.path.join(args.root, f"pairs_full_{name}")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    log = os.path.join(root, "child.log")
+    run = run_child([sys.executable, "-m", "bench.ijbc_scale", f"{PAIRS_FLAG}{root}",
+                     str(bootstrap)], log)
+    if run["rc"]:
+      raise RuntimeError(f"full-size pair stages failed, see {log}")
+    with open(log, encoding="utf-8") as f:
+      marks = [json.loads(line) for line in f if line.startswith("{")]
+    sampler = run["sampler"]
+    for m in marks:
+      key = m["stage"] if name == "edc" or m["stage"].startswith("edc") else None
+      if key is None:
+        continue
+      key = key if name == "edc" else key.replace("edc", "bootstrap")
+      out[key] = {"seconds": m["stop"] - m["start"], "cpu": sampler.cpu(m["start"], m["stop"]),
+                  "rss": sampler.peak(m["start"], m["stop"])}
+    out[f"peak_rss_{name}"] = run["peak_rss"]
+    shutil.rmtree(root, ignore_errors=True)
+  print(f"[full-size pair stages] {json.dumps(out)}", flush=True)
+  return out
+
+
+def disk_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(path) for name in names
+             if not os.path.islink(os.path.join(folder, name)))
+
+
+class Sampler:
+  """VmRSS and CPU seconds (user + system, all threads) of one process every `period` seconds,
+  with time stamps: CPU seconds move less than wall clock with other jobs' load."""
+
+  def __init__(self, pid: int, period: float = 0.1):
+    self.pid, self.period, self.samples = pid, period, []   # (time, rss bytes, cpu seconds)
+    self._tick = os.sysconf("SC_CLK_TCK")
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self) -> None:
+    while not self._stop.is_set():
+      try:
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+          rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+          fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / self._tick     # utime + stime
+        self.samples.append((time.time(), rss, cpu))
+      except (OSError, StopIteration, IndexError, ValueError):
+        return
+      self._stop.wait(self.period)
+
+  def stop(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+  def peak(self, start: float, stop: float) -> int:
+    inside = [rss for t, rss, _ in self.samples if start <= t <= stop]
+    return max(inside) if inside else 0
+
+  def cpu(self, start: float, stop: float) -> float:
+    """CPU seconds spent between two times (nearest samples)."""
+    if not self.samples:
+      return 0.0
+    def at(t):
+      return min(self.samples, key=lambda s: abs(s[0] - t))[2]
+    return max(0.0, at(stop) - at(start))
+
+
+def run_child(argv: Sequence[str], log: str) -> dict[str, Any]:
+  """Runs argv (cwd = the checkout); wall seconds, exit code, peak RSS (wait4), RSS samples."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  with open(log, "w", encoding="utf-8") as out:
+    start = time.time()
+    proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    sampler = Sampler(proc.pid)
+    _, status, usage = os.wait4(proc.pid, 0)
+    stop = time.time()
+    sampler.stop()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+  return {"start": start, "stop": stop, "seconds": stop - start, "rc": proc.returncode,
+          "peak_rss": usage.ru_maxrss * 1024, "cpu": usage.ru_utime + usage.ru_stime,
+          "sampler": sampler}
+
+
+def save_models(folder: str) -> tuple[str, str]:
+  """Tiny random token ViT-FIQA and iResNet, as converted directories (worlds.py's way)."""
+  from exfiqa_jax import checkpoints
+  from exfiqa_jax.models import iresnet, vit
+  from exfiqa_jax.testing import worlds
+  q, fr = os.path.join(folder, "q_token"), os.path.join(folder, "fr")
+  if not os.path.isdir(q):
+    cfg = vit.tiny_config("token")
+    checkpoints.save_model(q, worlds.random_variables(vit.VisionTransformer(cfg), 1),
+                           {"family": "vit", "kind": "vit", "input_scale": "minus1_1",
+                            **cfg.to_dict()})
+  if not os.path.isdir(fr):
+    cfg = iresnet.tiny_config(layers=(1, 1, 1, 1))
+    checkpoints.save_model(fr, worlds.random_variables(iresnet.IResNet(cfg), 3),
+                           {"family": "arcface_iresnet", "kind": "iresnet",
+                            "input_scale": "minus1_1", **cfg.to_dict()})
+  return q, fr
+
+
+def eval_argv(release: str, data_dir: str, models: tuple[str, str], output: str, cache: str,
+              bootstrap: int) -> list[str]:
+  return ["--config=configs/eval_ijbc.py", f"--config.data.manual_dir={release}",
+          f"--config.data.data_dir={data_dir}", f"--config.quality_model.path={models[0]}",
+          f"--config.fr.path={models[1]}", f"--config.output={output}",
+          f"--config.eval.bootstrap={bootstrap}", "--config.progress=False",
+          f"--config.compile_cache={cache}"]
+
+
+def stage_times(output: str, since: float) -> dict[str, list[tuple[float, float, str]]]:
+  """(start, stop, event) per stage kind from the stage log entries written after `since`."""
+  from exfiqa_jax.eval import stages
+  out: dict[str, list[tuple[float, float, str]]] = {}
+  for e in stages.read_log(os.path.join(output, "cache")):
+    if e["time"] < since or e["event"] not in ("computed", "cached"):
+      continue
+    kind = e["stage"].split("/")[0]
+    out.setdefault(kind, []).append((e["time"] - e.get("seconds", 0.0), e["time"], e["event"]))
+  return out
+
+
+def measure_eval(run: dict[str, Any], output: str) -> dict[str, dict[str, float]]:
+  """Per stage kind: seconds (computed stages only), peak RSS inside, cached or not."""
+  times = stage_times(output, run["start"])
+  rows: dict[str, dict[str, float]] = {}
+  first = min((a for v in times.values() for a, _, _ in v), default=run["stop"])
+  last = max((b for v in times.values() for _, b, _ in v), default=run["start"])
+  sampler = run["sampler"]
+  rows["startup"] = {"seconds": first - run["start"], "rss": sampler.peak(run["start"], first),
+                     "cpu": sampler.cpu(run["start"], first)}
+  for kind, spans in times.items():
+    start, stop = min(a for a, _, _ in spans), max(b for _, b, _ in spans)
+    rows[kind] = {"seconds": sum(b - a for a, b, ev in spans if ev == "computed"),
+                  "cpu": sum(sampler.cpu(a, b) for a, b, ev in spans if ev == "computed"),
+                  "rss": sampler.peak(start, stop),
+                  "cached": all(ev == "cached" for _, _, ev in spans)}
+  rows["report"] = {"seconds": run["stop"] - last, "rss": sampler.peak(last, run["stop"]),
+                    "cpu": run["cpu"] - sampler.cpu(run["start"], last)}
+  return rows
+
+
+def one_size(fraction: fractions.Fraction, args, models) -> dict[str, Any]:
+  from exfiqa_jax.testing import ijbc_release
+  label = f"{fraction.numerator}_{fraction.denominator}"
+  base = os.path.join(args.root, label)
+  release, data_dir, output = (os.path.join(base, n) for n in ("IJBC", "tfds", "out"))
+  cache = os.path.join(args.root, "xla")
+  for path in (release, data_dir, output):
+    shutil.rmtree(path, ignore_errors=True)
+  t0 = time.time()
+  counts = ijbc_release.write_release(release, float(fraction))
+  result: dict[str, Any] = {"fraction": str(fraction), "counts": counts,
+                            "write_seconds": time.time() - t0,
+                            "disk": {"release": disk_bytes(release)}}
+  print(f"[{fraction}] release written: {counts} in {result['write_seconds']:.1f} s",
+        flush=True)
+  build = run_child([sys.executable, "-c", "import sys\nfrom exfiqa_jax.data import builders\n"
+                     "builders.build('ijbc', sys.argv[1], sys.argv[2])", release, data_dir],
+                    os.path.join(base, "build.log"))
+  if build["rc"]:
+    raise RuntimeError(f"build failed, see {base}/build.log")
+  result["build"] = {"seconds": build["seconds"], "rss": build["peak_rss"], "cpu": build["cpu"]}
+  result["disk"]["tfds"] = disk_bytes(data_dir)
+  print(f"[{fraction}] built in {build['seconds']:.1f} s", flush=True)
+  passes = {}
+  # cold: new shapes compile (the compile cache is warm for fixed-shape programs only); warm:
+  # the EDC stage recomputed with its programs in the compile cache (stages before it loaded);
+  # bootstrap: the EDC stage again with the bootstrap on.
+  for name, bootstrap in (("cold", 0), ("warm", 0), ("bootstrap", args.bootstrap)):
+    if name == "warm":
+      shutil.rmtree(os.path.join(output, "cache", "edc"))
+    run = run_child([sys.executable, "main.py", *eval_argv(release, data_dir, models, output,
+                                                           cache, bootstrap)],
+                    os.path.join(base, f"eval_{name}.log"))
+    if run["rc"]:
+      raise RuntimeError(f"eval failed ({run['rc']}), see {base}/eval_{name}.log")
+    passes[name] = {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "cpu": run["cpu"],
+                    "load": os.getloadavg()[0], "stages": measure_eval(run, output)}
+    if name == "warm":
+      tables = {n: open(os.path.join(output, n), "rb").read() for n in ("edc.csv", "pauc.csv")}
+    print(f"[{fraction}] eval {name}: {run['seconds']:.1f} s", flush=True)
+  result["passes"] = passes
+  result["disk"]["output"] = disk_bytes(output)
+  for kind in ("quality", "embed", "compare", "edc"):
+    result["disk"][kind] = disk_bytes(os.path.join(output, "cache", kind))
+  if args.resume_at and fractions.Fraction(args.resume_at) == fraction:
+    result["resume"] = resume_check(release, data_dir, models, tables, cache, base)
+  if not args.keep:
+    shutil.rmtree(base, ignore_errors=True)
+  return result
+
+
+def resume_check(release, data_dir, models, tables: dict[str, bytes], cache, base
+                 ) -> dict[str, Any]:
+  """Kill after the quality stage, rerun, compare the tables with the uninterrupted run's
+  (`tables`: edc.csv and pauc.csv without the bootstrap)."""
+  from exfiqa_jax.eval import stages
+  output = os.path.join(base, "out_killed")
+  shutil.rmtree(output, ignore_errors=True)
+  argv = eval_argv(release, data_dir, models, output, cache, 0)
+  killed = run_child([sys.executable, "-m", "bench.ijbc_scale", KILL_FLAG + "quality/", *argv],
+                     os.path.join(base, "eval_killed.log"))
+  rerun = run_child([sys.executable, "main.py", *argv], os.path.join(base, "eval_rerun.log"))
+  if rerun["rc"]:
+    raise RuntimeError(f"rerun after the kill failed, see {base}/eval_rerun.log")
+  events = [e for e in stages.read_log(os.path.join(output, "cache"))
+            if e["time"] >= rerun["start"] and e["event"] in ("computed", "cached")]
+  same = all(open(os.path.join(output, n), "rb").read() == t for n, t in tables.items())
+  return {"killed_rc": killed["rc"], "killed_seconds": killed["seconds"],
+          "rerun_seconds": rerun["seconds"],
+          "loaded": sorted(e["stage"] for e in events if e["event"] == "cached"),
+          "computed": sorted(e["stage"] for e in events if e["event"] == "computed"),
+          "tables_equal": same}
+
+
+def _units(kind: str, counts: dict[str, int]) -> tuple[str, int]:
+  if kind in ("build", "quality", "embed"):
+    return "images/s", counts["images"]
+  if kind in ("compare", "edc", "bootstrap"):
+    return "pairs/s", counts["pairs"]
+  return "", 0
+
+
+def rows_of(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+  """Stage → seconds, rss, disk, n for one size: the cold pass, EDC from the warm pass,
+  bootstrap = EDC with it − EDC without (both warm)."""
+  cold, warm, boot = (result["passes"][k]["stages"] for k in ("cold", "warm", "bootstrap"))
+  rows = {k: dict(v) for k, v in cold.items()}
+  rows["build"] = {**result["build"], "disk": result["disk"]["tfds"]}
+  rows["edc"] = dict(warm["edc"])
+  edc_with = boot.get("edc", {"seconds": 0.0, "rss": 0})
+  rows["bootstrap"] = {"seconds": max(edc_with["seconds"] - rows["edc"]["seconds"], 0.0),
+                       "cpu": max(edc_with.get("cpu", 0.0) - rows["edc"].get("cpu", 0.0), 0.0),
+                       "rss": edc_with["rss"]}
+  for kind, row in rows.items():
+    row["n"] = _units(kind, result["counts"])[1]
+    row.setdefault("disk", result["disk"].get(kind, 0))
+  return rows
+
+
+def extrapolate(n1: float, t1: float, n2: float, t2: float, n: float, e: float
+                ) -> tuple[float, str]:
+  """Time at size n from two measured sizes: a fixed cost plus a linear part (t = a + b·n) when
+  the growth exponent e (of CPU seconds) is at most 1.1, else the power law n^e."""
+  if e > 1.1:
+    return t2 * (n / n2) ** e, f"n^{e:.2f}"
+  slope = (t2 - t1) / (n2 - n1)
+  if slope <= 0:                       # noise: no growth seen; scale the larger one linearly
+    return t2 * n / n2, "linear"
+  return t2 + slope * (n - n2), "a + b·n"
+
+
+def report(results: list[dict[str, Any]], pairs_full: dict[str, Any] | None = None) -> None:
+  from exfiqa_jax.testing import ijbc_release
+  full = ijbc_release.FULL
+  measured: dict[str, dict[str, float]] = {}
+  if pairs_full:
+    print()
+    print(f"Measured at full size ({full['pairs']:,} pairs, {full['templates']:,} templates, "
+          f"{full['images']:,} lines; synthetic embeddings, 9 quality columns):")
+    print()
+    print("| stage | wall s | CPU s | pairs/s | peak RSS in the stage |")
+    print("|---|---|---|---|---|")
+    rows = {"compare": pairs_full.get("compare")}
+    for kind in ("edc", "bootstrap"):
+      parts = [pairs_full.get(f"{kind}_{m}") for m in ("fiqa", "iso")]
+      if all(parts):
+        rows[kind] = {"seconds": sum(p["seconds"] for p in parts),
+                      "cpu": sum(p["cpu"] for p in parts), "rss": max(p["rss"] for p in parts)}
+    if "edc" in rows and "bootstrap" in rows:       # the bootstrap pass includes the EDC
+      b, e = rows["bootstrap"], rows["edc"]
+      rows["bootstrap"] = {"seconds": b["seconds"] - e["seconds"], "cpu": b["cpu"] - e["cpu"],
+                           "rss": b["rss"]}
+    measured.update({k: v for k, v in rows.items() if v})
+    for kind, row in rows.items():
+      if row:
+        print(f"| {kind} | {row['seconds']:.1f} | {row['cpu']:.1f} | "
+              f"{full['pairs'] / max(row['seconds'], 1e-9):,.0f} | {row['rss'] / 2**30:.2f} GiB |")
+    print(f"whole process peak RSS (wait4): without the bootstrap "
+          f"{pairs_full['peak_rss_edc'] / 2**30:.2f} GiB, with it "
+          f"{pairs_full['peak_rss_bootstrap'] / 2**30:.2f} GiB")
+  print()
+  print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
+  print()
+  print("| size | images | templates | (template, media) groups | pairs | genuine | release | "
+        "TFDS | output |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for r in results:
+    c, d = r["counts"], r["disk"]
+    print(f"| {r['fraction']} | {c['images']:,} | {c['templates']:,} | {c['media']:,} | "
+          f"{c['pairs']:,} | {c['genuine']:,} | {d['release'] / 2**20:.1f} MiB | "
+          f"{d['tfds'] / 2**20:.1f} MiB | {d['output'] / 2**20:.1f} MiB |")
+  per = [rows_of(r) for r in results]
+  print()
+  head = " | ".join(f"{r['fraction']}: wall s (CPU s), rate, peak RSS, disk" for r in results)
+  print(f"| stage | {head} | growth e, CPU s ∝ n^e | full size (extrapolated: wall, CPU, RSS) |")
+  print("|---|" + "---|" * len(results) + "---|---|")
+  for kind in STAGES:
+    cells, growth, extra = [], "", ""
+    for r, rows in zip(results, per):
+      row = rows.get(kind)
+      if row is None:
+        cells.append("—")
+        continue
+      unit, n = _units(kind, r["counts"])
+      rate = f", {n / row['seconds']:,.0f} {unit}" if unit and row["seconds"] > 0 else ""
+      disk = f", {row['disk'] / 2**20:.1f} MiB" if row.get("disk") else ""
+      cells.append(f"{row['seconds']:.1f} ({row.get('cpu', 0):.1f}){rate}, "
+                   f"{row['rss'] / 2**20:.0f} MiB{disk}")
+    if len(per) >= 2 and kind in per[-1] and kind in per[-2]:
+      a, b = per[-2][kind], per[-1][kind]
+      ca, cb = a.get("cpu", 0.0), b.get("cpu", 0.0)
+      if ca > 0 and cb > 0 and b["n"] > a["n"] > 0:
+        e = math.log(cb / ca) / math.log(b["n"] / a["n"])
+        growth = f"{e:.2f}" + (" (< 1 CPU s: noise)" if ca < 1 else "")
+        n_full = {"images/s": full["images"], "pairs/s": full["pairs"]}.get(
+            _units(kind, results[-1]["counts"])[0])
+        if n_full:
+          t, how = extrapolate(a["n"], a["seconds"], b["n"], b["seconds"], n_full, e)
+          c, _ = extrapolate(a["n"], ca, b["n"], cb, n_full, e)
+          slope = max(0.0, (b["rss"] - a["rss"]) / (b["n"] - a["n"]))
+          rss = b["rss"] + slope * (n_full - b["n"])
+          extra = f"≈ {t:,.0f} s, {c:,.0f} CPU s ({how}), ≈ {rss / 2**30:.1f} GiB"
+    if kind in measured:
+      m = measured[kind]
+      extra = (f"measured: {m['seconds']:,.0f} s, {m['cpu']:,.0f} CPU s, "
+               f"{m['rss'] / 2**30:.1f} GiB (extrapolation: {extra or '—'})")
+    print(f"| {kind} | " + " | ".join(cells) + f" | {growth} | {extra} |")
+  print()
+  for r in results:
+    peaks = {k: v["peak_rss"] / 2**20 for k, v in r["passes"].items()}
+    edc_cold = r["passes"]["cold"]["stages"].get("edc", {}).get("seconds", 0.0)
+    loads = "/".join(f"{v.get('load', 0):.1f}" for v in r["passes"].values())
+    print(f"size {r['fraction']} (load average after each pass {loads}): whole eval command "
+          f"{r['passes']['cold']['seconds']:.1f} s "
+          f"(EDC with compilation {edc_cold:.1f} s), rerun for the EDC "
+          f"{r['passes']['warm']['seconds']:.1f} s, with the bootstrap "
+          f"{r['passes']['bootstrap']['seconds']:.1f} s; peak RSS "
+          + " / ".join(f"{v:.0f}" for v in peaks.values()) + " MiB (wait4), build "
+          f"{r['build']['rss'] / 2**20:.0f} MiB; release written in {r['write_seconds']:.1f} s")
+    if "resume" in r:
+      print(f"kill and resume at {r['fraction']}: {json.dumps(r['resume'])}")
+
+
+def main() -> None:
+  if len(sys.argv) > 1 and sys.argv[1].startswith(KILL_FLAG):
+    _killed_main(sys.argv[1][len(KILL_FLAG):], sys.argv[2:])
+    return
+  if len(sys.argv) > 1 and sys.argv[1].startswith(PAIRS_FLAG):
+    _pairs_child(sys.argv[1][len(PAIRS_FLAG):], int(sys.argv[2]))
+    return
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--fractions", default="1/256,1/64")
+  parser.add_argument("--root", default="/tmp/ijbc_scale")
+  parser.add_argument("--resume_at", default="", help="a fraction: also kill and resume there")
+  parser.add_argument("--bootstrap", type=int, default=20, help="eval_ijbc's default")
+  parser.add_argument("--keep", action="store_true", help="keep the files of every size")
+  parser.add_argument("--json", default="", help="also write the raw results here")
+  parser.add_argument("--warmup", default="1/4096", help="an unreported first size ('' = none)")
+  parser.add_argument("--report_from", default="", help="print the tables of a --json file")
+  parser.add_argument("--pairs_full", action="store_true",
+                      help="also run compare / EDC / bootstrap at full IJB-C size (no images)")
+  args = parser.parse_args()
+  if args.report_from:
+    with open(args.report_from, encoding="utf-8") as f:
+      saved = json.load(f)
+    saved = saved if isinstance(saved, dict) else {"sizes": saved, "pairs_full": None}
+    report(saved["sizes"], saved.get("pairs_full"))
+    return
+  os.makedirs(args.root, exist_ok=True)
+  models = save_models(args.root)
+  full_pairs = pairs_full(args) if args.pairs_full else None
+  sizes = [f for f in args.fractions.split(",") if f]
+  if args.warmup and sizes:   # fill the compile cache with the fixed-shape programs (unreported)
+    one_size(fractions.Fraction(args.warmup), argparse.Namespace(**{**vars(args), "keep": False,
+                                                                   "resume_at": ""}), models)
+  results = []
+  for item in sizes:
+    results.append(one_size(fractions.Fraction(item), args, models))
+    if args.json:
+      with open(args.json, "w", encoding="utf-8") as f:
+        json.dump({"sizes": results, "pairs_full": full_pairs}, f, indent=1, default=str)
+  report(results, full_pairs)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,57 @@
+"""The IJB-C-shaped release of bench/ijbc_scale.py at a tiny size, through the same code path:
+exfiqa_jax/testing/ijbc_release.py writes it, the IJB-C builder aligns and reads it."""
+from __future__ import annotations
+
+import numpy as np
+
+from exfiqa_jax.data import builders
+from exfiqa_jax.eval import comparisons
+from exfiqa_jax.testing import ijbc_release
+
+FRACTION = 1 / 4096          # 115 face lines, 6 templates in 2 subjects, 3,823 pairs
+
+
+def test_structure_scales_and_is_deterministic():
+  small, again = ijbc_release.structure(FRACTION), ijbc_release.structure(FRACTION)
+  for field in ("template_id", "media_id", "pair_a", "pair_b", "label"):
+    np.testing.assert_array_equal(getattr(small, field), getattr(again, field))
+  c = ijbc_release.counts(1 / 64)
+  assert (c["images"], c["templates"], c["pairs"]) == (7334, 361, 244664)
+  assert ijbc_release.counts(1.0) == ijbc_release.FULL
+
+
+def test_release_goes_through_the_builder(tmp_path):
+  release, data_dir = tmp_path / "IJBC", tmp_path / "tfds"
+  counts = ijbc_release.write_release(release, FRACTION)
+  st = ijbc_release.structure(FRACTION)
+  # The real media structure: several media in a template, media ids shared across templates.
+  groups = {(t, m) for t, m in zip(st.template_id.tolist(), st.media_id.tolist())}
+  per_template = {t: sum(1 for g in groups if g[0] == t) for t in set(st.template_id.tolist())}
+  assert max(per_template.values()) >= 3
+  owners = {}
+  for t, m in groups:
+    owners.setdefault(m, set()).add(t)
+  assert any(len(ts) > 1 for ts in owners.values())
+  genuine = st.label.astype(bool)
+  assert 0 < genuine.sum() < len(genuine)
+
+  source, info = builders.load("ijbc", str(release), str(data_dir), decode=True)
+  assert info.num_records == counts["images"] == len(st.template_id)
+  assert info.pair_kind == "template"
+  np.testing.assert_array_equal(info.record_arrays["template_id"], st.template_id)
+  np.testing.assert_array_equal(info.record_arrays["media_id"], st.media_id)
+  np.testing.assert_array_equal(info.pairs["template_a"], st.pair_a)
+  np.testing.assert_array_equal(info.pairs["template_b"], st.pair_b)
+  np.testing.assert_array_equal(info.pairs["is_genuine"], genuine)
+  index = comparisons.TemplateIndex.build(info.record_arrays["template_id"],
+                                          info.record_arrays["media_id"])
+  assert index.group_template.size == counts["media"] == len(groups)
+  assert index.pair_rows(np.stack([st.pair_a, st.pair_b], 1)).shape == (counts["pairs"], 2)
+  # The landmarks say where the face is: the aligned crop is the subject's pattern again.
+  bases = ijbc_release._bases(64, 0)
+  for k in (0, len(source) // 2, len(source) - 1):
+    aligned = source[k]["image"].astype(np.float32)
+    own = bases[st.subject[k] % 64]
+    other = bases[(st.subject[k] + 1) % 64]
+    corr = [np.corrcoef(aligned.ravel(), b.ravel())[0, 1] for b in (own, other)]
+    assert corr[0] > 0.8 and corr[0] > corr[1] + 0.3, (k, corr)
