@@ -121,8 +121,6 @@ def main() -> None:
   for (name, w), r in results.items():
     label = "0 (inline)" if w == 0 else str(w)
     print(f"| {name} | {label} | {r:,.0f} | {r / results[(name, 1)]:.2f}x |")
-  if synth is None:
-    print("(synthetic: exfiqa_jax/data/synthetic.py has no render function; row skipped)")
   if model is not None:
     alone, end_to_end = model
     best_jpeg = max(r for (name, _), r in results.items() if name == "jpeg_folder")

@@ -48,6 +48,11 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
       pauc_limit=ml_collections.ConfigDict(dict(PAUC_LIMIT)),
       bootstrap=200,          # pAUC bootstrap resamples (0 = no CI)
       alpha=0.05,             # 95 % intervals
+      # what a bootstrap resample draws: "pair" | "identity" (pair sets with per-image identity
+      # labels, e.g. the synthetic set) | "template" (IJB-C): whole units with replacement
+      # (docs/evaluation.md, "Bootstrap"); recorded in summary.json
+      bootstrap_unit="template" if "ijbc" in benchmarks else "pair",
+      paired=True,            # pauc_diff.csv: Δ pAUC of chosen column pairs, paired bootstrap
       set_group=8,            # quality columns per EDC call (memory at IJB-C scale)
       # per-group EDC: a CSV "image,group" (more columns = more groupings); Adience's age and
       # gender are used whenever its fold files are found (docs/evaluation.md, Per-group EDC)

@@ -9,8 +9,9 @@ Every compiled program is cached, however quick its compilation (JAX's default k
 over 1 s, which leaves out exactly the many small programs of a short run). The cache key
 covers the program, the JAX/XLA versions, the flags and the device kind, so a folder can be
 shared by several machines and versions; as JAX warns, only share it with users you trust.
-The folder is kept under 4 GiB (least recently used programs are removed first) unless
-`jax_compilation_cache_max_size` was set.
+The folder is not size-bounded: JAX's bounded (evicting) mode needs the optional `filelock`
+package and breaks on a folder that unbounded writers also used (entries without access
+times); delete the folder to reclaim its space.
 
 `CompileCounter` counts compilations and cache hits through jax.monitoring (tests, benchmarks).
 """
@@ -24,7 +25,6 @@ import jax
 from absl import logging
 
 DEFAULT = "~/.cache/exfiqa_jax/xla"       # configs/common.py base_config().compile_cache
-MAX_BYTES = 4 << 30                       # the folder's size bound (least recently used go)
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"   # compile or cache load
 _HITS = "/jax/compilation_cache/cache_hits"
 _MISSES = "/jax/compilation_cache/cache_misses"
@@ -56,8 +56,6 @@ def setup(path: str | None) -> str | None:
     return None
   jax.config.update("jax_compilation_cache_dir", folder)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  if jax.config.jax_compilation_cache_max_size == -1:    # unset: bounded, least recent evicted
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   logging.info("XLA compilation cache: %s", folder)
   return folder
 

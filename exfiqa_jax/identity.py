@@ -239,3 +239,26 @@ def check_stamp(path: str | os.PathLike, identity: Mapping[str, Any]) -> tuple[b
     if current != recorded:
       return False, f"{rel} was replaced after the run that wrote it"
   return True, "complete"
+
+
+def begin_run(stamp_path: str | os.PathLike, identity: Mapping[str, Any],
+              outputs: Sequence[str | os.PathLike], task: str) -> bool:
+  """True when the stamp vouches for a finished run made from `identity`: nothing to do.
+  Otherwise logs why `task` runs again and, on the writing process, removes the stale stamp (so
+  an interrupted run leaves none behind) and temporaries left beside `outputs`."""
+  from absl import logging
+
+  from exfiqa_jax import files, parallel
+  stamp_path = os.fspath(stamp_path)
+  out_dir = os.path.dirname(os.path.abspath(stamp_path))
+  done, why = check_stamp(stamp_path, identity)
+  if done:
+    logging.info("%s already complete in %s; nothing to do", task, out_dir)
+    return True
+  if os.path.exists(stamp_path) or any(os.path.exists(o) for o in outputs):
+    logging.info("%s again into %s: %s", task, out_dir, why)
+  if parallel.is_writer():
+    if os.path.exists(stamp_path):
+      os.remove(stamp_path)
+    files.clean_temporaries(out_dir, (*outputs, stamp_path))
+  return False

@@ -137,7 +137,8 @@ class QualityModel:
                        "decode_image)")
     if jax.process_count() > 1:
       raise NotImplementedError(f"QualityModel.{what} feeds from one host; on a multi-host job "
-                                "use run_batch with each host's rows (see exfiqa_jax/tasks/score.py)")
+                                "use run_batch with each host's rows (see "
+                                "exfiqa_jax/tasks/score.py)")
     return resize_images(images, self.image_size)
 
   def score(self, images: np.ndarray, attn_maps: bool = False,

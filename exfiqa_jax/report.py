@@ -35,8 +35,7 @@ from PIL import Image
 
 from exfiqa_jax import files
 from exfiqa_jax.eval import paired as paired_lib
-from exfiqa_jax.eval.results import (BASELINE_KINDS, KINDS, RANDOM, BenchmarkEval, ModeEval,
-                                     QualityColumn, best_index, column_set, random_quality)
+from exfiqa_jax.eval.results import RANDOM, BenchmarkEval, QualityColumn, best_index
 
 EDC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "discard", "fnmr",
                "threshold", "n_genuine", "n_impostor")

@@ -4,7 +4,6 @@ decisions against the prediction, and the score task's 0–100 columns from the 
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 from exfiqa_jax.eval import comparisons, edc
 
 

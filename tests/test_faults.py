@@ -35,6 +35,7 @@ from exfiqa_jax.data.builders import base, verification_bin
 from exfiqa_jax.eval import benchmarks, comparisons, pipeline, stages
 from exfiqa_jax.models import vit
 from exfiqa_jax.tasks import embed, score
+from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing import torch_reference as ref
 from exfiqa_jax.train import trainer
 
@@ -109,13 +110,7 @@ def _score_config(assets, output, **overrides):
   config.quality_model.num_heads = HEADS
   config.images = str(assets["faces"])
   config.output = str(output)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return worlds.override(config, **overrides)
 
 
 def _scores(result) -> np.ndarray:
@@ -273,13 +268,7 @@ def _embed_config(assets, output, **overrides):
   config.fr.num_heads = HEADS
   config.images = str(assets["faces"])
   config.output = str(output)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return worlds.override(config, **overrides)
 
 
 @pytest.mark.parametrize("change", ["convention", "channel_order", "input_scale", "model",
@@ -338,13 +327,7 @@ def _eval_config(assets, root, **overrides):
   config.eval.modes = ("fiqa",)
   config.report.plots = False
   config.progress = False
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return worlds.override(config, **overrides)
 
 
 @pytest.fixture

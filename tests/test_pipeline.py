@@ -4,7 +4,6 @@ References are plain NumPy slicing of the same random arrays and PIL's own decod
 """
 import concurrent.futures
 import json
-import os
 import socket
 import threading
 import time

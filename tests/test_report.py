@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from exfiqa_jax import report
-from exfiqa_jax.eval import comparisons, edc
+from exfiqa_jax.eval import comparisons, edc, results
 from exfiqa_jax import models
 from exfiqa_jax.models import vit
 
 FMRS = (1e-2, 1e-3)
 
 
-def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[report.BenchmarkEval,
+def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[results.BenchmarkEval,
                                                                           dict]:
   """A benchmark with 3 exits of increasing skill, their fusions, ATTN and random."""
   rng = np.random.default_rng(seed)
@@ -28,12 +28,12 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[report.B
                     0.1 * rng.normal(size=n_pairs)).astype(np.float32)
   exits = np.stack([-severity * w + rng.normal(size=n_img) * (1.5 - w) for w in (0.2, 0.8, 1.2)],
                    1)
-  cols = report.column_set("m", 3, prefix=False)
+  cols = results.column_set("m", 3, prefix=False)
   q = [exits[:, 0], exits[:, 1], exits[:, 2], exits.mean(1), exits @ np.array([1, 2, 3]) / 6,
        -severity + rng.normal(size=n_img), rng.normal(size=n_img), -severity * 0.5
        + rng.normal(size=n_img) * 0.3]
-  cols.append(report.QualityColumn("random", "random"))
-  q.append(report.random_quality(n_img, 7))
+  cols.append(results.QualityColumn("random", "random"))
+  q.append(results.random_quality(n_img, 7))
   image_q = np.stack(q).astype(np.float32)
   pq = comparisons.image_to_pair_quality(image_q, pairs)
   modes = {}
@@ -42,9 +42,9 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[report.B
     curves = edc.edc_curves(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, pauc_limit=limit)
     point, low, high = edc.pauc_ci(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, limit,
                                    num_resamples=8, seed=3)
-    modes[mode] = report.ModeEval(mode, limit, curves, curves.pauc, low, high)
+    modes[mode] = results.ModeEval(mode, limit, curves, curves.pauc, low, high)
     engine[mode] = (curves, point, low, high)
-  result = report.BenchmarkEval(benchmark, "fr", cols, np.asarray(FMRS), modes, n_pairs,
+  result = results.BenchmarkEval(benchmark, "fr", cols, np.asarray(FMRS), modes, n_pairs,
                                 int(is_gen.sum()))
   return result, engine
 

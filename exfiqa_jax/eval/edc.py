@@ -33,7 +33,6 @@ such as f·N_imp = x.5 may then resolve differently). Scores and qualities are u
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
@@ -336,7 +335,6 @@ class _FiqaStats(NamedTuple):
 
 def _fiqa_set(prep: _Prep, q: jnp.ndarray, cuts: jnp.ndarray, fmrs: jnp.ndarray,
               block: int = _BLOCK) -> _FiqaStats:
-  p = q.shape[0]
   r = cuts.shape[0]
   nb = prep.perm.shape[0] // block
   level = _quality_levels(q, cuts)                                         # [P]

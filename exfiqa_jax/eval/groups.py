@@ -367,7 +367,7 @@ def markdown(evals: Sequence[GroupEval], results: Sequence[BenchmarkEval]) -> li
     gap = ge.gap_pauc
     cells = [f"{1e3 * gap[s, f]:.2f}" if np.isfinite(gap[s, f]) else "n/a"
              for f in range(len(ge.fmrs)) for s in show]
-    lines += [f"| **gap** (max − min) | | " + " | ".join(cells) + " |", ""]
+    lines += ["| **gap** (max − min) | | " + " | ".join(cells) + " |", ""]
   return lines
 
 

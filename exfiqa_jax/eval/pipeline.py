@@ -8,14 +8,14 @@ config recomputes only what depends on it):
   embed/<bench>/<fr>        FR embeddings with the flip convention (exfiqa_jax/embedding.py), or a
                             precomputed .npy, or the quality model's own feature head
   compare/<bench>/<fr>      cosine comparison scores of the pairs, or of the IJB-C templates
-                            (media-averaged, summed, L2-normalised; SPEC-EDC §2.4)
+                            (media-averaged, summed, L2-normalised; docs/evaluation.md)
   edc/<bench>/<fr>/<mode>   EDC of every quality column (+ the seeded `random` baseline) × FMR,
                             pAUC with bootstrap CIs
   groups/<bench>/<fr>/<mode>/<grouping>   per-group EDC and pAUC where group labels exist
                             (exfiqa_jax/eval/groups.py; docs/evaluation.md, Per-group EDC)
-then the reports (exfiqa_jax/tasks/eval.py writes them with exfiqa_jax/report.py). Images are decoded on
-every host for its own rows of each global batch and the model runs sharded over all devices;
-only process 0 writes.
+then the reports (exfiqa_jax/tasks/eval.py writes them with exfiqa_jax/report.py). Images are
+decoded on every host for its own rows of each global batch and the model runs sharded over all
+devices; only process 0 writes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -33,7 +32,7 @@ from exfiqa_jax.convert import families, strict
 from exfiqa_jax.eval import comparisons, edc, stages
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.eval import groups as groups_lib
-from exfiqa_jax.eval import results
+from exfiqa_jax.eval import paired, results, verification
 from exfiqa_jax.eval.benchmarks import Benchmark, image_names, image_reader
 
 PRECOMPUTED = "precomputed:"
@@ -164,7 +163,7 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
   convention = embedding.check_convention(config.fr.convention)
   if fr_path.startswith(PRECOMPUTED):
     file = fr_path[len(PRECOMPUTED):]
-    deps = {"benchmark": bench.identity, "file": stages.file_identity(file)}
+    deps = {"benchmark": bench.identity, "file": identity.file_identity(file)}
 
     def load_precomputed():
       emb = np.load(file, mmap_mode="r")
@@ -305,15 +304,44 @@ def pair_quality_fn(bench: Benchmark, cmp: stages.Stage) -> Callable[[np.ndarray
   return fn
 
 
+def bootstrap_unit(bench: Benchmark, config) -> str:
+  """config.eval.bootstrap_unit checked against what the benchmark has (docs/evaluation.md,
+  "Bootstrap"): "pair"; "identity" needs per-image identity labels (bench.extra["identity"]);
+  "template" needs a template protocol (IJB-C)."""
+  unit = str(config.eval.get("bootstrap_unit", "pair") or "pair")
+  if unit not in edc.UNITS:
+    raise ValueError(f"--config.eval.bootstrap_unit={unit!r}: use one of {edc.UNITS}")
+  if unit == "identity" and (bench.pair_kind != "image" or "identity" not in bench.extra):
+    raise ValueError(f"--config.eval.bootstrap_unit=identity: benchmark {bench.name} has no "
+                     "per-image identity labels; use pair" +
+                     (" or template" if bench.pair_kind == "template" else ""))
+  if unit == "template" and bench.pair_kind != "template":
+    raise ValueError(f"--config.eval.bootstrap_unit=template: benchmark {bench.name} compares "
+                     "images, not templates; use pair (or identity where labels exist)")
+  return unit
+
+
+def bootstrap_units(bench: Benchmark, unit: str) -> np.ndarray | None:
+  """Resampling units of the pairs for edc.bootstrap: None (pairs), [P, 2] identities of the two
+  images, or [P, 2] template ids."""
+  if unit == "identity":
+    return np.asarray(bench.extra["identity"])[np.asarray(bench.pairs)]
+  if unit == "template":
+    return np.asarray(bench.template_pairs)
+  return None
+
+
 def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: str,
               cmp: stages.Stage, cols: Sequence[results.QualityColumn], image_q: np.ndarray,
               deps_q: Mapping[str, Any], config) -> stages.Stage:
   fmrs = tuple(float(f) for f in config.eval.fmrs)
   limit = float(config.eval.pauc_limit[mode])
   resamples = int(config.eval.get("bootstrap", 0))
+  alpha = float(config.eval.get("alpha", 0.05))
+  unit = bootstrap_unit(bench, config)
   deps = {"compare": cmp, "quality": deps_q, "columns": [dataclasses.asdict(c) for c in cols],
           "fmrs": fmrs, "mode": mode, "limit": limit, "bootstrap": resamples,
-          "alpha": float(config.eval.get("alpha", 0.05)), "seed": int(config.seed),
+          "alpha": alpha, "seed": int(config.seed), "bootstrap_unit": unit,
           }
   to_pairs = pair_quality_fn(bench, cmp)
 
@@ -322,6 +350,7 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
     # (memory); every call gets the same number of rows (the last group is padded by repeating
     # its last row), so the EDC and bootstrap programs compile once.
     n_pairs = len(cmp["scores"])
+    units = bootstrap_units(bench, unit)
     group = min(len(cols), max(int(config.eval.get("set_group", 8)), (1 << 22) // n_pairs))
     parts = []
     for lo in range(0, len(cols), group):
@@ -332,16 +361,17 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
       pq = to_pairs(rows)
       curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
                               pauc_limit=limit)
-      if resamples > 0:
-        _, low, high = edc.pauc_ci(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD,
-                                   mode, limit, num_resamples=resamples, seed=int(config.seed),
-                                   alpha=float(config.eval.get("alpha", 0.05)))
-      else:
-        low = high = np.full_like(curves.pauc, np.nan)
+      # Bootstrap (same resamples for every column: paired comparisons use `samples`).
+      boot = edc.bootstrap(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
+                           limit, num_resamples=resamples, seed=int(config.seed),
+                           units=units, point=curves.pauc)
+      low, high = edc.percentile_ci(boot.samples, alpha)
+      band_low, band_high = edc.percentile_ci(boot.fnmr, alpha)        # [S, F, R] CI bands
       parts.append({k: v[:real] for k, v in dict(
           fnmr=curves.fnmr, threshold=curves.threshold, n_genuine=curves.n_genuine,
           n_impostor=curves.n_impostor, discarded=curves.discarded, pauc=curves.pauc,
-          ci_low=low, ci_high=high).items()})
+          ci_low=low, ci_high=high, samples=np.moveaxis(boot.samples, 0, 1),
+          band_low=band_low, band_high=band_high).items()})
       logging.info("EDC %s/%s/%s: %d/%d quality columns", bench.name, fr_name, mode,
                    min(lo + group, len(cols)), len(cols))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -371,6 +401,11 @@ class EvalRun:
   cache: stages.StageCache
   seconds: dict[str, float]
   groups: list[groups_lib.GroupEval] = dataclasses.field(default_factory=list)  # per-group EDC
+  paired: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # pauc_diff.csv rows
+  sanity: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # FR sanity numbers
+  bands: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = dataclasses.field(
+      default_factory=dict)                          # (bench, fr, mode) → EDC CI band [S, F, R]
+  bootstrap_units: dict[str, str] = dataclasses.field(default_factory=dict)  # bench → unit
 
 
 def check_eval_config(config) -> None:
@@ -386,7 +421,7 @@ def check_eval_config(config) -> None:
   if int(resamples) != resamples or resamples < 0:
     raise ValueError(f"--config.eval.bootstrap must be a whole number ≥ 0, got {resamples!r}")
   alpha = float(config.eval.get("alpha", 0.05))
-  if resamples and not 0.0 < alpha < 1.0:
+  if not 0.0 < alpha < 1.0:
     raise ValueError(f"--config.eval.alpha must be in (0, 1) (0.05 = 95 % intervals), got "
                      f"{alpha!r}")
   for key in ("chunk_images", "set_group"):
@@ -463,12 +498,15 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
   for bench in benchmarks:       # every protocol problem before the first expensive stage
     check_protocol(bench)
     check_precomputed(bench, frs)
+    bootstrap_unit(bench, config)
   if parallel.is_writer():
     files.check_output_dir(config.output)
   cache = stages.StageCache(os.path.join(config.output, "cache"),
                             progress=config.get("progress", True))
   evals, qall, colmap, namemap, seconds = [], {}, {}, {}, {}
   group_evals: list[groups_lib.GroupEval] = []
+  paired_rows, sanity, bands, units = [], [], {}, {}
+  alpha = float(config.eval.get("alpha", 0.05))
   for bench in benchmarks:
     t0 = time.time()
     logging.info("benchmark %s: %d images, %d comparisons (%s pairs)", bench.name,
@@ -488,17 +526,26 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
       for mode in modes:
         st = edc_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q, config)
         modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
+        bands[(bench.name, fr, mode)] = (st["band_low"], st["band_high"])
+        if config.eval.get("paired", True) and st["samples"].shape[1] > 0:
+          paired_rows += paired.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
+                                                st["pauc"], np.moveaxis(st["samples"], 1, 0),
+                                                alpha)
         for grouping, lab in labels.items():       # per-group EDC (docs/evaluation.md)
           ge = groups_lib.group_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q,
                                       grouping, lab, pair_quality_fn(bench, cmp), config)
           group_evals += [ge] if ge is not None else []
+      sanity.append({"benchmark": bench.name, "fr_model": fr, **verification.fr_sanity(
+          bench.pair_kind, cmp["scores"], cmp["is_genuine"])})
       evals.append(results.BenchmarkEval(bench.name, fr, cols, np.asarray(config.eval.fmrs,
                                                                             np.float64),
                                           modes_eval, len(bench.is_genuine),
                                           int(bench.is_genuine.sum())))
     qall[bench.name], colmap[bench.name], namemap[bench.name] = qst, (cols, image_q), names
+    units[bench.name] = bootstrap_unit(bench, config)
     seconds[bench.name] = time.time() - t0
-  return EvalRun(evals, qall, colmap, namemap, cache, seconds, group_evals)
+  return EvalRun(evals, qall, colmap, namemap, cache, seconds, group_evals, paired_rows, sanity,
+                 bands, units)
 
 
 def gflops_table(quality: Sequence[QualitySpec]) -> dict[str, tuple[np.ndarray, float]]:

@@ -76,27 +76,6 @@ def fingerprint(deps: Mapping[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-SIDECAR = "quality_mapping.json"     # exfiqa_jax/eval/calibration.py MAPPING_FILE
-
-
-def file_identity(path: str) -> dict[str, Any]:
-  """What identifies an input file or directory cheaply: absolute path, total size, newest mtime
-  (a re-converted checkpoint or a rebuilt data set changes it)."""
-  path = os.path.abspath(os.fspath(path))
-  if os.path.isfile(path):
-    return identity.file_identity(path)    # + the content's SHA-256 when cheap
-  if os.path.isdir(path):
-    size, newest, count = 0, 0, 0
-    for folder, _, files in os.walk(path):
-      for name in files:
-        if name == SIDECAR and folder == path:   # the 0–100 mapping: metadata, not weights
-          continue
-        st = os.stat(os.path.join(folder, name))
-        size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
-    return {"path": path, "size": size, "mtime_ns": newest, "files": count}
-  raise FileNotFoundError(path)
-
-
 def _agree(flag: bool) -> bool:
   """Process 0's decision, on every host."""
   if jax.process_count() == 1:

@@ -125,7 +125,7 @@ def embed_and_score(eval_fn, variables, images: np.ndarray, mesh, batch: int
   return np.concatenate(scores), np.concatenate(embs)
 
 
-def evaluate_pairs(eval_fn, variables, pairs: PairSet, mesh, batch: int, fmr: float,
+def evaluate_pairs(eval_fn, variables, pairs, mesh, batch: int, fmr: float,
                    limit: float, seed: int = 0) -> dict[str, float]:
   """Verification accuracy and EDC pAUC (FIQA convention) of every exit and a random quality."""
   exit_scores, emb = embed_and_score(eval_fn, variables, pairs.images, mesh, batch)

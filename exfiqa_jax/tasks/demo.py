@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import files, report
+from exfiqa_jax import files
 from exfiqa_jax.eval import benchmarks, pipeline, results, stages
 from exfiqa_jax.tasks import early_exit
 from exfiqa_jax.tasks import eval as eval_task

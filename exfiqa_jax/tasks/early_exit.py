@@ -257,7 +257,6 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
   mapping = calibration.fit_mapping(
       q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
       meta={"benchmark": cal.name, "model": spec.path})
-  q100_ev = mapping.apply(q_ev.arrays)
 
   # Costs.
   per_exit, g_fusion = models.gflops(cfg)

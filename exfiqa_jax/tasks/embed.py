@@ -49,16 +49,8 @@ def run(config) -> dict[str, Any]:
     files.check_output_dir(out_dir)          # before any compute
   stamp_path = os.path.join(out_dir, STAMP)
   ident = _identity(config, paths, names, convention)
-  done, why = identity.check_stamp(stamp_path, ident)
-  if done:
-    logging.info("embeddings already complete in %s; nothing to do", out_dir)
+  if identity.begin_run(stamp_path, ident, (emb_path, list_path), "embeddings"):
     return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
-  if os.path.exists(stamp_path) or os.path.exists(emb_path):
-    logging.info("embedding again into %s: %s", out_dir, why)
-  if parallel.is_writer():     # from here on an interrupted run leaves no stamp behind
-    if os.path.exists(stamp_path):
-      os.remove(stamp_path)
-    files.clean_temporaries(out_dir, (emb_path, list_path, stamp_path))
   try:
     with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
       module, variables, model_config = inference.load_fr_model(

@@ -24,7 +24,7 @@ from exfiqa_jax.eval.pipeline import EvalRun, QualitySpec
 
 
 def write_scores(output: str, run: EvalRun, quality: Sequence[QualitySpec]) -> None:
-  """<output>/<benchmark>/scores_<model>.csv in the DESIGN scores.csv contract."""
+  """<output>/<benchmark>/scores_<model>.csv in the scores.csv contract (docs/evaluation.md)."""
   for bench, per_model in run.quality.items():
     for spec in quality:
       st = per_model[spec.name]
@@ -89,19 +89,25 @@ def write_report(config, run: EvalRun, benchmarks: Sequence[Benchmark],
                                        for k, v in gflops.items()},
                    "gflops_fusion": {k: round(v[1], 4) for k, v in gflops.items()},
                    "seconds_per_benchmark": run.seconds,
+                   "bootstrap_unit": run.bootstrap_units, "fr_sanity": run.sanity,
+                   "paired_comparisons": run.paired,
                    **protocol_summary(config, benchmarks),
                    **({"groups": groups_lib.summary(run.groups)} if run.groups else {}),
                    **(extra or {})}
+  notes = report.sanity_markdown(run.sanity) + list(notes)
   paths = report.write_tables(output, run.results, summary_extra, title, notes,
-                              list(report.gflops_markdown(gflops)) + protocol_markdown(benchmarks)
+                              report.paired_markdown(run.paired)
+                              + list(report.gflops_markdown(gflops)) + protocol_markdown(benchmarks)
                               + groups_lib.markdown(run.groups, run.results) + list(footer))
+  if config.eval.get("paired", True):
+    paths["paired"] = report.write_paired(output, run.paired)
   write_scores(output, run, quality)
   group_paths = groups_lib.write(output, run.groups, run.results,
                                  plots=bool(config.report.get("plots", True)))
   paths.update({k: v for k, v in group_paths.items() if k != "group_plots"})
   plots = list(group_paths.get("group_plots", []))
   if config.report.get("plots", True):
-    plots += report.write_plots(output, run.results, gflops)
+    plots += report.write_plots(output, run.results, gflops, run.bands)
     for bench in benchmarks:
       plots += attention_examples(output, bench, run, quality,
                                   int(config.report.get("attention_examples", 4)))

@@ -88,17 +88,9 @@ def run(config) -> dict[str, Any]:
   if align == "detect":                    # raw photos: rows are detected faces
     ident["align"] = detect.align_identity(config.data)
   no_face_path = os.path.join(out_dir, "no_face.txt")
-  done, why = identity.check_stamp(stamp_path, ident)
-  if done:
-    logging.info("scores already complete in %s; nothing to do", out_dir)
+  if identity.begin_run(stamp_path, ident, (csv_path, npz_path, skipped_path, no_face_path),
+                        "scores"):
     return {"scores": csv_path, "npz": npz_path, "cached": True}
-  if os.path.exists(stamp_path) or os.path.exists(csv_path):
-    logging.info("scoring again into %s: %s", out_dir, why)
-  if parallel.is_writer():     # from here on an interrupted run leaves no stamp behind
-    if os.path.exists(stamp_path):
-      os.remove(stamp_path)
-    files.clean_temporaries(out_dir, (csv_path, npz_path, skipped_path, stamp_path,
-                                     no_face_path))
 
   with strict.flags_named(family="--config.quality_model.family=",
                           num_heads="--config.quality_model.num_heads="):
@@ -114,7 +106,7 @@ def run(config) -> dict[str, Any]:
   reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
   if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
     with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
-              disable=not parallel.is_writer()) as bar:
+              disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
       photos = detect.photo_rows(paths, names, config.data, channel_order, model.image_size,
                                  progress=bar.update)
     if photos.unreadable and not config.skip_unreadable:
