@@ -76,6 +76,12 @@ def ref_trapezoid(x, y):
 def make_data(seed, p=3000, gen_frac=0.3, n_sets=3, tied=False, tied_scores=False):
   rng = np.random.default_rng(seed)
   gen = rng.random(p) < gen_frac
+  return _scores_and_quality(rng, gen, n_sets, tied, tied_scores)
+
+
+def _scores_and_quality(rng, gen, n_sets, tied, tied_scores):
+  """(scores, gen, quality [S, P]): genuine scores high, quality correlated with the score."""
+  p = len(gen)
   latent = rng.standard_normal(p)
   scores = np.where(gen, 0.5 + 0.25 * rng.standard_normal(p) + 0.1 * latent,
                     0.05 * rng.standard_normal(p)).astype(np.float32)
@@ -308,15 +314,7 @@ def boot_data(seed, p=360, n_gen=120, n_sets=2, tied=True, tied_scores=True, n_i
   ids = rng.integers(0, n_ids, (p, 2))
   ids[gen, 1] = ids[gen, 0]                                  # a genuine pair: one identity
   ids[~gen, 1] = (ids[~gen, 0] + 1 + rng.integers(0, n_ids - 1, (~gen).sum())) % n_ids
-  latent = rng.standard_normal(p)
-  scores = np.where(gen, 0.5 + 0.25 * rng.standard_normal(p) + 0.1 * latent,
-                    0.05 * rng.standard_normal(p)).astype(np.float32)
-  if tied_scores:
-    scores = (np.round(scores * 40) / 40).astype(np.float32)
-  q = latent[None] + rng.standard_normal((n_sets, p))
-  if tied:
-    q = np.round(q * 2) / 2
-  return scores, gen, q.astype(np.float32), ids
+  return (*_scores_and_quality(rng, gen, n_sets, tied, tied_scores), ids)
 
 
 def ref_multiplicities(draws, units, p):

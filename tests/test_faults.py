@@ -104,13 +104,17 @@ def assets(tmp_path_factory):
   return {"root": root, "faces": faces, "pt": pt, "other_pt": other_pt, "dir": converted}
 
 
-def _score_config(assets, output, **overrides):
-  config = score_config.get_config("size=tiny")
-  config.quality_model.path = assets["pt"]
-  config.quality_model.num_heads = HEADS
-  config.images = str(assets["faces"])
-  config.output = str(output)
+def _task_config(job, model, assets, output, **overrides):
+  """The tiny config of `job` (a configs module) on the assets' faces and model (`model` names
+  the config node: quality_model or fr)."""
+  config = job.get_config("size=tiny")
+  config[model].path, config[model].num_heads = assets["pt"], HEADS
+  config.images, config.output = str(assets["faces"]), str(output)
   return worlds.override(config, **overrides)
+
+
+def _score_config(assets, output, **overrides):
+  return _task_config(score_config, "quality_model", assets, output, **overrides)
 
 
 def _scores(result) -> np.ndarray:
@@ -263,12 +267,7 @@ def test_unreadable_images_decompression_bomb_is_skipped(assets, tmp_path):
 
 # ------------------------------------------------------------------- 2. embed: identity
 def _embed_config(assets, output, **overrides):
-  config = embed_config.get_config("size=tiny")
-  config.fr.path = assets["pt"]
-  config.fr.num_heads = HEADS
-  config.images = str(assets["faces"])
-  config.output = str(output)
-  return worlds.override(config, **overrides)
+  return _task_config(embed_config, "fr", assets, output, **overrides)
 
 
 @pytest.mark.parametrize("change", ["convention", "channel_order", "input_scale", "model",

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from exfiqa_jax.convert import layout
 from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
 from exfiqa_jax.models import iresnet
 
@@ -70,22 +71,6 @@ def _torch_key(collection: str, path: tuple[str, ...], ndim: int) -> str:
   raise KeyError(f"no torch name for Flax leaf {collection}/{'/'.join(path)}")
 
 
-def _to_torch_array(x: np.ndarray) -> np.ndarray:
-  if x.ndim == 4:
-    return np.transpose(x, (3, 2, 0, 1))
-  if x.ndim == 2:
-    return x.T
-  return x
-
-
-def _to_flax_array(x: np.ndarray) -> np.ndarray:
-  if x.ndim == 4:
-    return np.transpose(x, (2, 3, 1, 0))
-  if x.ndim == 2:
-    return x.T
-  return x
-
-
 def _bn_modules(shapes: dict) -> list[str]:
   return sorted({".".join(p[:-1]) for p, _ in _leaves(shapes.get("batch_stats", {}))})
 
@@ -97,7 +82,7 @@ def expected_torch_shapes(config: iresnet.IResNetConfig) -> dict[str, tuple]:
   for collection, tree in shapes.items():
     for path, leaf in _leaves(tree):
       out[_torch_key(collection, path, len(leaf.shape))] = tuple(
-          _to_torch_array(np.empty(leaf.shape, np.uint8)).shape)
+          layout.to_torch_by_rank(np.empty(leaf.shape, np.uint8)).shape)
   for module in _bn_modules(shapes):
     out[f"{module}.num_batches_tracked"] = ()
   return out
@@ -110,7 +95,7 @@ def state_dict_to_variables(sd: dict[str, np.ndarray], config: iresnet.IResNetCo
   variables: dict = {}
   for collection, tree in shapes.items():
     for path, leaf in _leaves(tree):
-      value = _to_flax_array(np.asarray(sd[_torch_key(collection, path, len(leaf.shape))],
+      value = layout.to_flax_by_rank(np.asarray(sd[_torch_key(collection, path, len(leaf.shape))],
                                         dtype=np.float32))
       node = variables.setdefault(collection, {})
       for name in path[:-1]:
@@ -125,7 +110,7 @@ def variables_to_state_dict(variables: dict) -> dict[str, np.ndarray]:
   for collection in ("params", "batch_stats"):
     for path, leaf in _leaves(variables.get(collection, {})):
       arr = np.asarray(leaf, dtype=np.float32)
-      sd[_torch_key(collection, path, arr.ndim)] = np.ascontiguousarray(_to_torch_array(arr))
+      sd[_torch_key(collection, path, arr.ndim)] = np.ascontiguousarray(layout.to_torch_by_rank(arr))
   for module in _bn_modules(variables):
     sd[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
   return sd

@@ -25,6 +25,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from exfiqa_jax.convert import layout
 from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
 from exfiqa_jax import models
 from exfiqa_jax.models import vit
@@ -204,22 +205,6 @@ def check_heads(width: int, num_heads: int) -> int:
 
 # ------------------------------------------------------------------------ conversion
 
-def _to_flax_leaf(x: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.transpose(x, (2, 3, 1, 0))
-  if kind == "linear":
-    return x.T
-  return x
-
-
-def _to_torch_leaf(x: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.transpose(x, (3, 2, 0, 1))
-  if kind == "linear":
-    return x.T
-  return x
-
-
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
@@ -245,10 +230,10 @@ def state_dict_to_variables(sd: Mapping[str, np.ndarray], config: Mapping[str, A
   variables: dict = {"params": {}, "batch_stats": {}}
   for leaf in key_map(config):
     if leaf.stacked:
-      value = np.stack([_to_flax_leaf(_float(sd[leaf.torch_key.format(i=i)]), leaf.kind)
+      value = np.stack([layout.to_flax(_float(sd[leaf.torch_key.format(i=i)]), leaf.kind)
                         for i in range(config["depth"])])
     else:
-      value = _to_flax_leaf(_float(sd[leaf.torch_key]), leaf.kind)
+      value = layout.to_flax(_float(sd[leaf.torch_key]), leaf.kind)
     _set(variables[leaf.collection], leaf.path, np.ascontiguousarray(value))
   return variables
 
@@ -265,9 +250,9 @@ def variables_to_state_dict(variables: Mapping, config: Mapping[str, Any]
                             f"which mode {config['mode']!r} needs") from None
     if leaf.stacked:
       for i in range(config["depth"]):
-        sd[leaf.torch_key.format(i=i)] = np.ascontiguousarray(_to_torch_leaf(value[i], leaf.kind))
+        sd[leaf.torch_key.format(i=i)] = np.ascontiguousarray(layout.to_torch(value[i], leaf.kind))
     else:
-      sd[leaf.torch_key] = np.ascontiguousarray(_to_torch_leaf(value, leaf.kind))
+      sd[leaf.torch_key] = np.ascontiguousarray(layout.to_torch(value, leaf.kind))
   for module in _bn_modules(config):
     sd[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
   expected = expected_shapes(config)
