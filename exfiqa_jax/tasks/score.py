@@ -55,8 +55,14 @@ def _identity(config, paths, names, channel_order, exit: int, dtype: str = "floa
           **({"compute_dtype": dtype} if dtype != "float32" else {})}   # float32 stamps stay valid
 
 
-def run(config) -> dict[str, Any]:
-  """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
+def _unreadable(error: str) -> preprocess.ImageError:
+  return preprocess.ImageError(
+      f"{error}\nFix or remove the file, or pass --config.skip_unreadable=True to skip "
+      "unreadable images (listed in skipped.txt)")
+
+
+def _check_inputs(config) -> tuple[str, list[str], list[str]]:
+  """(channel order, image paths, names): every input problem before any work."""
   if not config.quality_model.path or not config.images:
     raise ValueError("pass --config.quality_model.path=<converted dir or .pt> and "
                      "--config.images=<image folder or list file>")
@@ -71,12 +77,60 @@ def run(config) -> dict[str, Any]:
   if not os.path.exists(config.quality_model.path):
     raise FileNotFoundError(f"checkpoint {config.quality_model.path} does not exist; pass "
                             "--config.quality_model.path=<converted dir or .pt>")
-  out_dir = config.output
   if parallel.is_writer():
-    files.check_output_dir(out_dir)          # before any compute
-  csv_path, npz_path = (os.path.join(out_dir, n) for n in ("scores.csv", "scores.npz"))
-  skipped_path, stamp_path = (os.path.join(out_dir, n) for n in ("skipped.txt", STAMP))
-  checkpoint = os.path.abspath(config.quality_model.path)
+    files.check_output_dir(config.output)    # before any compute
+  return channel_order, paths, names
+
+
+def _detect_photos(config, paths, names, channel_order, image_size: int):
+  """Raw photos → the detected faces to score (data/detect.py; docs/data.md)."""
+  with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
+            disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
+    photos = detect.photo_rows(paths, names, config.data, channel_order, image_size,
+                               progress=bar.update)
+  if photos.unreadable and not config.skip_unreadable:
+    raise _unreadable(next(iter(photos.unreadable.values())))
+  if not photos.records:
+    raise preprocess.ImageError(f"no face found in any of the {len(paths)} photos of "
+                                f"{config.images} (--config.data.align=detect)")
+  logging.info("%d faces to score from %d photos (%d without a face)", len(photos.records),
+               len(paths), len(photos.no_face))
+  return photos
+
+
+def _score_rows(config, model, reader, rows: int, row_names: list[str], exit: int):
+  """Every row through the model, sharded; (scores of the readable rows, keep mask [rows],
+  this host's decode errors by row, images/s)."""
+  chunks, keep, local_errors = [], [], {}
+  started = time.time()
+  with tqdm(total=rows, unit="img", desc="score", smoothing=0.1,
+            disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
+    for host in pipeline.host_batches(reader, rows, model.batch_size, image_size=model.image_size,
+                                      workers=config.data.get("decode_threads", 4)):
+      if host.errors and not config.skip_unreadable:
+        raise _unreadable(next(iter(host.errors.values())))
+      for row, error in host.errors.items():
+        logging.warning("skipping unreadable image %s: %s", row_names[row], error)
+      local_errors.update(host.errors)
+      result = model.run_batch(host.images, exit=exit)
+      valid = parallel.global_to_host(parallel.host_batch_to_global(host.valid))
+      chunks.append({k: v[:host.num_rows] for k, v in result.items()})
+      keep.append(valid[:host.num_rows])
+      bar.update(host.num_rows)
+  rate = rows / max(time.time() - started, 1e-9)
+  keep = np.concatenate(keep)
+  scores = {k: np.concatenate([c[k] for c in chunks])[keep] for k in chunks[0]
+            if k != "embedding"}
+  return scores, keep, local_errors, rate
+
+
+def run(config) -> dict[str, Any]:
+  """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
+  channel_order, paths, names = _check_inputs(config)
+  out_dir = config.output
+  csv_path, npz_path, skipped_path, no_face_path, stamp_path = (
+      os.path.join(out_dir, n) for n in ("scores.csv", "scores.npz", "skipped.txt",
+                                         "no_face.txt", STAMP))
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
@@ -87,7 +141,6 @@ def run(config) -> dict[str, Any]:
   align = detect.check_align_mode(config.data.get("align", "none"))
   if align == "detect":                    # raw photos: rows are detected faces
     ident["align"] = detect.align_identity(config.data)
-  no_face_path = os.path.join(out_dir, "no_face.txt")
   if identity.begin_run(stamp_path, ident, (csv_path, npz_path, skipped_path, no_face_path),
                         "scores"):
     return {"scores": csv_path, "npz": npz_path, "cached": True}
@@ -98,50 +151,16 @@ def run(config) -> dict[str, Any]:
                            family=config.quality_model.family or None,
                            batch_size=config.batch_size, dtype=dtype)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
-  batch = model.batch_size
   logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
-               len(paths), config.images, model.mode, num_exits, model.num_exits, batch,
-               jax.device_count())
-  rows, row_names, photos = len(paths), list(names), None
+               len(paths), config.images, model.mode, num_exits, model.num_exits,
+               model.batch_size, jax.device_count())
+  photos = None
+  rows, row_names = len(paths), list(names)
   reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
   if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
-    with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
-              disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
-      photos = detect.photo_rows(paths, names, config.data, channel_order, model.image_size,
-                                 progress=bar.update)
-    if photos.unreadable and not config.skip_unreadable:
-      raise preprocess.ImageError(
-          f"{next(iter(photos.unreadable.values()))}\nFix or remove the file, or pass "
-          "--config.skip_unreadable=True to skip unreadable images (listed in skipped.txt)")
-    if not photos.records:
-      raise preprocess.ImageError(f"no face found in any of the {len(paths)} photos of "
-                                  f"{config.images} (--config.data.align=detect)")
+    photos = _detect_photos(config, paths, names, channel_order, model.image_size)
     rows, row_names, reader = len(photos.records), photos.names, photos.reader
-    logging.info("%d faces to score from %d photos (%d without a face)", rows, len(paths),
-                 len(photos.no_face))
-  chunks, keep, local_errors = [], [], {}
-  started = time.time()
-  with tqdm(total=rows, unit="img", desc="score", smoothing=0.1,
-            disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
-    for host in pipeline.host_batches(reader, rows, batch, image_size=model.image_size,
-                                      workers=config.data.get("decode_threads", 4)):
-      images, valid, errors, n = host.images, host.valid, host.errors, host.num_rows
-      if errors and not config.skip_unreadable:
-        raise preprocess.ImageError(
-            f"{next(iter(errors.values()))}\nFix or remove the file, or pass "
-            "--config.skip_unreadable=True to skip unreadable images (listed in skipped.txt)")
-      for row, error in errors.items():
-        logging.warning("skipping unreadable image %s: %s", row_names[row], error)
-      local_errors.update(errors)
-      result = model.run_batch(images, exit=exit)
-      valid = parallel.global_to_host(parallel.host_batch_to_global(valid))
-      chunks.append({k: v[:n] for k, v in result.items()})
-      keep.append(valid[:n])
-      bar.update(n)
-  rate = len(paths) / max(time.time() - started, 1e-9)
-  keep = np.concatenate(keep)
-  scores = {k: np.concatenate([c[k] for c in chunks])[keep] for k in chunks[0]
-            if k != "embedding"}
+  scores, keep, local_errors, rate = _score_rows(config, model, reader, rows, row_names, exit)
   kept = [n for n, k in zip(row_names, keep) if k]
   skipped = [(row_names[i], local_errors.get(i, "unreadable (reported by another host)"))
              for i in np.flatnonzero(~keep)]
@@ -164,8 +183,9 @@ def run(config) -> dict[str, Any]:
     elif os.path.exists(no_face_path):
       os.remove(no_face_path)   # stale list from an earlier align=detect run
     files.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
-                checkpoint=np.asarray(checkpoint), channel_order=np.asarray(channel_order),
-                exit=np.asarray(exit), **scores, **q100, **found)
+                   checkpoint=np.asarray(os.path.abspath(config.quality_model.path)),
+                   channel_order=np.asarray(channel_order), exit=np.asarray(exit),
+                   **scores, **q100, **found)
     identity.write_stamp(stamp_path, ident, [csv_path, npz_path] + ([skipped_path] if skipped
                                                                    else [])
                          + ([no_face_path] if photos is not None else []))   # LAST
