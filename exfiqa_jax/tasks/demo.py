@@ -27,14 +27,13 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import files
-from exfiqa_jax.eval import benchmarks, pipeline, results, stages
+from exfiqa_jax.eval import pipeline, results, stages
 from exfiqa_jax.tasks import early_exit
 from exfiqa_jax.tasks import eval as eval_task
 from exfiqa_jax.data import synthetic
 from exfiqa_jax.train import data as train_data
 from exfiqa_jax.train import trainer
 
-BENCHMARK = "synthetic_faces"
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,30 +53,18 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
   return sums[inverse] / counts[inverse]
 
 
-def heldout_benchmark(config) -> tuple[benchmarks.Benchmark, synthetic.FaceSet]:
-  """The identity-disjoint, degraded test split and its pairs (all genuine + sampled impostors)."""
-  t = config.test
-  sizes = train_data.synthetic_sizes(config.train.data, t.per_identity)
-  faces = synthetic.make_split(config.seed, "test", sizes, clean_fraction=t.clean_fraction,
-                               gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
-  pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
-  bench = benchmarks.array_benchmark(BENCHMARK, faces.images, faces.names, pairs, genuine,
-                                   extra={"severity": faces.severity, "kind": faces.kind,
-                                          "identity": faces.label})
-  return bench, faces
-
-
-def severity_correlations(names: list[str], image_q: np.ndarray, faces: synthetic.FaceSet
+def severity_correlations(names: list[str], image_q: np.ndarray, severity: np.ndarray,
+                          kind: np.ndarray
                           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
   """Spearman(quality, -severity) per column, overall and within each degradation kind (the
   clean images included in every kind, so each kind spans severity 0 .. 1)."""
   overall, by_kind = {}, {}
-  clean = faces.severity == 0
+  clean = severity == 0
   for name, q in zip(names, image_q):
-    overall[name] = round(spearman(q, -faces.severity), 4)
-    by_kind[name] = {k: round(spearman(q[sel], -faces.severity[sel]), 4)
+    overall[name] = round(spearman(q, -severity), 4)
+    by_kind[name] = {k: round(spearman(q[sel], -severity[sel]), 4)
                      for i, k in enumerate(synthetic.DEGRADATIONS)
-                     if (sel := clean | ((faces.kind == i) & ~clean)).sum() > 2}
+                     if (sel := clean | ((kind == i) & ~clean)).sum() > 2}
   return overall, by_kind
 
 
@@ -136,16 +123,17 @@ def run(config) -> dict[str, Any]:
   seconds = {"train": round(time.time() - t0, 1)}
 
   t0 = time.time()
-  bench, faces = heldout_benchmark(config)
+  bench = early_exit.synthetic_split(config, "test")   # identity-disjoint, degraded
+  severity, kind = bench.extra["severity"], bench.extra["kind"]
   seconds["test_data"] = round(time.time() - t0, 1)
   config.quality_model.path = f"vitfiqa_tiny={model_dir}"
   quality = pipeline.load_quality_models(config)
   t0 = time.time()
   ev = pipeline.evaluate(config, [bench], quality,
-                         extra_columns=lambda b: {"oracle": ("oracle", -faces.severity)})
+                         extra_columns=lambda b: {"oracle": ("oracle", -severity)})
   seconds["evaluate"] = round(time.time() - t0, 1)
-  cols, image_q = ev.columns[BENCHMARK]
-  rho, rho_kind = severity_correlations([c.name for c in cols], image_q, faces)
+  cols, image_q = ev.columns[early_exit.SYNTHETIC]
+  rho, rho_kind = severity_correlations([c.name for c in cols], image_q, severity, kind)
   check = target_check(config, ev.results, rho)
   t0 = time.time()      # early exits: calibrated on the val split, the test scores reused
   exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val"), bench,
@@ -154,7 +142,8 @@ def run(config) -> dict[str, Any]:
   seconds["total"] = round(time.time() - started, 1)
   verdict = "met" if check["met"] else "NOT met"
   notes = [
-      f"Synthetic faces: {bench.num_images} test images of {len(np.unique(faces.label))} "
+      f"Synthetic faces: {bench.num_images} test images of "
+      f"{len(np.unique(bench.extra['identity']))} "
       f"identities unseen in training, {len(bench.is_genuine)} pairs "
       f"({int(bench.is_genuine.sum())} genuine); FR model = the quality model's own feature head. "
       f"`oracle` = minus the true degradation severity; `random` = seeded random quality.",

@@ -62,7 +62,7 @@ def synthetic_split(config, split: str) -> Benchmark:
   name = SYNTHETIC if split == "test" else f"{SYNTHETIC}_{split}"
   return benchmarks.array_benchmark(name, faces.images, faces.names, pairs, genuine,
                                     extra={"severity": faces.severity, "kind": faces.kind,
-                                           "label": faces.label})
+                                           "identity": faces.label})
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -99,11 +99,11 @@ def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
 
 
 def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
-  """(group per image, how): identities when labels exist (extra["label"]), else connected
+  """(group per image, how): identities when labels exist (extra["identity"]), else connected
   components of the pair graph, else (one component holding most images) every image alone."""
   n = bench.num_images
-  if "label" in bench.extra:
-    return np.asarray(bench.extra["label"]), "identity"
+  if "identity" in bench.extra:
+    return np.asarray(bench.extra["identity"]), "identity"
   groups = _components(n, bench.pairs)
   if n and np.bincount(np.unique(groups, return_inverse=True)[1]).max() > n / 2:
     return np.arange(n), "image"
@@ -113,7 +113,7 @@ def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
 def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
                     ) -> tuple[Benchmark, Benchmark, str]:
   """(calibration, evaluation, how): identity-disjoint when per-image labels exist
-  (extra["label"]); else whole connected components of the pair graph (a .bin set: every pair
+  (extra["identity"]); else whole connected components of the pair graph (a .bin set: every pair
   its own component), so no comparison is lost; else (one giant component, e.g. Adience) by
   image, dropping the pairs across the split."""
   if bench.pair_kind != "image":
