@@ -259,25 +259,6 @@ def group_stage(cache: stages.StageCache, bench, fr_name: str, mode: str, cmp: s
 # ------------------------------------------------------------------------------------------
 # Reports: edc_groups.csv, pauc_groups.csv, summary.md / summary.json, one plot per grouping
 # ------------------------------------------------------------------------------------------
-def _text(v: Any) -> str:
-  if isinstance(v, str):
-    return v
-  if isinstance(v, (int, np.integer)):
-    return str(int(v))
-  v = float(v)
-  return "nan" if np.isnan(v) else repr(v)
-
-
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-  import io
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(columns)
-  for row in rows:
-    writer.writerow([_text(row.get(c, "")) for c in columns])
-  return buf.getvalue()
-
-
 def edc_rows(ge: GroupEval) -> list[dict[str, Any]]:
   """edc_groups.csv rows: one per group × quality × FMR × discard, then the gap rows
   (group "gap": fnmr = max − min over the groups; threshold and counts empty)."""
@@ -428,10 +409,11 @@ def write(output: str, evals: Sequence[GroupEval], results: Sequence[BenchmarkEv
     return {}
   paths: dict[str, Any] = {"edc_groups": os.path.join(output, "edc_groups.csv"),
                            "pauc_groups": os.path.join(output, "pauc_groups.csv")}
-  files.write_text(paths["edc_groups"], _csv([r for ge in evals for r in edc_rows(ge)],
-                                             EDC_COLUMNS))
-  files.write_text(paths["pauc_groups"], _csv([r for ge in evals for r in pauc_rows(ge)],
-                                              PAUC_COLUMNS))
+  from exfiqa_jax import report
+  files.write_text(paths["edc_groups"], report.csv_text(
+      [r for ge in evals for r in edc_rows(ge)], EDC_COLUMNS))
+  files.write_text(paths["pauc_groups"], report.csv_text(
+      [r for ge in evals for r in pauc_rows(ge)], PAUC_COLUMNS))
   if plots:
     paths["group_plots"] = [plot(os.path.join(output, "plots", "edc_groups_" + "_".join(
         files.slug(x) for x in (ge.benchmark, ge.fr_model, ge.mode, ge.grouping)) + ".png"),
