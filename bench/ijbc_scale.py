@@ -1,7 +1,9 @@
 """IJB-C at growing size: the real eval_ijbc command on a synthetic IJB-C-shaped release, per stage.
 
   python -m bench.ijbc_scale [--fractions=1/256,1/64] [--root=/tmp/ijbc_scale]
-      [--resume_at=1/256] [--bootstrap=20] [--keep]
+      [--resume_at=1/256] [--kill_cold=1] [--bootstrap=20] [--keep]
+
+  The issue-14 run (about 90 min on 2 cores): --fractions=1/16,1/4,1 --resume_at=1/4 --kill_cold=1
 
 For each size fraction f (of 469,375 face lines, 23,124 templates, 15,658,489 pairs):
   release   exfiqa_jax/testing/ijbc_release.py writes loose crops, landmarks, templates with
@@ -21,10 +23,13 @@ peak RSS inside the stage (the whole process's peak from wait4 is printed too), 
 the growth exponent between the two largest sizes (CPU seconds ∝ n^e, n = the stage's images
 or pairs: e ≈ 1 linear, n log n a little above 1, below 1 while fixed costs dominate) and an
 extrapolation to full size, which is only that: a fixed cost plus a linear part fitted on the
-two largest sizes (or n^e when e > 1.1), RSS linear in n. With --resume_at=f the eval run at
-that size is also killed right after the quality stage (StageCache.after_stage,
-exfiqa_jax/eval/stages.py) and rerun: its time, which stages it loaded, and whether its tables
-equal the uninterrupted run's. Everything runs where JAX runs (here: the CPU); the machine is
+two largest sizes (or n^e when e > 1.1), RSS linear in n. Kill and resume: the eval command is
+SIGKILLed from outside in the middle of an embed chunk once half of that stage's chunks are
+stored (like a preempted VM: no cleanup), then rerun; reported are the work lost, the chunks
+the rerun resumed, what it loaded and computed. With --resume_at=f that is a second cold pass
+on a new output whose tables must equal the uninterrupted pass's byte for byte; with
+--kill_cold=f the cold pass itself is the killed one (at full size, where a second pass costs
+too much), its embed time being both processes' parts. Everything runs where JAX runs (here: the CPU); the machine is
 shared, so the load average after each pass is printed with the tables.
 """
 from __future__ import annotations
@@ -39,27 +44,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("startup", "build", "quality", "embed", "compare", "edc", "bootstrap", "report")
-
-# Run as a child (--_kill_after=quality): the eval command, killed after the first stage whose
-# name starts with that prefix is stored — like SIGKILL, no cleanup.
-KILL_FLAG = "--_kill_after="
-
-
-def _killed_main(prefix: str, argv: list[str]) -> None:
-  from exfiqa_jax import cli
-  from exfiqa_jax.eval import stages
-
-  def kill(name: str) -> None:
-    if name.startswith(prefix):
-      os._exit(137)
-  stages.StageCache.after_stage = kill
-  sys.argv = ["main.py", *argv]
-  cli.run_main()
-
 
 PAIRS_FLAG = "--_pairs_child="
 
@@ -132,12 +120,6 @@ def pairs_full(args) -> dict[str, Any]:
   return out
 
 
-def disk_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names
-             if not os.path.islink(os.path.join(folder, name)))
-
-
 class Sampler:
   """VmRSS and CPU seconds (user + system, all threads) of one process every `period` seconds,
   with time stamps: CPU seconds move less than wall clock with other jobs' load."""
@@ -179,13 +161,18 @@ class Sampler:
     return max(0.0, at(stop) - at(start))
 
 
-def run_child(argv: Sequence[str], log: str) -> dict[str, Any]:
-  """Runs argv (cwd = the checkout); wall seconds, exit code, peak RSS (wait4), RSS samples."""
+def run_child(argv: Sequence[str], log: str,
+              watch: Callable[[subprocess.Popen], None] | None = None) -> dict[str, Any]:
+  """Runs argv (cwd = the checkout); wall seconds, exit code, peak RSS (wait4), RSS samples.
+  `watch(proc)`, when given, runs in a thread beside the child (it may kill it)."""
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   with open(log, "w", encoding="utf-8") as out:
     start = time.time()
     proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     sampler = Sampler(proc.pid)
+    watcher = threading.Thread(target=watch, args=(proc,), daemon=True) if watch else None
+    if watcher:
+      watcher.start()
     _, status, usage = os.wait4(proc.pid, 0)
     stop = time.time()
     sampler.stop()
@@ -193,6 +180,31 @@ def run_child(argv: Sequence[str], log: str) -> dict[str, Any]:
   return {"start": start, "stop": stop, "seconds": stop - start, "rc": proc.returncode,
           "peak_rss": usage.ru_maxrss * 1024, "cpu": usage.ru_utime + usage.ru_stime,
           "sampler": sampler}
+
+
+def chunk_events(output: str, prefix: str, since: float) -> list[dict[str, Any]]:
+  from exfiqa_jax.eval import stages
+  return [e for e in stages.read_log(os.path.join(output, "cache"))
+          if e["time"] >= since and e["event"] == "chunk" and e["stage"].startswith(prefix)]
+
+
+def kill_mid_stage(output: str, prefix: str, num_chunks: int):
+  """A watcher for run_child: SIGKILL the child in the middle of a chunk of the first chunked
+  stage named `prefix…`, once half of its `num_chunks` chunks are stored (no cleanup, like a
+  preempted VM). The kill lands half a chunk's time after a chunk was stored."""
+  since = time.time()
+
+  def watch(proc: subprocess.Popen) -> None:
+    while proc.poll() is None:
+      events = chunk_events(output, prefix, since)
+      if len(events) >= max(1, num_chunks // 2):
+        times = [e["time"] for e in events]
+        per_chunk = (times[-1] - times[0]) / max(len(times) - 1, 1) if len(times) > 1 else 1.0
+        time.sleep(per_chunk / 2)
+        proc.kill()
+        return
+      time.sleep(0.2)
+  return watch
 
 
 def save_models(folder: str) -> tuple[str, str]:
@@ -256,6 +268,8 @@ def measure_eval(run: dict[str, Any], output: str) -> dict[str, dict[str, float]
 
 
 def one_size(fraction: fractions.Fraction, args, models) -> dict[str, Any]:
+  from configs import eval_ijbc
+  from exfiqa_jax import files
   from exfiqa_jax.testing import ijbc_release
   label = f"{fraction.numerator}_{fraction.denominator}"
   base = os.path.join(args.root, label)
@@ -267,7 +281,7 @@ def one_size(fraction: fractions.Fraction, args, models) -> dict[str, Any]:
   counts = ijbc_release.write_release(release, float(fraction))
   result: dict[str, Any] = {"fraction": str(fraction), "counts": counts,
                             "write_seconds": time.time() - t0,
-                            "disk": {"release": disk_bytes(release)}}
+                            "disk": {"release": files.folder_bytes(release)}}
   print(f"[{fraction}] release written: {counts} in {result['write_seconds']:.1f} s",
         flush=True)
   build = run_child([sys.executable, "-c", "import sys\nfrom exfiqa_jax.data import builders\n"
@@ -276,57 +290,105 @@ def one_size(fraction: fractions.Fraction, args, models) -> dict[str, Any]:
   if build["rc"]:
     raise RuntimeError(f"build failed, see {base}/build.log")
   result["build"] = {"seconds": build["seconds"], "rss": build["peak_rss"], "cpu": build["cpu"]}
-  result["disk"]["tfds"] = disk_bytes(data_dir)
+  result["disk"]["tfds"] = files.folder_bytes(data_dir)
   print(f"[{fraction}] built in {build['seconds']:.1f} s", flush=True)
   passes = {}
-  # cold: new shapes compile (the compile cache is warm for fixed-shape programs only); warm:
-  # the EDC stage recomputed with its programs in the compile cache (stages before it loaded);
+  chunk = args.chunk_images or eval_ijbc.get_config().eval.chunk_images
+
+  def argv(bootstrap: int, out: str = output) -> list[str]:
+    return [sys.executable, "main.py", *eval_argv(release, data_dir, models, out, cache,
+                                                  bootstrap), f"--config.eval.chunk_images={chunk}"]
+  embed_chunks = -(-counts["images"] // chunk)
+  # cold: new shapes compile (the compile cache is warm for fixed-shape programs only); at the
+  # --kill_cold sizes it is SIGKILLed in the middle of the embed stage and rerun. warm: the EDC
+  # stage recomputed with its programs in the compile cache (stages before it loaded);
   # bootstrap: the EDC stage again with the bootstrap on.
   for name, bootstrap in (("cold", 0), ("warm", 0), ("bootstrap", args.bootstrap)):
     if name == "warm":
       shutil.rmtree(os.path.join(output, "cache", "edc"))
-    run = run_child([sys.executable, "main.py", *eval_argv(release, data_dir, models, output,
-                                                           cache, bootstrap)],
-                    os.path.join(base, f"eval_{name}.log"))
-    if run["rc"]:
-      raise RuntimeError(f"eval failed ({run['rc']}), see {base}/eval_{name}.log")
-    passes[name] = {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "cpu": run["cpu"],
-                    "load": os.getloadavg()[0], "stages": measure_eval(run, output)}
+    run_argv = argv(bootstrap)
+    log = os.path.join(base, f"eval_{name}.log")
+    if name == "cold" and fraction in args.kill_cold:
+      passes[name], result["resume"] = killed_pass(run_argv, output, log, embed_chunks)
+    else:
+      run = run_child(run_argv, log)
+      if run["rc"]:
+        raise RuntimeError(f"eval failed ({run['rc']}), see {log}")
+      passes[name] = {"seconds": run["seconds"], "peak_rss": run["peak_rss"], "cpu": run["cpu"],
+                      "load": os.getloadavg()[0], "stages": measure_eval(run, output)}
     if name == "warm":
-      tables = {n: open(os.path.join(output, n), "rb").read() for n in ("edc.csv", "pauc.csv")}
-    print(f"[{fraction}] eval {name}: {run['seconds']:.1f} s", flush=True)
+      tables = read_tables(output)
+    print(f"[{fraction}] eval {name}: {passes[name]['seconds']:.1f} s", flush=True)
   result["passes"] = passes
-  result["disk"]["output"] = disk_bytes(output)
+  result["disk"]["output"] = files.folder_bytes(output)
   for kind in ("quality", "embed", "compare", "edc"):
-    result["disk"][kind] = disk_bytes(os.path.join(output, "cache", kind))
-  if args.resume_at and fractions.Fraction(args.resume_at) == fraction:
-    result["resume"] = resume_check(release, data_dir, models, tables, cache, base)
+    result["disk"][kind] = files.folder_bytes(os.path.join(output, "cache", kind))
+  if fraction in args.resume_at:
+    result["resume"] = resume_check(argv(0, output + "_killed"), output + "_killed", base,
+                                    tables, embed_chunks)
   if not args.keep:
     shutil.rmtree(base, ignore_errors=True)
   return result
 
 
-def resume_check(release, data_dir, models, tables: dict[str, bytes], cache, base
-                 ) -> dict[str, Any]:
-  """Kill after the quality stage, rerun, compare the tables with the uninterrupted run's
-  (`tables`: edc.csv and pauc.csv without the bootstrap)."""
+def read_tables(output: str) -> dict[str, bytes]:
+  return {n: open(os.path.join(output, n), "rb").read() for n in ("edc.csv", "pauc.csv")}
+
+
+def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """One eval pass made of two processes: SIGKILLed in the middle of the embed stage, then
+  rerun to the end. Returns the pass (stage rows of both processes joined: embed = its part
+  before the kill, lost work included, + the rerun's part) and what the resume did."""
   from exfiqa_jax.eval import stages
-  output = os.path.join(base, "out_killed")
-  shutil.rmtree(output, ignore_errors=True)
-  argv = eval_argv(release, data_dir, models, output, cache, 0)
-  killed = run_child([sys.executable, "-m", "bench.ijbc_scale", KILL_FLAG + "quality/", *argv],
-                     os.path.join(base, "eval_killed.log"))
-  rerun = run_child([sys.executable, "main.py", *argv], os.path.join(base, "eval_rerun.log"))
+  killed = run_child(argv, log.replace(".log", "_killed.log"),
+                     watch=kill_mid_stage(output, "embed/", embed_chunks))
+  if killed["rc"] != -9:
+    raise RuntimeError(f"the run to kill ended by itself ({killed['rc']}), see {log}")
+  rerun = run_child(argv, log)
   if rerun["rc"]:
-    raise RuntimeError(f"rerun after the kill failed, see {base}/eval_rerun.log")
+    raise RuntimeError(f"rerun after the kill failed ({rerun['rc']}), see {log}")
+  before, after = measure_eval(killed, output), measure_eval(rerun, output)
+  chunks = chunk_events(output, "embed/", killed["start"])
+  done = [e for e in chunks if e["time"] <= killed["stop"]]
+  embed_start = max(e["time"] for e in stages.read_log(os.path.join(output, "cache"))
+                    if killed["start"] <= e["time"] <= done[0]["time"]
+                    and e["event"] in ("computed", "cached"))
+  part = {"seconds": killed["stop"] - embed_start,
+          "cpu": killed["sampler"].cpu(embed_start, killed["stop"]),
+          "rss": killed["sampler"].peak(embed_start, killed["stop"])}
+  rows = {**after, "startup": before["startup"], "quality": before["quality"]}
+  rows["embed"] = {"seconds": part["seconds"] + after["embed"]["seconds"],
+                   "cpu": part["cpu"] + after["embed"]["cpu"],
+                   "rss": max(part["rss"], after["embed"]["rss"]), "cached": False}
   events = [e for e in stages.read_log(os.path.join(output, "cache"))
             if e["time"] >= rerun["start"] and e["event"] in ("computed", "cached")]
-  same = all(open(os.path.join(output, n), "rb").read() == t for n, t in tables.items())
-  return {"killed_rc": killed["rc"], "killed_seconds": killed["seconds"],
-          "rerun_seconds": rerun["seconds"],
-          "loaded": sorted(e["stage"] for e in events if e["event"] == "cached"),
-          "computed": sorted(e["stage"] for e in events if e["event"] == "computed"),
-          "tables_equal": same}
+  embed_done = next(e for e in events if e["stage"].startswith("embed/"))
+  resume = {"killed_rc": killed["rc"], "killed_seconds": killed["seconds"],
+            "chunks_before_kill": len(done), "chunks": embed_chunks,
+            "lost_seconds": killed["stop"] - done[-1]["time"],
+            "rerun_seconds": rerun["seconds"],
+            "resumed_chunks": embed_done.get("resumed_chunks", 0),
+            "rerun_until_embed_resumed": min(e["time"] for e in chunk_events(
+                output, "embed/", rerun["start"])) - rerun["start"] if embed_chunks > len(done)
+            else None,
+            "loaded": sorted(e["stage"] for e in events if e["event"] == "cached"),
+            "computed": sorted(e["stage"] for e in events if e["event"] == "computed")}
+  pass_ = {"seconds": killed["seconds"] + rerun["seconds"],
+           "peak_rss": max(killed["peak_rss"], rerun["peak_rss"]),
+           "cpu": killed["cpu"] + rerun["cpu"], "load": os.getloadavg()[0], "stages": rows}
+  return pass_, resume
+
+
+def resume_check(argv: list[str], output: str, base: str, tables: dict[str, bytes],
+                 embed_chunks: int) -> dict[str, Any]:
+  """The cold pass again on a new output, SIGKILLed in the middle of the embed stage and rerun;
+  its tables compared byte for byte with the uninterrupted run's (`tables`: edc.csv, pauc.csv
+  without the bootstrap)."""
+  shutil.rmtree(output, ignore_errors=True)
+  _, resume = killed_pass(argv, output, os.path.join(base, "eval_resume.log"), embed_chunks)
+  resume["tables_equal"] = read_tables(output) == tables
+  return resume
 
 
 def _units(kind: str, counts: dict[str, int]) -> tuple[str, int]:
@@ -409,7 +471,8 @@ def report(results: list[dict[str, Any]], pairs_full: dict[str, Any] | None = No
   per = [rows_of(r) for r in results]
   print()
   head = " | ".join(f"{r['fraction']}: wall s (CPU s), rate, peak RSS, disk" for r in results)
-  print(f"| stage | {head} | growth e, CPU s ∝ n^e | full size (extrapolated: wall, CPU, RSS) |")
+  print(f"| stage | {head} | growth e, CPU s ∝ n^e (between neighbouring sizes) | "
+        "full size (extrapolated: wall, CPU, RSS) |")
   print("|---|" + "---|" * len(results) + "---|---|")
   for kind in STAGES:
     cells, growth, extra = [], "", ""
@@ -423,20 +486,24 @@ def report(results: list[dict[str, Any]], pairs_full: dict[str, Any] | None = No
       disk = f", {row['disk'] / 2**20:.1f} MiB" if row.get("disk") else ""
       cells.append(f"{row['seconds']:.1f} ({row.get('cpu', 0):.1f}){rate}, "
                    f"{row['rss'] / 2**20:.0f} MiB{disk}")
-    if len(per) >= 2 and kind in per[-1] and kind in per[-2]:
-      a, b = per[-2][kind], per[-1][kind]
-      ca, cb = a.get("cpu", 0.0), b.get("cpu", 0.0)
-      if ca > 0 and cb > 0 and b["n"] > a["n"] > 0:
-        e = math.log(cb / ca) / math.log(b["n"] / a["n"])
-        growth = f"{e:.2f}" + (" (< 1 CPU s: noise)" if ca < 1 else "")
-        n_full = {"images/s": full["images"], "pairs/s": full["pairs"]}.get(
-            _units(kind, results[-1]["counts"])[0])
-        if n_full:
-          t, how = extrapolate(a["n"], a["seconds"], b["n"], b["seconds"], n_full, e)
-          c, _ = extrapolate(a["n"], ca, b["n"], cb, n_full, e)
-          slope = max(0.0, (b["rss"] - a["rss"]) / (b["n"] - a["n"]))
-          rss = b["rss"] + slope * (n_full - b["n"])
-          extra = f"≈ {t:,.0f} s, {c:,.0f} CPU s ({how}), ≈ {rss / 2**30:.1f} GiB"
+    exps = []
+    for (ra, a), (rb, b) in zip(zip(results, per), zip(results[1:], per[1:])):
+      if kind in a and kind in b:
+        ca, cb = a[kind].get("cpu", 0.0), b[kind].get("cpu", 0.0)
+        if ca > 0 and cb > 0 and b[kind]["n"] > a[kind]["n"] > 0:
+          exps.append(math.log(cb / ca) / math.log(b[kind]["n"] / a[kind]["n"]))
+          growth += ("" if not growth else " / ") + f"{exps[-1]:.2f}" + (
+              " (< 1 CPU s: noise)" if ca < 1 else "")
+    if exps and fractions.Fraction(results[-1]["fraction"]) < 1:
+      a, b, e = per[-2][kind], per[-1][kind], exps[-1]
+      n_full = {"images/s": full["images"], "pairs/s": full["pairs"]}.get(
+          _units(kind, results[-1]["counts"])[0])
+      if n_full:
+        t, how = extrapolate(a["n"], a["seconds"], b["n"], b["seconds"], n_full, e)
+        c, _ = extrapolate(a["n"], a["cpu"], b["n"], b["cpu"], n_full, e)
+        slope = max(0.0, (b["rss"] - a["rss"]) / (b["n"] - a["n"]))
+        rss = b["rss"] + slope * (n_full - b["n"])
+        extra = f"≈ {t:,.0f} s, {c:,.0f} CPU s ({how}), ≈ {rss / 2**30:.1f} GiB"
     if kind in measured:
       m = measured[kind]
       extra = (f"measured: {m['seconds']:,.0f} s, {m['cpu']:,.0f} CPU s, "
@@ -458,17 +525,25 @@ def report(results: list[dict[str, Any]], pairs_full: dict[str, Any] | None = No
       print(f"kill and resume at {r['fraction']}: {json.dumps(r['resume'])}")
 
 
+def parse_fractions(text: str) -> tuple[fractions.Fraction, ...]:
+  return tuple(fractions.Fraction(f) for f in text.split(",") if f)
+
+
 def main() -> None:
-  if len(sys.argv) > 1 and sys.argv[1].startswith(KILL_FLAG):
-    _killed_main(sys.argv[1][len(KILL_FLAG):], sys.argv[2:])
-    return
   if len(sys.argv) > 1 and sys.argv[1].startswith(PAIRS_FLAG):
     _pairs_child(sys.argv[1][len(PAIRS_FLAG):], int(sys.argv[2]))
     return
   parser = argparse.ArgumentParser()
   parser.add_argument("--fractions", default="1/256,1/64")
   parser.add_argument("--root", default="/tmp/ijbc_scale")
-  parser.add_argument("--resume_at", default="", help="a fraction: also kill and resume there")
+  parser.add_argument("--resume_at", default="", type=parse_fractions,
+                      help="fractions: also a second cold pass there, killed mid-embed and "
+                      "rerun, whose tables must equal the uninterrupted pass's")
+  parser.add_argument("--chunk_images", type=int, default=0,
+                      help="rows per resumable chunk (0: configs/eval_ijbc.py's)")
+  parser.add_argument("--kill_cold", default="", type=parse_fractions,
+                      help="fractions whose cold pass is itself killed mid-embed and rerun "
+                      "(the full size, where a second pass does not fit)")
   parser.add_argument("--bootstrap", type=int, default=20, help="eval_ijbc's default")
   parser.add_argument("--keep", action="store_true", help="keep the files of every size")
   parser.add_argument("--json", default="", help="also write the raw results here")
@@ -488,8 +563,8 @@ def main() -> None:
   full_pairs = pairs_full(args) if args.pairs_full else None
   sizes = [f for f in args.fractions.split(",") if f]
   if args.warmup and sizes:   # fill the compile cache with the fixed-shape programs (unreported)
-    one_size(fractions.Fraction(args.warmup), argparse.Namespace(**{**vars(args), "keep": False,
-                                                                   "resume_at": ""}), models)
+    one_size(fractions.Fraction(args.warmup), argparse.Namespace(
+        **{**vars(args), "keep": False, "resume_at": (), "kill_cold": ()}), models)
   results = []
   for item in sizes:
     results.append(one_size(fractions.Fraction(item), args, models))

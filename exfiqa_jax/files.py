@@ -92,6 +92,13 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--config.output") -> 
   return path
 
 
+def folder_bytes(path: str | os.PathLike) -> int:
+  """Bytes of the files under `path` (links not followed)."""
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(path) for name in names
+             if not os.path.islink(os.path.join(folder, name)))
+
+
 def clean_temporaries(directory: str | os.PathLike, names: Any = None) -> list[str]:
   """Removes the temporary files `atomic_path` left in `directory` when a run was killed
   (`.<name>.<random>.tmp<ext>`), for the given output `names` or for every name."""

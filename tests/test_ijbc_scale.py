@@ -2,11 +2,17 @@
 exfiqa_jax/testing/ijbc_release.py writes it, the IJB-C builder aligns and reads it."""
 from __future__ import annotations
 
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 
 from exfiqa_jax.data import builders
 from exfiqa_jax.eval import comparisons
-from exfiqa_jax.testing import ijbc_release
+from exfiqa_jax.testing import ijbc_release, subproc
 
 FRACTION = 1 / 4096          # 115 face lines, 6 templates in 2 subjects, 3,823 pairs
 
@@ -55,3 +61,38 @@ def test_release_goes_through_the_builder(tmp_path):
     other = bases[(st.subject[k] + 1) % 64]
     corr = [np.corrcoef(aligned.ravel(), b.ravel())[0, 1] for b in (own, other)]
     assert corr[0] > 0.8 and corr[0] > corr[1] + 0.3, (k, corr)
+
+
+def test_killed_build_restarts_and_removes_what_it_left(tmp_path):
+  """A build SIGKILLed half-way (no cleanup) leaves TFDS's incomplete.* folder; the next build
+  removes it and writes the same records as an uninterrupted build."""
+  release = tmp_path / "IJBC"
+  ijbc_release.write_release(release, FRACTION)
+  killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+  code = textwrap.dedent(f"""
+      import os
+      from exfiqa_jax.data import builders
+      from exfiqa_jax.data.builders import base
+      prepare, calls = base._prepare, [0]
+      def dying(entry):
+        calls[0] += 1
+        if calls[0] > 60:            # half-way through the 115 crops
+          os._exit(137)
+        return prepare(entry)
+      base._prepare = dying
+      builders.build("ijbc", {str(release)!r}, {str(killed_dir)!r})
+      """)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=subproc.ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 137, proc.stderr[-3000:]
+  leftovers = glob.glob(str(killed_dir / "ijbc" / "*" / "incomplete.*"))
+  assert len(leftovers) == 1
+
+  directory = builders.build("ijbc", str(release), str(killed_dir))
+  assert not glob.glob(str(killed_dir / "ijbc" / "*" / "incomplete.*"))
+  builders.build("ijbc", str(release), str(clean_dir))
+  (killed, info), (clean, _) = (builders.load("ijbc", str(release), str(d))
+                                for d in (killed_dir, clean_dir))
+  assert os.path.isdir(directory) and len(killed) == len(clean) == info.num_records == 115
+  for k in range(len(clean)):
+    assert killed[k]["image"] == clean[k]["image"] and killed[k]["name"] == clean[k]["name"]

@@ -33,6 +33,7 @@ such as f·N_imp = x.5 may then resolve differently). Scores and qualities are u
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import warnings
@@ -998,6 +999,9 @@ def _iso_boot_set(q_gen: np.ndarray, s_gen: np.ndarray, wg: np.ndarray, thr: np.
   return fnmr, area
 
 
+_BOOT_QUEUE = 2                 # device calls in flight in the fiqa bootstrap (memory bound)
+
+
 def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
               discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
               num_resamples: int = 200, seed: int = 0, higher_is_better: bool = True,
@@ -1107,10 +1111,13 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   sg = max(1, min(n_sets, (1 << 27) // (2 * p)))   # quality sets held at once (host arrays)
   ks = max(1, min(sg, budget // (length * kr)))    # quality sets per device call
   fm32 = jnp.asarray(fm, jnp.float32)
-  pending: list = []                     # dispatched device calls: host work overlaps them
+  # Dispatched device calls: host work overlaps them. At most QUEUE wait at once, so their
+  # inputs and outputs do not pile up in memory (at IJB-C size one call's inputs are ~190 MB).
+  pending: collections.deque = collections.deque()
 
-  def collect():
-    for st, n_ok, rows, cols in pending:
+  def collect(depth: int = 0):
+    while len(pending) > depth:
+      st, n_ok, rows, cols = pending.popleft()
       st = jax.device_get(st)
       st = _FiqaStats(*(x[:len(cols), :len(rows)] for x in st))
       f_, _ = _fiqa_decide(np, st, fm)                                     # [s, b, F, R]
@@ -1118,7 +1125,6 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
       out = np.empty_like(f_)
       out[..., order] = f_
       fnmr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = np.swapaxes(out, 0, 1)
-    pending.clear()
 
   for s_lo in range(0, n_sets, sg):
     s_hi = min(n_sets, s_lo + sg)
@@ -1130,16 +1136,20 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
       n_all = w.sum(axis=1, dtype=np.int64)
       cuts = (dsort[None, :] * n_all[:, None]).astype(np.int64)           # int(r·N'), float64
       collect()
+      groups = []                        # resample groups on the device, shared by every set
+      for b0 in range(0, hi - lo, kr):
+        rows = np.arange(b0, min(b0 + kr, hi - lo))
+        rsel = _pad_rows(rows, kr)
+        groups.append((rows, jnp.asarray(w[rsel]), jnp.asarray(cuts[rsel], jnp.int32)))
+      del w
       for a in range(0, s_hi - s_lo, ks):
         cols = np.arange(s_lo + a, min(s_lo + a + ks, s_hi))
         sel = _pad_rows(cols - s_lo, ks)
         qa, sa = jnp.asarray(qp[sel]), jnp.asarray(sq[sel])
-        for b0 in range(0, hi - lo, kr):
-          rows = np.arange(b0, min(b0 + kr, hi - lo))
-          rsel = _pad_rows(rows, kr)
-          pending.append((kernel(shared, qa, sa, jnp.asarray(w[rsel]),
-                                 jnp.asarray(cuts[rsel], jnp.int32), fm32),
+        for rows, w_dev, cuts_dev in groups:
+          pending.append((kernel(shared, qa, sa, w_dev, cuts_dev, fm32),
                           n_all[rows], rows + lo, cols))
+          collect(_BOOT_QUEUE)
     logging.log_every_n_seconds(logging.INFO, "bootstrap fiqa: %d/%d quality sets", 10, s_hi,
                                 n_sets)
   collect()

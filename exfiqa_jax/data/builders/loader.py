@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -149,11 +151,30 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
     raise base.layout_error(builder.name, f"manual_dir {manual_dir} does not exist",
                             builder.LAYOUT)
   builder.locate(manual_dir, dict(builder.builder_config.options))  # clear errors up front
+  remove_killed_builds(directory)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
   return directory
+
+
+def remove_killed_builds(directory: str) -> list[str]:
+  """Removes what a killed build of `directory` left: TFDS builds into a sibling
+  `incomplete.XXXXXX_<version>/` and renames it when done, so a killed build leaves that folder
+  (at IJB-C size, gigabytes). A build restarts from the beginning; one writer per data_dir."""
+  parent, version = os.path.split(os.path.normpath(directory))
+  if not os.path.isdir(parent):
+    return []
+  removed = []
+  for entry in sorted(os.listdir(parent)):
+    if re.fullmatch(r"incomplete\.[A-Z0-9]{6}_" + re.escape(version), entry):
+      path = os.path.join(parent, entry)
+      logging.warning("removing %s, left by a killed build (%.1f MiB)", path,
+                      files.folder_bytes(path) / 2**20)
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
 
 
 def _changed_sources(builder: base.Builder, meta: dict, directory: str) -> str | None:
