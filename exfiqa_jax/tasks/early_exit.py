@@ -215,7 +215,9 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
              q_cal: stages.Stage, q_ev: stages.Stage, cmp: stages.Stage,
              cmp_cal: stages.Stage | None, fr_name: str
              ) -> tuple[dict[str, Any], calibration.QualityMapping]:
-  """The numbers of `analyse`: (summary, mapping)."""
+  """The numbers of `analyse`, in order: τ and the threshold table, the 0–100 mapping (both on
+  the calibration split), the fixed exits and fusions, the cascades, their pAUC on the
+  evaluation split, measured speed. Returns (summary, mapping)."""
   started = time.time()
   s = config.early_exit
   model = spec.model
@@ -224,83 +226,120 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
   s_cal = np.asarray(q_cal["exit_scores"], np.float32)
   s_ev = np.asarray(q_ev["exit_scores"], np.float32)
   seed = int(config.seed)
-  th = s.thresholds
+  tau, tau_info, table = _tau_and_thresholds(s, s_cal, cal, cmp_cal, seed)
+  mapping = calibration.fit_mapping(
+      q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
+      meta={"benchmark": cal.name, "model": spec.path})
+  per_exit, g_fusion = models.gflops(cfg)
+  exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
+  columns = _fixed_columns(q_cal, q_ev, per_exit, g_fusion, tau,
+                           tau_info["discard_calibration"])
+  cascades = _cascade_columns(s, cfg, s_cal, s_ev, cal, exits, tau, float(per_exit[-1]),
+                              mapping, seed, columns)
+  rows = [row for _, row in columns]
+  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
+  baseline_pauc = _pauc(ev, cmp, columns, float(s.fmr), limit, seed)
+  timing = _measure(model, ev, s, rows, cascades, s_ev, depth)   # real programs, a subset
+  headline = _headline(rows, cascades, float(s.cascade.headline), timing)
+  summary = {
+      "benchmark": {"calibration": {"name": cal.name, "images": cal.num_images},
+                    "evaluation": {"name": ev.name, "images": ev.num_images,
+                                   "pairs": int(len(ev.is_genuine)),
+                                   "genuine": int(ev.is_genuine.sum())}},
+      "model": spec.path, "fr_model": fr_name, "depth": depth,
+      "fmr": float(s.fmr), "mode": "fiqa", "pauc_limit": limit,
+      "gflops_per_exit": [float(g) for g in per_exit], "gflops_fusion": float(g_fusion),
+      "exits": list(exits), "tau": tau_info, "thresholds": table,
+      "rows": [dict(r) for r in rows],
+      "baselines": baseline_pauc,
+      "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
+      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
+      "seconds": round(time.time() - started, 1)}
+  return summary, mapping
 
-  # tau and the threshold table (calibration split, full depth).
+
+def _tau_and_thresholds(s, s_cal: np.ndarray, cal: Benchmark, cmp_cal: stages.Stage | None,
+                        seed: int) -> tuple[float, dict[str, Any], dict[str, list]]:
+  """τ (explicit, or the full-depth score discarding `tau.discard` of the calibration split)
+  and the table of thresholds by discard fraction and by FNMR (calibration split)."""
+  th = s.thresholds
+  full = s_cal[:, -1]
+
+  def by_discard(fraction: float) -> calibration.ThresholdPick:
+    return calibration.discard_threshold(full, fraction, resamples=int(th.resamples),
+                                         seed=seed, alpha=float(th.alpha))
+
   tau_value = float(s.tau.get("value", float("nan")))
-  tau_pick = calibration.discard_threshold(s_cal[:, -1], float(s.tau.discard),
-                                           resamples=int(th.resamples), seed=seed,
-                                           alpha=float(th.alpha))
   if math.isfinite(tau_value):
     tau = float(np.float32(tau_value))
     tau_info = {"value": tau, "rule": "explicit",
-                "discard_calibration": float(np.mean(s_cal[:, -1] < np.float32(tau)))}
+                "discard_calibration": float(np.mean(full < np.float32(tau)))}
   else:
-    tau = tau_pick.threshold
+    pick = by_discard(float(s.tau.discard))
+    tau = pick.threshold
     tau_info = {"rule": f"discards {float(s.tau.discard):g} of the calibration set at exit "
-                        f"{depth}", **tau_pick.to_dict(), "value": tau,
-                "discard_calibration": tau_pick.discard}
-  frac = tau_info["discard_calibration"]
-  table = {"discard": [calibration.discard_threshold(s_cal[:, -1], float(f),
-                                                     resamples=int(th.resamples), seed=seed,
-                                                     alpha=float(th.alpha)).to_dict()
-                       for f in th.discard],
-           "fnmr": []}
+                        f"{s_cal.shape[1]}", **pick.to_dict(), "value": tau,
+                "discard_calibration": pick.discard}
+  table = {"discard": [by_discard(float(f)).to_dict() for f in th.discard], "fnmr": []}
   if cmp_cal is not None:
-    pq_cal = pipeline.pair_quality_fn(cal, cmp_cal)(s_cal[:, -1][None])[0]
+    pq_cal = pipeline.pair_quality_fn(cal, cmp_cal)(full[None])[0]
     table["fnmr"] = [p.to_dict() for p in calibration.fnmr_thresholds(
         cmp_cal["scores"], cmp_cal["is_genuine"], pq_cal, [float(t) for t in th.fnmr],
         fmr=float(th.get("fmr", s.fmr)), resamples=int(th.fnmr_resamples), seed=seed,
         alpha=float(th.alpha))]
+  return tau, tau_info, table
 
-  # The 0–100 mapping (calibration split).
-  mapping = calibration.fit_mapping(
-      q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
-      meta={"benchmark": cal.name, "model": spec.path})
 
-  # Costs.
-  per_exit, g_fusion = models.gflops(cfg)
-  full = float(per_exit[-1])
+def _agreement(q: np.ndarray, tau_q: float, full: np.ndarray, tau: float) -> float:
+  """Share of images on which `q` at `tau_q` and the full-depth score at τ decide alike."""
+  return float(np.mean((q >= np.float32(tau_q)) == (full >= np.float32(tau))))
+
+
+def _fixed_columns(q_cal: stages.Stage, q_ev: stages.Stage, per_exit: np.ndarray,
+                   g_fusion: float, tau: float, frac: float) -> list[tuple[np.ndarray, dict]]:
+  """(evaluation-split quality, row) of every fixed exit and both fusions; each is thresholded
+  where it discards the same share of the calibration split as τ does at full depth."""
+  s_cal = np.asarray(q_cal["exit_scores"], np.float32)
+  s_ev = np.asarray(q_ev["exit_scores"], np.float32)
+  depth, full = s_cal.shape[1], float(per_exit[-1])
+  columns = []
+  for k in range(1, depth + 1):
+    tau_k = _fixed_tau(s_cal[:, k - 1], frac) if k < depth else tau
+    columns.append((s_ev[:, k - 1], dict(
+        method=f"exit_{k}", kind="exit", target=float("nan"), exits=str(k),
+        mean_gflops=float(per_exit[k - 1]), saved=1 - float(per_exit[k - 1]) / full,
+        agreement=_agreement(s_ev[:, k - 1], tau_k, s_ev[:, -1], tau),
+        agreement_calibration=_agreement(s_cal[:, k - 1], tau_k, s_cal[:, -1], tau),
+        decided=[1.0 if e == k else 0.0 for e in range(1, depth + 1)], threshold=tau_k)))
+  for name in ("ex_fiqa_f", "ex_fiqa_fw"):
+    f_cal, f_ev = np.asarray(q_cal[name], np.float32), np.asarray(q_ev[name], np.float32)
+    tau_f = _fixed_tau(f_cal, frac)
+    columns.append((f_ev, dict(
+        method=name, kind="fusion", target=float("nan"), exits="all",
+        mean_gflops=float(g_fusion), saved=1 - float(g_fusion) / full,
+        agreement=_agreement(f_ev, tau_f, s_ev[:, -1], tau),
+        agreement_calibration=_agreement(f_cal, tau_f, s_cal[:, -1], tau),
+        decided=[0.0] * (depth - 1) + [1.0], threshold=tau_f)))
+  return columns
+
+
+def _cascade_columns(s, cfg, s_cal: np.ndarray, s_ev: np.ndarray, cal: Benchmark,
+                     exits: tuple[int, ...], tau: float, full: float,
+                     mapping: calibration.QualityMapping, seed: int,
+                     columns: list[tuple[np.ndarray, dict]]) -> list[dict[str, Any]]:
+  """Calibrates one cascade per agreement target (robust: its conservativeness chosen by
+  identity-grouped cross-validation), runs it on the evaluation split, appends its (mapped
+  0–100 quality, row) to `columns`; returns the cascades' records."""
+  depth = s_cal.shape[1]
 
   def costs(ex: tuple[int, ...]) -> np.ndarray:
     return exits_lib.cascade_gflops(cfg, ex, np.asarray(ex))
 
-  exits = tuple(s.cascade.exits) or exits_lib.default_exits(depth)
-  exits = exits_lib.check_exits(exits, depth)
-
-  # Quality columns of the evaluation split: fixed exits, fusions, cascades, baselines.
-  names, values, rows = [], [], []
-  for k in range(1, depth + 1):
-    names.append(f"exit_{k}")
-    values.append(s_ev[:, k - 1])
-    tau_k = _fixed_tau(s_cal[:, k - 1], frac) if k < depth else tau
-    rows.append(dict(method=f"exit_{k}", kind="exit", target=float("nan"), exits=str(k),
-                     mean_gflops=float(per_exit[k - 1]), saved=1 - float(per_exit[k - 1]) / full,
-                     agreement=float(np.mean((s_ev[:, k - 1] >= np.float32(tau_k))
-                                             == (s_ev[:, -1] >= np.float32(tau)))),
-                     agreement_calibration=float(np.mean(
-                         (s_cal[:, k - 1] >= np.float32(tau_k))
-                         == (s_cal[:, -1] >= np.float32(tau)))),
-                     decided=[1.0 if e == k else 0.0 for e in range(1, depth + 1)],
-                     threshold=tau_k))
-  for fname in ("ex_fiqa_f", "ex_fiqa_fw"):
-    f_cal, f_ev = np.asarray(q_cal[fname], np.float32), np.asarray(q_ev[fname], np.float32)
-    tau_f = _fixed_tau(f_cal, frac)
-    names.append(fname)
-    values.append(f_ev)
-    rows.append(dict(method=fname, kind="fusion", target=float("nan"), exits="all",
-                     mean_gflops=float(g_fusion), saved=1 - float(g_fusion) / full,
-                     agreement=float(np.mean((f_ev >= np.float32(tau_f))
-                                             == (s_ev[:, -1] >= np.float32(tau)))),
-                     agreement_calibration=float(np.mean(
-                         (f_cal >= np.float32(tau_f)) == (s_cal[:, -1] >= np.float32(tau)))),
-                     decided=[0.0] * (depth - 1) + [1.0], threshold=tau_f))
-  cascades = []
-  robust = bool(s.cascade.get("robust", True))
   groups, _ = image_groups(cal)
   memo: dict = {}
+  cascades = []
   for target in [float(t) for t in s.cascade.targets]:
-    if robust:       # conservativeness chosen by identity-grouped cross-validation
+    if bool(s.cascade.get("robust", True)):
       rc = calibration.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
                                       groups=groups, folds=int(s.cascade.get("folds", 5)),
                                       seed=seed, prune_exits=bool(s.cascade.prune_exits),
@@ -316,17 +355,15 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
     for e in c.exits:
       sel = out.exit == e
       q[sel] = mapping.columns[f"exit_{e}"](out.score[sel])
-    name = f"cascade@{target:g}"
-    names.append(name)
-    values.append(q.astype(np.float32))
     per_block = np.zeros(depth)
     per_block[np.asarray(c.exits) - 1] = out.fraction_per_exit()
     thresholds = exits_lib.CascadeThresholds(**c.thresholds())
-    rows.append(dict(method=name, kind="cascade", target=target,
-                     exits="+".join(str(e) for e in c.exits), mean_gflops=mean,
-                     saved=1 - mean / full, agreement=out.agreement,
-                     agreement_calibration=c.agreement, decided=per_block.tolist(),
-                     threshold=tau, agreement_cv=cv.get("cv_agreement", float("nan"))))
+    columns.append((q.astype(np.float32), dict(
+        method=f"cascade@{target:g}", kind="cascade", target=target,
+        exits="+".join(str(e) for e in c.exits), mean_gflops=mean, saved=1 - mean / full,
+        agreement=out.agreement, agreement_calibration=c.agreement,
+        decided=per_block.tolist(), threshold=tau,
+        agreement_cv=cv.get("cv_agreement", float("nan")))))
     cascades.append({"target": target, "thresholds": thresholds.to_dict(),
                      "calibration": {k: v for k, v in cv.items()
                                      if k not in ("reject", "accept", "tau", "exits")},
@@ -335,38 +372,24 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
                                     "saved": 1 - mean / full,
                                     "fraction_per_exit": out.fraction_per_exit().tolist()},
                      "_thresholds": thresholds, "_predicted": out})
+  return cascades
+
+
+def _pauc(ev: Benchmark, cmp: stages.Stage, columns: list[tuple[np.ndarray, dict]],
+          fmr: float, limit: float, seed: int) -> dict[str, float]:
+  """Sets each row's "pauc" (fiqa mode, evaluation split); returns the baselines' pAUC
+  (random, and the oracle where the data set knows each image's severity)."""
   baselines = {results.RANDOM: results.random_quality(ev.num_images, seed)}
   if "severity" in ev.extra:
     baselines["oracle"] = -np.asarray(ev.extra["severity"], np.float32)
-  all_q = np.stack(values + list(baselines.values())).astype(np.float32)
+  all_q = np.stack([q for q, _ in columns] + list(baselines.values())).astype(np.float32)
   pq = pipeline.pair_quality_fn(ev, cmp)(all_q)
-  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
-  curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, (float(s.fmr),),
-                          edc.FIQA_DISCARD, "fiqa", pauc_limit=limit)
+  curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, (fmr,), edc.FIQA_DISCARD,
+                          "fiqa", pauc_limit=limit)
   pauc = np.asarray(curves.pauc)[:, 0]
-  for row, p in zip(rows, pauc):
+  for (_, row), p in zip(columns, pauc):
     row["pauc"] = float(p)
-  baseline_pauc = {k: float(p) for k, p in zip(baselines, pauc[len(rows):])}
-
-  # Measured images/s (real programs, a small subset of the evaluation split).
-  timing = _measure(model, ev, s, rows, cascades, s_ev, depth)
-  headline = _headline(rows, cascades, float(s.cascade.headline), timing)
-  seconds = round(time.time() - started, 1)
-  summary = {
-      "benchmark": {"calibration": {"name": cal.name, "images": cal.num_images},
-                    "evaluation": {"name": ev.name, "images": ev.num_images,
-                                   "pairs": int(len(ev.is_genuine)),
-                                   "genuine": int(ev.is_genuine.sum())}},
-      "model": spec.path, "fr_model": fr_name, "depth": depth,
-      "fmr": float(s.fmr), "mode": "fiqa", "pauc_limit": limit,
-      "gflops_per_exit": [float(g) for g in per_exit], "gflops_fusion": float(g_fusion),
-      "exits": list(exits), "tau": tau_info, "thresholds": table,
-      "rows": [{k: v for k, v in r.items()} for r in rows],
-      "baselines": baseline_pauc,
-      "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
-      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
-      "seconds": seconds}
-  return summary, mapping
+  return {k: float(p) for k, p in zip(baselines, pauc[len(columns):])}
 
 
 def _store_mapping(model_dir: str, mapping: calibration.QualityMapping) -> str:
