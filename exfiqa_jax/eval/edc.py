@@ -1026,32 +1026,35 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   if point is None:
     point = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit).pauc
   n_sets, p = pq.shape
-  f_n, r = fm.size, disc.size
   u = pair_units(units, p)
-  fnmr = np.full((n_boot, n_sets, f_n, r), np.nan)
-  area = np.full((n_boot, n_sets, f_n), np.nan)
+  fnmr = np.full((n_boot, n_sets, fm.size, disc.size), np.nan)
+  area = np.full((n_boot, n_sets, fm.size), np.nan)
   unit = "pair" if u is None else "units"
-  if n_boot == 0:
-    return Bootstrap(np.asarray(point), area, fnmr, unit)
-  order = np.argsort(disc, kind="stable")
-  dsort = disc[order]
-  perm_s = score_order(s, gen)
-  n_imp = int((~gen).sum())
-  g_n = p - n_imp
-  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
-  n_units = p if u is None else u.count
-  rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
+  if n_boot:
+    weights = _ResampleWeights(seed, u, p)
+    rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
+    run = _bootstrap_iso if mode == "iso" else _bootstrap_fiqa
+    run(s, gen, pq, fm, disc, float(limit), weights, rb, fnmr, area)
+  return Bootstrap(np.asarray(point), area, fnmr, unit)
 
-  def weights(lo: int, hi: int, layout: np.ndarray):
-    """Multiplicities [b, len(layout)] at the given pair indices (P = padding, weight 0):
-    `multiplicities` evaluated directly in the layout (no pair-order copy)."""
+
+class _ResampleWeights:
+  """Multiplicities of resamples [lo, hi) at given pair indices (index P = padding, weight 0):
+  `multiplicities` evaluated directly in the caller's pair layout (no pair-order copy)."""
+
+  def __init__(self, seed: int, units: Units | None, num_pairs: int):
+    self.seed, self.units, self.num_pairs = seed, units, num_pairs
+    self.num_units = num_pairs if units is None else units.count
+
+  def __call__(self, lo: int, hi: int, layout: np.ndarray) -> np.ndarray:
+    u, p = self.units, self.num_pairs
     w = np.empty((hi - lo, layout.size), np.int32)
     if u is not None:
       ua = np.append(u.a, u.count)[layout]               # padding → unit `count`, drawn 0 times
       ub = np.append(u.b, u.count)[layout]
       same = ua == ub
     for i, b in enumerate(range(lo, hi)):
-      draws = resample_draws(seed, b, n_units)
+      draws = resample_draws(self.seed, b, self.num_units)
       if u is None:
         np.take(np.bincount(draws, minlength=p + 1).astype(np.int32), layout, out=w[i])
       else:
@@ -1060,28 +1063,50 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
         w[i] = np.where(same, ma, ma * m[ub])
     return w
 
-  if mode == "iso":
-    gid = np.sort(perm_s[n_imp:])                         # genuines in pair-index order
-    s_can = np.where(s == 0, np.float32(0), s)
-    layout = np.concatenate([perm_s[:n_imp], gid])
-    for lo in range(0, n_boot, rb):
-      hi = min(n_boot, lo + rb)
-      w = weights(lo, hi, layout)
-      cum = np.cumsum(w[:, :n_imp], axis=1, dtype=np.int64)
-      n_i = cum[:, -1]
-      kk = np.floor(fm[None, :] * n_i[:, None]).astype(np.int64)            # as edc_curves
-      idx = np.stack([np.searchsorted(cum[i], kk[i], side="right") for i in range(hi - lo)])
-      v = s_sorted[np.minimum(idx, n_imp - 1)]
-      thr = np.nextafter(v.astype(np.float32), np.float32(np.inf))          # [b, F]
-      wg = w[:, n_imp:]
-      for si in range(n_sets):
-        f_, a_ = _iso_boot_set(pq[si, gid], s_can[gid], wg, thr, dsort, float(limit))
-        f_[n_i == 0], a_[n_i == 0] = np.nan, np.nan
-        fnmr[lo:hi, si][..., order] = f_
-        area[lo:hi, si] = a_
-    return Bootstrap(np.asarray(point), area, fnmr, unit)
 
-  # fiqa: padded score positions, impostors [0, ipad) then genuines [ipad, ipad + gpad).
+def _bootstrap_iso(s, gen, pq, fm, disc, limit: float, weights: _ResampleWeights, rb: int,
+                   fnmr: np.ndarray, area: np.ndarray) -> None:
+  """iso mode on the host: per resample the impostor threshold from weighted cumulative counts,
+  then each quality set's weighted genuine FNMR per discard level. Fills fnmr and area."""
+  n_boot, n_sets = fnmr.shape[:2]
+  order = np.argsort(disc, kind="stable")
+  dsort = disc[order]
+  perm_s = score_order(s, gen)
+  n_imp = int((~gen).sum())
+  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
+  gid = np.sort(perm_s[n_imp:])                           # genuines in pair-index order
+  s_can = np.where(s == 0, np.float32(0), s)
+  layout = np.concatenate([perm_s[:n_imp], gid])
+  for lo in range(0, n_boot, rb):
+    hi = min(n_boot, lo + rb)
+    w = weights(lo, hi, layout)
+    cum = np.cumsum(w[:, :n_imp], axis=1, dtype=np.int64)
+    n_i = cum[:, -1]
+    kk = np.floor(fm[None, :] * n_i[:, None]).astype(np.int64)              # as edc_curves
+    idx = np.stack([np.searchsorted(cum[i], kk[i], side="right") for i in range(hi - lo)])
+    v = s_sorted[np.minimum(idx, n_imp - 1)]
+    thr = np.nextafter(v.astype(np.float32), np.float32(np.inf))            # [b, F]
+    wg = w[:, n_imp:]
+    for si in range(n_sets):
+      f_, a_ = _iso_boot_set(pq[si, gid], s_can[gid], wg, thr, dsort, limit)
+      f_[n_i == 0], a_[n_i == 0] = np.nan, np.nan
+      fnmr[lo:hi, si][..., order] = f_
+      area[lo:hi, si] = a_
+
+
+def _bootstrap_fiqa(s, gen, pq, fm, disc, limit: float, weights: _ResampleWeights, rb: int,
+                    fnmr: np.ndarray, area: np.ndarray) -> None:
+  """fiqa mode on the device: the weighted counting kernel over padded score positions
+  (impostors [0, ipad), then genuines [ipad, ipad + gpad)), the decision on the host while the
+  next calls run. Fills fnmr and area."""
+  n_boot, n_sets = fnmr.shape[:2]
+  p = s.size
+  order = np.argsort(disc, kind="stable")
+  dsort = disc[order]
+  perm_s = score_order(s, gen)
+  n_imp = int((~gen).sum())
+  g_n = p - n_imp
+  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
   bi, bg = _pow2_block(n_imp, 64, 8, 1024), _pow2_block(g_n, 64, 8, 1024)
   bq = _pow2_block(p, 16, 8, 4096)
   ipad, gpad = -(-n_imp // bi) * bi, -(-g_n // bg) * bg
@@ -1111,8 +1136,9 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   sg = max(1, min(n_sets, (1 << 27) // (2 * p)))   # quality sets held at once (host arrays)
   ks = max(1, min(sg, budget // (length * kr)))    # quality sets per device call
   fm32 = jnp.asarray(fm, jnp.float32)
-  # Dispatched device calls: host work overlaps them. At most QUEUE wait at once, so their
-  # inputs and outputs do not pile up in memory (at IJB-C size one call's inputs are ~190 MB).
+  # Dispatched device calls: host work overlaps them. At most _BOOT_QUEUE wait at once, so
+  # their inputs and outputs do not pile up in memory (at IJB-C size one call's inputs are
+  # ~190 MB).
   pending: collections.deque = collections.deque()
 
   def collect(depth: int = 0):
@@ -1154,7 +1180,6 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
                                 n_sets)
   collect()
   area[:] = pauc(fnmr, disc, limit, mode="fiqa")
-  return Bootstrap(np.asarray(point), area, fnmr, unit)
 
 
 def percentile_ci(samples: np.ndarray, alpha: float = 0.05, axis: int = 0):
