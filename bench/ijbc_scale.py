@@ -369,15 +369,26 @@ def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
             "lost_seconds": killed["stop"] - done[-1]["time"],
             "rerun_seconds": rerun["seconds"],
             "resumed_chunks": embed_done.get("resumed_chunks", 0),
-            "rerun_until_embed_resumed": min(e["time"] for e in chunk_events(
-                output, "embed/", rerun["start"])) - rerun["start"] if embed_chunks > len(done)
-            else None,
+            "rerun_ready_seconds": restart_seconds(output, rerun),
             "loaded": sorted(e["stage"] for e in events if e["event"] == "cached"),
             "computed": sorted(e["stage"] for e in events if e["event"] == "computed")}
   pass_ = {"seconds": killed["seconds"] + rerun["seconds"],
            "peak_rss": max(killed["peak_rss"], rerun["peak_rss"]),
            "cpu": killed["cpu"] + rerun["cpu"], "load": os.getloadavg()[0], "stages": rows}
   return pass_, resume
+
+
+def restart_seconds(output: str, rerun: dict[str, Any]) -> float | None:
+  """Seconds from the rerun's start until it was back at work on the killed stage: the last
+  stage it loaded or computed before its first new embed chunk (start-up and loading)."""
+  from exfiqa_jax.eval import stages
+  log = [e for e in stages.read_log(os.path.join(output, "cache")) if e["time"] >= rerun["start"]]
+  first = next((e["time"] for e in log if e["event"] == "chunk"
+                and e["stage"].startswith("embed/")), None)
+  if first is None:
+    return None
+  return max((e["time"] for e in log if e["time"] <= first
+              and e["event"] in ("computed", "cached")), default=rerun["start"]) - rerun["start"]
 
 
 def resume_check(argv: list[str], output: str, base: str, tables: dict[str, bytes],
@@ -522,11 +533,25 @@ def report(results: list[dict[str, Any]], pairs_full: dict[str, Any] | None = No
           + " / ".join(f"{v:.0f}" for v in peaks.values()) + " MiB (wait4), build "
           f"{r['build']['rss'] / 2**20:.0f} MiB; release written in {r['write_seconds']:.1f} s")
     if "resume" in r:
-      print(f"kill and resume at {r['fraction']}: {json.dumps(r['resume'])}")
+      print(resume_line(r["fraction"], r["resume"]))
 
 
 def parse_fractions(text: str) -> tuple[fractions.Fraction, ...]:
   return tuple(fractions.Fraction(f) for f in text.split(",") if f)
+
+
+def resume_line(fraction: str, k: dict[str, Any]) -> str:
+  ready = k.get("rerun_ready_seconds")
+  equal = k.get("tables_equal")
+  return (f"kill and resume at {fraction}: SIGKILL after {k['killed_seconds']:.0f} s with "
+          f"{k['chunks_before_kill']} of {k['chunks']} embed chunks stored "
+          f"({k['lost_seconds']:.0f} s of work lost); the rerun took {k['rerun_seconds']:.0f} s"
+          + (f", back at the embed stage after {ready:.1f} s" if ready is not None else "")
+          + f", resumed {k['resumed_chunks']} chunks, loaded {', '.join(k['loaded'])}, "
+          f"computed {', '.join(k['computed'])}"
+          + ("" if equal is None else
+             f"; tables {'byte-identical to' if equal else 'DIFFERENT from'} the uninterrupted "
+             "run's"))
 
 
 def main() -> None:
