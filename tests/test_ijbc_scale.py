@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from exfiqa_jax.data import builders
 from exfiqa_jax.eval import comparisons
@@ -96,3 +97,53 @@ def test_killed_build_restarts_and_removes_what_it_left(tmp_path):
   assert os.path.isdir(directory) and len(killed) == len(clean) == info.num_records == 115
   for k in range(len(clean)):
     assert killed[k]["image"] == clean[k]["image"] and killed[k]["name"] == clean[k]["name"]
+
+
+def test_a_build_over_tfds_memory_buffer_needs_no_tensorflow(tmp_path):
+  """TFDS's writer spills past 1 GB through tf.io.gfile (TensorFlow is not installed); with its
+  buffer limit at 0 every example would take that path. Builds go through spill.SpillStore:
+  no TensorFlow, the same records as a build of the same release in this process."""
+  release = tmp_path / "IJBC"
+  ijbc_release.write_release(release, FRACTION)
+  code = textwrap.dedent(f"""
+      import sys
+      from tensorflow_datasets.core import shuffle
+      shuffle.MAX_MEM_BUFFER_SIZE = 0
+      from exfiqa_jax.data import builders
+      source, info = builders.load("ijbc", {str(release)!r}, {str(tmp_path / "spilled")!r})
+      assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+      print(len(source))
+      """)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=subproc.ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split()[-1] == "115"
+  (spilled, _), (here, _) = (builders.load("ijbc", str(release), str(tmp_path / d))
+                             for d in ("spilled", "here"))
+  assert [spilled[k]["image"] for k in range(115)] == [here[k]["image"] for k in range(115)]
+  assert not glob.glob(str(tmp_path / "*" / "ijbc" / "*" / "*" / "spill_*.tmp"))
+
+
+def test_spill_store_orders_keys_and_rejects_duplicates(tmp_path):
+  from tensorflow_datasets.core import shuffle
+  from exfiqa_jax.data.builders import spill
+  rng = np.random.default_rng(0)
+  keys = rng.permutation(500).tolist()
+  store = spill.SpillStore(tmp_path)
+  for k in keys:
+    store.add(k, f"record {k}".encode() * (k % 7 + 1))
+  assert store.num_examples == 500 and store.size == sum(
+      len(f"record {k}".encode()) * (k % 7 + 1) for k in keys)
+  assert list(store) == [(k, f"record {k}".encode() * (k % 7 + 1)) for k in range(500)]
+  assert not list(tmp_path.iterdir())                    # the spill file is gone
+  twice = spill.SpillStore(tmp_path)
+  for k in (3, 1, 3):
+    twice.add(k, b"x%d" % k)
+  with pytest.raises(shuffle.DuplicatedKeysError):
+    list(twice)
+  kept = spill.SpillStore(tmp_path, ignore_duplicates=True)
+  for k in (2, 2, 5):
+    kept.add(k, b"y")
+  assert [k for k, _ in kept] == [2, 5]
+  with pytest.raises(TypeError, match="integer example keys"):
+    spill.SpillStore(tmp_path).add("a", b"z")

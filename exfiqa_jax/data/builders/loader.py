@@ -19,7 +19,7 @@ from absl import logging
 from exfiqa_jax import files, identity
 from exfiqa_jax.data import pairs as pairs_lib
 from exfiqa_jax.data import preprocess
-from exfiqa_jax.data.builders import base
+from exfiqa_jax.data.builders import base, spill
 
 REGISTRY: dict[str, type[base.Builder]] = {}
 # Benchmark names that are a config of a builder: load("lfw", ...) == load("verification_bin",
@@ -154,8 +154,9 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
   remove_killed_builds(directory)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
+  with spill.in_builds():                      # records on disk, not in memory (spill.py)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
   return directory
 
 
