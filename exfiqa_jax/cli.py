@@ -9,9 +9,11 @@ Every task is a module of exfiqa_jax/tasks with `run(config) -> dict`, so tests 
 from __future__ import annotations
 
 import importlib
+import logging as std_logging
+import os
 
 import jax
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from exfiqa_jax import compile_cache
@@ -21,9 +23,28 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
                                           lock_config=True)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class OwnInfoOnly(std_logging.Filter):
+  """Warnings and errors from everyone, INFO only from this package: Orbax alone logs a dozen
+  INFO lines for every checkpoint it reads, TFDS and JAX a few per data set and backend."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE)
+
+
+def quiet_third_party() -> None:
+  """Installs OwnInfoOnly on absl's handler unless --verbosity (-v) was given: asking for a
+  level shows every package's messages at it."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.get_absl_handler().addFilter(OwnInfoOnly())
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.<field>=")
+  quiet_third_party()
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("pass --config=configs/<job>.py (e.g. configs/demo.py)")
