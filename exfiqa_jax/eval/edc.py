@@ -1034,8 +1034,26 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
     weights = _ResampleWeights(seed, u, p)
     rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
     run = _bootstrap_iso if mode == "iso" else _bootstrap_fiqa
-    run(s, gen, pq, fm, disc, float(limit), weights, rb, fnmr, area)
+    run(_BootOrder.of(s, gen, disc), pq, fm, disc, float(limit), weights, rb, fnmr, area)
   return Bootstrap(np.asarray(point), area, fnmr, unit)
+
+
+class _BootOrder(NamedTuple):
+  """What both bootstrap modes share: the discard levels ascending (`order` maps them back),
+  the shared score order, and the canonical scores (-0.0 → 0.0) in pair and in score order."""
+  order: np.ndarray
+  dsort: np.ndarray
+  perm: np.ndarray
+  n_imp: int
+  canon: np.ndarray
+  s_sorted: np.ndarray
+
+  @classmethod
+  def of(cls, s: np.ndarray, gen: np.ndarray, disc: np.ndarray) -> "_BootOrder":
+    order = np.argsort(disc, kind="stable")
+    perm = score_order(s, gen)
+    canon = np.where(s == 0, np.float32(0), s)
+    return cls(order, disc[order], perm, int((~gen).sum()), canon, canon[perm])
 
 
 class _ResampleWeights:
@@ -1064,18 +1082,13 @@ class _ResampleWeights:
     return w
 
 
-def _bootstrap_iso(s, gen, pq, fm, disc, limit: float, weights: _ResampleWeights, rb: int,
-                   fnmr: np.ndarray, area: np.ndarray) -> None:
+def _bootstrap_iso(so: _BootOrder, pq, fm, disc, limit: float, weights: _ResampleWeights,
+                   rb: int, fnmr: np.ndarray, area: np.ndarray) -> None:
   """iso mode on the host: per resample the impostor threshold from weighted cumulative counts,
   then each quality set's weighted genuine FNMR per discard level. Fills fnmr and area."""
   n_boot, n_sets = fnmr.shape[:2]
-  order = np.argsort(disc, kind="stable")
-  dsort = disc[order]
-  perm_s = score_order(s, gen)
-  n_imp = int((~gen).sum())
-  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
+  order, dsort, perm_s, n_imp, s_can, s_sorted = so
   gid = np.sort(perm_s[n_imp:])                           # genuines in pair-index order
-  s_can = np.where(s == 0, np.float32(0), s)
   layout = np.concatenate([perm_s[:n_imp], gid])
   for lo in range(0, n_boot, rb):
     hi = min(n_boot, lo + rb)
@@ -1094,19 +1107,15 @@ def _bootstrap_iso(s, gen, pq, fm, disc, limit: float, weights: _ResampleWeights
       area[lo:hi, si] = a_
 
 
-def _bootstrap_fiqa(s, gen, pq, fm, disc, limit: float, weights: _ResampleWeights, rb: int,
-                    fnmr: np.ndarray, area: np.ndarray) -> None:
+def _bootstrap_fiqa(so: _BootOrder, pq, fm, disc, limit: float, weights: _ResampleWeights,
+                    rb: int, fnmr: np.ndarray, area: np.ndarray) -> None:
   """fiqa mode on the device: the weighted counting kernel over padded score positions
   (impostors [0, ipad), then genuines [ipad, ipad + gpad)), the decision on the host while the
   next calls run. Fills fnmr and area."""
   n_boot, n_sets = fnmr.shape[:2]
-  p = s.size
-  order = np.argsort(disc, kind="stable")
-  dsort = disc[order]
-  perm_s = score_order(s, gen)
-  n_imp = int((~gen).sum())
+  order, dsort, perm_s, n_imp, _, s_sorted = so
+  p = perm_s.size
   g_n = p - n_imp
-  s_sorted = np.where(s == 0, np.float32(0), s)[perm_s]
   bi, bg = _pow2_block(n_imp, 64, 8, 1024), _pow2_block(g_n, 64, 8, 1024)
   bq = _pow2_block(p, 16, 8, 4096)
   ipad, gpad = -(-n_imp // bi) * bi, -(-g_n // bg) * bg
