@@ -355,11 +355,11 @@ def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
   if rerun["rc"]:
     raise RuntimeError(f"rerun after the kill failed ({rerun['rc']}), see {log}")
   before, after = measure_eval(killed, output), measure_eval(rerun, output)
-  chunks = chunk_events(output, "embed/", killed["start"])
-  done = [e for e in chunks if e["time"] <= killed["stop"]]
-  embed_start = max(e["time"] for e in stages.read_log(os.path.join(output, "cache"))
-                    if killed["start"] <= e["time"] <= done[0]["time"]
-                    and e["event"] in ("computed", "cached"))
+  log = stages.read_log(os.path.join(output, "cache"))
+  killed_log = [e for e in log if killed["start"] <= e["time"] <= killed["stop"]]
+  rerun_log = [e for e in log if e["time"] >= rerun["start"]]
+  done = [e for e in killed_log if e["event"] == "chunk" and e["stage"].startswith("embed/")]
+  embed_start = back_at_embed(killed_log, killed["start"])
   part = {"seconds": killed["stop"] - embed_start,
           "cpu": killed["sampler"].cpu(embed_start, killed["stop"]),
           "rss": killed["sampler"].peak(embed_start, killed["stop"])}
@@ -367,15 +367,15 @@ def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
   rows["embed"] = {"seconds": part["seconds"] + after["embed"]["seconds"],
                    "cpu": part["cpu"] + after["embed"]["cpu"],
                    "rss": max(part["rss"], after["embed"]["rss"]), "cached": False}
-  events = [e for e in stages.read_log(os.path.join(output, "cache"))
-            if e["time"] >= rerun["start"] and e["event"] in ("computed", "cached")]
+  events = [e for e in rerun_log if e["event"] in ("computed", "cached")]
   embed_done = next(e for e in events if e["stage"].startswith("embed/"))
+  ready = back_at_embed(rerun_log, rerun["start"])
   resume = {"killed_rc": killed["rc"], "killed_seconds": killed["seconds"],
             "chunks_before_kill": len(done), "chunks": embed_chunks,
             "lost_seconds": killed["stop"] - done[-1]["time"],
             "rerun_seconds": rerun["seconds"],
             "resumed_chunks": embed_done.get("resumed_chunks", 0),
-            "rerun_ready_seconds": restart_seconds(output, rerun),
+            "rerun_ready_seconds": None if ready is None else ready - rerun["start"],
             "loaded": sorted(e["stage"] for e in events if e["event"] == "cached"),
             "computed": sorted(e["stage"] for e in events if e["event"] == "computed")}
   pass_ = {"seconds": killed["seconds"] + rerun["seconds"],
@@ -384,17 +384,16 @@ def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
   return pass_, resume
 
 
-def restart_seconds(output: str, rerun: dict[str, Any]) -> float | None:
-  """Seconds from the rerun's start until it was back at work on the killed stage: the last
-  stage it loaded or computed before its first new embed chunk (start-up and loading)."""
-  from exfiqa_jax.eval import stages
-  log = [e for e in stages.read_log(os.path.join(output, "cache")) if e["time"] >= rerun["start"]]
+def back_at_embed(log: list[dict[str, Any]], start: float) -> float | None:
+  """When one process (its stage-log entries `log`, started at `start`) began computing embed
+  chunks: its last stage loaded or computed before its first new embed chunk (start-up and
+  loading before it). None when it stored no embed chunk."""
   first = next((e["time"] for e in log if e["event"] == "chunk"
                 and e["stage"].startswith("embed/")), None)
   if first is None:
     return None
   return max((e["time"] for e in log if e["time"] <= first
-              and e["event"] in ("computed", "cached")), default=rerun["start"]) - rerun["start"]
+              and e["event"] in ("computed", "cached")), default=start)
 
 
 def resume_check(argv: list[str], output: str, base: str, tables: dict[str, bytes],
