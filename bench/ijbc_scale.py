@@ -209,21 +209,13 @@ def kill_mid_stage(output: str, prefix: str, num_chunks: int):
 
 
 def save_models(folder: str) -> tuple[str, str]:
-  """Tiny random token ViT-FIQA and iResNet, as converted directories (worlds.py's way)."""
-  from exfiqa_jax import checkpoints
-  from exfiqa_jax.models import iresnet, vit
+  """Tiny random token ViT-FIQA and iResNet, as converted directories (worlds.py's)."""
   from exfiqa_jax.testing import worlds
   q, fr = os.path.join(folder, "q_token"), os.path.join(folder, "fr")
   if not os.path.isdir(q):
-    cfg = vit.tiny_config("token")
-    checkpoints.save_model(q, worlds.random_variables(vit.VisionTransformer(cfg), 1),
-                           {"family": "vit", "kind": "vit", "input_scale": "minus1_1",
-                            **cfg.to_dict()})
+    worlds._save_vit(q, "token", 1)
   if not os.path.isdir(fr):
-    cfg = iresnet.tiny_config(layers=(1, 1, 1, 1))
-    checkpoints.save_model(fr, worlds.random_variables(iresnet.IResNet(cfg), 3),
-                           {"family": "arcface_iresnet", "kind": "iresnet",
-                            "input_scale": "minus1_1", **cfg.to_dict()})
+    worlds._save_iresnet(fr, 3)
   return q, fr
 
 
@@ -287,7 +279,7 @@ def one_size(fraction: fractions.Fraction, args, models) -> dict[str, Any]:
     files.write_json(os.path.join(release, RELEASE_DONE), counts)
   result: dict[str, Any] = {"fraction": str(fraction), "counts": counts,
                             "write_seconds": time.time() - t0 if not reuse else float("nan"),
-                            "disk": {"release": files.folder_bytes(release)}}
+                            "disk": {"release": counts["bytes"]}}
   print(f"[{fraction}] release {'reused' if reuse else 'written'}: {counts} in "
         f"{result['write_seconds']:.1f} s", flush=True)
   build = run_child([sys.executable, "-c", "import sys\nfrom exfiqa_jax.data import builders\n"

@@ -59,8 +59,7 @@ def roc_curve(scores: np.ndarray, is_genuine: np.ndarray
     raise ValueError("roc_curve needs [P] scores and labels with both genuine and impostor pairs")
   if not np.all(np.isfinite(s)):
     raise ValueError("scores contain NaN/inf")
-  bits = np.where(s == 0, np.float32(0), s).view(np.uint32)
-  key = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))   # float order
+  key = edc._np_sortable(s)                                              # float order
   packed = ((~key).astype(np.uint64) << np.uint64(1)) | g.astype(np.uint64)
   packed.sort()                                                           # descending score
   lab = (packed & np.uint64(1)).astype(bool)

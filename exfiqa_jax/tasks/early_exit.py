@@ -232,7 +232,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       meta={"benchmark": cal.name, "model": spec.path})
   per_exit, g_fusion = models.gflops(cfg)
   exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
-  columns = _fixed_columns(q_cal, q_ev, per_exit, g_fusion, tau,
+  columns = _fixed_columns(s_cal, s_ev, q_cal, q_ev, per_exit, g_fusion, tau,
                            tau_info["discard_calibration"])
   cascades = _cascade_columns(s, cfg, s_cal, s_ev, cal, exits, tau, float(per_exit[-1]),
                               mapping, seed, columns)
@@ -295,12 +295,12 @@ def _agreement(q: np.ndarray, tau_q: float, full: np.ndarray, tau: float) -> flo
   return float(np.mean((q >= np.float32(tau_q)) == (full >= np.float32(tau))))
 
 
-def _fixed_columns(q_cal: stages.Stage, q_ev: stages.Stage, per_exit: np.ndarray,
-                   g_fusion: float, tau: float, frac: float) -> list[tuple[np.ndarray, dict]]:
-  """(evaluation-split quality, row) of every fixed exit and both fusions; each is thresholded
-  where it discards the same share of the calibration split as τ does at full depth."""
-  s_cal = np.asarray(q_cal["exit_scores"], np.float32)
-  s_ev = np.asarray(q_ev["exit_scores"], np.float32)
+def _fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, q_cal: stages.Stage,
+                   q_ev: stages.Stage, per_exit: np.ndarray, g_fusion: float, tau: float,
+                   frac: float) -> list[tuple[np.ndarray, dict]]:
+  """(evaluation-split quality, row) of every fixed exit (exit scores `s_cal`, `s_ev`) and both
+  fusions (from `q_cal`, `q_ev`); each is thresholded where it discards the same share of the
+  calibration split as τ does at full depth."""
   depth, full = s_cal.shape[1], float(per_exit[-1])
   columns = []
   for k in range(1, depth + 1):

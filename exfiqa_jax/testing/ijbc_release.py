@@ -27,6 +27,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from exfiqa_jax import files
 from exfiqa_jax.data import align
 
 FULL = dict(images=469_375, templates=23_124, subjects=3_531, pairs=15_658_489, genuine=19_557)
@@ -172,8 +173,7 @@ def write_release(root: str | os.PathLike, fraction: float, seed: int = 0, worke
   with open(os.path.join(meta, "ijbc_template_pair_label.txt"), "w", encoding="utf-8") as f:
     for lo in range(0, len(table), 1 << 20):       # blocks: the full list is 15.7M lines
       f.write("".join(f"{a} {b} {g}\n" for a, b, g in table[lo:lo + (1 << 20)].tolist()))
-  size = sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, files in os.walk(root) for name in files)
+  size = files.folder_bytes(root)
   return {"images": st.num_images, "templates": int(np.unique(st.template_id).size),
           "media": int(np.unique(np.stack([st.template_id, st.media_id]), axis=1).shape[1]),
           "pairs": int(st.label.size), "genuine": int(st.label.sum()), "bytes": int(size)}

@@ -221,11 +221,11 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          ) -> Iterator[tuple[int, dict]]:
     skipped: list[tuple[str, str]] = []
     written: list[int] = []
-    self._no_face: list[str] = []
+    no_face: list[str] = []
     for position, entry, data in _prepared_images(plan.images):
       if isinstance(data, Exception):
         if getattr(data, "no_face", False):   # data/detect.py: listed, pairs dropped
-          self._no_face.append(entry.name)
+          no_face.append(entry.name)
         elif not options["skip_corrupt"]:
           raise preprocess.ImageError(
               f"{self.name}: {data}. Fix or remove the file, or build with skip_corrupt=True "
@@ -239,10 +239,11 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if not written:
       raise DataError(f"{self.name}: every image under {manual_dir} was skipped as corrupt; "
                       f"nothing to build")
-    self._write_side_files(plan, manual_dir, options, np.asarray(written, np.int64), skipped)
+    self._write_side_files(plan, manual_dir, options, np.asarray(written, np.int64), skipped,
+                           no_face)
 
   def _write_side_files(self, plan: Plan, manual_dir: str, options: dict, positions: np.ndarray,
-                        skipped: list[tuple[str, str]]) -> None:
+                        skipped: list[tuple[str, str]], no_face: list[str]) -> None:
     directory = os.fspath(self.data_path)
     all_ids = np.array([e.image_id for e in plan.images], dtype=np.int64)
     written = all_ids[positions]
@@ -270,9 +271,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if skipped:
       files.write_text(os.path.join(directory, SKIPPED_FILE),
                       "".join(f"{n}\t{why}\n" for n, why in skipped))
-    if getattr(self, "_no_face", None):
+    if no_face:
       files.write_text(os.path.join(directory, NO_FACE_FILE),
-                       "".join(f"{n}\n" for n in self._no_face))
+                       "".join(f"{n}\n" for n in no_face))
     info = {
         "format_version": FORMAT_VERSION,
         **self._sources,
