@@ -414,3 +414,26 @@ def test_pauc_ci_zero_resamples():
   scores, gen, q, _ = boot_data(8)
   point, low, high = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=0)
   assert np.all(np.isnan(low)) and np.all(np.isnan(high)) and np.all(np.isfinite(point))
+
+
+def test_a_given_score_order_gives_the_same_curves_and_resamples():
+  """The pipeline sorts the comparison scores once per stage and passes the order
+  (score_perm) to every column group's EDC and bootstrap: same numbers as sorting each call."""
+  rng = np.random.default_rng(5)
+  p = 3000
+  s = np.round(rng.standard_normal(p), 2).astype(np.float32)      # ties
+  g = rng.random(p) < 0.2
+  s[g] += 1.5
+  q = rng.random((3, p)).astype(np.float32)
+  perm = edc.score_order(s, g)
+  for mode in ("fiqa", "iso"):
+    a = edc.edc_curves(s, g, q, (1e-2,), mode=mode, pauc_limit=0.3)
+    b = edc.edc_curves(s, g, q, (1e-2,), mode=mode, pauc_limit=0.3, score_perm=perm)
+    np.testing.assert_array_equal(a.fnmr, b.fnmr)
+    np.testing.assert_array_equal(a.pauc, b.pauc)
+    ba = edc.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1)
+    bb = edc.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1, score_perm=perm)
+    np.testing.assert_array_equal(ba.fnmr, bb.fnmr)
+    np.testing.assert_array_equal(ba.samples, bb.samples)
+  with pytest.raises(ValueError, match="score_perm has shape"):
+    edc.edc_curves(s, g, q, mode="fiqa", score_perm=perm[:-1])

@@ -217,6 +217,17 @@ def _np_order(key32: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
   return (packed & np.uint64(0x7FFFFFFF)).astype(np.int32)
 
 
+def _score_perm(s: np.ndarray, gen: np.ndarray, given: np.ndarray | None) -> np.ndarray:
+  """`given` (a caller's score_order of these comparisons) or the order computed now."""
+  if given is None:
+    return score_order(s, gen)
+  given = np.asarray(given, np.int32)
+  if given.shape != s.shape:
+    raise ValueError(f"score_perm has shape {given.shape}, expected {s.shape}: pass "
+                     "score_order(scores, is_genuine) of the same comparisons")
+  return given
+
+
 def score_order(scores: np.ndarray, is_genuine: np.ndarray) -> np.ndarray:
   """Pair index at each position of the comparison-score order shared by every quality set:
   impostors by DESCENDING score, then genuines by ascending score (ties by index)."""
@@ -471,14 +482,17 @@ def _cummin(xp, a):
 def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
                discard=FIQA_DISCARD, mode: str = "fiqa", higher_is_better: bool = True,
                pauc_limit: float | None = None, subtract_best: bool = False,
-               set_batch: int | None = None, g_size: int | None = None) -> EdcCurves:
+               set_batch: int | None = None, g_size: int | None = None,
+               score_perm: np.ndarray | None = None) -> EdcCurves:
   """EDC of S quality sets over one set of comparisons.
 
   scores [P] (higher = more similar), is_genuine [P] bool, pair_quality [S, P] (or [P]; higher =
   better unless higher_is_better=False, e.g. PFE uncertainty: then ranked descending, ties still
   broken by input order). fmrs [F] target FMRs; discard [R] fractions in [0, 1).
   set_batch: quality sets per device call (vmapped); default keeps each call near 2^24 pairs.
-  g_size: genuine slots under tracing (default P). Returns EdcCurves (numpy; jax under tracing).
+  g_size: genuine slots under tracing (default P). score_perm: score_order(scores, is_genuine)
+  when the caller has it (one sort for many calls on the same comparisons). Returns EdcCurves
+  (numpy; jax under tracing).
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES} ('fiqa' reproduces the FIQA papers), got {mode!r}")
@@ -499,7 +513,7 @@ def edc_curves(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 
   g_size = _bucket(n_gen)              # padded genuine slots: one compile for similar sizes
   if mode == "fiqa":
     prep = _prepare(jnp.asarray(s), jnp.asarray(gen), g_size=g_size,
-                    perm=jnp.asarray(score_order(s, gen)))
+                    perm=jnp.asarray(_score_perm(s, gen, score_perm)))
   else:                                # genuine slots on the host (XLA's nonzero is slow here)
     gi = np.full(g_size, p, np.int32)
     gi[:n_gen] = np.flatnonzero(gen)
@@ -1005,7 +1019,8 @@ _BOOT_QUEUE = 2                 # device calls in flight in the fiqa bootstrap (
 def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1e-4),
               discard=FIQA_DISCARD, mode: str = "fiqa", limit: float = PAUC_LIMIT,
               num_resamples: int = 200, seed: int = 0, higher_is_better: bool = True,
-              units=None, resample_batch: int | None = None, point=None) -> Bootstrap:
+              units=None, resample_batch: int | None = None, point=None,
+              score_perm: np.ndarray | None = None) -> Bootstrap:
   """pAUC and per-level FNMR of `num_resamples` bootstrap resamples (docs/evaluation.md).
 
   units None resamples the P pairs; labels [P] or [P, 2] resample whole units (identities,
@@ -1013,7 +1028,8 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   for every quality set and call, so differences between columns are paired. Each resample
   equals the plain EDC (edc_curves) of its resampled pair list (tests/test_edc.py).
   resample_batch: resamples per host batch (default: by memory); point: the pAUC [S, F] of
-  edc_curves(..., pauc_limit=limit) when the caller already has it.
+  edc_curves(..., pauc_limit=limit) when the caller already has it; score_perm: as in
+  edc_curves.
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -1024,7 +1040,7 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   fm = check_fmrs(fmrs)
   n_boot = check_resamples(num_resamples)
   if point is None:
-    point = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit).pauc
+    point = edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit, score_perm=score_perm).pauc
   n_sets, p = pq.shape
   u = pair_units(units, p)
   fnmr = np.full((n_boot, n_sets, fm.size, disc.size), np.nan)
@@ -1034,7 +1050,8 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
     weights = _ResampleWeights(seed, u, p)
     rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
     run = _bootstrap_iso if mode == "iso" else _bootstrap_fiqa
-    run(_BootOrder.of(s, gen, disc), pq, fm, disc, float(limit), weights, rb, fnmr, area)
+    so = _BootOrder.of(s, gen, disc, _score_perm(s, gen, score_perm))
+    run(so, pq, fm, disc, float(limit), weights, rb, fnmr, area)
   return Bootstrap(np.asarray(point), area, fnmr, unit)
 
 
@@ -1049,9 +1066,9 @@ class _BootOrder(NamedTuple):
   s_sorted: np.ndarray
 
   @classmethod
-  def of(cls, s: np.ndarray, gen: np.ndarray, disc: np.ndarray) -> "_BootOrder":
+  def of(cls, s: np.ndarray, gen: np.ndarray, disc: np.ndarray, perm: np.ndarray
+         ) -> "_BootOrder":
     order = np.argsort(disc, kind="stable")
-    perm = score_order(s, gen)
     canon = np.where(s == 0, np.float32(0), s)
     return cls(order, disc[order], perm, int((~gen).sum()), canon, canon[perm])
 

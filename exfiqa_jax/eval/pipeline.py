@@ -351,6 +351,9 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
     # its last row), so the EDC and bootstrap programs compile once.
     n_pairs = len(cmp["scores"])
     units = bootstrap_units(bench, unit)
+    perm = (edc.score_order(np.asarray(cmp["scores"], np.float32), np.asarray(cmp["is_genuine"],
+                                                                              bool))
+            if mode == "fiqa" or resamples else None)    # one sort for every column group
     group = min(len(cols), max(int(config.eval.get("set_group", 8)), (1 << 22) // n_pairs))
     parts = []
     for lo in range(0, len(cols), group):
@@ -360,11 +363,11 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
         rows = np.concatenate([rows, np.repeat(rows[-1:], group - real, axis=0)])
       pq = to_pairs(rows)
       curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
-                              pauc_limit=limit)
+                              pauc_limit=limit, score_perm=perm)
       # Bootstrap (same resamples for every column: paired comparisons use `samples`).
       boot = edc.bootstrap(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
                            limit, num_resamples=resamples, seed=int(config.seed),
-                           units=units, point=curves.pauc)
+                           units=units, point=curves.pauc, score_perm=perm)
       low, high = edc.percentile_ci(boot.samples, alpha)
       band_low, band_high = edc.percentile_ci(boot.fnmr, alpha)        # [S, F, R] CI bands
       parts.append({k: v[:real] for k, v in dict(
