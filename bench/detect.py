@@ -6,7 +6,7 @@ Photos: `--photos` 640×480 RGB composites (scikit-image's public-domain picture
 backgrounds, the astronaut's face pasted at a random position, scale 0.4–1.3 and rotation
 ±10°). Routes, each timed on the whole set, warmed up first, then once per round in a shuffled
 order (load from other jobs falls on all alike; medians over rounds):
-  ours   detect   exfiqa_jax/data/detect.py, one jitted program for the batch (640×480 bucket)
+  ours   detect   exfiqa_jax/detection/detect.py, one jitted program for the batch (640×480 bucket)
          align    data/align.py on the primary face (host NumPy)
          score    QualityModel.score on the crops (ViT-S, random weights, float32)
          total    detect_and_align + score, as a user calls them
@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 
 from exfiqa_jax import inference  # noqa: E402
 from exfiqa_jax.convert import vit_keys  # noqa: E402
-from exfiqa_jax.data import align, detect  # noqa: E402
+from exfiqa_jax.data import align  # noqa: E402
+from exfiqa_jax.detection import detect
 from exfiqa_jax.models import vit  # noqa: E402
 from exfiqa_jax.testing import mtcnn_reference  # noqa: E402
 from exfiqa_jax.testing import torch_reference as tr  # noqa: E402

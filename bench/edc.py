@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax.eval import edc
+from exfiqa_jax.metrics import edc
 
 FMRS = (1e-3, 1e-4)
 

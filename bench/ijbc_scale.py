@@ -55,13 +55,13 @@ PAIRS_FLAG = "--_pairs_child="
 
 def _pairs_child(root: str, bootstrap: int) -> None:
   """The pair-side stages (compare, EDC in both modes, bootstrap) at FULL IJB-C size, in this
-  process, through exfiqa_jax/eval/pipeline.py: the full release structure (469,375 lines,
+  process, through exfiqa_jax/evaluation/pipeline.py: the full release structure (469,375 lines,
   23,124 templates, 15,658,489 pairs) with synthetic embeddings and 9 quality columns like the
   tiny token model's (no images: the image stages scale per image and are measured above).
   Prints one JSON line per stage: its start and stop times."""
   import numpy as np
   from configs import eval_ijbc
-  from exfiqa_jax.eval import benchmarks, pipeline, results, stages
+  from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
   from exfiqa_jax.testing import ijbc_release
 
   def mark(name: str, start: float) -> None:
@@ -184,7 +184,7 @@ def run_child(argv: Sequence[str], log: str,
 
 
 def chunk_events(output: str, prefix: str, since: float) -> list[dict[str, Any]]:
-  from exfiqa_jax.eval import stages
+  from exfiqa_jax.evaluation import stages
   return [e for e in stages.read_log(os.path.join(output, "cache"))
           if e["time"] >= since and e["event"] == "chunk" and e["stage"].startswith(prefix)]
 
@@ -230,7 +230,7 @@ def eval_argv(release: str, data_dir: str, models: tuple[str, str], output: str,
 
 def stage_times(output: str, since: float) -> dict[str, list[tuple[float, float, str]]]:
   """(start, stop, event) per stage kind from the stage log entries written after `since`."""
-  from exfiqa_jax.eval import stages
+  from exfiqa_jax.evaluation import stages
   out: dict[str, list[tuple[float, float, str]]] = {}
   for e in stages.read_log(os.path.join(output, "cache")):
     if e["time"] < since or e["event"] not in ("computed", "cached"):
@@ -338,7 +338,7 @@ def killed_pass(argv: list[str], output: str, log: str, embed_chunks: int
   """One eval pass made of two processes: SIGKILLed in the middle of the embed stage, then
   rerun to the end. Returns the pass (stage rows of both processes joined: embed = its part
   before the kill, lost work included, + the rerun's part) and what the resume did."""
-  from exfiqa_jax.eval import stages
+  from exfiqa_jax.evaluation import stages
   killed = run_child(argv, log.replace(".log", "_killed.log"),
                      watch=kill_mid_stage(output, "embed/", embed_chunks))
   if killed["rc"] != -9:

@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_LAZY = {"edc": "exfiqa_jax.eval.edc", "comparisons": "exfiqa_jax.eval.comparisons"}
+_LAZY = {"edc": "exfiqa_jax.metrics.edc", "comparisons": "exfiqa_jax.metrics.comparisons"}
 
 
 def load(*args: Any, **kwargs: Any):
@@ -33,8 +33,8 @@ def get_model(*args: Any, **kwargs: Any):
 
 def detect_and_align(*args: Any, **kwargs: Any):
   """Raw photos (uint8 RGB, any sizes) → aligned 112×112 crops of their faces with boxes,
-  landmarks and detector confidences (exfiqa_jax.data.detect.detect_and_align)."""
-  from exfiqa_jax.data.detect import detect_and_align as _detect_and_align
+  landmarks and detector confidences (exfiqa_jax.detection.detect.detect_and_align)."""
+  from exfiqa_jax.detection.detect import detect_and_align as _detect_and_align
   return _detect_and_align(*args, **kwargs)
 
 

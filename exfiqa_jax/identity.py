@@ -1,7 +1,7 @@
 """What a result was made from: identities of input files and checkpoints, stamps, what changed.
 
 Every cached result (the score and embed tasks' outputs, each evaluation stage of
-exfiqa_jax/eval/stages.py, each built data set of exfiqa_jax/data/builders) records what it was
+exfiqa_jax/evaluation/stages.py, each built data set of exfiqa_jax/data/builders) records what it was
 made from: the config fields it depends on and the identity of every input file. A mismatch
 recomputes, and `changes(old, new)` says what changed for the log line (docs/caching.md).
 

@@ -150,11 +150,11 @@ class QualityModel:
     compiled shapes); padded rows are dropped. The CLI pads every batch to one fixed shape.
     `exit=k` (1..L) runs only blocks 1..k (see run_batch); 0/None = all L exits.
     `align="detect"`: `images` are raw photos (a list, any sizes); each row is then a detected,
-    aligned face (data/detect.py; `face` "primary" per photo or "all"), and the result also
+    aligned face (detection/detect.py; `face` "primary" per photo or "all"), and the result also
     holds image (its photo's index), face, num_faces, det_score, box [N, 4], landmarks
     [N, 5, 2] and no_face (indices of photos without a face); docs/data.md.
     """
-    from exfiqa_jax.data import detect
+    from exfiqa_jax.detection import detect
     if detect.check_align_mode(align) == "detect":
       found = detect.detect_and_align(images, face=face, size=self.image_size)
       out = self.score(found.crops, attn_maps, exit)

@@ -1,4 +1,4 @@
-"""Deployment calibration (exfiqa_jax/eval/calibration.py) against plain definitions: the
+"""Deployment calibration (exfiqa_jax/calibrate/calibration.py) against plain definitions: the
 threshold pickers, the 0–100 mapping, the cascade simulation and its calibration. Score matrices
 only (no model), so everything here takes seconds."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from exfiqa_jax.eval import calibration
+from exfiqa_jax.calibrate import calibration
 
 
 def _plain_fiqa_fnmr(scores, gen, pq, fmr, r):

@@ -66,7 +66,7 @@ def test_compile_cache_folder_and_off_switch(tmp_path, monkeypatch):
 
 def test_last_partial_batch_compiles_nothing(tmp_path):
   """Score path (pipeline.host_batches + run_batch, as tasks/score.py and the quality stage of
-  eval/pipeline.py) over 11 rows in batches of 8: the partial batch reuses the program."""
+  evaluation/pipeline.py) over 11 rows in batches of 8: the partial batch reuses the program."""
   model = inference.load(worlds._save_vit(tmp_path / "q", "token", 1), batch_size=8)
   images = np.random.default_rng(0).integers(0, 256, (11, 112, 112, 3), np.uint8)
   batches = list(pipeline.host_batches(pipeline.array_reader(images), len(images), 8))

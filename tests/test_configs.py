@@ -55,6 +55,6 @@ def test_importing_the_configs_does_not_import_jax():
     import importlib, sys
     for name in {CONFIGS!r}:
       importlib.import_module("configs." + name).get_config()
-    print("jax" in sys.modules, "exfiqa_jax.eval" in sys.modules)
+    print("jax" in sys.modules, "exfiqa_jax.evaluation" in sys.modules)
   """, devices=1)
   assert out.strip().splitlines()[-1] == "False False"

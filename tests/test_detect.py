@@ -1,4 +1,4 @@
-"""Face detection for raw photos (exfiqa_jax/data/detect.py) against the facenet-pytorch MTCNN.
+"""Face detection for raw photos (exfiqa_jax/detection/detect.py) against the facenet-pytorch MTCNN.
 
 Reference: facenet-pytorch 2.6.0 (`pip install --no-deps facenet-pytorch==2.6.0`) on the CPU
 with its own weights. Its code imports torchvision, whose PyPI wheels do not import beside this
@@ -44,7 +44,8 @@ from PIL import Image  # noqa: E402
 
 from exfiqa_jax.convert import mtcnn_keys  # noqa: E402
 from exfiqa_jax.convert.strict import CheckpointError  # noqa: E402
-from exfiqa_jax.data import align, detect  # noqa: E402
+from exfiqa_jax.data import align  # noqa: E402
+from exfiqa_jax.detection import detect
 from exfiqa_jax.models import mtcnn  # noqa: E402
 from exfiqa_jax.testing import mtcnn_reference  # noqa: E402
 

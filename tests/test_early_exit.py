@@ -13,7 +13,8 @@ from PIL import Image
 from configs import early_exit as early_exit_config
 from configs import score as score_config
 from exfiqa_jax import models, report
-from exfiqa_jax.eval import benchmarks, calibration
+from exfiqa_jax.evaluation import benchmarks
+from exfiqa_jax.calibrate import calibration
 from exfiqa_jax.tasks import early_exit, score
 from exfiqa_jax.testing import worlds
 

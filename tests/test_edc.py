@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jax
-from exfiqa_jax.eval import comparisons, edc
+from exfiqa_jax.metrics import comparisons, edc
 
 
 # ------------------------------------------------------------------------------------------

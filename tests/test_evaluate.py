@@ -13,7 +13,8 @@ import pytest
 
 from configs import eval_ijbc, eval_verification
 from exfiqa_jax import embedding, inference, report
-from exfiqa_jax.eval import edc, results, stages
+from exfiqa_jax.metrics import edc
+from exfiqa_jax.evaluation import results, stages
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
@@ -95,7 +96,7 @@ def test_cached_rerun_and_targeted_invalidation(world, bin_run, tmp_path):
 KILLED_RUN = """
 import os
 from configs import eval_verification
-from exfiqa_jax.eval import stages
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 

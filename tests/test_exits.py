@@ -20,7 +20,7 @@ from PIL import Image
 from configs import eval_verification
 from configs import score as score_config
 from exfiqa_jax import checkpoints, inference, models
-from exfiqa_jax.eval import benchmarks, pipeline, stages
+from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.models import exits, vit
 from exfiqa_jax.tasks import score
 from exfiqa_jax.testing.subproc import run_python

@@ -32,7 +32,8 @@ from exfiqa_jax.convert import strict, torch_io
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.data.builders import base, verification_bin
-from exfiqa_jax.eval import benchmarks, comparisons, pipeline, stages
+from exfiqa_jax.evaluation import benchmarks, pipeline, stages
+from exfiqa_jax.metrics import comparisons
 from exfiqa_jax.models import vit
 from exfiqa_jax.tasks import embed, score
 from exfiqa_jax.testing import worlds

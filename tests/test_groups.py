@@ -1,6 +1,6 @@
 """Per-group EDC (docs/evaluation.md, "Per-group EDC"): the membership rule (both images /
 both templates in the group), one group's EDC = the EDC of that subset computed directly with
-exfiqa_jax.eval.edc, the gap, the CSV labels end to end on the miniature benchmark, and
+exfiqa_jax.metrics.edc, the gap, the CSV labels end to end on the miniature benchmark, and
 Adience's age and gender from its fold files."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from configs import eval_verification
 from exfiqa_jax import report
 from exfiqa_jax.data import builders, protocols
-from exfiqa_jax.eval import benchmarks, edc, groups
+from exfiqa_jax.evaluation import benchmarks, groups
+from exfiqa_jax.metrics import edc
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from exfiqa_jax.data import builders
-from exfiqa_jax.eval import comparisons
+from exfiqa_jax.metrics import comparisons
 from exfiqa_jax.testing import ijbc_release, subproc
 
 FRACTION = 1 / 4096          # 115 face lines, 6 templates in 2 subjects, 3,823 pairs

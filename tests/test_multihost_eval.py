@@ -13,7 +13,7 @@ import pytest
 from configs import eval_verification
 from exfiqa_jax import report
 from exfiqa_jax.data import builders, protocols
-from exfiqa_jax.eval import stages
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python

@@ -1,4 +1,4 @@
-"""Paired comparisons (exfiqa_jax/eval/paired.py): the p-value is calibrated under the null,
+"""Paired comparisons (exfiqa_jax/metrics/paired.py): the p-value is calibrated under the null,
 a planted difference is found, and the numbers equal a plain NumPy computation.
 
 Tolerances: Δ, interval and p-value against NumPy on the same samples: 1e-12 (float64).
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exfiqa_jax.eval import edc, paired
-from exfiqa_jax.eval.results import QualityColumn, column_set
+from exfiqa_jax.metrics import edc, paired
+from exfiqa_jax.evaluation.results import QualityColumn, column_set
 
 
 def two_columns(seed, p=800, n_gen=300, planted=False):
@@ -94,7 +94,7 @@ def test_default_pairs_and_rows():
 # ------------------------------------------------------------------------------------------
 def _stage_inputs(tmp_path, with_identity=True):
   from configs import eval_verification
-  from exfiqa_jax.eval import benchmarks, stages
+  from exfiqa_jax.evaluation import benchmarks, stages
   rng = np.random.default_rng(3)
   n_img, n_pairs = 120, 500
   ident = np.repeat(np.arange(30), 4)
@@ -116,7 +116,7 @@ def _stage_inputs(tmp_path, with_identity=True):
 
 
 def test_edc_stage_identity_bootstrap_and_paired_rows(tmp_path):
-  from exfiqa_jax.eval import pipeline
+  from exfiqa_jax.evaluation import pipeline
   bench, cmp, cols, image_q, config, cache = _stage_inputs(tmp_path)
   config.eval.bootstrap_unit = "identity"
   st = pipeline.edc_stage(cache, bench, "fr", "fiqa", cmp, cols, image_q, {}, config)
@@ -140,7 +140,7 @@ def test_edc_stage_identity_bootstrap_and_paired_rows(tmp_path):
     ("bootstrap_unit", "template", "bootstrap_unit=template"),
     ("bootstrap_unit", "subject", "bootstrap_unit='subject'")])
 def test_eval_settings_fail_naming_their_flag(tmp_path, field, value, match):
-  from exfiqa_jax.eval import pipeline
+  from exfiqa_jax.evaluation import pipeline
   bench, _, _, _, config, _ = _stage_inputs(tmp_path, with_identity=False)
   config.eval[field] = value
   with pytest.raises(ValueError, match=match):

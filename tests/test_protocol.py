@@ -20,7 +20,7 @@ from PIL import Image
 
 from configs import eval_ijbc, eval_verification
 from exfiqa_jax.data import align, builders, protocols
-from exfiqa_jax.eval import benchmarks
+from exfiqa_jax.evaluation import benchmarks
 
 import cv2  # noqa: E402  test-only dependency (pip install -e .[dev]); never imported by the toolkit
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from exfiqa_jax import report
-from exfiqa_jax.eval import comparisons, edc, results
+from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.evaluation import results
 from exfiqa_jax import models
 from exfiqa_jax.models import vit
 

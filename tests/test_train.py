@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from exfiqa_jax import parallel
-from exfiqa_jax.eval import verification
+from exfiqa_jax.metrics import verification
 from exfiqa_jax.train import augment, losses, optim, step as step_lib, trainer
 from exfiqa_jax.train import data as train_data
 from exfiqa_jax.testing.subproc import run_python

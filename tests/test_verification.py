@@ -1,4 +1,4 @@
-"""FR sanity numbers (exfiqa_jax/eval/verification.py) against plain references written here:
+"""FR sanity numbers (exfiqa_jax/metrics/verification.py) against plain references written here:
 the per-threshold loop that `verification_accuracy` replaced, and sklearn's roc_curve algorithm
 (drop_intermediate=True) + insightface's IJB TAR@FAR read-out, in loops. Exact equality: both
 sides count integers and divide in float64 the same way.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exfiqa_jax.eval import verification
+from exfiqa_jax.metrics import verification
 
 
 def loop_accuracy(scores, is_genuine, folds=10):

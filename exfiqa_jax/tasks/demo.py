@@ -3,7 +3,7 @@
 1. train the tiny ViT-FIQA config on the synthetic-faces training split (configs/train_tiny.py:
    clean images re-degraded afresh every batch; resumable Orbax checkpoints in <output>/train);
 2. render the identity-disjoint test split (degraded, severity recorded per image) and its pairs;
-3. evaluate exactly as `eval` does (exfiqa_jax/eval/pipeline.py): every exit, the fusions and ATTN in
+3. evaluate exactly as `eval` does (exfiqa_jax/evaluation/pipeline.py): every exit, the fusions and ATTN in
    one pass, the model's own feature head as the FR model, EDC (both modes) for every quality
    column plus the seeded `random` baseline and the `oracle` (minus the true severity);
 4. early exits (exfiqa_jax/tasks/early_exit.py): thresholds, the 0–100 mapping and the cascade
@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import files
-from exfiqa_jax.eval import pipeline, results, stages
+from exfiqa_jax.evaluation import pipeline, results, stages
 from exfiqa_jax.tasks import early_exit
 from exfiqa_jax.tasks import eval as eval_task
 from exfiqa_jax.data import synthetic

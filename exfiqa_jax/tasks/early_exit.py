@@ -3,9 +3,9 @@
 For one benchmark (the synthetic faces by default) the task calibrates on one split and
 evaluates on another, identity-disjoint (docs/evaluation.md, "Early exits and thresholds"):
   1. every exit score of both splits in one full pass (the eval pipeline's cached stages,
-     exfiqa_jax/eval/pipeline.py), FR comparisons of the evaluation split;
+     exfiqa_jax/evaluation/pipeline.py), FR comparisons of the evaluation split;
   2. tau, the full-depth decision threshold (accept iff exit_L >= tau): by default the value
-     that discards 20 % of the calibration set (exfiqa_jax/eval/calibration.py); a threshold
+     that discards 20 % of the calibration set (exfiqa_jax/calibrate/calibration.py); a threshold
      table (discard fractions and FNMR targets, with bootstrap intervals);
   3. the 0–100 mapping per exit, fitted on the calibration split → quality_mapping.json (also
      into the model directory: the score task then writes q100_* columns);
@@ -38,8 +38,10 @@ from absl import logging
 
 from exfiqa_jax import files, models, parallel, report
 from exfiqa_jax.data import synthetic
-from exfiqa_jax.eval import benchmarks, calibration, edc, pipeline, results, stages
-from exfiqa_jax.eval.benchmarks import Benchmark
+from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
+from exfiqa_jax.calibrate import calibration
+from exfiqa_jax.metrics import edc
+from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.models import exits as exits_lib
 from exfiqa_jax.train import data as train_data
 

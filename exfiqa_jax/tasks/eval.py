@@ -1,6 +1,6 @@
 """Task "eval": quality at every exit → FR comparisons → EDC / pAUC → reports (configs/eval_*.py).
 
-The stages and their caching are in exfiqa_jax/eval/pipeline.py; this module opens the
+The stages and their caching are in exfiqa_jax/evaluation/pipeline.py; this module opens the
 benchmarks, runs the pipeline and writes edc.csv, pauc.csv, summary.json/.md, plots/ and
 <benchmark>/scores_<model>.csv (process 0 only).
 """
@@ -16,11 +16,11 @@ from absl import logging
 
 from exfiqa_jax import files, parallel, report
 from exfiqa_jax.data import protocols
-from exfiqa_jax.eval import benchmarks as benchmarks_lib
-from exfiqa_jax.eval import groups as groups_lib
-from exfiqa_jax.eval import pipeline
-from exfiqa_jax.eval.benchmarks import Benchmark
-from exfiqa_jax.eval.pipeline import EvalRun, QualitySpec
+from exfiqa_jax.evaluation import benchmarks as benchmarks_lib
+from exfiqa_jax.evaluation import groups as groups_lib
+from exfiqa_jax.evaluation import pipeline
+from exfiqa_jax.evaluation.benchmarks import Benchmark
+from exfiqa_jax.evaluation.pipeline import EvalRun, QualitySpec
 
 
 def write_scores(output: str, run: EvalRun, quality: Sequence[QualitySpec]) -> None:

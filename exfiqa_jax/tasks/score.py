@@ -12,7 +12,7 @@ the early_exit task; or `config.quality_mapping=<json>`, "none" to skip; docs/ev
 scores.csv/.npz also hold q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw after the
 columns above (the ISO/IEC 29794-5 0–100 scale; the integer quality value is their rounding).
 With `config.data.align="detect"` the inputs are raw photos (docs/data.md, "Raw photos: detection
-and alignment"): MTCNN finds the faces (exfiqa_jax/data/detect.py), each is aligned to the
+and alignment"): MTCNN finds the faces (exfiqa_jax/detection/detect.py), each is aligned to the
 ArcFace template from its five landmarks (data/align.py) and scored; a row per face (the primary
 face of each photo, or every face with `data.face="all"`), the photo's name in `image`, and
 appended columns face, num_faces, det_score, box_x1, box_y1, box_x2, box_y2, lm1_x, lm1_y, ...,
@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from exfiqa_jax import files, identity, inference, parallel, report
 from exfiqa_jax.convert import strict
-from exfiqa_jax.data import detect, pipeline, preprocess
-from exfiqa_jax.eval import calibration
+from exfiqa_jax.detection import detect
+from exfiqa_jax.data import pipeline, preprocess
+from exfiqa_jax.calibrate import calibration
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
 FORMAT = 2
@@ -83,7 +84,7 @@ def _check_inputs(config) -> tuple[str, list[str], list[str]]:
 
 
 def _detect_photos(config, paths, names, channel_order, image_size: int):
-  """Raw photos → the detected faces to score (data/detect.py; docs/data.md)."""
+  """Raw photos → the detected faces to score (detection/detect.py; docs/data.md)."""
   with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
             disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
     photos = detect.photo_rows(paths, names, config.data, channel_order, image_size,

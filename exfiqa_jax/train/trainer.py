@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from exfiqa_jax import files, identity
 from exfiqa_jax import parallel
-from exfiqa_jax.eval import verification
+from exfiqa_jax.metrics import verification
 from exfiqa_jax.train import augment as augment_lib
 from exfiqa_jax.train import data as data_lib
 from exfiqa_jax.train import optim

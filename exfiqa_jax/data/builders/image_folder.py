@@ -3,7 +3,7 @@
 Records carry the relative path as name, the identity folder name, and an integer label
 (identity folders in sorted order). An optional pair list (`name_a name_b label`, names are
 relative paths with or without extension) makes it a pair benchmark. Option align="detect"
-takes raw photos: each record is the aligned crop of the photo's primary face (data/detect.py),
+takes raw photos: each record is the aligned crop of the photo's primary face (detection/detect.py),
 with record_det_score/box/landmarks.npy beside it; photos without a face are left out and
 listed in no_face.txt (docs/data.md, "Raw photos: detection and alignment").
 """
@@ -33,7 +33,7 @@ class ImageFolder(base.Builder):
 
   name = "image_folder"
   LAYOUT = LAYOUT
-  OPTIONS = {"pair_list": None, "align": "none"}   # align="detect": raw photos (data/detect.py)
+  OPTIONS = {"pair_list": None, "align": "none"}   # align="detect": raw photos (detection/detect.py)
   PAIR_KIND = "image"
   FEATURES = {"identity": tfds.features.Text, "label": lambda: tfds.features.Scalar(np.int64)}
   DESCRIPTION = "Images in one sub-folder per identity, optional pair list."
@@ -67,7 +67,7 @@ class ImageFolder(base.Builder):
     plan = base.Plan(entries, record_arrays={"label": np.asarray(labels, dtype=np.int64)},
                      metadata={"num_identities": len(identities), "identities": identities})
     if options.get("align", "none") != "none":   # detect → align; docs/data.md
-      from exfiqa_jax.data import detect
+      from exfiqa_jax.detection import detect
       detect.check_align_mode(options["align"])
       arrays, metadata = detect.align_entries(entries)
       plan.record_arrays.update(arrays)

@@ -1,6 +1,6 @@
 """The evaluation pipeline: quality at every exit → FR comparisons → EDC / pAUC, cached stages.
 
-Per benchmark, each a cached stage (exfiqa_jax/eval/stages.py; a killed run resumes, a changed
+Per benchmark, each a cached stage (exfiqa_jax/evaluation/stages.py; a killed run resumes, a changed
 config recomputes only what depends on it):
   quality/<bench>/<model>   every quality model, one pass per image: exit_scores [I, L],
                             ex_fiqa_f, ex_fiqa_fw [I], attn_scores [I, L], image names
@@ -12,7 +12,7 @@ config recomputes only what depends on it):
   edc/<bench>/<fr>/<mode>   EDC of every quality column (+ the seeded `random` baseline) × FMR,
                             pAUC with bootstrap CIs
   groups/<bench>/<fr>/<mode>/<grouping>   per-group EDC and pAUC where group labels exist
-                            (exfiqa_jax/eval/groups.py; docs/evaluation.md, Per-group EDC)
+                            (exfiqa_jax/evaluation/groups.py; docs/evaluation.md, Per-group EDC)
 then the reports (exfiqa_jax/tasks/eval.py writes them with exfiqa_jax/report.py). Images are
 decoded on every host for its own rows of each global batch and the model runs sharded over all
 devices; only process 0 writes.
@@ -29,11 +29,13 @@ from absl import logging
 
 from exfiqa_jax import embedding, files, identity, inference, models, parallel
 from exfiqa_jax.convert import families, strict
-from exfiqa_jax.eval import comparisons, edc, stages
+from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.data import pipeline
-from exfiqa_jax.eval import groups as groups_lib
-from exfiqa_jax.eval import paired, results, verification
-from exfiqa_jax.eval.benchmarks import Benchmark, image_names, image_reader
+from exfiqa_jax.evaluation import groups as groups_lib
+from exfiqa_jax.metrics import paired, verification
+from exfiqa_jax.evaluation import results
+from exfiqa_jax.evaluation.benchmarks import Benchmark, image_names, image_reader
 
 PRECOMPUTED = "precomputed:"
 SELF_FR = "quality_model"

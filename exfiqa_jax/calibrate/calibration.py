@@ -2,7 +2,7 @@
 
 What a user of a FIQA model asks first is "which threshold do I use?" (docs/evaluation.md,
 "Early exits and thresholds"). Everything here is fitted on a reference / calibration set and is
-plain NumPy on host arrays (the pair-based picker calls the EDC engine, exfiqa_jax.eval.edc).
+plain NumPy on host arrays (the pair-based picker calls the EDC engine, exfiqa_jax.metrics.edc).
 
 1. Threshold pickers (each with a seeded percentile-bootstrap interval):
    * `discard_threshold(quality, fraction)`: the quality value t such that discarding the images
@@ -11,7 +11,7 @@ plain NumPy on host arrays (the pair-based picker calls the EDC engine, exfiqa_j
      a decision "accept iff q >= t" is exact in float32. With ties at the cut the whole tie group
      is kept (a threshold cannot split it), so the fraction removed is <= int(fraction·N)/N.
    * `fnmr_thresholds(scores, is_genuine, pair_quality, targets, fmr)` (`fnmr_threshold` for
-     one): the smallest discard level of a fine grid at which the EDC (exfiqa_jax.eval.edc,
+     one): the smallest discard level of a fine grid at which the EDC (exfiqa_jax.metrics.edc,
      `fiqa` or `iso` mode) reaches FNMR <= target at the FMR, and the pair-quality value of that
      cut (pair quality = min of the two image qualities, so the same t applies to single images);
      the interval from a stratified bootstrap of the pairs.
@@ -159,7 +159,7 @@ def fnmr_grid(step: float = 0.01, max_discard: float = 0.95) -> np.ndarray:
 
 def _fnmr_picks(scores, is_genuine, pair_q, targets, fmr, grid, mode):
   """[(threshold, discard, fnmr, reached)] per target, from one EDC of these pairs."""
-  from exfiqa_jax.eval import edc
+  from exfiqa_jax.metrics import edc
   curves = edc.edc_curves(scores, is_genuine, pair_q[None], (fmr,), grid, mode)
   fnmr = np.asarray(curves.fnmr)[0, 0]
   order = np.argsort(pair_q, kind="stable") if mode == "fiqa" else None
@@ -189,7 +189,7 @@ def fnmr_thresholds(scores: np.ndarray, is_genuine: np.ndarray, pair_quality: np
 
   scores [P] comparison scores, is_genuine [P], pair_quality [P] (min of the two images'
   qualities). The EDC is evaluated on `grid` (default fnmr_grid(): 0 .. 0.95 in steps of 0.01)
-  with exfiqa_jax.eval.edc; the first level whose FNMR <= target gives the cut, and the
+  with exfiqa_jax.metrics.edc; the first level whose FNMR <= target gives the cut, and the
   threshold is the pair quality at that cut (fiqa: position int(r·P) of the stable ascending
   sort; iso: the first kept genuine pair). Interval: stratified bootstrap over the pairs
   (genuine and impostor pairs resampled with replacement separately, so the class counts and

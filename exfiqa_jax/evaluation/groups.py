@@ -8,7 +8,7 @@ pairs across groups or with an unlabelled image are left out of every per-group 
 a template is labelled g when all of its images are, and a template pair belongs to g when both
 templates are.
 
-A group's EDC is the EDC of its pairs alone, computed with `exfiqa_jax.eval.edc` exactly as the
+A group's EDC is the EDC of its pairs alone, computed with `exfiqa_jax.metrics.edc` exactly as the
 whole benchmark's (same mode, FMRs, discard grid, pair quality, input order), so in mode
 "fiqa" the threshold is re-chosen on the group's own impostors at every level: each group is
 held at the target FMR and the curve shows its FNMR there. A group without genuine or without
@@ -26,8 +26,9 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import files
-from exfiqa_jax.eval import edc, stages
-from exfiqa_jax.eval.results import BenchmarkEval, QualityColumn
+from exfiqa_jax.metrics import edc
+from exfiqa_jax.evaluation import stages
+from exfiqa_jax.evaluation.results import BenchmarkEval, QualityColumn
 
 GAP = "gap"                # the group name of the gap rows in edc_groups.csv / pauc_groups.csv
 CSV_GROUPING = "group"     # the grouping name of a header-less CSV

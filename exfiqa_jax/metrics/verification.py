@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from exfiqa_jax import parallel
-from exfiqa_jax.eval import comparisons, edc
-from exfiqa_jax.eval.results import random_quality
+from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.evaluation.results import random_quality
 
 
 def verification_accuracy(scores: np.ndarray, is_genuine: np.ndarray, folds: int = 10) -> float:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exfiqa_jax.eval import edc
+from exfiqa_jax.metrics import edc
 
 KINDS = ("exit", "fusion", "attn", "random", "oracle")
 BASELINE_KINDS = ("random", "oracle")     # references, never marked best

@@ -2,17 +2,17 @@
 
 Inputs are `BenchmarkEval`s (one per benchmark × FR model): the quality columns evaluated and,
 per EDC mode, the engine's `edc.EdcCurves` plus the pAUC and its bootstrap CI. Numbers are
-written exactly as the engine produced them (float repr), so the files equal `exfiqa_jax.eval.edc`.
+written exactly as the engine produced them (float repr), so the files equal `exfiqa_jax.metrics.edc`.
 
   scores.csv   image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L (`score_table`),
                then q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw when the model
-               has a 0–100 mapping (quality_mapping.json, exfiqa_jax/eval/calibration.py)
+               has a 0–100 mapping (quality_mapping.json, exfiqa_jax/calibrate/calibration.py)
   edc.csv      benchmark, fr_model, quality, mode, fmr, discard, fnmr, threshold, n_genuine,
                n_impostor
   pauc.csv     benchmark, fr_model, quality, mode, fmr, limit, pauc, ci_low, ci_high
                (raw area; the papers print ×1e3)
   pauc_diff.csv benchmark, fr_model, mode, fmr, quality_a, quality_b, delta_pauc, ci_low,
-               ci_high, p_value (paired bootstrap; exfiqa_jax/eval/paired.py)
+               ci_high, p_value (paired bootstrap; exfiqa_jax/metrics/paired.py)
   summary.json every pAUC with its CI, the best column per (benchmark, FR model, mode, FMR),
                plus whatever the caller adds (timings, demo targets, Spearman correlations)
   summary.md   the papers' table: rows = quality columns, columns = benchmark × FMR, pAUC ×1e3,
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from exfiqa_jax import files
-from exfiqa_jax.eval import paired as paired_lib
-from exfiqa_jax.eval.results import RANDOM, BenchmarkEval, QualityColumn, best_index
+from exfiqa_jax.metrics import paired as paired_lib
+from exfiqa_jax.evaluation.results import RANDOM, BenchmarkEval, QualityColumn, best_index
 
 EDC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "discard", "fnmr",
                "threshold", "n_genuine", "n_impostor")
@@ -87,7 +87,7 @@ def score_columns(num_exits: int, has_exits: bool) -> list[str]:
 def score_table(names: Sequence[str], scores: dict[str, np.ndarray], has_exits: bool,
                 extra: Mapping[str, np.ndarray] | None = None) -> str:
   """scores.csv text in the contract's column order (floats with 9 significant digits);
-  `extra` columns ({name: [N]}, e.g. the 0–100 values q100_exit_1.., exfiqa_jax/eval/
+  `extra` columns ({name: [N]}, e.g. the 0–100 values q100_exit_1.., exfiqa_jax/calibrate/
   calibration.py) are appended after them in their order."""
   num_exits = scores["attn_scores"].shape[1]
   extra = dict(extra or {})

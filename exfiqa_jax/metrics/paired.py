@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exfiqa_jax.eval import edc
-from exfiqa_jax.eval.results import RANDOM, QualityColumn
+from exfiqa_jax.metrics import edc
+from exfiqa_jax.evaluation.results import RANDOM, QualityColumn
 
 COLUMNS = ("benchmark", "fr_model", "mode", "fmr", "quality_a", "quality_b", "delta_pauc",
            "ci_low", "ci_high", "p_value")
