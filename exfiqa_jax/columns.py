@@ -8,6 +8,10 @@ the early-exit summary and the 0–100 mapping use for a quality score (docs/eva
   q100_<col>    <col> on the 0–100 scale of the model directory's quality mapping
   random        the seeded random baseline (evaluation)
   oracle        the synthetic worlds' known-severity baseline (demo)
+  crfiqa        CR-FIQA's qs head (docs/methods.md, Baselines; as are the next three)
+  ediffiqa      eDifFIQA's MLP head
+  magface       the norm of a MagFace model's unnormalised embedding
+  embedding_norm  the same norm on an FR model not trained with MagFace's loss
   <model>/<col> <col> of one quality model when an evaluation compares several
 
 Pure Python (configs may import it).
@@ -22,6 +26,10 @@ EX_FIQA_FW = "ex_fiqa_fw"
 FUSIONS = (EX_FIQA_F, EX_FIQA_FW)
 RANDOM = "random"
 ORACLE = "oracle"
+CRFIQA = "crfiqa"
+EDIFFIQA = "ediffiqa"
+MAGFACE = "magface"
+EMBEDDING_NORM = "embedding_norm"
 IMAGE = "image"                 # the first column of scores.csv: the image's name
 MODEL_SEPARATOR = "/"
 
