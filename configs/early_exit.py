@@ -16,7 +16,7 @@ Fields (config.early_exit): tau.discard (default 0.2: tau discards 20 % of the c
 at full depth) or tau.value (explicit; NaN = use discard); cascade.exits (() = the engine's
 default, (3, 6, 9, 12) for ViT-S), cascade.targets (agreement targets), cascade.prune_exits,
 cascade.robust (how conservative: chosen by identity-grouped cascade.folds-fold cross-validation,
-exfiqa_jax/calibrate/calibration.py robust_cascade; False = the exact calibration-split optimum);
+exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-split optimum);
 thresholds.discard / thresholds.fnmr (threshold table with bootstrap intervals, at
 thresholds.fmr); mapping.kind ("quantile" | "logistic"); timing.images (images/s measured on
 this many evaluation images; 0 = skip; timing.fixed_exits: also every fixed exit, not only the

@@ -14,7 +14,7 @@ from configs import early_exit as early_exit_config
 from configs import score as score_config
 from exfiqa_jax import models, report
 from exfiqa_jax.evaluation import benchmarks
-from exfiqa_jax.calibrate import calibration
+from exfiqa_jax import quality_mapping
 from exfiqa_jax.tasks import early_exit, score
 from exfiqa_jax.testing import worlds
 
@@ -66,7 +66,7 @@ def test_outputs_exist_and_agree(run):
 def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):
   root, _, _ = run
   model = str(root / "model")
-  mapping = calibration.load_mapping(model)
+  mapping = quality_mapping.load_mapping(model)
   assert mapping is not None and mapping.kind == "quantile"
   rng = np.random.default_rng(0)
   for i in range(3):

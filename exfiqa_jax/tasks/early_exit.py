@@ -5,16 +5,16 @@ evaluates on another, identity-disjoint (docs/evaluation.md, "Early exits and th
   1. every exit score of both splits in one full pass (the eval pipeline's cached stages,
      exfiqa_jax/evaluation/pipeline.py), FR comparisons of the evaluation split;
   2. tau, the full-depth decision threshold (accept iff exit_L >= tau): by default the value
-     that discards 20 % of the calibration set (exfiqa_jax/calibrate/calibration.py); a threshold
+     that discards 20 % of the calibration set (exfiqa_jax/calibrate/thresholds.py); a threshold
      table (discard fractions and FNMR targets, with bootstrap intervals);
   3. the 0–100 mapping per exit, fitted on the calibration split → quality_mapping.json (also
      into the model directory: the score task then writes q100_* columns);
   4. per agreement target, the cascade's reject/accept thresholds calibrated on the calibration
-     split (calibration.robust_cascade: how conservative, chosen by identity-grouped
+     split (cascade.robust_cascade: how conservative, chosen by identity-grouped
      cross-validation, since thresholds at the calibration data's edges are optimistic;
-     cascade.robust=False: the plain optimum, calibration.calibrate_cascade); its behaviour on
+     cascade.robust=False: the plain optimum, cascade.calibrate_cascade); its behaviour on
      the evaluation split predicted exactly from the full-pass exit matrix
-     (calibration.simulate_cascade, the engine's rule);
+     (cascade.simulate_cascade, the engine's rule);
   5. pAUC-EDC (FMR 1e-3, `fiqa` mode) of every fixed exit, the fusions and each cascade (its
      quality = the 0–100 value at the exit it left, so the exits are comparable), mean GFLOPs
      per image (exfiqa_jax.models.exits.cascade_gflops), agreement with full depth, fraction
@@ -39,7 +39,8 @@ from absl import logging
 from exfiqa_jax import files, models, parallel, report
 from exfiqa_jax.data import synthetic
 from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
-from exfiqa_jax.calibrate import calibration
+from exfiqa_jax import quality_mapping
+from exfiqa_jax.calibrate import cascade, thresholds
 from exfiqa_jax.metrics import edc
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.models import exits as exits_lib
@@ -138,7 +139,7 @@ def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
 # The analysis
 # ------------------------------------------------------------------------------------------
 def _fixed_tau(cal_q: np.ndarray, frac: float) -> float:
-  return calibration.discard_threshold(cal_q, frac, resamples=0).threshold
+  return thresholds.discard_threshold(cal_q, frac, resamples=0).threshold
 
 
 def _time_it(fn, repeats: int, warm: bool = False) -> float:
@@ -193,7 +194,7 @@ def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
 
   stage = cache.run(f"early_exit/{files.slug(ev.name)}/{files.slug(spec.name)}", deps, compute)
   summary = json.loads(str(stage["summary"]))
-  mapping = calibration.QualityMapping.from_dict(json.loads(str(stage["mapping"])))
+  mapping = quality_mapping.QualityMapping.from_dict(json.loads(str(stage["mapping"])))
   rows = summary["rows"]
   written = {}
   if parallel.is_writer():
@@ -216,7 +217,7 @@ def _plain(obj: Any) -> Any:
 def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
              q_cal: stages.Stage, q_ev: stages.Stage, cmp: stages.Stage,
              cmp_cal: stages.Stage | None, fr_name: str
-             ) -> tuple[dict[str, Any], calibration.QualityMapping]:
+             ) -> tuple[dict[str, Any], quality_mapping.QualityMapping]:
   """The numbers of `analyse`, in order: τ and the threshold table, the 0–100 mapping (both on
   the calibration split), the fixed exits and fusions, the cascades, their pAUC on the
   evaluation split, measured speed. Returns (summary, mapping)."""
@@ -229,7 +230,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
   s_ev = np.asarray(q_ev["exit_scores"], np.float32)
   seed = int(config.seed)
   tau, tau_info, table = _tau_and_thresholds(s, s_cal, cal, cmp_cal, seed)
-  mapping = calibration.fit_mapping(
+  mapping = quality_mapping.fit_mapping(
       q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
       meta={"benchmark": cal.name, "model": spec.path})
   per_exit, g_fusion = models.gflops(cfg)
@@ -267,8 +268,8 @@ def _tau_and_thresholds(s, s_cal: np.ndarray, cal: Benchmark, cmp_cal: stages.St
   th = s.thresholds
   full = s_cal[:, -1]
 
-  def by_discard(fraction: float) -> calibration.ThresholdPick:
-    return calibration.discard_threshold(full, fraction, resamples=int(th.resamples),
+  def by_discard(fraction: float) -> thresholds.ThresholdPick:
+    return thresholds.discard_threshold(full, fraction, resamples=int(th.resamples),
                                          seed=seed, alpha=float(th.alpha))
 
   tau_value = float(s.tau.get("value", float("nan")))
@@ -285,7 +286,7 @@ def _tau_and_thresholds(s, s_cal: np.ndarray, cal: Benchmark, cmp_cal: stages.St
   table = {"discard": [by_discard(float(f)).to_dict() for f in th.discard], "fnmr": []}
   if cmp_cal is not None:
     pq_cal = pipeline.pair_quality_fn(cal, cmp_cal)(full[None])[0]
-    table["fnmr"] = [p.to_dict() for p in calibration.fnmr_thresholds(
+    table["fnmr"] = [p.to_dict() for p in thresholds.fnmr_thresholds(
         cmp_cal["scores"], cmp_cal["is_genuine"], pq_cal, [float(t) for t in th.fnmr],
         fmr=float(th.get("fmr", s.fmr)), resamples=int(th.fnmr_resamples), seed=seed,
         alpha=float(th.alpha))]
@@ -327,7 +328,7 @@ def _fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, q_cal: stages.Stage,
 
 def _cascade_columns(s, cfg, s_cal: np.ndarray, s_ev: np.ndarray, cal: Benchmark,
                      exits: tuple[int, ...], tau: float, full: float,
-                     mapping: calibration.QualityMapping, seed: int,
+                     mapping: quality_mapping.QualityMapping, seed: int,
                      columns: list[tuple[np.ndarray, dict]]) -> list[dict[str, Any]]:
   """Calibrates one cascade per agreement target (robust: its conservativeness chosen by
   identity-grouped cross-validation), runs it on the evaluation split, appends its (mapped
@@ -342,16 +343,16 @@ def _cascade_columns(s, cfg, s_cal: np.ndarray, s_ev: np.ndarray, cal: Benchmark
   cascades = []
   for target in [float(t) for t in s.cascade.targets]:
     if bool(s.cascade.get("robust", True)):
-      rc = calibration.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+      rc = cascade.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
                                       groups=groups, folds=int(s.cascade.get("folds", 5)),
                                       seed=seed, prune_exits=bool(s.cascade.prune_exits),
                                       memo=memo)
       c, cv = rc.calibration, rc.to_dict()
     else:
-      c = calibration.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+      c = cascade.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
                                         prune_exits=bool(s.cascade.prune_exits))
       cv = c.to_dict()
-    out = calibration.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
+    out = cascade.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
     mean = out.mean_cost(costs(c.exits))
     q = np.empty(len(s_ev))
     for e in c.exits:
@@ -394,14 +395,14 @@ def _pauc(ev: Benchmark, cmp: stages.Stage, columns: list[tuple[np.ndarray, dict
   return {k: float(p) for k, p in zip(baselines, pauc[len(columns):])}
 
 
-def _store_mapping(model_dir: str, mapping: calibration.QualityMapping) -> str:
+def _store_mapping(model_dir: str, mapping: quality_mapping.QualityMapping) -> str:
   """Writes the mapping into the model directory unless the same one is there already."""
-  old = calibration.load_mapping(model_dir)
+  old = quality_mapping.load_mapping(model_dir)
   if old is None or old.to_dict() != mapping.to_dict():
     logging.info("0–100 quality mapping stored with the model: %s",
-                 os.path.join(model_dir, calibration.MAPPING_FILE))
-    return calibration.save_mapping(model_dir, mapping)
-  return os.path.join(model_dir, calibration.MAPPING_FILE)
+                 os.path.join(model_dir, quality_mapping.MAPPING_FILE))
+    return quality_mapping.save_mapping(model_dir, mapping)
+  return os.path.join(model_dir, quality_mapping.MAPPING_FILE)
 
 
 def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
@@ -432,7 +433,7 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
       continue
     thr = c["_thresholds"]
     result = model.cascade(images, thr)          # also the warm-up (compilation)
-    pred = calibration.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
+    pred = cascade.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
     mismatch[f"{c['target']:g}"] = int(np.sum((np.asarray(result.exit) != pred.exit)
                                               | (np.asarray(result.accept) != pred.accept)))
     by_method[f"cascade@{c['target']:g}"]["images_per_second"] = n / _time_it(
@@ -471,7 +472,7 @@ def _headline(rows: list[dict], cascades: list[dict], target: float, timing: Map
 # Outputs
 # ------------------------------------------------------------------------------------------
 def write_outputs(output: str, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                  mapping: calibration.QualityMapping, depth: int,
+                  mapping: quality_mapping.QualityMapping, depth: int,
                   baselines: Mapping[str, float]) -> dict[str, str]:
   decided_cols = [f"decided_exit_{e}" for e in range(1, depth + 1)]
   flat = [{**{k: r[k] for k in CSV_COLUMNS}, **dict(zip(decided_cols, r["decided"]))}
@@ -479,11 +480,11 @@ def write_outputs(output: str, summary: Mapping[str, Any], rows: Sequence[Mappin
   paths = {"csv": os.path.join(output, "early_exit.csv"),
            "json": os.path.join(output, "early_exit.json"),
            "md": os.path.join(output, "early_exit.md"),
-           "mapping": os.path.join(output, calibration.MAPPING_FILE)}
+           "mapping": os.path.join(output, quality_mapping.MAPPING_FILE)}
   files.write_text(paths["csv"], report.csv_text(flat, list(CSV_COLUMNS) + decided_cols))
   files.write_json(paths["json"], summary)
   files.write_text(paths["md"], markdown(summary, rows))
-  calibration.save_mapping(paths["mapping"], mapping)
+  quality_mapping.save_mapping(paths["mapping"], mapping)
   paths["plot_pauc"] = plot_pauc_vs_gflops(
       os.path.join(output, "plots", "early_exit_pauc_vs_gflops.png"), rows, baselines,
       summary["fmr"])

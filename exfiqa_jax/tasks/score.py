@@ -39,7 +39,7 @@ from exfiqa_jax import files, identity, inference, parallel, report
 from exfiqa_jax.convert import strict
 from exfiqa_jax.detection import detect
 from exfiqa_jax.data import pipeline, preprocess
-from exfiqa_jax.calibrate import calibration
+from exfiqa_jax import quality_mapping
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
 FORMAT = 2
@@ -136,7 +136,8 @@ def run(config) -> dict[str, Any]:
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
   ident = _identity(config, paths, names, channel_order, exit, dtype)
-  mapping = calibration.mapping_for(config.quality_model.path, config.get("quality_mapping", ""))
+  mapping = quality_mapping.mapping_for(config.quality_model.path,
+                                        config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
   align = detect.check_align_mode(config.data.get("align", "none"))

@@ -1,0 +1,216 @@
+"""The 0–100 quality scale stored beside a model (docs/evaluation.md, "Early exits and
+thresholds").
+
+Raw scores → 0–100, the scale ISO/IEC 29794-5 uses for quality values (the integer value is
+round(q100); OFIQ maps its native scores with a sigmoid and rounds). One mapping per column
+(exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw; names from exfiqa_jax.columns), so exits become
+comparable.
+  * "quantile" (default): the empirical CDF of the reference scores at K quantile knots,
+    piecewise linear, strictly increasing between the lowest and highest knot, clipped to 0 / 100
+    outside, invertible there. q100 ≈ 100·(fraction of reference images scoring lower).
+  * "logistic": q100 = 100 / (1 + exp(-(x - loc) / scale)), (loc, scale) a least-squares fit of
+    the reference quantiles x_p = loc + scale·logit(p), p = 1 % .. 99 %; strictly increasing on
+    the whole line, never clipped, inverse x = loc + scale·logit(q100 / 100).
+Stored with a model as `quality_mapping.json` in its converted directory (`save_mapping`,
+`load_mapping`, `store`); the score task then adds the columns q100_<column> to scores.csv, and
+the early_exit job fits it on its calibration split. Plain NumPy: loading a model's mapping
+needs nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import files
+from exfiqa_jax.columns import EXIT_PREFIX, FUSIONS, exit_name, q100_name
+
+MAPPING_FILE = "quality_mapping.json"
+MAPPING_FORMAT = "exfiqa_quality_mapping"
+MAPPING_KINDS = ("quantile", "logistic")
+DEFAULT_KNOTS = 101            # quantile mapping: knots at 0, 1, .., 100 %
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnMapping:
+  """One column's monotone map raw → [0, 100] (see the module docstring)."""
+  kind: str
+  x: tuple[float, ...] = ()          # quantile: knots (raw), strictly increasing
+  y: tuple[float, ...] = ()          # quantile: values at the knots, strictly increasing
+  loc: float = float("nan")          # logistic
+  scale: float = float("nan")
+
+  def __call__(self, raw: np.ndarray) -> np.ndarray:
+    raw = np.asarray(raw, np.float64)
+    if self.kind == "quantile":
+      if len(self.x) == 1:
+        return np.full(raw.shape, self.y[0])
+      return np.interp(raw, self.x, self.y)
+    with np.errstate(over="ignore"):
+      return 100.0 / (1.0 + np.exp(-(raw - self.loc) / self.scale))
+
+  def inverse(self, q100: np.ndarray) -> np.ndarray:
+    """The raw score of a 0–100 value (quantile: inside the knots' range; logistic: 0 / 100
+    give -inf / +inf)."""
+    q = np.asarray(q100, np.float64)
+    if self.kind == "quantile":
+      if len(self.x) == 1:
+        return np.full(q.shape, self.x[0])
+      return np.interp(q, self.y, self.x)
+    with np.errstate(divide="ignore"):
+      return self.loc + self.scale * (np.log(q) - np.log(100.0 - q))
+
+  def to_dict(self) -> dict[str, Any]:
+    if self.kind == "quantile":
+      return {"kind": self.kind, "x": list(self.x), "y": list(self.y)}
+    return {"kind": self.kind, "loc": self.loc, "scale": self.scale}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ColumnMapping":
+    kind = d["kind"]
+    if kind == "quantile":
+      x, y = tuple(float(v) for v in d["x"]), tuple(float(v) for v in d["y"])
+      if not x or len(x) != len(y) or np.any(np.diff(x) <= 0) or np.any(np.diff(y) <= 0):
+        raise ValueError("a quantile mapping needs strictly increasing knots x and values y")
+      return cls(kind, x, y)
+    if kind == "logistic":
+      if not float(d["scale"]) > 0:
+        raise ValueError(f"logistic scale must be > 0, got {d['scale']}")
+      return cls(kind, loc=float(d["loc"]), scale=float(d["scale"]))
+    raise ValueError(f"unknown mapping kind {kind!r}; use one of {MAPPING_KINDS}")
+
+
+def fit_column(raw: np.ndarray, kind: str = "quantile", knots: int = DEFAULT_KNOTS
+               ) -> ColumnMapping:
+  """Fits one column's mapping on reference scores (module docstring)."""
+  raw = np.asarray(raw, np.float64).ravel()
+  if raw.size == 0 or not np.all(np.isfinite(raw)):
+    raise ValueError("reference scores must be a non-empty array of finite values")
+  if kind == "quantile":
+    p = np.linspace(0.0, 1.0, max(2, int(knots)))
+    xq = np.quantile(raw, p)
+    x, inverse = np.unique(xq, return_inverse=True)
+    if x.size == 1:
+      return ColumnMapping(kind, (float(x[0]),), (50.0,))
+    y = 100.0 * np.bincount(inverse, weights=p) / np.bincount(inverse)   # ties → mean level
+    y[0], y[-1] = 0.0, 100.0
+    return ColumnMapping(kind, tuple(float(v) for v in x), tuple(float(v) for v in y))
+  if kind == "logistic":
+    p = np.linspace(0.01, 0.99, 99)
+    xq = np.quantile(raw, p)
+    z = np.log(p / (1 - p))
+    scale, loc = np.polyfit(z, xq, 1)
+    if not scale > 0:                     # (near-)constant scores: a unit-free fallback
+      scale = max(float(np.std(raw)), abs(float(np.mean(raw))) * 1e-6, 1e-12)
+      loc = float(np.median(raw))
+    return ColumnMapping(kind, loc=float(loc), scale=float(scale))
+  raise ValueError(f"unknown mapping kind {kind!r}; use one of {MAPPING_KINDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityMapping:
+  """Per-column 0–100 mappings of one model, plus what they were fitted on (`meta`)."""
+  kind: str
+  columns: dict[str, ColumnMapping]
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def apply(self, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{column: raw [N]} (or a score dict, see score_columns) → {q100_<column>: [N]} for every
+    mapped column present, in the mapping's order. A score dict of a truncated program
+    (exit=k < the depth fitted on) maps exit_1..exit_k only: its fusions fuse other exits."""
+    flat = score_columns(scores) if "exit_scores" in scores else dict(scores)
+    depth = self.meta.get("num_exits")
+    if "exit_scores" in scores and depth and np.shape(scores["exit_scores"])[1] != depth:
+      flat = {k: v for k, v in flat.items() if k.startswith(EXIT_PREFIX)}
+    return {q100_name(name): m(flat[name]) for name, m in self.columns.items() if name in flat}
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"format": MAPPING_FORMAT, "version": 1, "kind": self.kind, "scale": [0, 100],
+            "columns": {k: v.to_dict() for k, v in self.columns.items()}, "meta": self.meta}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "QualityMapping":
+    if d.get("format") != MAPPING_FORMAT:
+      raise ValueError(f"not a quality mapping (format {d.get('format')!r}, expected "
+                       f"{MAPPING_FORMAT!r})")
+    return cls(str(d["kind"]), {k: ColumnMapping.from_dict(v) for k, v in d["columns"].items()},
+               dict(d.get("meta", {})))
+
+
+def score_columns(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A model's score dict (exit_scores [N, L], ex_fiqa_f, ex_fiqa_fw) → {exit_1..exit_L,
+  ex_fiqa_f, ex_fiqa_fw: [N]}: the columns a mapping is fitted on."""
+  ex = np.asarray(scores["exit_scores"])
+  out = {exit_name(l + 1): ex[:, l] for l in range(ex.shape[1])}
+  for k in FUSIONS:
+    if k in scores:
+      out[k] = np.asarray(scores[k])
+  return out
+
+
+def fit_mapping(reference: Mapping[str, np.ndarray], kind: str = "quantile",
+                knots: int = DEFAULT_KNOTS, meta: Mapping[str, Any] | None = None
+                ) -> QualityMapping:
+  """One mapping per column of `reference` ({name: [N]}, or a score dict with exit_scores)."""
+  if kind not in MAPPING_KINDS:
+    raise ValueError(f"mapping kind must be one of {MAPPING_KINDS}, got {kind!r}")
+  flat = score_columns(reference) if "exit_scores" in reference else dict(reference)
+  cols = {name: fit_column(v, kind, knots) for name, v in flat.items()}
+  n = len(next(iter(flat.values()))) if flat else 0
+  info: dict[str, Any] = {"reference_images": int(n)}
+  if "exit_scores" in reference:
+    info["num_exits"] = int(np.shape(reference["exit_scores"])[1])
+  return QualityMapping(kind, cols, {**info, **dict(meta or {})})
+
+
+def save_mapping(path: str | os.PathLike, mapping: QualityMapping) -> str:
+  """Writes `mapping` to <path>/quality_mapping.json (path = a converted model directory) or to
+  `path` itself when it names a .json file. Atomic."""
+  path = os.fspath(path)
+  target = path if path.endswith(".json") else os.path.join(path, MAPPING_FILE)
+  files.write_json(target, mapping.to_dict())
+  return target
+
+
+def store_with_model(model_dir: str | os.PathLike, mapping: QualityMapping) -> str:
+  """Writes `mapping` into a model directory unless the same one is there already (the file's
+  time stamp then stays); returns its path."""
+  old = load_mapping(model_dir)
+  target = os.path.join(os.fspath(model_dir), MAPPING_FILE)
+  if old is None or old.to_dict() != mapping.to_dict():
+    logging.info("0–100 quality mapping stored with the model: %s", target)
+    return save_mapping(model_dir, mapping)
+  return target
+
+
+def load_mapping(path: str | os.PathLike | None) -> QualityMapping | None:
+  """The mapping stored with a model (<dir>/quality_mapping.json, or a .json file), or None
+  when there is none (a .pt checkpoint, a directory without the file)."""
+  if not path:
+    return None
+  path = os.path.expanduser(os.fspath(path))
+  target = os.path.join(path, MAPPING_FILE) if os.path.isdir(path) else path
+  if not target.endswith(".json") or not os.path.isfile(target):
+    return None
+  with open(target, encoding="utf-8") as f:
+    return QualityMapping.from_dict(json.load(f))
+
+
+def mapping_for(model_path: str | os.PathLike | None, override: str = "") -> QualityMapping | None:
+  """The mapping the score task uses: `override` = "" → the one stored with the model (if any),
+  "none" → no mapping, else a quality_mapping.json (or a directory holding one), which must
+  exist."""
+  override = str(override or "").strip()
+  if override.lower() == "none":
+    return None
+  if override:
+    mapping = load_mapping(override)
+    if mapping is None:
+      raise FileNotFoundError(f"no quality mapping at {override} (pass a quality_mapping.json, "
+                              "a model directory holding one, or 'none')")
+    return mapping
+  return load_mapping(model_path)
