@@ -116,3 +116,24 @@ def test_robust_cascade_generalises_over_identities():
     robust_held.append(cascade.simulate_cascade(held, r.exits, r.reject, r.accept,
                                                     tau).agreement)
   assert np.mean(robust_held) > np.mean(plain_held) and np.mean(robust_held) > 0.985
+
+
+def test_robust_cascade_memo_is_keyed_on_everything_its_numbers_depend_on():
+  # a memo shared between calls on other data (tau, exits, grouping, folds, seed, costs) must
+  # not hand back another calibration's out-of-fold numbers (it was keyed on (target, margin))
+  s = _exit_matrix(600, 4, seed=7)
+  groups = np.repeat(np.arange(60), 10)
+  tau = float(np.quantile(s[:, -1], 0.2))
+  base = dict(exit_scores=s, exits=(1, 2, 3, 4), tau=tau, target=0.95, groups=groups)
+  variants = [dict(tau=float(np.quantile(s[:, -1], 0.5))), dict(exits=(2, 4)),
+              dict(groups=np.arange(600) % 7), dict(groups=None), dict(folds=3), dict(seed=1),
+              dict(costs=lambda ex: np.asarray(ex, np.float64) ** 2),
+              dict(exit_scores=s[::-1].copy()), dict(full_cost=8.0), dict(prune_exits=False)]
+  for change in variants:
+    memo = {}
+    first = cascade.robust_cascade(**base, memo=memo)
+    second = cascade.robust_cascade(**{**base, **change}, memo=memo)
+    fresh = cascade.robust_cascade(**{**base, **change})
+    assert second.to_dict() == fresh.to_dict(), change
+    again = cascade.robust_cascade(**base, memo=memo)      # both stay in the memo
+    assert again.to_dict() == first.to_dict()

@@ -27,6 +27,7 @@ Plain NumPy on host arrays.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -358,6 +359,42 @@ class RobustCalibration:
             "folds": self.folds, "tried": [list(t) for t in self.tried]}
 
 
+def _out_of_fold(s: np.ndarray, fold: np.ndarray, k: int, exits: Sequence[int], tau: float,
+                 internal: float, margin: float, costs, full_cost: float | None,
+                 prune_exits: bool, ref: float) -> tuple[float, float]:
+  """(agreement, compute saved) of calibrate_cascade(internal, margin) out of fold: each fold
+  predicted by the thresholds fitted on the others."""
+  n = s.shape[0]
+  agree, spent = 0, 0.0
+  for f in range(k):
+    train, test = fold != f, fold == f
+    c = calibrate_cascade(s[train], exits, tau, internal, costs, full_cost, prune_exits,
+                          margin=margin)
+    out = simulate_cascade(s[test], c.exits, c.reject, c.accept, tau)
+    agree += int(np.sum(out.accept == out.full_accept))
+    spent += out.mean_cost(_costs_of(costs, c.exits)) * int(test.sum())
+  return agree / n, 1.0 - spent / n / ref
+
+
+def _costs_of(costs, ex: tuple[int, ...]) -> np.ndarray:
+  if costs is None:
+    return np.asarray(ex, np.float64)
+  return np.asarray(costs(ex) if callable(costs) else costs, np.float64)
+
+
+def _memo_key(s: np.ndarray, fold: np.ndarray, exits: Sequence[int], tau: float, costs,
+              full_cost: float | None, prune_exits: bool) -> tuple:
+  """Everything an out-of-fold run depends on besides (internal target, margin): the scores
+  and folds (by digest), exits, tau, costs (a cost function by identity), full_cost, pruning."""
+  digest = hashlib.sha256()
+  for a in (s, fold):
+    digest.update(repr((a.dtype.str, a.shape)).encode())
+    digest.update(np.ascontiguousarray(a).tobytes())
+  cost_key = costs if costs is None or callable(costs) else tuple(float(c) for c in costs)
+  return (digest.hexdigest(), tuple(int(e) for e in exits), float(tau), cost_key,
+          None if full_cost is None else float(full_cost), bool(prune_exits))
+
+
 def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
                    target: float = 0.99, costs: Sequence[float] | Callable | None = None,
                    full_cost: float | None = None, groups: np.ndarray | None = None,
@@ -368,9 +405,11 @@ def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   conservativeness is chosen by K-fold cross-validation over `groups` (identities; default each
   image its own group). Settings are tried from the most to the least aggressive — the internal
   target t, 1 - (1 - t)/2, /4, /8, 1 (no disagreement allowed), then at 1 the margins
-  MARGINS (each region trimmed to its outer part) — and the first whose out-of-fold agreement reaches `target` is refitted on all of
-  `exit_scores` (whose agreement is then >= target too). None reaching it: no early exit.
-  `memo` (a dict) shares the out-of-fold runs between calls on the same data (several targets).
+  MARGINS (each region trimmed to its outer part) — and the first whose out-of-fold agreement
+  reaches `target` is refitted on all of `exit_scores` (whose agreement is then >= target too).
+  None reaching it: no early exit. `memo` (a dict) keeps the out-of-fold runs for later calls
+  (several targets on the same data share most of them); its keys hold everything a run depends
+  on, so one memo may serve calls on different data.
   """
   s = np.asarray(exit_scores, np.float32)
   n = s.shape[0]
@@ -379,29 +418,16 @@ def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   k = max(2, min(int(folds), uniq.size))
   fold = np.random.default_rng([int(seed), 0xC5F]).permutation(uniq.size)[inverse] % k
   memo = {} if memo is None else memo
+  data_key = _memo_key(s, fold, exits, tau, costs, full_cost, prune_exits)
   t = float(target)
   ladder = [(1.0 - (1.0 - t) / 2 ** i, 0.0) for i in range(4)] + [(1.0, m) for m in MARGINS]
-  full_depth = (s.shape[1],)
-
-  def cost_of(ex):
-    if costs is None:
-      return np.asarray(ex, np.float64)
-    return np.asarray(costs(ex) if callable(costs) else costs, np.float64)
-
-  ref = float(cost_of(full_depth)[-1] if full_cost is None else full_cost)
+  ref = float(_costs_of(costs, (s.shape[1],))[-1] if full_cost is None else full_cost)
   tried = []
   for internal, margin in ladder:
-    key = (round(internal, 12), margin)
+    key = (data_key, round(internal, 12), margin)
     if key not in memo:
-      agree, spent = 0, 0.0
-      for f in range(k):
-        train, test = fold != f, fold == f
-        c = calibrate_cascade(s[train], exits, tau, internal, costs, full_cost, prune_exits,
-                              margin=margin)
-        out = simulate_cascade(s[test], c.exits, c.reject, c.accept, tau)
-        agree += int(np.sum(out.accept == out.full_accept))
-        spent += out.mean_cost(cost_of(c.exits)) * int(test.sum())
-      memo[key] = (agree / n, 1.0 - spent / n / ref)
+      memo[key] = _out_of_fold(s, fold, k, exits, tau, internal, margin, costs, full_cost,
+                               prune_exits, ref)
     cv_agree, cv_saved = memo[key]
     tried.append((internal, margin, cv_agree, cv_saved))
     if cv_agree >= t:
