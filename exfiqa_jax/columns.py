@@ -12,6 +12,11 @@ the early-exit summary and the 0–100 mapping use for a quality score (docs/eva
   ediffiqa      eDifFIQA's MLP head
   magface       the norm of a MagFace model's unnormalised embedding
   embedding_norm  the same norm on an FR model not trained with MagFace's loss
+  serfiq        SER-FIQ's stochastic-embedding robustness (docs/methods.md, Baselines; as are the
+                next three)
+  grafiqs_image, grafiqs_block1..4  GraFIQs' gradient magnitudes, negated (higher = better)
+  vitnt         ViTNT-FIQA, attention-weighted over patches
+  vitnt_uniform ViTNT-FIQA, uniform mean over patches
   <model>/<col> <col> of one quality model when an evaluation compares several
 
 Pure Python (configs may import it).
@@ -30,6 +35,11 @@ CRFIQA = "crfiqa"
 EDIFFIQA = "ediffiqa"
 MAGFACE = "magface"
 EMBEDDING_NORM = "embedding_norm"
+SERFIQ = "serfiq"
+GRAFIQS = ("grafiqs_image", "grafiqs_block1", "grafiqs_block2", "grafiqs_block3",
+           "grafiqs_block4")
+VITNT = "vitnt"
+VITNT_UNIFORM = "vitnt_uniform"
 IMAGE = "image"                 # the first column of scores.csv: the image's name
 MODEL_SEPARATOR = "/"
 
