@@ -19,7 +19,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from exfiqa_jax.convert import iresnet_keys, vit_keys
+from exfiqa_jax.convert import iresnet_keys, quality_head_keys, vit_keys
 from exfiqa_jax.convert.strict import CheckpointError, flag
 
 
@@ -33,7 +33,9 @@ class Family(Protocol):
   def to_torch(self, variables: dict, config: dict[str, Any]) -> dict[str, np.ndarray]: ...
 
 
-FAMILIES: tuple[Family, ...] = (vit_keys.VIT,) + tuple(iresnet_keys.FAMILIES)
+# The quality-head families before the bare iResNets: their keys are a superset of them.
+FAMILIES: tuple[Family, ...] = ((vit_keys.VIT,) + tuple(quality_head_keys.FAMILIES)
+                                + tuple(iresnet_keys.FAMILIES))
 
 
 def names() -> list[str]:

@@ -177,19 +177,20 @@ class IResNetFamily:
   kind = "iresnet"
 
   # -- detection and canonical keys
+  def wrapper_prefix(self, sd: dict[str, np.ndarray]) -> str:
+    """The first of `wrapper_prefixes` that the keys carry ("" if none): where the backbone sits."""
+    return next((p for p in self.wrapper_prefixes if any(k.startswith(p) for k in sd)), "")
+
   def backbone_state_dict(self, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Keys relative to the backbone: unwraps `wrapper_prefixes`, drops training heads."""
-    if not self.wrapper_prefixes:
+    prefix = self.wrapper_prefix(sd)
+    if not prefix:
       return dict(sd)
-    for prefix in self.wrapper_prefixes:
-      inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-      if inner:
-        dropped = sorted(k for k in sd if not k.startswith(prefix))
-        if dropped:
-          logging.info("%s: ignoring %d non-backbone keys (training head): %s", self.name,
-                       len(dropped), dropped[:5])
-        return inner
-    return dict(sd)
+    dropped = sorted(k for k in sd if not k.startswith(prefix))
+    if dropped:
+      logging.info("%s: ignoring %d non-backbone keys (training head): %s", self.name,
+                   len(dropped), dropped[:5])
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
   def matches(self, sd: dict[str, np.ndarray]) -> bool:
     if not self.auto_detect:
@@ -213,23 +214,29 @@ class IResNetFamily:
       raise ValueError(f"normalisation must be one of {INPUT_SCALES}, got {scale!r}")
     cfg = iresnet.IResNetConfig(bn_eps=float(bn_eps or self.bn_eps), **{
         k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
-    return {"family": self.name, "kind": self.kind, "input_scale": scale, **cfg.to_dict()}
+    # the prefix read is the prefix written back (MagFace files use "features.module." or, from
+    # its distributed trainer, "module.features.", which torch_io leaves as "features.")
+    wrapper = {"key_prefix": self.wrapper_prefix(sd)} if self.wrapper_prefixes else {}
+    return {"family": self.name, "kind": self.kind, "input_scale": scale, **cfg.to_dict(),
+            **wrapper}
 
   def model_config(self, config: dict[str, Any]) -> iresnet.IResNetConfig:
     return iresnet.IResNetConfig.from_dict(config)
 
   def expected_shapes(self, config: dict[str, Any]) -> dict[str, tuple]:
-    return {self._wrap(k): v for k, v in expected_torch_shapes(self.model_config(config)).items()}
+    return {self._wrap(k, config): v
+            for k, v in expected_torch_shapes(self.model_config(config)).items()}
 
   # -- conversion
   def to_flax(self, sd: dict[str, np.ndarray], config: dict[str, Any]) -> dict:
     return state_dict_to_variables(self.backbone_state_dict(sd), self.model_config(config))
 
   def to_torch(self, variables: dict, config: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {self._wrap(k): v for k, v in variables_to_state_dict(variables).items()}
+    return {self._wrap(k, config): v for k, v in variables_to_state_dict(variables).items()}
 
-  def _wrap(self, key: str) -> str:
-    return (self.wrapper_prefixes[0] + key) if self.wrapper_prefixes else key
+  def _wrap(self, key: str, config: dict[str, Any]) -> str:
+    default = self.wrapper_prefixes[0] if self.wrapper_prefixes else ""
+    return config.get("key_prefix", default) + key
 
 
 ARCFACE_IRESNET = IResNetFamily(

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from exfiqa_jax.models import iresnet, vit
+from exfiqa_jax.models import iresnet, quality_heads, vit
 
 NAMES: dict[str, Callable[[], Any]] = {
     "vit_s_token": lambda: vit.vit_s_config("token"),
@@ -50,6 +50,8 @@ def get_model(spec: str | Mapping[str, Any] | vit.ViTConfig | iresnet.IResNetCon
     if spec not in NAMES:
       raise ValueError(f"unknown model {spec!r}; known: {sorted(NAMES)}")
     spec = NAMES[spec]()
+  if isinstance(spec, Mapping) and quality_heads.is_quality_config(spec):   # CR-FIQA, eDifFIQA
+    return quality_heads.get_model(spec, dtype)
   cfg = spec if isinstance(spec, (vit.ViTConfig, iresnet.IResNetConfig)) else \
       model_config_object(spec)
   if isinstance(cfg, vit.ViTConfig):

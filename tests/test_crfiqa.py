@@ -1,0 +1,124 @@
+"""CR-FIQA (exfiqa_jax/methods/crfiqa.py; family `crfiqa`, convert/quality_head_keys.py) against
+its PyTorch twin (testing/baselines_torch.py): qs and embedding ≤ 1e-4 relative to their scale,
+folded and unfolded; strict conversion both ways; detection; the loader paths."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from exfiqa_jax import checkpoints, convert, embedding, inference, models
+from exfiqa_jax.convert import families, iresnet_keys, quality_head_keys
+from exfiqa_jax.convert.strict import CheckpointError
+from exfiqa_jax.methods import crfiqa
+from exfiqa_jax.models import quality_heads
+from exfiqa_jax.testing import baselines_torch as bt
+from exfiqa_jax.testing import fr_torch_reference as ref
+
+TINY = (8, 16, 24, 32)
+LAYERS = (1, 2, 1, 1)
+RTOL = 1e-4   # max |ours − twin| / max |twin|
+
+
+def _close(ours, theirs, rtol=RTOL):
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  scale = np.abs(theirs).max()
+  assert scale > 0.1 and np.std(theirs) > 1e-3, (scale, np.std(theirs))   # non-degenerate
+  err = np.abs(ours - theirs).max() / scale
+  assert err <= rtol, err
+  return err
+
+
+@pytest.fixture(scope="module")
+def twin():
+  tmodel = ref.randomize_(bt.CRFIQAIResNet(LAYERS, TINY, 64), seed=11)
+  sd = bt.numpy_state_dict(tmodel)
+  images = bt.uint8_faces(3, seed=1)
+  with torch.no_grad():
+    emb, qs = tmodel(bt.torch_input(images))
+  return tmodel, sd, images, emb.numpy(), qs.numpy()[:, 0]
+
+
+def test_detected_from_the_keys_and_config(twin):
+  _, sd, *_ = twin
+  assert families.detect_family(sd).name == "crfiqa"
+  backbone_only = {k: v for k, v in sd.items() if not k.startswith("qs.")}
+  assert families.detect_family(backbone_only).name == "arcface_iresnet"
+  config = quality_head_keys.CRFIQA.infer_config(sd)
+  assert config["family"] == "crfiqa" and config["quality_head"] == "linear"
+  assert config["input_scale"] == "minus1_1" and config["bn_eps"] == 1e-5
+  assert tuple(config["layers"]) == LAYERS and tuple(config["widths"]) == TINY
+
+
+def test_scores_and_embeddings_match_the_twin(twin):
+  _, sd, images, emb, qs = twin
+  variables, config = convert.convert_state_dict(sd)
+  module = models.get_model(config)
+  assert isinstance(module, quality_heads.BackboneWithHead)
+  normalised = bt.torch_input(images).permute(0, 2, 3, 1).numpy()
+  quality, out = jax.jit(module.apply)(variables, normalised)     # the unfolded model
+  _close(quality, qs)
+  _close(out["embedding"], emb)
+  scorer = crfiqa.scorer(module, variables, config)                # BatchNorms folded
+  scores = scorer(images)
+  assert set(scores) == {"crfiqa"} and scores["crfiqa"].shape == (3,)
+  assert scorer.method == "crfiqa" and scorer.columns == ("crfiqa",)
+  _close(scores["crfiqa"], qs)
+  _close(scorer(normalised)["crfiqa"], qs)                         # already-normalised input
+
+
+def test_round_trip_is_bit_identical_and_loads_strictly(twin):
+  _, sd, *_ = twin
+  family = quality_head_keys.CRFIQA
+  config = family.infer_config(sd)
+  back = family.to_torch(family.to_flax(sd, config), config)
+  assert set(back) == set(sd)
+  for k in sd:
+    if not k.endswith("num_batches_tracked"):
+      np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+  fresh = bt.CRFIQAIResNet(LAYERS, TINY, 64)
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()},
+                        strict=True)
+
+
+def test_strict_conversion_lists_every_problem(twin):
+  _, sd, *_ = twin
+  family = quality_head_keys.CRFIQA
+  config = family.infer_config(sd)
+  broken = dict(sd)
+  del broken["qs.bias"]
+  broken["qs.weight"] = np.ones((1, 65), np.float32)
+  broken["qs.extra"] = np.ones(3, np.float32)
+  del broken["layer2.1.bn2.running_mean"]
+  with pytest.raises(CheckpointError) as e:
+    family.to_flax(broken, config)
+  for key in ("qs.bias", "qs.weight", "qs.extra", "layer2.1.bn2.running_mean"):
+    assert key in str(e.value)
+  with pytest.raises(CheckpointError, match="qs.bias"):   # missing head: not this family
+    family.infer_config({k: v for k, v in sd.items() if k != "qs.bias"})
+
+
+def test_loader_paths_and_fr_use(twin, tmp_path):
+  _, sd, images, emb, qs = twin
+  pt = tmp_path / "181952backbone.pth"
+  convert.torch_io.save_state_dict(sd, pt)
+  variables, config = inference.load_variables(pt)
+  assert config["family"] == "crfiqa"
+  checkpoints.pt_to_directory(str(pt), str(tmp_path / "dir"))
+  dir_vars, dir_config = inference.load_variables(tmp_path / "dir")
+  assert dir_config == config
+  assert checkpoints.variables_digest(dir_vars) == checkpoints.variables_digest(variables)
+  module, fr_vars, fr_config = inference.load_fr_model(str(pt))   # CR-FIQA is an FR model too
+  ours = embedding.embed_images(module, fr_vars, images, convention="none",
+                                input_scale=fr_config["input_scale"])
+  _close(ours, emb / np.linalg.norm(emb, axis=1, keepdims=True))
+  _close(crfiqa.scorer(module, fr_vars, fr_config)(images)["crfiqa"], qs)
+
+
+def test_asked_of_another_model_names_the_flag():
+  sd = bt.numpy_state_dict(ref.IResNet((1, 1, 1, 1), TINY, 64))
+  config = iresnet_keys.ARCFACE_IRESNET.infer_config(sd)
+  variables = iresnet_keys.ARCFACE_IRESNET.to_flax(sd, config)
+  with pytest.raises(ValueError, match="method=crfiqa.*arcface_iresnet"):
+    crfiqa.scorer(models.get_model(config), variables, config)
