@@ -8,9 +8,9 @@ The papers fuse raw head outputs (no normalisation): that is the default.
 
 Learned weights: `fit_fusion_weights` minimises a differentiable surrogate of the pAUC-EDC
 (sigmoid-relaxed discard) with optax; weights = softmax(θ) (non-negative, summing to one). Learned
-weights must only be REPORTED on data they were not fitted on: split with `calibration_split`
-(by subject/template id, so no identity is on both sides), fit on the calibration part, evaluate
-the EDC on the rest.
+weights must only be REPORTED on data they were not fitted on: split with
+exfiqa_jax.calibrate.splits (by subject/template id, so no identity is on both sides), fit on the
+calibration part, evaluate the EDC on the rest.
 """
 from __future__ import annotations
 
@@ -140,26 +140,6 @@ def fit_normalizer(calibration_scores, method: str = "zscore") -> Normalizer:
 # ------------------------------------------------------------------------------------------
 # Learned weights
 # ------------------------------------------------------------------------------------------
-def calibration_split(groups, calib_fraction: float = 0.5, seed: int = 0):
-  """Split items by group id (subject / template / pair id): (calib_mask [N], eval_mask [N]).
-
-  All items of a group land on the same side, so an identity used to fit the weights is never
-  used to report them. Fit on calib, report on eval only.
-  """
-  g = np.asarray(groups)
-  if not 0 < calib_fraction < 1:
-    raise ValueError(f"calib_fraction must be in (0, 1), got {calib_fraction}")
-  uniq, inv = np.unique(g, return_inverse=True)
-  if uniq.size < 2:
-    raise ValueError("need at least two groups to split calibration from evaluation data")
-  rng = np.random.default_rng(seed)
-  chosen = rng.permutation(uniq.size)[:max(1, int(round(calib_fraction * uniq.size)))]
-  in_calib = np.zeros(uniq.size, bool)
-  in_calib[chosen] = True
-  calib = in_calib[inv.reshape(-1)]
-  return calib, ~calib
-
-
 def surrogate_pauc(weights, image_exit_scores, pairs, scores, is_genuine, fmr: float = 1e-3,
                    limit: float = 0.3, num_levels: int = 7, temperature: float = 0.05):
   """Differentiable pAUC-EDC surrogate of the fused quality (lower is better).
@@ -202,7 +182,7 @@ def fit_fusion_weights(image_exit_scores, pairs, scores, is_genuine, *, fmr: flo
                        limit: float = 0.3, steps: int = 200, learning_rate: float = 0.05,
                        temperature: float = 0.05, init: str = "fw",
                        normalizer: Normalizer | None = None) -> FusionFit:
-  """Learn fusion weights on CALIBRATION data only (see calibration_split).
+  """Learn fusion weights on CALIBRATION data only (see exfiqa_jax.calibrate.splits).
 
   image_exit_scores [I, L] (normalise first, or pass `normalizer`), pairs [P, 2] image rows,
   scores [P] comparison scores, is_genuine [P]. Weights = softmax(θ), θ from EX-FIQA-FW ("fw") or

@@ -62,16 +62,6 @@ def test_normalizations(method):
     fusion.fit_normalizer(calib, "softmax")
 
 
-def test_calibration_split_by_group():
-  groups = np.repeat(np.arange(40), 3)
-  calib, held = fusion.calibration_split(groups, 0.25, seed=1)
-  assert not np.any(calib & held) and np.all(calib | held)
-  assert set(groups[calib]).isdisjoint(set(groups[held]))
-  assert calib.sum() == 30
-  again, _ = fusion.calibration_split(groups, 0.25, seed=1)
-  np.testing.assert_array_equal(calib, again)
-
-
 def _synthetic_pairs(seed, n_img=600, n_pairs=3000, l=4, informative=2):
   """Exit `informative` (1-based) predicts how badly genuine comparisons degrade; others noise."""
   rng = np.random.default_rng(seed)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from exfiqa_jax.calibrate import splits
 from exfiqa_jax.models import exits as exits_lib
 
 MARGINS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75)   # robust_cascade's region trimming ladder
@@ -402,21 +403,18 @@ def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
                    memo: dict | None = None) -> RobustCalibration:
   """calibrate_cascade made to generalise: thresholds set exactly at the calibration data's
   edges are optimistic on new images (more so when images cluster by identity), so the
-  conservativeness is chosen by K-fold cross-validation over `groups` (identities; default each
-  image its own group). Settings are tried from the most to the least aggressive — the internal
-  target t, 1 - (1 - t)/2, /4, /8, 1 (no disagreement allowed), then at 1 the margins
-  MARGINS (each region trimmed to its outer part) — and the first whose out-of-fold agreement
-  reaches `target` is refitted on all of `exit_scores` (whose agreement is then >= target too).
+  conservativeness is chosen by K-fold cross-validation over `groups` (identities, default each
+  image its own group; folds from splits.group_folds). Settings are tried from the most to the
+  least aggressive — the internal target t, 1 - (1 - t)/2, /4, /8, 1 (no disagreement allowed),
+  then at 1 the margins MARGINS (each region trimmed to its outer part) — and the first whose
+  out-of-fold agreement reaches `target` is refitted on all of `exit_scores` (whose agreement is then >= target too).
   None reaching it: no early exit. `memo` (a dict) keeps the out-of-fold runs for later calls
   (several targets on the same data share most of them); its keys hold everything a run depends
   on, so one memo may serve calls on different data.
   """
   s = np.asarray(exit_scores, np.float32)
   n = s.shape[0]
-  groups = np.arange(n) if groups is None else np.asarray(groups)
-  uniq, inverse = np.unique(groups, return_inverse=True)
-  k = max(2, min(int(folds), uniq.size))
-  fold = np.random.default_rng([int(seed), 0xC5F]).permutation(uniq.size)[inverse] % k
+  fold, k = splits.group_folds(np.arange(n) if groups is None else groups, folds, seed)
   memo = {} if memo is None else memo
   data_key = _memo_key(s, fold, exits, tau, costs, full_cost, prune_exits)
   t = float(target)

@@ -40,7 +40,7 @@ from exfiqa_jax import files, models, parallel, report
 from exfiqa_jax.data import synthetic
 from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
 from exfiqa_jax import quality_mapping
-from exfiqa_jax.calibrate import cascade, thresholds
+from exfiqa_jax.calibrate import cascade, splits, thresholds
 from exfiqa_jax.metrics import edc
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.models import exits as exits_lib
@@ -68,23 +68,6 @@ def synthetic_split(config, split: str) -> Benchmark:
                                            "identity": faces.label})
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
-  """Connected components of the pair graph (union-find): images linked by any comparison."""
-  parent = np.arange(n)
-
-  def find(i):
-    while parent[i] != i:
-      parent[i] = parent[parent[i]]
-      i = parent[i]
-    return i
-
-  for a, b in np.asarray(pairs, np.int64):
-    ra, rb = find(a), find(b)
-    if ra != rb:
-      parent[max(ra, rb)] = min(ra, rb)
-  return np.asarray([find(i) for i in range(n)])
-
-
 def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
   """The images `rows` of `bench` and the pairs inside them (renumbered)."""
   index = np.full(bench.num_images, -1, np.int64)
@@ -102,15 +85,9 @@ def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
 
 
 def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
-  """(group per image, how): identities when labels exist (extra["identity"]), else connected
-  components of the pair graph, else (one component holding most images) every image alone."""
-  n = bench.num_images
-  if "identity" in bench.extra:
-    return np.asarray(bench.extra["identity"]), "identity"
-  groups = _components(n, bench.pairs)
-  if n and np.bincount(np.unique(groups, return_inverse=True)[1]).max() > n / 2:
-    return np.arange(n), "image"
-  return groups, "connected pairs"
+  """(group per image, how) of `bench` (splits.image_groups: its identity labels
+  extra["identity"], else connected components of the pair graph, else every image alone)."""
+  return splits.image_groups(bench.num_images, bench.pairs, bench.extra.get("identity"))
 
 
 def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
@@ -122,16 +99,9 @@ def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
   if bench.pair_kind != "image":
     raise ValueError(f"{bench.name} compares templates; early_exit splits image-pair benchmarks "
                      "(the synthetic faces, .bin sets, XQLFW, Adience)")
-  n = bench.num_images
   groups, how = image_groups(bench)
-  uniq, inverse = np.unique(groups, return_inverse=True)
-  order = np.random.default_rng([int(seed), 0x5B17]).permutation(uniq.size)
-  sizes = np.bincount(inverse)[order]
-  take = order[:max(1, int(np.searchsorted(np.cumsum(sizes), fraction * n)) + 1)]
-  cal_group = np.zeros(uniq.size, bool)
-  cal_group[take] = True
-  cal_rows = np.flatnonzero(cal_group[inverse])
-  ev_rows = np.flatnonzero(~cal_group[inverse])
+  in_cal = splits.split_groups(groups, fraction, seed)
+  cal_rows, ev_rows = np.flatnonzero(in_cal), np.flatnonzero(~in_cal)
   return _subset(bench, cal_rows, "calibration"), _subset(bench, ev_rows, "evaluation"), how
 
 
