@@ -62,12 +62,11 @@ def _check_fraction(fraction: float) -> float:
 
 
 def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-  samples = np.asarray(samples, np.float64)
-  samples = samples[np.isfinite(samples)]
-  if samples.size == 0:
-    return float("nan"), float("nan")
-  return (float(np.percentile(samples, 100 * alpha / 2)),
-          float(np.percentile(samples, 100 * (1 - alpha / 2))))
+  """The percentile interval (edc.percentile_ci) of the finite bootstrap values, as floats:
+  a resample that never reached its target gives NaN, left out like any ±inf."""
+  x = np.asarray(samples, np.float64)
+  low, high = edc.percentile_ci(x[np.isfinite(x)], alpha)
+  return float(low), float(high)
 
 
 def discard_threshold(quality: np.ndarray, fraction: float, resamples: int = 200, seed: int = 0,
