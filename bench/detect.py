@@ -6,7 +6,7 @@ Photos: `--photos` 640×480 RGB composites (scikit-image's public-domain picture
 backgrounds, the astronaut's face pasted at a random position, scale 0.4–1.3 and rotation
 ±10°). Routes, each timed on the whole set, warmed up first, then once per round in a shuffled
 order (load from other jobs falls on all alike; medians over rounds):
-  ours   detect   exfiqa_jax/detection/detect.py, one jitted program for the batch (640×480 bucket)
+  ours   detect   exfiqa_jax/detection/, one jitted program for the batch (640×480 bucket)
          align    data/align.py on the primary face (host NumPy)
          score    QualityModel.score on the crops (ViT-S, random weights, float32)
          total    detect_and_align + score, as a user calls them
@@ -49,7 +49,8 @@ import numpy as np  # noqa: E402
 from exfiqa_jax import inference  # noqa: E402
 from exfiqa_jax.convert import vit_keys  # noqa: E402
 from exfiqa_jax.data import align  # noqa: E402
-from exfiqa_jax.detection import detect
+from exfiqa_jax.detection import detector as detector_lib  # noqa: E402
+from exfiqa_jax.detection import faces as faces_lib  # noqa: E402
 from exfiqa_jax.models import vit  # noqa: E402
 from exfiqa_jax.testing import mtcnn_reference  # noqa: E402
 from exfiqa_jax.testing import torch_reference as tr  # noqa: E402
@@ -132,7 +133,7 @@ def main() -> None:
   photos = make_photos(args.photos)
   pil = [Image.fromarray(p) for p in photos]
   n = len(photos)
-  detector = detect.Detector(batch_size=n)
+  detector = detector_lib.Detector(batch_size=n)
   cfg = vit.vit_s_config("token")
   twin = tr.random_init_(tr.VitFiqaTorch(
       mode=cfg.mode, width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
@@ -159,19 +160,19 @@ def main() -> None:
 
   def ours_detect():
     out = detector.detect_batch(photos)
-    state["ours_found"] = [detect._faces(out, i, False) for i in range(n)]
+    state["ours_found"] = [detector_lib.faces_of(out, i) for i in range(n)]
 
   def ours_align():
     found = state["ours_found"]
     state["ours_crops"] = np.stack([
-        align.align_face(photos[i], f.landmarks[detect.select_faces(f, H, W)[0]])
+        align.align_face(photos[i], f.landmarks[faces_lib.select_faces(f, H, W)[0]])
         for i, f in enumerate(found) if len(f)])
 
   def ours_score():
     state["ours_scores"] = model.score(state["ours_crops"])["exit_scores"][:, -1]
 
   def ours_total():
-    faces = detect.detect_and_align(list(photos), detector=detector)
+    faces = faces_lib.detect_and_align(list(photos), detector=detector)
     return model.score(faces.crops)["exit_scores"]
 
   def ref_detect():
@@ -214,7 +215,7 @@ def main() -> None:
   ours_found, ref_boxes = state["ours_found"], state["ref_found"][0]
   faces_ours = sum(bool(len(f)) for f in ours_found)
   faces_ref = sum(b is not None for b in ref_boxes)
-  box_err = max((float(np.abs(ours_found[i].boxes[detect.select_faces(ours_found[i], H, W)[0]]
+  box_err = max((float(np.abs(ours_found[i].boxes[faces_lib.select_faces(ours_found[i], H, W)[0]]
                               - np.asarray(b[0], np.float64)).max())
                  for i, b in enumerate(ref_boxes) if b is not None and len(ours_found[i])),
                 default=0.0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from exfiqa_jax.detection import settings as detection_settings
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,13 +37,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # template and scored (docs/data.md, "Raw photos: detection and alignment"); "none": the
   # images are aligned crops already
   config.data.align = "none"
-  config.data.face = "primary"      # primary (big and central) | largest | probability | all
-  config.data.detector_weights = ""  # "" = installed facenet-pytorch; or its .whl / a folder
-  config.data.detect_batch_size = 16  # photos of one size per detector call
-  config.data.detector = ml_collections.ConfigDict(dict(   # the reference's MTCNN settings
-      min_face_size=20.0, factor=0.709, thresholds=(0.6, 0.7, 0.7), max_per_scale=512,
-      max_candidates=1024, max_rnet=512, max_onet=128, max_faces=32, rnet_share=192,
-      onet_share=16))
+  photos = detection_settings.PhotoSettings()   # the defaults (exfiqa_jax/detection/settings.py)
+  config.data.face = photos.face    # primary (big and central) | largest | probability | all
+  config.data.detector_weights = photos.weights  # "" = installed facenet-pytorch; or .whl, folder
+  config.data.detect_batch_size = photos.batch_size  # photos of one size per detector call
+  # the reference's MTCNN settings and list sizes
+  config.data.detector = ml_collections.ConfigDict(detection_settings.detector_defaults())
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
   config.compute_dtype = "float32"  # "bfloat16": bf16 matmuls, f32 norms/heads/ATTN stats

@@ -33,8 +33,8 @@ def get_model(*args: Any, **kwargs: Any):
 
 def detect_and_align(*args: Any, **kwargs: Any):
   """Raw photos (uint8 RGB, any sizes) → aligned 112×112 crops of their faces with boxes,
-  landmarks and detector confidences (exfiqa_jax.detection.detect.detect_and_align)."""
-  from exfiqa_jax.detection.detect import detect_and_align as _detect_and_align
+  landmarks and detector confidences (exfiqa_jax.detection.faces.detect_and_align)."""
+  from exfiqa_jax.detection.faces import detect_and_align as _detect_and_align
   return _detect_and_align(*args, **kwargs)
 
 

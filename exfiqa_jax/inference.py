@@ -39,10 +39,6 @@ def resize_images(images: np.ndarray, size: int = preprocess.IMAGE_SIZE) -> np.n
                    for im in images]) if len(images) else images.reshape(0, size, size, 3)
 
 
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, n - 1).bit_length()
-
-
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -127,7 +123,7 @@ class QualityModel:
 
   def padded_size(self, n: int) -> int:
     """Padded rows for a chunk of n ≤ batch_size: powers of two, so few programs compile."""
-    return min(self.batch_size, parallel.round_up_to_devices(_next_pow2(n)))
+    return min(self.batch_size, parallel.round_up_to_devices(parallel.next_pow2(n)))
 
   def _host_images(self, images: np.ndarray, what: str) -> np.ndarray:
     images = np.asarray(images)
@@ -150,13 +146,13 @@ class QualityModel:
     compiled shapes); padded rows are dropped. The CLI pads every batch to one fixed shape.
     `exit=k` (1..L) runs only blocks 1..k (see run_batch); 0/None = all L exits.
     `align="detect"`: `images` are raw photos (a list, any sizes); each row is then a detected,
-    aligned face (detection/detect.py; `face` "primary" per photo or "all"), and the result also
+    aligned face (detection/faces.py; `face` "primary" per photo or "all"), and the result also
     holds image (its photo's index), face, num_faces, det_score, box [N, 4], landmarks
     [N, 5, 2] and no_face (indices of photos without a face); docs/data.md.
     """
-    from exfiqa_jax.detection import detect
-    if detect.check_align_mode(align) == "detect":
-      found = detect.detect_and_align(images, face=face, size=self.image_size)
+    from exfiqa_jax.detection import faces, settings
+    if settings.check_align_mode(align) == "detect":
+      found = faces.detect_and_align(images, face=face, size=self.image_size)
       out = self.score(found.crops, attn_maps, exit)
       return {**out, "image": found.image, "face": found.face, "num_faces": found.num_faces,
               "det_score": found.score, "box": found.box, "landmarks": found.landmarks,

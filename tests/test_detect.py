@@ -1,4 +1,4 @@
-"""Face detection for raw photos (exfiqa_jax/detection/detect.py) against the facenet-pytorch MTCNN.
+"""Face detection for raw photos (exfiqa_jax/detection/) against the facenet-pytorch MTCNN.
 
 Reference: facenet-pytorch 2.6.0 (`pip install --no-deps facenet-pytorch==2.6.0`) on the CPU
 with its own weights. Its code imports torchvision, whose PyPI wheels do not import beside this
@@ -45,7 +45,9 @@ from PIL import Image  # noqa: E402
 from exfiqa_jax.convert import mtcnn_keys  # noqa: E402
 from exfiqa_jax.convert.strict import CheckpointError  # noqa: E402
 from exfiqa_jax.data import align  # noqa: E402
-from exfiqa_jax.detection import detect
+from exfiqa_jax.detection import detector as detector_lib  # noqa: E402
+from exfiqa_jax.detection import faces as faces_lib  # noqa: E402
+from exfiqa_jax.detection import rows, settings  # noqa: E402
 from exfiqa_jax.models import mtcnn  # noqa: E402
 from exfiqa_jax.testing import mtcnn_reference  # noqa: E402
 
@@ -95,7 +97,7 @@ def world():
     with mtcnn_reference.ReferenceTap(reference) as tap:
       boxes, probs, points = reference.detect(Image.fromarray(photo), landmarks=True)
     ref[name] = {"tap": tap, "boxes": boxes, "probs": probs, "points": points}
-  detector = detect.get_detector(batch_size=4)
+  detector = detector_lib.get_detector(batch_size=4)
   square = detector.detect([astronaut, camera], stages=True)
   wide = detector.detect(composites + [background], stages=True)
   ours = dict(zip(photos, square + wide))
@@ -201,17 +203,17 @@ def test_primary_face_is_the_references_center_weighted_choice(world):
                        ("probability", "probability")):
     chosen, _, _ = world["reference"].select_boxes(
         ref["boxes"], ref["probs"], ref["points"], Image.fromarray(photo), method=method)
-    pick = detect.select_faces(faces, H, W, face)
+    pick = faces_lib.select_faces(faces, H, W, face)
     assert len(pick) == 1
     np.testing.assert_allclose(faces.boxes[pick[0]], np.asarray(chosen[0], np.float64),
                                atol=BOX_TOL)
-  assert sorted(detect.select_faces(faces, H, W, "all")) == [0, 1]
+  assert sorted(faces_lib.select_faces(faces, H, W, "all")) == [0, 1]
 
 
 def test_aligned_crop_is_the_alignment_of_the_reference_landmarks(world):
   astronaut = world["photos"]["astronaut"]
-  found = detect.detect_and_align([astronaut, world["photos"]["camera"]],   # a compiled bucket
-                                  detector=world["detector"])
+  found = faces_lib.detect_and_align([astronaut, world["photos"]["camera"]],   # compiled bucket
+                                     detector=world["detector"])
   expected = align.align_face(astronaut, np.asarray(world["ref"]["astronaut"]["points"][0],
                                                     np.float64))
   assert found.crops.shape == (2, 112, 112, 3) and found.no_face == []
@@ -222,13 +224,13 @@ def test_no_face_is_reported(world):
   assert world["ref"]["no_face"]["boxes"] is None
   assert len(world["ours"]["no_face"]) == 0
   photos = [world["photos"][n] for n in ("no_face", "composite0", "composite1", "composite2")]
-  found = detect.detect_and_align(photos, detector=world["detector"])
+  found = faces_lib.detect_and_align(photos, detector=world["detector"])
   assert found.no_face == [0] and list(found.image) == [1, 2, 3] and len(found.crops) == 3
 
 
 def test_batched_equals_one_by_one(world):
   names = ["composite0", "composite1", "composite2", "no_face"]
-  single = detect.Detector(batch_size=1)
+  single = detector_lib.Detector(batch_size=1)
   for name in names:
     alone = single.detect([world["photos"][name]])[0]
     batched = world["ours"][name]
@@ -278,8 +280,8 @@ def test_score_a_folder_of_raw_photos(world, tmp_path):
   expected = []
   for name in order:
     faces = world["ours"][name]
-    for rank, j in enumerate(detect.face_order(faces, *world["photos"][name].shape[:2],
-                                               "all")):
+    for rank, j in enumerate(faces_lib.face_order(faces, *world["photos"][name].shape[:2],
+                                                  "all")):
       expected.append((rank, len(faces), faces.scores[j], faces.boxes[j]))
   np.testing.assert_array_equal(values["face"], [e[0] for e in expected])
   np.testing.assert_array_equal(values["num_faces"], [e[1] for e in expected])
@@ -297,6 +299,7 @@ def test_score_a_folder_of_raw_photos(world, tmp_path):
 
 def test_image_folder_builder_aligns_raw_photos(world, tmp_path):
   from exfiqa_jax.data import builders
+  from exfiqa_jax.detection import folder  # noqa: F401  registers align="detect"
   root = tmp_path / "people"
   for identity, names in {"astro": ["composite0", "composite1"],
                           "scene": ["no_face", "composite2"]}.items():
@@ -313,41 +316,68 @@ def test_image_folder_builder_aligns_raw_photos(world, tmp_path):
                 if source[i]["name"] == "astro/composite0.png")
   faces = world["ours"]["composite0"]
   expected = align.align_face(world["photos"]["composite0"],
-                              faces.landmarks[detect.select_faces(faces, H, W)[0]])
+                              faces.landmarks[faces_lib.select_faces(faces, H, W)[0]])
   np.testing.assert_array_equal(record["image"], expected)
 
 
-def test_detections_are_shared_between_hosts(monkeypatch):
-  """photo_rows on several processes: process p detects photos p, p + P, ...; one all-gather
-  gives every process every photo's faces (simulated here: two hosts' arrays stacked)."""
+class _StubDetector:
+  """Stands in for `Detector`: photo i (a flat PNG of grey level 10·i) has the faces `truth[i]`."""
+  config = settings.DetectorConfig(max_faces=4)
+
+  def __init__(self, truth):
+    self.truth = truth
+
+  def detect(self, photos):
+    return [self.truth[int(p[0, 0, 0]) // 10] for p in photos]
+
+
+def test_detections_are_shared_between_hosts(monkeypatch, tmp_path):
+  """photo_rows on two processes: process p detects photos p, p + 2, ...; one all-gather gives
+  every process every photo's faces. Both hosts' views must equal the one-process answer.
+  The hosts run one after another here, so the all-gather is simulated in two rounds: a real
+  one returns when every host has sent, which the second round's calls see."""
   from jax.experimental import multihost_utils
   rng = np.random.default_rng(0)
-  total, shapes = 5, [(480, 640), (512, 512), (300, 200), (480, 640), (100, 100)]
-  truth = []
-  for i in range(total):
-    n = [1, 2, 0, 3, 1][i]
-    truth.append(None if i == 4 else detect.Faces(
+  shapes = [(480, 640), (512, 512), (300, 200), (480, 640), (10, 10)]   # photo 4: unreadable
+  truth, paths, names = {}, [], []
+  for i, (shape, n) in enumerate(zip(shapes, [1, 2, 0, 3, 1])):
+    truth[i] = detector_lib.Faces(
         rng.uniform(0, 100, (n, 4)).astype(np.float32), rng.uniform(0.7, 1, n).astype(np.float32),
-        rng.uniform(0, 100, (n, 5, 2)).astype(np.float32), overflow=i == 3))
+        rng.uniform(0, 100, (n, 5, 2)).astype(np.float32), overflow=i == 3)
+    paths.append(str(tmp_path / f"photo{i}.png"))
+    names.append(f"photo{i}.png")
+    Image.fromarray(np.full(shape + (3,), 10 * i, np.uint8)).save(paths[-1])
+  stub, photo_settings = _StubDetector(truth), settings.PhotoSettings(face="all")
+  one = rows.photo_rows(paths, names, photo_settings, detector=stub)
+  assert one.no_face == ["photo2.png"] and one.overflow == ["photo3.png"]
+  assert list(one.unreadable) == [4] and "too small" in one.unreadable[4]
+  assert [(r.image, r.face) for r in one.records] == [(0, 0), (1, 0), (1, 1), (3, 0), (3, 1),
+                                                     (3, 2)]
   sent = {}
 
-  def gather(tree):      # the last host to call sees both hosts' arrays
+  def all_gather(tree):
     sent[jax.process_index()] = tree
-    return tuple(np.stack([sent[0][k], sent[1][k]]) for k in range(2)) if len(sent) == 2 \
-        else tuple(np.stack([t, t]) for t in tree)
+    if len(sent) < 2:          # first round, first host: the other has not sent yet
+      return tuple(np.stack([t, t]) for t in tree)
+    return tuple(np.stack([sent[0][k], sent[1][k]]) for k in range(len(tree)))
 
-  monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+  monkeypatch.setattr(multihost_utils, "process_allgather", all_gather)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  for host in (0, 1):
-    monkeypatch.setattr(jax, "process_index", lambda host=host: host)
-    mine = [d if i % 2 == host else None for i, d in enumerate(truth)]
-    mine_shapes = [s if i % 2 == host else None for i, s in enumerate(shapes)]
-    got, got_shapes = detect._gather_hosts(mine, mine_shapes, total, max_faces=4)
-  for i in range(total):
-    if truth[i] is None:
-      assert got[i] is None and got_shapes[i] is None
-      continue
-    assert got_shapes[i] == shapes[i] and got[i].overflow == truth[i].overflow
-    np.testing.assert_array_equal(got[i].boxes, truth[i].boxes)
-    np.testing.assert_array_equal(got[i].scores, truth[i].scores)
-    np.testing.assert_array_equal(got[i].landmarks, truth[i].landmarks)
+  views = {}
+  for _ in range(2):
+    for host in (0, 1):
+      monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+      views[host] = rows.photo_rows(paths, names, photo_settings, detector=stub)
+  for host, view in views.items():
+    assert (view.names, view.no_face, view.overflow) == (one.names, one.no_face, one.overflow)
+    assert list(view.unreadable) == [4], host
+    assert view.unreadable[4] == (one.unreadable[4] if host == 0 else
+                                  "unreadable (reported by another host)")
+    assert len(view.records) == len(one.records)
+    for got, want in zip(view.records, one.records):
+      assert (got.image, got.face, got.num_faces, got.score) == (
+          want.image, want.face, want.num_faces, want.score), host
+      np.testing.assert_array_equal(got.box, want.box)
+      np.testing.assert_array_equal(got.landmarks, want.landmarks)
+    for name, column in view.columns().items():
+      np.testing.assert_array_equal(column, one.columns()[name])

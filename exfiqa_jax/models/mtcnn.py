@@ -1,7 +1,7 @@
 """MTCNN's three networks (P-Net, R-Net, O-Net) as Flax modules, NHWC, release layer shapes.
 
 The layers of the facenet-pytorch 2.6.0 release (Zhang et al. 2016, the MATLAB/Caffe weights),
-which exfiqa_jax/convert/mtcnn_keys.py converts strictly; exfiqa_jax/detection/detect.py runs them
+which exfiqa_jax/convert/mtcnn_keys.py converts strictly; exfiqa_jax/detection/program.py runs them
 (docs/data.md, "Raw photos: detection and alignment"). Every activation is a PReLU with one
 slope per channel; max pools round their output size up (torch `ceil_mode=True`).
 

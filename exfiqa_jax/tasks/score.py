@@ -12,7 +12,7 @@ the early_exit task; or `config.quality_mapping=<json>`, "none" to skip; docs/ev
 scores.csv/.npz also hold q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw after the
 columns above (the ISO/IEC 29794-5 0–100 scale; the integer quality value is their rounding).
 With `config.data.align="detect"` the inputs are raw photos (docs/data.md, "Raw photos: detection
-and alignment"): MTCNN finds the faces (exfiqa_jax/detection/detect.py), each is aligned to the
+and alignment"): MTCNN finds the faces (exfiqa_jax/detection/), each is aligned to the
 ArcFace template from its five landmarks (data/align.py) and scored; a row per face (the primary
 face of each photo, or every face with `data.face="all"`), the photo's name in `image`, and
 appended columns face, num_faces, det_score, box_x1, box_y1, box_x2, box_y2, lm1_x, lm1_y, ...,
@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from exfiqa_jax import files, identity, inference, parallel, report
 from exfiqa_jax.convert import strict
-from exfiqa_jax.detection import detect
+from exfiqa_jax.detection import rows as detection_rows
+from exfiqa_jax.detection import settings as detection_settings
 from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax import quality_mapping
 
@@ -83,12 +84,20 @@ def _check_inputs(config) -> tuple[str, list[str], list[str]]:
   return channel_order, paths, names
 
 
-def _detect_photos(config, paths, names, channel_order, image_size: int):
-  """Raw photos → the detected faces to score (detection/detect.py; docs/data.md)."""
+def _photo_settings(data) -> detection_settings.PhotoSettings:
+  """config.data's detection keys (configs/score.py) as plain settings for detection/."""
+  return detection_settings.PhotoSettings.from_fields(
+      detector=data.get("detector", None), face=data.get("face", None),
+      weights=data.get("detector_weights", None), batch_size=data.get("detect_batch_size", None),
+      decode_threads=data.get("decode_threads", None))
+
+
+def _detect_photos(config, photo_settings, paths, names, channel_order, image_size: int):
+  """Raw photos → the detected faces to score (detection/rows.py; docs/data.md)."""
   with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
             disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
-    photos = detect.photo_rows(paths, names, config.data, channel_order, image_size,
-                               progress=bar.update)
+    photos = detection_rows.photo_rows(paths, names, photo_settings, channel_order,
+                                       image_size, progress=bar.update)
   if photos.unreadable and not config.skip_unreadable:
     raise _unreadable(next(iter(photos.unreadable.values())))
   if not photos.records:
@@ -140,9 +149,10 @@ def run(config) -> dict[str, Any]:
                                         config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
-  align = detect.check_align_mode(config.data.get("align", "none"))
+  align = detection_settings.check_align_mode(config.data.get("align", "none"))
   if align == "detect":                    # raw photos: rows are detected faces
-    ident["align"] = detect.align_identity(config.data)
+    photo_settings = _photo_settings(config.data)
+    ident["align"] = detection_rows.align_identity(photo_settings)
   if identity.begin_run(stamp_path, ident, (csv_path, npz_path, skipped_path, no_face_path),
                         "scores"):
     return {"scores": csv_path, "npz": npz_path, "cached": True}
@@ -160,7 +170,8 @@ def run(config) -> dict[str, Any]:
   rows, row_names = len(paths), list(names)
   reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
   if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
-    photos = _detect_photos(config, paths, names, channel_order, model.image_size)
+    photos = _detect_photos(config, photo_settings, paths, names, channel_order,
+                            model.image_size)
     rows, row_names, reader = len(photos.records), photos.names, photos.reader
   scores, keep, local_errors, rate = _score_rows(config, model, reader, rows, row_names, exit)
   kept = [n for n, k in zip(row_names, keep) if k]

@@ -1,4 +1,4 @@
-"""The facenet-pytorch MTCNN as the reference for exfiqa_jax/detection/detect.py (tests and bench).
+"""The facenet-pytorch MTCNN as the reference for exfiqa_jax/detection/ (tests and bench).
 
 facenet-pytorch 2.6.0 (MIT) imports torchvision for `batched_nms` (and `transforms.functional`
 for its crop extraction); the PyPI torchvision wheels do not import beside this project's torch

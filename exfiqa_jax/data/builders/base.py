@@ -224,7 +224,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     no_face: list[str] = []
     for position, entry, data in _prepared_images(plan.images):
       if isinstance(data, Exception):
-        if getattr(data, "no_face", False):   # detection/detect.py: listed, pairs dropped
+        if getattr(data, "no_face", False):   # detection/folder.py: listed, pairs dropped
           no_face.append(entry.name)
         elif not options["skip_corrupt"]:
           raise preprocess.ImageError(

@@ -3,13 +3,17 @@
 Records carry the relative path as name, the identity folder name, and an integer label
 (identity folders in sorted order). An optional pair list (`name_a name_b label`, names are
 relative paths with or without extension) makes it a pair benchmark. Option align="detect"
-takes raw photos: each record is the aligned crop of the photo's primary face (detection/detect.py),
-with record_det_score/box/landmarks.npy beside it; photos without a face are left out and
-listed in no_face.txt (docs/data.md, "Raw photos: detection and alignment").
+takes raw photos: each record is the aligned crop of the photo's primary face, with
+record_det_score/box/landmarks.npy beside it; photos without a face are left out and listed in
+no_face.txt (docs/data.md, "Raw photos: detection and alignment"). data/ holds no networks: the
+aligner for an align mode is registered from above (`register_aligner`; "detect" by importing
+exfiqa_jax.detection.folder).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -26,6 +30,25 @@ LAYOUT = """\
   optional pair list (option pair_list=PATH, absolute or relative to manual_dir):
     <identity_a>/img1.jpg <identity_b>/img7.jpg 0      (1 = same identity, 0 = different)"""
 
+# entries → (each entry's new source, record arrays [N, ...], metadata for exfiqa_info.json)
+Aligner = Callable[[Sequence[base.ImageEntry]],
+                   tuple[list[Any], dict[str, np.ndarray], dict[str, Any]]]
+ALIGNERS: dict[str, Aligner] = {}
+
+
+def register_aligner(mode: str, aligner: Aligner) -> None:
+  """Makes option align=`mode` turn the planned photos into aligned crops with `aligner`."""
+  ALIGNERS[mode] = aligner
+
+
+def aligner_for(mode: str) -> Aligner:
+  """The aligner registered for option align=`mode`; a ValueError naming what to import."""
+  if mode not in ALIGNERS:
+    raise ValueError(f"image_folder: no aligner for align={mode!r} (registered: "
+                     f"{sorted(ALIGNERS)}); align='detect' needs the face detector: import "
+                     "exfiqa_jax.detection.folder before building")
+  return ALIGNERS[mode]
+
 
 @register
 class ImageFolder(base.Builder):
@@ -33,7 +56,7 @@ class ImageFolder(base.Builder):
 
   name = "image_folder"
   LAYOUT = LAYOUT
-  OPTIONS = {"pair_list": None, "align": "none"}   # align="detect": raw photos (detection/detect.py)
+  OPTIONS = {"pair_list": None, "align": "none"}   # align="detect": raw photos (ALIGNERS)
   PAIR_KIND = "image"
   FEATURES = {"identity": tfds.features.Text, "label": lambda: tfds.features.Scalar(np.int64)}
   DESCRIPTION = "Images in one sub-folder per identity, optional pair list."
@@ -67,9 +90,8 @@ class ImageFolder(base.Builder):
     plan = base.Plan(entries, record_arrays={"label": np.asarray(labels, dtype=np.int64)},
                      metadata={"num_identities": len(identities), "identities": identities})
     if options.get("align", "none") != "none":   # detect → align; docs/data.md
-      from exfiqa_jax.detection import detect
-      detect.check_align_mode(options["align"])
-      arrays, metadata = detect.align_entries(entries)
+      sources, arrays, metadata = aligner_for(options["align"])(entries)
+      plan.images = [dataclasses.replace(e, source=s) for e, s in zip(entries, sources)]
       plan.record_arrays.update(arrays)
       plan.metadata.update(metadata)
     if "pair_list" in paths:
