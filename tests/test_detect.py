@@ -318,6 +318,8 @@ def test_image_folder_builder_aligns_raw_photos(world, tmp_path):
   expected = align.align_face(world["photos"]["composite0"],
                               faces.landmarks[faces_lib.select_faces(faces, H, W)[0]])
   np.testing.assert_array_equal(record["image"], expected)
+  with pytest.raises(ValueError, match="no aligner for align='detected'"):
+    builders.load("image_folder", root, tmp_path / "data_typo", align="detected")
 
 
 class _StubDetector:
