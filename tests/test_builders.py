@@ -490,7 +490,7 @@ def test_threaded_image_preparation_keeps_order_and_reports_errors():
   raw = [_encode(_face_like(rng, 16, 16)) for _ in range(23)]
   raw[9] = b"garbage"
   entries = [base.ImageEntry(100 + k, f"im{k}", data) for k, data in enumerate(raw)]
-  out = list(base._prepared_images(entries, chunk=4))
+  out = list(base.prepared_images(entries, chunk=4))
   assert [p for p, _, _ in out] == list(range(23))
   assert [e.name for _, e, _ in out] == [f"im{k}" for k in range(23)]
   for k, (_, _, data) in enumerate(out):

@@ -27,7 +27,7 @@ from PIL import Image
 from configs import embed as embed_config
 from configs import score as score_config
 from configs.eval_common import eval_config
-from exfiqa_jax import checkpoints, convert, files, identity, inference
+from exfiqa_jax import checkpoints, files, identity, inference
 from exfiqa_jax.convert import strict, torch_io
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
@@ -101,7 +101,7 @@ def assets(tmp_path_factory):
   pt = _pt(root / "token.pt", seed=1)
   other_pt = _pt(root / "other.pt", seed=2)
   converted = str(root / "converted")
-  convert.pt_to_directory(pt, converted, num_heads=HEADS)
+  checkpoints.pt_to_directory(pt, converted, num_heads=HEADS)
   return {"root": root, "faces": faces, "pt": pt, "other_pt": other_pt, "dir": converted}
 
 
@@ -263,7 +263,7 @@ def test_unreadable_images_decompression_bomb_is_skipped(assets, tmp_path):
   assert result["skipped"] == ["bomb.png"]
   # the builders' skip sees it as a corrupt image too
   entry = base.ImageEntry(0, "bomb", bytes(png))
-  assert isinstance(base._prepare(entry), preprocess.ImageError)
+  assert isinstance(base.prepare_image(entry), preprocess.ImageError)
 
 
 # ------------------------------------------------------------------- 2. embed: identity
@@ -468,7 +468,7 @@ def test_pt_with_flipped_bytes_is_damaged(assets, tmp_path):
   with pytest.raises(CheckpointError, match="damaged"):
     torch_io.load_state_dict(pt)
   with pytest.raises(CheckpointError, match="damaged"):
-    convert.pt_to_directory(pt, str(tmp_path / "out"))
+    checkpoints.pt_to_directory(pt, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
   truncated = str(tmp_path / "truncated.pt")
   shutil.copyfile(assets["pt"], truncated)
@@ -508,7 +508,7 @@ def test_converted_directory_records_and_checks_its_digest(assets):
   variables, config = checkpoints.load_model(assets["dir"])
   assert checkpoints.variables_digest(variables) == recorded
   assert "integrity" not in config                     # the architecture config stays clean
-  assert identity.checkpoint_identity(assets["dir"])["variables_sha256"] == recorded
+  assert checkpoints.checkpoint_identity(assets["dir"])["variables_sha256"] == recorded
 
 
 def test_nan_weights_are_reported_as_such(assets, tmp_path):

@@ -55,7 +55,7 @@ def test_release_goes_through_the_builder(tmp_path):
   assert index.group_template.size == counts["media"] == len(groups)
   assert index.pair_rows(np.stack([st.pair_a, st.pair_b], 1)).shape == (counts["pairs"], 2)
   # The landmarks say where the face is: the aligned crop is the subject's pattern again.
-  bases = ijbc_release._bases(64, 0)
+  bases = ijbc_release.subject_bases(64, 0)
   for k in (0, len(source) // 2, len(source) - 1):
     aligned = source[k]["image"].astype(np.float32)
     own = bases[st.subject[k] % 64]
@@ -74,13 +74,13 @@ def test_killed_build_restarts_and_removes_what_it_left(tmp_path):
       import os
       from exfiqa_jax.data import builders
       from exfiqa_jax.data.builders import base
-      prepare, calls = base._prepare, [0]
+      prepare, calls = base.prepare_image, [0]
       def dying(entry):
         calls[0] += 1
         if calls[0] > 60:            # half-way through the 115 crops
           os._exit(137)
         return prepare(entry)
-      base._prepare = dying
+      base.prepare_image = dying
       builders.build("ijbc", {str(release)!r}, {str(killed_dir)!r})
       """)
   proc = subprocess.run([sys.executable, "-c", code], cwd=subproc.ROOT, capture_output=True,

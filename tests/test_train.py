@@ -185,7 +185,7 @@ def test_augment_operators():
   np.testing.assert_allclose(augment.warp_image(img, m), img, atol=1e-4)
   mf = augment.warp_matrix(1.0, 0.0, True, 0.0, 0.0, 1.0, 1.0, 0.0, n)   # flip about x = 56
   np.testing.assert_allclose(augment.warp_image(img, mf)[:, 1:], img[:, ::-1][:, :-1], atol=1e-4)
-  eq = augment._equalize_channel(img[..., 0])
+  eq = augment.equalize_channel(img[..., 0])
   assert float(eq.min()) >= 0 and float(eq.max()) <= 255
 
 
@@ -330,12 +330,12 @@ def test_verification_accuracy_folds():
 
 def test_export_scores_and_converts_to_official_pt(tmp_path):
   """The final checkpoint is a converted-model directory: the scoring command reads it, and
-  exfiqa_jax.convert.directory_to_pt writes a .pt that the PyTorch twin loads strictly and that gives
+  exfiqa_jax.checkpoints.directory_to_pt writes a .pt that the PyTorch twin loads strictly and that gives
   the same scores."""
   import torch
   from PIL import Image
   from configs import score as score_config
-  from exfiqa_jax import convert
+  from exfiqa_jax import checkpoints
   from exfiqa_jax import inference
   from exfiqa_jax.tasks import score
   from exfiqa_jax.testing import torch_reference
@@ -355,7 +355,7 @@ def test_export_scores_and_converts_to_official_pt(tmp_path):
   table = np.load(tmp_path / "scores" / "scores.npz")
   expected = inference.load(model_dir, batch_size=8).score(images)
   np.testing.assert_allclose(table["exit_scores"], expected["exit_scores"], atol=1e-5)
-  convert.directory_to_pt(model_dir, str(tmp_path / "model.pt"))
+  checkpoints.directory_to_pt(model_dir, str(tmp_path / "model.pt"))
   twin = torch_reference.VitFiqaTorch(**torch_reference.tiny_kwargs("token")).eval()
   twin.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
   x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)

@@ -110,7 +110,7 @@ def _runs(sorted_values: np.ndarray):
   return zip(starts.tolist(), stops.tolist())
 
 
-def _bases(count: int, seed: int) -> np.ndarray:
+def subject_bases(count: int, seed: int) -> np.ndarray:
   """`count` smooth 112×112 RGB patterns (float32), one per subject class."""
   rng = np.random.default_rng(seed + 1)
   ys, xs = np.mgrid[0:112, 0:112] / 112
@@ -151,7 +151,7 @@ def write_release(root: str | os.PathLike, fraction: float, seed: int = 0, worke
   crops, meta = os.path.join(root, "loose_crop"), os.path.join(root, "meta")
   os.makedirs(crops, exist_ok=True)
   os.makedirs(meta, exist_ok=True)
-  bases = _bases(num_bases, seed)
+  bases = subject_bases(num_bases, seed)
   names = [f"{k + 1}.jpg" for k in range(st.num_images)]
 
   def one(k: int) -> np.ndarray:

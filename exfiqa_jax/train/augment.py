@@ -263,7 +263,7 @@ def _sharpness_degenerate(img: jax.Array) -> jax.Array:
   return jnp.where(border[..., None], img, smooth)
 
 
-def _equalize_channel(ch: jax.Array) -> jax.Array:
+def equalize_channel(ch: jax.Array) -> jax.Array:
   """PIL ImageOps.equalize for one uint8-valued channel [H, W]."""
   idx = ch.astype(jnp.int32).reshape(-1)
   hist = jnp.zeros(256, jnp.int32).at[idx].add(1)
@@ -286,7 +286,7 @@ def apply_op(img: jax.Array, op: jax.Array, magnitude: jax.Array) -> jax.Array:
       _blend(gray, img, f),                                              # Saturate
       _blend(jnp.floor(jnp.mean(gray) + 0.5), img, f),                   # Contrast
       _blend(_sharpness_degenerate(img), img, f),                        # Sharpness
-      jax.vmap(_equalize_channel, in_axes=2, out_axes=2)(img),           # Equalize
+      jax.vmap(equalize_channel, in_axes=2, out_axes=2)(img),           # Equalize
       jnp.broadcast_to(gray, img.shape),                                 # Grayscale
   ]
   return jnp.select([op == i for i in range(N_OPS - 1)], outs[:-1], outs[-1])

@@ -222,7 +222,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     skipped: list[tuple[str, str]] = []
     written: list[int] = []
     no_face: list[str] = []
-    for position, entry, data in _prepared_images(plan.images):
+    for position, entry, data in prepared_images(plan.images):
       if isinstance(data, Exception):
         if getattr(data, "no_face", False):   # detection/folder.py: listed, pairs dropped
           no_face.append(entry.name)
@@ -318,7 +318,9 @@ def source_identity(paths: dict[str, Any], plan: Plan | None = None,
   return {"sources": sources, "sources_sha256": digest.hexdigest()}
 
 
-def _prepare(entry: ImageEntry) -> bytes | Exception:
+def prepare_image(entry: ImageEntry) -> bytes | Exception:
+  """One entry's validated image bytes, or the error that says why it cannot be used (returned,
+  so that a build can skip or report it)."""
   try:
     return validated_image_bytes(_read_source(entry.source, entry.name), entry.name)
   except (preprocess.ImageError, OSError) as e:
@@ -327,19 +329,19 @@ def _prepare(entry: ImageEntry) -> bytes | Exception:
     return preprocess.ImageError(f"corrupt or unreadable image {entry.name}: {e}")
 
 
-def _prepared_images(images: list[ImageEntry], chunk: int = 256
+def prepared_images(images: list[ImageEntry], chunk: int = 256
                      ) -> Iterator[tuple[int, ImageEntry, bytes | Exception]]:
   """Reads, aligns and validates images in a few threads (PIL releases the GIL), in order."""
   workers = min(4, os.cpu_count() or 1)
   if workers == 1 or len(images) <= chunk:
     for position, entry in enumerate(images):
-      yield position, entry, _prepare(entry)
+      yield position, entry, prepare_image(entry)
     return
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     pending = None
     for start in range(0, len(images), chunk):
       batch = images[start:start + chunk]
-      current = (start, batch, pool.map(_prepare, batch))
+      current = (start, batch, pool.map(prepare_image, batch))
       if pending is not None:     # keep one chunk in flight while the previous one is written
         first, done, results = pending
         yield from ((first + k, e, d) for k, (e, d) in enumerate(zip(done, results)))
