@@ -6,7 +6,7 @@
       --config.quality_model.path=vitfiqa_token.pt --config.fr.path=r100.pt
   python main.py --config=configs/early_exit.py:size=smoke     # tests (a model path is needed)
 
-Calibrates on one split and evaluates on another, identity-disjoint (exfiqa_jax/tasks/
+Calibrates on one split and evaluates on another, identity-disjoint (exfiqa_jax/evaluation/
 early_exit.py): synthetic faces (default) use the "val" and "test" splits, other benchmarks are
 split by identity (or by connected pairs, else by image). Writes early_exit.csv / .json / .md,
 quality_mapping.json (also into the model directory with early_exit.mapping.store_with_model),

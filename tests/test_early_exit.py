@@ -13,7 +13,6 @@ from PIL import Image
 from configs import early_exit as early_exit_config
 from configs import score as score_config
 from exfiqa_jax import models, report
-from exfiqa_jax.evaluation import benchmarks
 from exfiqa_jax import quality_mapping
 from exfiqa_jax.tasks import early_exit, score
 from exfiqa_jax.testing import worlds
@@ -88,22 +87,6 @@ def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):
   cfg.quality_mapping = "none"
   score.run(cfg)                                        # the mapping is part of the identity
   assert list(report.read_csv(str(tmp_path / "o" / "scores.csv"))[0]) == base
-
-
-def test_split_without_labels_keeps_connected_pairs_together():
-  rng = np.random.default_rng(0)
-  n = 40                                      # .bin-style: pair i = images 2i, 2i+1
-  pairs = np.stack([np.arange(0, n, 2), np.arange(1, n, 2)], 1)
-  gen = np.arange(n // 2) % 2 == 0
-  images = rng.integers(0, 255, (n, 112, 112, 3), np.uint8)
-  bench = benchmarks.array_benchmark("mini", images, [f"{i}.png" for i in range(n)], pairs, gen)
-  cal, ev, how = early_exit.split_benchmark(bench, 0.5, seed=1)
-  assert how == "connected pairs"
-  assert len(cal.is_genuine) + len(ev.is_genuine) == len(pairs)     # no comparison lost
-  assert cal.num_images + ev.num_images == n
-  a, _ = cal.read(np.arange(cal.num_images))
-  b, _ = ev.read(np.arange(ev.num_images))
-  assert not (set(map(bytes, a)) & set(map(bytes, b)))               # disjoint images
 
 
 def test_rerun_recomputes_nothing(run):

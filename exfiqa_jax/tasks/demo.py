@@ -6,7 +6,7 @@
 3. evaluate exactly as `eval` does (exfiqa_jax/evaluation/pipeline.py): every exit, the fusions and ATTN in
    one pass, the model's own feature head as the FR model, EDC (both modes) for every quality
    column plus the seeded `random` baseline and the `oracle` (minus the true severity);
-4. early exits (exfiqa_jax/tasks/early_exit.py): thresholds, the 0–100 mapping and the cascade
+4. early exits (exfiqa_jax/evaluation/early_exit.py): thresholds, the 0–100 mapping and the cascade
    calibrated on the identity-disjoint val split, evaluated on the test split's scores from 3.
    (predicted from the full-pass exit matrix; images/s measured on a small subset) →
    <output>/early_exit/, the mapping stored with the trained model;
@@ -26,9 +26,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import files
+from exfiqa_jax import files, parallel
 from exfiqa_jax.evaluation import pipeline, results, stages
-from exfiqa_jax.tasks import early_exit
+from exfiqa_jax.evaluation import early_exit
+from exfiqa_jax.report import early_exit as early_exit_report
 from exfiqa_jax.tasks import eval as eval_task
 from exfiqa_jax.data import synthetic
 from exfiqa_jax.train import data as train_data
@@ -123,7 +124,8 @@ def run(config) -> dict[str, Any]:
   seconds = {"train": round(time.time() - t0, 1)}
 
   t0 = time.time()
-  bench = early_exit.synthetic_split(config, "test")   # identity-disjoint, degraded
+  sizes = train_data.synthetic_sizes(config.train.data, config.test.per_identity)
+  bench = early_exit.synthetic_split(config, "test", sizes)   # identity-disjoint, degraded
   severity, kind = bench.extra["severity"], bench.extra["kind"]
   seconds["test_data"] = round(time.time() - t0, 1)
   config.quality_model.path = f"vitfiqa_tiny={model_dir}"
@@ -136,8 +138,13 @@ def run(config) -> dict[str, Any]:
   rho, rho_kind = severity_correlations([c.name for c in cols], image_q, severity, kind)
   check = target_check(config, ev.results, rho)
   t0 = time.time()      # early exits: calibrated on the val split, the test scores reused
-  exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val"), bench,
-                             quality[0], ev.cache, os.path.join(output, "early_exit"), quality)
+  exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val", sizes), bench,
+                             quality[0], ev.cache, quality)
+  if parallel.is_writer():
+    store = config.early_exit.mapping.get("store_with_model", True)
+    early_exit_report.write(os.path.join(output, "early_exit"), exits["summary"],
+                            exits["mapping"], model_dir=quality[0].path
+                            if store and os.path.isdir(quality[0].path) else None)
   seconds["early_exit"] = round(time.time() - t0, 1)
   seconds["total"] = round(time.time() - started, 1)
   verdict = "met" if check["met"] else "NOT met"

@@ -1,0 +1,164 @@
+"""The early-exit study's numbers on score matrices (docs/evaluation.md, "Early exits and
+thresholds"): what the early_exit job reports for each way of stopping early, given the exit
+scores of a calibration split and an evaluation split.
+
+  * `pick_tau`: τ, the full-depth decision threshold (accept iff exit_L >= τ): explicit, or the
+    value that discards a share of the calibration split (thresholds.discard_threshold);
+  * `fixed_columns`: every fixed exit and the fusions, each thresholded where it discards the
+    same share of the calibration split as τ does at full depth;
+  * `cascade_columns`: per agreement target, the cascade calibrated on the calibration split
+    (cascade.robust_cascade, or the plain optimum) and what it does on the evaluation split,
+    its quality the 0–100 value at the exit it left (so the exits are comparable);
+  * `headline`: the cascade at the headline target in numbers and one sentence.
+A column is (evaluation-split quality [N], row); a row holds the CSV's fields (method, kind,
+target, exits, mean_gflops, saved, agreement, agreement_calibration, ...). pAUC and images/s
+need pairs and a model and are added by exfiqa_jax/evaluation/early_exit.py. Plain NumPy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from exfiqa_jax import columns as names
+from exfiqa_jax.calibrate import cascade, thresholds
+from exfiqa_jax.models import exits as exits_lib
+from exfiqa_jax.quality_mapping import QualityMapping
+
+CASCADE_PREFIX = "cascade@"     # a cascade's method name: cascade@<agreement target>
+
+Column = tuple[np.ndarray, dict[str, Any]]
+
+
+def cascade_name(target: float) -> str:
+  """cascade@0.99: the method name of the cascade calibrated for an agreement target."""
+  return f"{CASCADE_PREFIX}{target:g}"
+
+
+def pick_tau(full: np.ndarray, discard: float, value: float = float("nan"),
+             resamples: int = 200, seed: int = 0, alpha: float = 0.05
+             ) -> tuple[float, dict[str, Any]]:
+  """(τ, how): `value` when finite (rounded to float32), else the full-depth score `full` [N] of
+  the calibration split that discards `discard` of it (thresholds.discard_threshold, with its
+  bootstrap interval)."""
+  if math.isfinite(value):
+    tau = float(np.float32(value))
+    return tau, {"value": tau, "rule": "explicit",
+                 "discard_calibration": float(np.mean(full < np.float32(tau)))}
+  pick = thresholds.discard_threshold(full, discard, resamples=resamples, seed=seed, alpha=alpha)
+  return pick.threshold, {"rule": pick.rule, **pick.to_dict(), "value": pick.threshold,
+                          "discard_calibration": pick.discard}
+
+
+def agreement(q: np.ndarray, tau_q: float, full: np.ndarray, tau: float) -> float:
+  """Share of images on which `q` at `tau_q` and the full-depth score at τ decide alike."""
+  return float(np.mean((q >= np.float32(tau_q)) == (full >= np.float32(tau))))
+
+
+def _threshold_at(cal_q: np.ndarray, frac: float) -> float:
+  return thresholds.discard_threshold(cal_q, frac, resamples=0).threshold
+
+
+def fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, fused_cal: Mapping[str, np.ndarray],
+                  fused_ev: Mapping[str, np.ndarray], per_exit: np.ndarray, g_fusion: float,
+                  tau: float, frac: float) -> list[Column]:
+  """Every fixed exit (exit scores `s_cal`, `s_ev` [N, L]) and every fusion in `fused_cal` /
+  `fused_ev` ({name: [N]}, GFLOPs `g_fusion`: the full pass), each thresholded where it discards
+  `frac` of the calibration split (exit L: at τ itself)."""
+  depth, full = s_cal.shape[1], float(per_exit[-1])
+  out = []
+  for k in range(1, depth + 1):
+    tau_k = _threshold_at(s_cal[:, k - 1], frac) if k < depth else tau
+    out.append((s_ev[:, k - 1], dict(
+        method=names.exit_name(k), kind="exit", target=float("nan"), exits=str(k),
+        mean_gflops=float(per_exit[k - 1]), saved=1 - float(per_exit[k - 1]) / full,
+        agreement=agreement(s_ev[:, k - 1], tau_k, s_ev[:, -1], tau),
+        agreement_calibration=agreement(s_cal[:, k - 1], tau_k, s_cal[:, -1], tau),
+        decided=[1.0 if e == k else 0.0 for e in range(1, depth + 1)], threshold=tau_k)))
+  for name in fused_cal:
+    f_cal, f_ev = np.asarray(fused_cal[name], np.float32), np.asarray(fused_ev[name], np.float32)
+    tau_f = _threshold_at(f_cal, frac)
+    out.append((f_ev, dict(
+        method=name, kind="fusion", target=float("nan"), exits="all",
+        mean_gflops=float(g_fusion), saved=1 - float(g_fusion) / full,
+        agreement=agreement(f_ev, tau_f, s_ev[:, -1], tau),
+        agreement_calibration=agreement(f_cal, tau_f, s_cal[:, -1], tau),
+        decided=[0.0] * (depth - 1) + [1.0], threshold=tau_f)))
+  return out
+
+
+def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], tau: float,
+                    costs: Callable[[tuple[int, ...]], np.ndarray], full: float,
+                    mapping: QualityMapping, targets: Sequence[float], groups: np.ndarray,
+                    robust: bool = True, folds: int = 5, prune_exits: bool = True,
+                    seed: int = 0) -> tuple[list[Column], list[dict[str, Any]]]:
+  """(columns, records): per agreement target, the cascade calibrated on `s_cal` (robust: its
+  conservativeness chosen by `groups`-grouped cross-validation; `costs`: GFLOPs of leaving at
+  each exit of an exit set, `full`: the full-depth program's) and run on `s_ev`. A record holds
+  the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for the engine; not
+  part of the summary) and both splits' figures."""
+  depth = s_cal.shape[1]
+  memo: dict = {}
+  out, records = [], []
+  for target in [float(t) for t in targets]:
+    if robust:
+      rc = cascade.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                  groups=groups, folds=folds, seed=seed,
+                                  prune_exits=prune_exits, memo=memo)
+      c, cv = rc.calibration, rc.to_dict()
+    else:
+      c = cascade.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                    prune_exits=prune_exits)
+      cv = c.to_dict()
+    pred = cascade.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
+    mean = pred.mean_cost(costs(c.exits))
+    q = np.empty(len(s_ev))
+    for e in c.exits:
+      sel = pred.exit == e
+      q[sel] = mapping.columns[names.exit_name(e)](pred.score[sel])
+    per_block = np.zeros(depth)
+    per_block[np.asarray(c.exits) - 1] = pred.fraction_per_exit()
+    thr = exits_lib.CascadeThresholds(**c.thresholds())
+    out.append((q.astype(np.float32), dict(
+        method=cascade_name(target), kind="cascade", target=target,
+        exits="+".join(str(e) for e in c.exits), mean_gflops=mean, saved=1 - mean / full,
+        agreement=pred.agreement, agreement_calibration=c.agreement,
+        decided=per_block.tolist(), threshold=tau,
+        agreement_cv=cv.get("cv_agreement", float("nan")))))
+    records.append({"target": target, "thresholds": thr.to_dict(),
+                    "calibration": {k: v for k, v in cv.items()
+                                    if k not in ("reject", "accept", "tau", "exits")},
+                    "evaluation": {"agreement": pred.agreement,
+                                   "disagreements": pred.disagreements, "mean_gflops": mean,
+                                   "saved": 1 - mean / full,
+                                   "fraction_per_exit": pred.fraction_per_exit().tolist()},
+                    "_thresholds": thr})
+  return out, records
+
+
+def headline(rows: Sequence[Mapping[str, Any]], target: float, timing: Mapping[str, Any]
+             ) -> dict[str, Any]:
+  """The cascade at the headline agreement target (0.99) in numbers and one sentence."""
+  row = next((r for r in rows if r["kind"] == "cascade" and math.isclose(r["target"], target)),
+             None)
+  full = next(r for r in rows if r["kind"] == "exit" and r["exits"] == str(len(r["decided"])))
+  if row is None:
+    return {"text": f"no cascade at agreement target {target:g}"}
+  cv = row.get("agreement_cv", float("nan"))
+  cv_text = f", cross-validated {100 * cv:.2f} %" if math.isfinite(cv) else ""
+  speed = (row["images_per_second"] / full["images_per_second"]
+           if full["images_per_second"] and math.isfinite(row["images_per_second"]) else None)
+  text = (f"at {100 * target:g} % agreement the cascade (exits {row['exits']}) needs "
+          f"{row['mean_gflops']:.3g} of {full['mean_gflops']:.3g} GFLOPs per image: "
+          f"{100 * row['saved']:.1f} % compute saved, held-out agreement "
+          f"{100 * row['agreement']:.2f} % (calibration {100 * row['agreement_calibration']:.2f} "
+          f"%{cv_text}), pAUC {1e3 * row['pauc']:.2f} vs {1e3 * full['pauc']:.2f} x1e-3 "
+          f"at full depth")
+  if speed is not None:
+    text += f", {speed:.2f}x images/s measured on {timing.get('images')} images"
+  return {"target": target, "saved": row["saved"], "mean_gflops": row["mean_gflops"],
+          "full_gflops": full["mean_gflops"], "agreement": row["agreement"],
+          "agreement_calibration": row["agreement_calibration"], "agreement_cv": cv,
+          "pauc": row["pauc"],
+          "full_pauc": full["pauc"], "exits": row["exits"], "speedup": speed, "text": text}

@@ -1,0 +1,292 @@
+"""The early-exit study (configs/early_exit.py; docs/evaluation.md, "Early exits and thresholds"):
+fixed exits, the fusions and the calibrated cascade, calibrated on one split of a benchmark and
+evaluated on another, identity-disjoint.
+
+  1. the splits: the synthetic faces' "val" (calibrates) and "test" (`synthetic_split`), or any
+     image-pair benchmark split by identity (`split_benchmark`, calibrate/splits.py);
+  2. every exit score of both splits in one full pass (the eval pipeline's cached stages,
+     evaluation/pipeline.py), FR comparisons of the evaluation split (and of the calibration
+     split when the threshold table asks for FNMR targets);
+  3. on the calibration split: τ, the threshold table (discard fractions and FNMR targets, with
+     bootstrap intervals; calibrate/thresholds.py), the 0–100 mapping (quality_mapping.py), the
+     fixed columns and the cascades (calibrate/early_exit.py);
+  4. on the evaluation split: pAUC-EDC (`fiqa` mode) of every column and the baselines, and
+     images/s of the real programs (QualityModel.score(exit=k), QualityModel.cascade) on a small
+     subset, where the engine's decisions are checked against the prediction.
+`analyse` returns the summary (what report/early_exit.py writes) and the mapping; it is itself a
+cached stage, so a rerun recomputes nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import columns, files, models, quality_mapping
+from exfiqa_jax.calibrate import early_exit as study
+from exfiqa_jax.calibrate import cascade, splits, thresholds
+from exfiqa_jax.data import synthetic
+from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
+from exfiqa_jax.evaluation.benchmarks import Benchmark
+from exfiqa_jax.metrics import edc
+from exfiqa_jax.models import exits as exits_lib
+
+SYNTHETIC = "synthetic_faces"
+
+
+# ------------------------------------------------------------------------------------------
+# Splits
+# ------------------------------------------------------------------------------------------
+def synthetic_split(config, split: str, sizes: synthetic.SplitSizes) -> Benchmark:
+  """A degraded synthetic split with its pairs, as the demo's test split (exfiqa_jax/tasks/
+  demo.py): "test" is the demo's `synthetic_faces`, "val" calibrates. `sizes`: the identity
+  split of the training data (train.data.synthetic_sizes(config.train.data,
+  config.test.per_identity))."""
+  t = config.test
+  faces = synthetic.make_split(config.seed, split, sizes, clean_fraction=t.clean_fraction,
+                               gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
+  pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)
+  name = SYNTHETIC if split == "test" else f"{SYNTHETIC}_{split}"
+  return benchmarks.array_benchmark(name, faces.images, faces.names, pairs, genuine,
+                                    extra={"severity": faces.severity, "kind": faces.kind,
+                                           "identity": faces.label})
+
+
+def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
+  """The images `rows` of `bench` and the pairs inside them (renumbered)."""
+  index = np.full(bench.num_images, -1, np.int64)
+  index[rows] = np.arange(len(rows))
+  inside = (index[bench.pairs[:, 0]] >= 0) & (index[bench.pairs[:, 1]] >= 0)
+  pairs = index[bench.pairs[inside]]
+  gen = bench.is_genuine[inside]
+  if gen.all() or not gen.any():
+    raise ValueError(f"the {part} split of {bench.name} has {int(gen.sum())} genuine and "
+                     f"{int((~gen).sum())} impostor pairs; it needs both (a larger benchmark "
+                     "or another early_exit.split.fraction)")
+  return Benchmark(f"{bench.name}_{part}", len(rows), lambda r: bench.read(rows[np.asarray(r)]),
+                   "image", gen, {"parent": bench.identity, "part": part, "rows": rows},
+                   pairs=pairs, extra={k: np.asarray(v)[rows] for k, v in bench.extra.items()})
+
+
+def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
+  """(group per image, how) of `bench` (splits.image_groups: its identity labels
+  extra["identity"], else connected components of the pair graph, else every image alone)."""
+  return splits.image_groups(bench.num_images, bench.pairs, bench.extra.get("identity"))
+
+
+def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
+                    ) -> tuple[Benchmark, Benchmark, str]:
+  """(calibration, evaluation, how): identity-disjoint when per-image labels exist
+  (extra["identity"]); else whole connected components of the pair graph (a .bin set: every pair
+  its own component), so no comparison is lost; else (one giant component, e.g. Adience) by
+  image, dropping the pairs across the split."""
+  if bench.pair_kind != "image":
+    raise ValueError(f"{bench.name} compares templates; early_exit splits image-pair benchmarks "
+                     "(the synthetic faces, .bin sets, XQLFW, Adience)")
+  groups, how = image_groups(bench)
+  in_cal = splits.split_groups(groups, fraction, seed)
+  cal_rows, ev_rows = np.flatnonzero(in_cal), np.flatnonzero(~in_cal)
+  return _subset(bench, cal_rows, "calibration"), _subset(bench, ev_rows, "evaluation"), how
+
+
+# ------------------------------------------------------------------------------------------
+# The study
+# ------------------------------------------------------------------------------------------
+def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
+            cache: stages.StageCache, quality: Sequence[pipeline.QualitySpec] | None = None,
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Calibrate on `cal`, evaluate on `ev` (module docstring): {"summary", "rows", "headline",
+  "mapping"}. Reuses the cached stages of `cache` (the demo passes its own: nothing is scored
+  twice) and is itself a cached stage (`early_exit/<benchmark>/<model>`; images/s are those
+  measured when it was computed). `extra` goes into the summary."""
+  s = config.early_exit
+  quality = list(quality or [spec])
+  model = spec.model
+  if not model.has_exits:
+    raise ValueError(f"{spec.name} (mode {model.mode!r}) has no exit scores: early exits need a "
+                     "ViT-FIQA quality model")
+  if getattr(spec, "exit", 0) not in (0, model.num_exits):
+    raise ValueError(f"early_exit compares every exit with full depth; leave --config.exit at 0 "
+                     f"(got {spec.exit})")
+  fr_name, fr_path = pipeline.fr_items(config, quality)[0]
+  q_cal = pipeline.quality_stage(cache, cal, spec, config)
+  q_ev = pipeline.quality_stage(cache, ev, spec, config)
+  emb = pipeline.embed_stage(cache, ev, fr_name, fr_path, quality, config)
+  cmp = pipeline.compare_stage(cache, ev, fr_name, emb)
+  cmp_cal = None
+  if len(s.thresholds.fnmr):
+    emb_cal = pipeline.embed_stage(cache, cal, fr_name, fr_path, quality, config)
+    cmp_cal = pipeline.compare_stage(cache, cal, fr_name, emb_cal)
+  deps = {"quality_calibration": q_cal, "quality_evaluation": q_ev, "compare": cmp,
+          "compare_calibration": cmp_cal, "settings": s.to_dict(), "fr_model": fr_name,
+          "seed": int(config.seed), "pauc_limit": float(config.eval.pauc_limit.get("fiqa", 0.3)),
+          "model_config": model.model_config, "splits": [cal.name, ev.name],
+          "extra": dict(extra or {})}
+
+  def compute():
+    summary, mapping = _compute(config, cal, ev, spec, q_cal, q_ev, cmp, cmp_cal, fr_name)
+    summary.update(dict(extra or {}))
+    return {"summary": np.asarray(json.dumps(summary, default=_plain)),
+            "mapping": np.asarray(json.dumps(mapping.to_dict()))}
+
+  stage = cache.run(f"early_exit/{files.slug(ev.name)}/{files.slug(spec.name)}", deps, compute)
+  summary = json.loads(str(stage["summary"]))
+  mapping = quality_mapping.QualityMapping.from_dict(json.loads(str(stage["mapping"])))
+  logging.info("early exits: %s", summary["headline"]["text"])
+  return {"summary": summary, "rows": summary["rows"], "headline": summary["headline"],
+          "mapping": mapping}
+
+
+def _plain(obj: Any) -> Any:
+  """JSON for numpy scalars and arrays."""
+  if isinstance(obj, (np.generic, np.ndarray)):
+    return obj.tolist()
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
+             q_cal: stages.Stage, q_ev: stages.Stage, cmp: stages.Stage,
+             cmp_cal: stages.Stage | None, fr_name: str
+             ) -> tuple[dict[str, Any], quality_mapping.QualityMapping]:
+  """The numbers of `analyse`, in order: τ and the threshold table, the 0–100 mapping (both on
+  the calibration split), the fixed exits and fusions, the cascades, their pAUC on the
+  evaluation split, measured speed. Returns (summary, mapping)."""
+  started = time.time()
+  s = config.early_exit
+  model = spec.model
+  cfg = model.model_config
+  depth = model.num_exits
+  s_cal = np.asarray(q_cal["exit_scores"], np.float32)
+  s_ev = np.asarray(q_ev["exit_scores"], np.float32)
+  seed = int(config.seed)
+  th = s.thresholds
+  tau, tau_info = study.pick_tau(s_cal[:, -1], float(s.tau.discard),
+                                 float(s.tau.get("value", float("nan"))),
+                                 int(th.resamples), seed, float(th.alpha))
+  table = _threshold_table(s, s_cal[:, -1], cal, cmp_cal, seed)
+  mapping = quality_mapping.fit_mapping(
+      q_cal.arrays, kind=str(s.mapping.kind), knots=int(s.mapping.knots),
+      meta={"benchmark": cal.name, "model": spec.path})
+  per_exit, g_fusion = models.gflops(cfg)
+  exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
+  cols = study.fixed_columns(s_cal, s_ev, {f: q_cal[f] for f in columns.FUSIONS},
+                             {f: q_ev[f] for f in columns.FUSIONS}, per_exit, g_fusion, tau,
+                             tau_info["discard_calibration"])
+
+  def costs(ex: tuple[int, ...]) -> np.ndarray:
+    return exits_lib.cascade_gflops(cfg, ex, np.asarray(ex))
+
+  cascade_cols, cascades = study.cascade_columns(
+      s_cal, s_ev, exits, tau, costs, float(per_exit[-1]), mapping,
+      [float(t) for t in s.cascade.targets], image_groups(cal)[0],
+      robust=bool(s.cascade.get("robust", True)), folds=int(s.cascade.get("folds", 5)),
+      prune_exits=bool(s.cascade.prune_exits), seed=seed)
+  cols += cascade_cols
+  rows = [row for _, row in cols]
+  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
+  baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed)
+  timing = _measure(model, ev, s, rows, cascades, s_ev, depth)   # real programs, a subset
+  headline = study.headline(rows, float(s.cascade.headline), timing)
+  summary = {
+      "benchmark": {"calibration": {"name": cal.name, "images": cal.num_images},
+                    "evaluation": {"name": ev.name, "images": ev.num_images,
+                                   "pairs": int(len(ev.is_genuine)),
+                                   "genuine": int(ev.is_genuine.sum())}},
+      "model": spec.path, "fr_model": fr_name, "depth": depth,
+      "fmr": float(s.fmr), "mode": "fiqa", "pauc_limit": limit,
+      "gflops_per_exit": [float(g) for g in per_exit], "gflops_fusion": float(g_fusion),
+      "exits": list(exits), "tau": tau_info, "thresholds": table,
+      "rows": [dict(r) for r in rows],
+      "baselines": baseline_pauc,
+      "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
+      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
+      "seconds": round(time.time() - started, 1)}
+  return summary, mapping
+
+
+def _threshold_table(s, full: np.ndarray, cal: Benchmark, cmp_cal: stages.Stage | None,
+                     seed: int) -> dict[str, list]:
+  """Thresholds of the full-depth score `full` by discard fraction and by FNMR target (the
+  calibration split; its comparisons `cmp_cal`, None: no FNMR rows)."""
+  th = s.thresholds
+  table = {"discard": [thresholds.discard_threshold(
+      full, float(f), resamples=int(th.resamples), seed=seed, alpha=float(th.alpha)).to_dict()
+                       for f in th.discard], "fnmr": []}
+  if cmp_cal is not None:
+    pq_cal = pipeline.pair_quality_fn(cal, cmp_cal)(full[None])[0]
+    table["fnmr"] = [p.to_dict() for p in thresholds.fnmr_thresholds(
+        cmp_cal["scores"], cmp_cal["is_genuine"], pq_cal, [float(t) for t in th.fnmr],
+        fmr=float(th.get("fmr", s.fmr)), resamples=int(th.fnmr_resamples), seed=seed,
+        alpha=float(th.alpha))]
+  return table
+
+
+def _pauc(ev: Benchmark, cmp: stages.Stage, cols: list[study.Column], fmr: float, limit: float,
+          seed: int) -> dict[str, float]:
+  """Sets each row's "pauc" (fiqa mode, evaluation split); returns the baselines' pAUC
+  (random, and the oracle where the data set knows each image's severity)."""
+  baselines = {columns.RANDOM: results.random_quality(ev.num_images, seed)}
+  if "severity" in ev.extra:
+    baselines[columns.ORACLE] = -np.asarray(ev.extra["severity"], np.float32)
+  all_q = np.stack([q for q, _ in cols] + list(baselines.values())).astype(np.float32)
+  pq = pipeline.pair_quality_fn(ev, cmp)(all_q)
+  curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, (fmr,), edc.FIQA_DISCARD,
+                          "fiqa", pauc_limit=limit)
+  pauc = np.asarray(curves.pauc)[:, 0]
+  for (_, row), p in zip(cols, pauc):
+    row["pauc"] = float(p)
+  return {k: float(p) for k, p in zip(baselines, pauc[len(cols):])}
+
+
+def _time_it(fn, repeats: int, warm: bool = False) -> float:
+  """Best wall time of `repeats` calls, after one warm-up call (compilation) unless `warm`."""
+  if not warm:
+    fn()
+  best = math.inf
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
+             s_ev: np.ndarray, depth: int) -> dict[str, Any]:
+  """images/s of every fixed-exit program and the cascades on a subset; the engine's decisions
+  there against the prediction from the full-pass scores (mismatches are reported)."""
+  n = min(int(s.timing.images), ev.num_images)
+  info: dict[str, Any] = {"images": n, "repeats": int(s.timing.repeats)}
+  for r in rows:
+    r["images_per_second"] = float("nan")
+  if n <= 0 or jax.process_count() > 1:
+    info["skipped"] = "timing.images = 0" if n <= 0 else "multi-host run (single-host programs)"
+    return info
+  images, _ = ev.read(np.arange(n))
+  reps = int(s.timing.repeats)
+  by_method = {r["method"]: r for r in rows}
+  fixed = range(1, depth + 1) if s.timing.get("fixed_exits", True) else (depth,)
+  for k in fixed:
+    by_method[columns.exit_name(k)]["images_per_second"] = n / _time_it(
+        lambda: model.score(images, exit=k), reps)
+  full_rate = by_method[columns.exit_name(depth)]["images_per_second"]
+  for f in columns.FUSIONS:     # the full pass computes every exit and both fusions
+    by_method[f]["images_per_second"] = full_rate
+  headline = float(s.cascade.headline)
+  mismatch = {}
+  for c in cascades:
+    if not s.timing.get("all_targets", True) and not math.isclose(c["target"], headline):
+      continue
+    thr = c["_thresholds"]
+    result = model.cascade(images, thr)          # also the warm-up (compilation)
+    pred = cascade.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
+    mismatch[f"{c['target']:g}"] = int(np.sum((np.asarray(result.exit) != pred.exit)
+                                              | (np.asarray(result.accept) != pred.accept)))
+    by_method[study.cascade_name(c["target"])]["images_per_second"] = n / _time_it(
+        lambda: model.cascade(images, thr), reps, warm=True)
+  info["engine_vs_prediction_mismatches"] = mismatch
+  return info

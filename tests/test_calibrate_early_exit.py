@@ -1,0 +1,62 @@
+"""The early-exit study's numbers on score matrices (exfiqa_jax/calibrate/early_exit.py): τ, the
+fixed columns and the cascade columns, without a model (the whole study runs end to end in
+tests/test_early_exit.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from exfiqa_jax import quality_mapping
+from exfiqa_jax.calibrate import early_exit as study
+
+
+def _scores(n, depth=3, seed=0):
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=n)
+  return np.stack([z * (0.4 + 0.3 * l) + rng.normal(size=n) for l in range(depth)],
+                  1).astype(np.float32)
+
+
+def test_tau_explicit_or_by_discard():
+  s = _scores(500)
+  tau, info = study.pick_tau(s[:, -1], 0.2, resamples=10)
+  assert info["discard_calibration"] == np.mean(s[:, -1] < np.float32(tau)) == 0.2
+  assert info["rule"] == "discard" and list(info)[:2] == ["rule", "threshold"]
+  assert info["ci_low"] <= tau <= info["ci_high"]
+  tau, info = study.pick_tau(s[:, -1], 0.2, value=0.1)
+  assert tau == float(np.float32(0.1)) and info["rule"] == "explicit"
+
+
+def test_fixed_and_cascade_columns():
+  s_cal, s_ev = _scores(800, seed=1), _scores(800, seed=2)
+  per_exit = np.array([1.0, 2.0, 3.0])
+  tau, info = study.pick_tau(s_cal[:, -1], 0.2, resamples=0)
+  fused = {"ex_fiqa_f": s_cal.mean(1)}
+  cols = study.fixed_columns(s_cal, s_ev, fused, {"ex_fiqa_f": s_ev.mean(1)}, per_exit, 3.1, tau,
+                             info["discard_calibration"])
+  rows = [r for _, r in cols]
+  assert [r["method"] for r in rows] == ["exit_1", "exit_2", "exit_3", "ex_fiqa_f"]
+  assert rows[2]["agreement"] == rows[2]["agreement_calibration"] == 1.0
+  for q, r in cols[:2]:          # each fixed exit discards τ's share of the calibration split
+    k = int(r["exits"])
+    assert np.mean(s_cal[:, k - 1] < np.float32(r["threshold"])) == pytest.approx(0.2)
+  mapping = quality_mapping.fit_mapping({"exit_scores": s_cal})
+  costs = lambda ex: np.asarray(ex, np.float64) + 0.05
+  groups = np.arange(800) // 8
+  casc, records = study.cascade_columns(s_cal, s_ev, (1, 2, 3), tau, costs, 3.05, mapping,
+                                        (0.9, 0.99), groups)
+  assert [r["method"] for _, r in casc] == [study.cascade_name(0.9), "cascade@0.99"]
+  for (q, r), rec in zip(casc, records):
+    assert r["agreement_calibration"] >= r["target"] and 0 <= q.min() and q.max() <= 100
+    assert sum(r["decided"]) == pytest.approx(1.0)
+    assert rec["evaluation"]["agreement"] == r["agreement"]
+    assert rec["_thresholds"].exits == tuple(int(e) for e in r["exits"].split("+"))
+  assert casc[0][1]["saved"] >= casc[1][1]["saved"]          # a looser target saves more
+  for _, r in cols + casc:
+    r["pauc"], r["images_per_second"] = 0.01, math.nan
+  head = study.headline([r for _, r in cols + casc], 0.99, {})
+  assert head["target"] == 0.99 and head["speedup"] is None and "compute saved" in head["text"]
+  assert study.headline([r for _, r in cols], 0.99, {}) == {
+      "text": "no cascade at agreement target 0.99"}
