@@ -213,9 +213,9 @@ def save_models(folder: str) -> tuple[str, str]:
   from exfiqa_jax.testing import worlds
   q, fr = os.path.join(folder, "q_token"), os.path.join(folder, "fr")
   if not os.path.isdir(q):
-    worlds._save_vit(q, "token", 1)
+    worlds.save_vit(q, "token", 1)
   if not os.path.isdir(fr):
-    worlds._save_iresnet(fr, 3)
+    worlds.save_iresnet(fr, 3)
   return q, fr
 
 

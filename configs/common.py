@@ -4,7 +4,8 @@ One schema across jobs:
   quality_model.{path, num_heads, family}     the ViT-FIQA model (score, eval, demo)
   fr.{path, family, num_heads, input_scale, convention, batch_size}   the FR model (embed, eval)
   data.{channel_order ∈ {rgb, bgr}, decode_threads, ...}
-Configs import only ml_collections and each other, never JAX (loading a config is instant).
+Configs import ml_collections, each other and pure-Python exfiqa_jax modules (data/benchmark_names,
+detection/settings, columns), never JAX: loading a config is instant (tests/test_configs.py).
 """
 from __future__ import annotations
 

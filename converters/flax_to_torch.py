@@ -3,7 +3,7 @@
   python -m converters.flax_to_torch --checkpoint=DIR --out=X.pt
 
 Official key names and layouts; BatchNorm `num_batches_tracked` is written as an int64 0 (Flax
-does not track it; eval mode does not use it). See exfiqa_jax.convert.directory_to_pt.
+does not track it; eval mode does not use it). See exfiqa_jax.checkpoints.directory_to_pt.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from exfiqa_jax import convert
+from exfiqa_jax import checkpoints
 
 
 def _main(argv: list[str]) -> None:
@@ -20,7 +20,7 @@ def _main(argv: list[str]) -> None:
   f = flags.FLAGS
   if not f.checkpoint or not f.out:
     raise app.UsageError("pass --checkpoint=DIR and --out=X.pt")
-  sd = convert.directory_to_pt(f.checkpoint, f.out)
+  sd = checkpoints.directory_to_pt(f.checkpoint, f.out)
   print(f"wrote {os.path.abspath(f.out)} ({len(sd)} tensors)")
 
 

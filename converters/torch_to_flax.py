@@ -7,7 +7,7 @@ The family is detected from the keys unless --family names it; the architecture 
 shapes; --num_heads is the one thing no shape records (default 8; CVLFace ViT-B uses 16).
 Strict: a missing, unexpected or mis-shaped key stops the conversion with a list of all of them.
 The result is converted back and compared bit for bit with the input before anything is written
-(exfiqa_jax.convert.pt_to_directory; docs/checkpoints.md).
+(exfiqa_jax.checkpoints.pt_to_directory; docs/checkpoints.md).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags
 
-from exfiqa_jax import convert
+from exfiqa_jax import checkpoints, convert
 
 
 def _main(argv: list[str]) -> None:
@@ -24,7 +24,7 @@ def _main(argv: list[str]) -> None:
   f = flags.FLAGS
   if not f.checkpoint or not f.out:
     raise app.UsageError("pass --checkpoint=X.pt and --out=DIR")
-  config = convert.pt_to_directory(f.checkpoint, f.out, num_heads=f.num_heads,
+  config = checkpoints.pt_to_directory(f.checkpoint, f.out, num_heads=f.num_heads,
                                    family=f.family or None)
   print(f"wrote {os.path.abspath(f.out)} ({config['family']}, "
         f"{config.get('mode', config.get('layout'))})")

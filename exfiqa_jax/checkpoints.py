@@ -10,6 +10,11 @@ error instead of a silently different model. model_config.json also records the 
 variables ("integrity", written at save, checked at every load): flipped bytes, a deleted or
 truncated data file or missing Orbax metadata are a CheckpointError naming the directory
 ("damaged: re-convert from the .pt"), and NaN/inf weights are reported as such.
+
+  pt_to_directory / directory_to_pt   a PyTorch `.pt` ⇄ a converted directory (docs/checkpoints.md)
+  checkpoint_identity(path)  what a cached result records of its checkpoint: always a content
+                             digest (a `.pt` is hashed, a converted directory gives the variables
+                             digest recorded in its model_config.json)
 """
 from __future__ import annotations
 
@@ -17,17 +22,18 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
+from exfiqa_jax import convert, files, identity, models, parallel
 from exfiqa_jax.convert.strict import CheckpointError
-from exfiqa_jax import files, models, parallel
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
@@ -207,3 +213,59 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 def to_numpy(variables: Any) -> Any:
   """Host numpy copy of (replicated) variables, e.g. for the reverse converter."""
   return jax.tree.map(np.asarray, parallel.global_to_host(variables))
+
+
+def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
+  """A content identity of a checkpoint: the SHA-256 of a `.pt`; for a converted directory the
+  variables digest recorded in its model_config.json and the digest of that file (a directory
+  without a recorded digest, from an older version, is hashed file by file; a path that does
+  not exist is recorded as missing)."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isfile(path):
+    return identity.file_identity(path, digest=True)
+  if not os.path.isdir(path):
+    return {"path": path, "missing": True}     # the loader then says so, in its own words
+  config_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    return identity.file_identity(path, digest=True)
+  recorded = recorded_digest(path)
+  if recorded is None:      # only the weights and their config; sidecar files do not count
+    variables = os.path.join(path, VARIABLES_DIR)
+    recorded = (identity.file_identity(variables, digest=True)["sha256"]
+                if os.path.isdir(variables) else None)
+  return {"path": path, "variables_sha256": recorded,
+          "config_sha256": identity.sha256_file(config_file)}
+
+
+# ------------------------------------------------------------------------- PyTorch files
+def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str | None = None
+                    ) -> dict[str, Any]:
+  """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config."""
+  sd = convert.torch_io.load_state_dict(checkpoint)
+  variables, config = convert.convert_state_dict(sd, num_heads=num_heads, family=family,
+                                                 source=checkpoint)
+  save_model(out, variables, config)
+  count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
+  logging.info("converted %s (%s, %s) → %s: %d parameters",
+               checkpoint, config["family"], config.get("mode", config.get("layout")),
+               os.path.abspath(out), count)
+  return config
+
+
+def directory_to_pt(checkpoint: str, out: str) -> dict[str, np.ndarray]:
+  """Reads the converted directory `checkpoint`, writes `out` (.pt) that the official module
+  loads strictly; returns the state dict written."""
+  variables, config = load_model(checkpoint)
+  family = convert.families.family_of_config(config)
+  sd = family.to_torch(to_numpy(variables), config)
+  convert.torch_io.save_state_dict(sd, out)
+  logging.info("wrote %s: %d tensors (%s)", os.path.abspath(out), len(sd), family.name)
+  return sd
+
+
+def _leaves(tree):
+  for v in tree.values():
+    if isinstance(v, Mapping):
+      yield from _leaves(v)
+    else:
+      yield v

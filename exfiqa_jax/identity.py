@@ -1,8 +1,8 @@
 """What a result was made from: identities of input files and checkpoints, stamps, what changed.
 
 Every cached result (the score and embed tasks' outputs, each evaluation stage of
-exfiqa_jax/evaluation/stages.py, each built data set of exfiqa_jax/data/builders) records what it was
-made from: the config fields it depends on and the identity of every input file. A mismatch
+exfiqa_jax/evaluation/stages.py, each built data set of exfiqa_jax/data/builders) records what it
+was made from: the config fields it depends on and the identity of every input file. A mismatch
 recomputes, and `changes(old, new)` says what changed for the log line (docs/caching.md).
 
   file_identity(path)        a file: absolute path, size, and the SHA-256 of its content when
@@ -10,11 +10,12 @@ recomputes, and `changes(old, new)` says what changed for the log line (docs/cac
                              folder: the same over every file below it (one digest)
   files_identity(paths)      a list of files (images) as one digest; contents are hashed while
                              the whole list is up to DIGEST_LIMIT bytes, else size + mtime_ns
-  checkpoint_identity(path)  always a content digest: a `.pt` is hashed, a converted directory
-                             gives the variables digest recorded in its model_config.json
+  canonical(value)           the one canonical JSON form of configs and identities (`exact=True`:
+                             the stage-fingerprint form, floats as repr and arrays as digests)
   write_stamp / check_stamp  a completion stamp, written LAST, that records the identity and the
                              output files it vouches for; a stamp that does not match (or whose
                              outputs were replaced since) is not "done"
+A checkpoint's identity (a content digest) is exfiqa_jax/checkpoints.py's checkpoint_identity.
 Digests of unchanged files are memoised per process by (path, size, mtime_ns, ctime_ns, inode):
 any write, even one that restores the mtime, changes ctime.
 """
@@ -24,6 +25,8 @@ import hashlib
 import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 DIGEST_LIMIT = 64 << 20     # bytes: files and file lists up to this size are content-hashed
 _CHUNK = 1 << 20
@@ -121,37 +124,33 @@ def names_identity(names: Sequence[str]) -> dict[str, Any]:
   return {"count": len(names), "sha256": digest.hexdigest()}
 
 
-def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
-  """A content identity of a checkpoint: the SHA-256 of a `.pt`; for a converted directory the
-  variables digest recorded in its model_config.json and the digest of that file (a directory
-  without a recorded digest, from an older version, is hashed file by file; a path that does
-  not exist is recorded as missing)."""
-  path = os.path.abspath(os.fspath(path))
-  if os.path.isfile(path):
-    return file_identity(path, digest=True)
-  if not os.path.isdir(path):
-    return {"path": path, "missing": True}     # the loader then says so, in its own words
-  from exfiqa_jax import checkpoints
-  config_file = os.path.join(path, checkpoints.CONFIG_FILE)
-  if not os.path.isfile(config_file):
-    return file_identity(path, digest=True)
-  recorded = checkpoints.recorded_digest(path)
-  if recorded is None:      # only the weights and their config; sidecar files do not count
-    variables = os.path.join(path, checkpoints.VARIABLES_DIR)
-    recorded = (file_identity(variables, digest=True)["sha256"] if os.path.isdir(variables)
-                else None)
-  return {"path": path, "variables_sha256": recorded, "config_sha256": sha256_file(config_file)}
-
-
 # ----------------------------------------------------------------------------- comparisons
-def canonical(value: Any) -> Any:
-  """JSON-ready copy (ConfigDicts as dicts, tuples as lists, numpy scalars as numbers)."""
-  if hasattr(value, "to_dict"):
+def canonical(value: Any, exact: bool = False) -> Any:
+  """JSON-ready copy: ConfigDicts as dicts (keys sorted as text), tuples as lists, numpy
+  scalars as numbers; an object with `canonical_form()` (an evaluation Stage) as what it returns.
+
+  exact=True is the form stage fingerprints hash (exfiqa_jax/evaluation/stages.py): a Python
+  float as its repr (exact, and 1e-3 != 0.001000001), an array as the SHA-256 of its bytes with
+  its shape and dtype. Without it floats stay numbers and 0-d arrays become numbers."""
+  if hasattr(value, "canonical_form"):
+    return canonical(value.canonical_form(), exact)
+  if not exact and hasattr(value, "to_dict"):
     value = value.to_dict()
   if isinstance(value, Mapping):
-    return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    return {str(k): canonical(v, exact)
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+  if hasattr(value, "to_dict"):          # ml_collections.ConfigDict (exact: after Mapping)
+    return canonical(value.to_dict(), exact)
   if isinstance(value, (list, tuple)):
-    return [canonical(v) for v in value]
+    return [canonical(v, exact) for v in value]
+  if exact:
+    if isinstance(value, np.ndarray):
+      # the buffer itself, not a tobytes() copy (IJB-C's template pairs are 250 MB)
+      return {"sha256": hashlib.sha256(np.ascontiguousarray(value).data).hexdigest(),
+              "shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+      return value.item()
+    return repr(value) if isinstance(value, float) else value
   if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
     return value.item()
   return value

@@ -40,7 +40,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("bf16")
-  return {mode: worlds._save_vit(root / mode, mode, seed)
+  return {mode: worlds.save_vit(root / mode, mode, seed)
           for mode, seed in (("token", 1), ("crfiqa", 2))}
 
 

@@ -41,7 +41,7 @@ def test_third_party_info_stays_out_unless_asked(tmp_path):
   import numpy as np
   from PIL import Image
   from exfiqa_jax.testing import worlds
-  model = worlds._save_vit(tmp_path / "model", "token", 0)        # an Orbax directory
+  model = worlds.save_vit(tmp_path / "model", "token", 0)        # an Orbax directory
   faces = tmp_path / "faces"
   faces.mkdir()
   rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ def _images(folder, n: int) -> str:
 
 
 def test_second_run_loads_every_program_from_the_cache(tmp_path):
-  model = worlds._save_vit(tmp_path / "q", "token", 1)
+  model = worlds.save_vit(tmp_path / "q", "token", 1)
   images = _images(tmp_path / "images", 11)          # one full batch of 8 and a partial one
   cache = tmp_path / "xla"
   runs = []
@@ -67,7 +67,7 @@ def test_compile_cache_folder_and_off_switch(tmp_path, monkeypatch):
 def test_last_partial_batch_compiles_nothing(tmp_path):
   """Score path (pipeline.host_batches + run_batch, as tasks/score.py and the quality stage of
   evaluation/pipeline.py) over 11 rows in batches of 8: the partial batch reuses the program."""
-  model = inference.load(worlds._save_vit(tmp_path / "q", "token", 1), batch_size=8)
+  model = inference.load(worlds.save_vit(tmp_path / "q", "token", 1), batch_size=8)
   images = np.random.default_rng(0).integers(0, 256, (11, 112, 112, 3), np.uint8)
   batches = list(pipeline.host_batches(pipeline.array_reader(images), len(images), 8))
   assert [b.num_rows for b in batches] == [8, 3]

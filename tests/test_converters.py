@@ -170,7 +170,7 @@ def test_each_bad_case_alone_through_the_file_path(tmp_path, bad):
     tensors[key] = torch.ones(3, 3)
   torch.save(tensors, tmp_path / "bad.pt")
   with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
-    convert.pt_to_directory(str(tmp_path / "bad.pt"), str(tmp_path / "out"),
+    checkpoints.pt_to_directory(str(tmp_path / "bad.pt"), str(tmp_path / "out"),
                           num_heads=cfg.num_heads)
   assert not os.path.exists(tmp_path / "out")
 
@@ -218,7 +218,7 @@ def test_mode_inference_errors_and_unknown_family():
 def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
   cfg, model = _twin("full", seed=4)
   torch.save(model.state_dict(), tmp_path / "m.pt")
-  config = convert.pt_to_directory(str(tmp_path / "m.pt"), str(tmp_path / "ckpt"),
+  config = checkpoints.pt_to_directory(str(tmp_path / "m.pt"), str(tmp_path / "ckpt"),
                                  num_heads=cfg.num_heads)
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["model_config.json", "variables"]
   assert not os.path.exists(tmp_path / "ckpt.partial")
@@ -226,7 +226,7 @@ def test_orbax_directory_round_trip_and_reverse_converter(tmp_path):
   assert loaded == config
   # overwriting an existing directory replaces it atomically
   checkpoints.save_model(tmp_path / "ckpt", checkpoints.to_numpy(variables), loaded)
-  sd = convert.directory_to_pt(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
+  sd = checkpoints.directory_to_pt(str(tmp_path / "ckpt"), str(tmp_path / "back.pt"))
   fresh = _fresh_twin(cfg)
   fresh.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
   for k, v in model.state_dict().items():

@@ -12,7 +12,8 @@ from PIL import Image
 
 from configs import early_exit as early_exit_config
 from configs import score as score_config
-from exfiqa_jax import models, report
+from exfiqa_jax import models
+from exfiqa_jax.report import tables
 from exfiqa_jax import quality_mapping
 from exfiqa_jax.tasks import early_exit, score
 from exfiqa_jax.testing import worlds
@@ -21,7 +22,7 @@ from exfiqa_jax.testing import worlds
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("early_exit")
-  model = worlds._save_vit(root / "model", "token", 0)
+  model = worlds.save_vit(root / "model", "token", 0)
   config = early_exit_config.get_config("size=smoke")
   config.quality_model.path = model
   config.output = str(root / "out")
@@ -36,7 +37,7 @@ def test_outputs_exist_and_agree(run):
                "plots/early_exit_pauc_vs_gflops.png", "plots/early_exit_decided.png"):
     assert os.path.getsize(out / name) > 0, name
   summary = json.loads((out / "early_exit.json").read_text())
-  rows = report.read_csv(str(out / "early_exit.csv"))
+  rows = tables.read_csv(str(out / "early_exit.csv"))
   targets = list(early_exit_config.TARGETS)
   assert [r["method"] for r in rows] == (
       ["exit_1", "exit_2", "exit_3", "ex_fiqa_f", "ex_fiqa_fw"]
@@ -74,9 +75,9 @@ def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):
   cfg.quality_model.path, cfg.images, cfg.output = model, str(tmp_path), str(tmp_path / "o")
   cfg.progress = False
   score.run(cfg)
-  rows = report.read_csv(str(tmp_path / "o" / "scores.csv"))
+  rows = tables.read_csv(str(tmp_path / "o" / "scores.csv"))
   header = list(rows[0])
-  base = report.score_columns(3, True)
+  base = tables.score_header(3, True)
   assert header[:len(base)] == base                     # the existing columns unchanged
   assert header[len(base):] == ["q100_exit_1", "q100_exit_2", "q100_exit_3", "q100_ex_fiqa_f",
                                 "q100_ex_fiqa_fw"]
@@ -86,7 +87,7 @@ def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):
       assert float(r[f"q100_exit_{e}"]) == pytest.approx(float(expected), abs=1e-4)
   cfg.quality_mapping = "none"
   score.run(cfg)                                        # the mapping is part of the identity
-  assert list(report.read_csv(str(tmp_path / "o" / "scores.csv"))[0]) == base
+  assert list(tables.read_csv(str(tmp_path / "o" / "scores.csv"))[0]) == base
 
 
 def test_rerun_recomputes_nothing(run):

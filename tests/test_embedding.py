@@ -171,11 +171,11 @@ def _vit_twin(kind):
 @pytest.mark.parametrize("kind", sorted(FR_VITS))
 def test_fr_vit_checkpoint_through_load_fr_model(tmp_path, kind, route):
   """A ViT FR .pt → (converters/torch_to_flax.py →) load_fr_model → embed_images = the twin."""
-  from exfiqa_jax import convert
+  from exfiqa_jax import checkpoints
   forward, twin, prefix, heads = _vit_twin(kind)
   path = _save_pt(tmp_path / "fr_vit.pt", twin, prefix)
   if route == "converted":
-    convert.pt_to_directory(path, str(tmp_path / "converted"), num_heads=heads or 8)
+    checkpoints.pt_to_directory(path, str(tmp_path / "converted"), num_heads=heads or 8)
     module, variables, config = inference.load_fr_model(str(tmp_path / "converted"))
   else:
     module, variables, config = inference.load_fr_model(path, num_heads=heads)

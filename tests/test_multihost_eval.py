@@ -11,9 +11,9 @@ import socket
 import pytest
 
 from configs import eval_verification
-from exfiqa_jax import report
 from exfiqa_jax.data import builders, protocols
 from exfiqa_jax.evaluation import stages
+from exfiqa_jax.report import tables
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
@@ -90,7 +90,7 @@ def test_two_hosts_match_one_process_and_share_the_stage_cache(tmp_path):
   assert sorted(e["stage"] for e in log if e["event"] == "computed") == STAGES  # written once
 
   for name in ("pauc.csv", "edc.csv"):                     # row by row, in the written order
-    want, got = report.read_csv(single / name), report.read_csv(os.path.join(multi, name))
+    want, got = tables.read_csv(single / name), tables.read_csv(os.path.join(multi, name))
     assert len(got) == len(want) > 50 and list(got[0]) == list(want[0]), name
     for i, (w, g) in enumerate(zip(want, got)):
       for col, text in w.items():

@@ -149,12 +149,12 @@ def test_eval_settings_fail_naming_their_flag(tmp_path, field, value, match):
 
 
 def test_report_sections(tmp_path):
-  from exfiqa_jax import report
+  from exfiqa_jax.report import evaluation as report, tables
   rows = [dict(benchmark="lfw", fr_model="arc", mode="fiqa", fmr=1e-3, quality_a=a, quality_b=b,
                delta_pauc=-2e-4, ci_low=-3e-4, ci_high=-1e-4, p_value=0.01)
           for a, b in (("ex_fiqa_fw", "exit_12"), ("exit_1", "random"))]
   path = report.write_paired(str(tmp_path), rows)
-  got = report.read_csv(path)
+  got = tables.read_csv(path)
   assert list(got[0]) == list(paired.COLUMNS) and float(got[0]["delta_pauc"]) == -2e-4
   md = "\n".join(report.paired_markdown(rows))
   assert "| ex_fiqa_fw | exit_12 | -0.200 | [-0.300, -0.100] | 0.01 |" in md

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from exfiqa_jax import report
+from exfiqa_jax.report import evaluation as report
+from exfiqa_jax.report import plots, tables
 from exfiqa_jax.metrics import comparisons, edc
 from exfiqa_jax.evaluation import results
 from exfiqa_jax import models
@@ -53,7 +54,7 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[results.
 def test_csv_numbers_equal_engine(tmp_path):
   result, engine = _synthetic_result()
   paths = report.write_tables(str(tmp_path), [result])
-  edc_rows = report.read_csv(paths["edc"])
+  edc_rows = tables.read_csv(paths["edc"])
   assert list(edc_rows[0]) == list(report.EDC_COLUMNS)
   names = result.names
   n = len(names) * len(FMRS) * len(edc.FIQA_DISCARD)
@@ -67,7 +68,7 @@ def test_csv_numbers_equal_engine(tmp_path):
     assert float(row["threshold"]) == curves.threshold[s, f, r]
     assert int(row["n_genuine"]) == curves.n_genuine[s, r]
     assert int(row["n_impostor"]) == curves.n_impostor[s, r]
-  pauc_rows = report.read_csv(paths["pauc"])
+  pauc_rows = tables.read_csv(paths["pauc"])
   assert list(pauc_rows[0]) == list(report.PAUC_COLUMNS)
   assert len(pauc_rows) == 2 * len(names) * len(FMRS)
   for row in pauc_rows:
@@ -118,7 +119,7 @@ def test_plots_are_pngs(tmp_path):
   assert len(written) == 2 + 2          # EDC per mode + pAUC-vs-GFLOPs per mode
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-  written.append(report.plot_attention(str(tmp_path / "plots" / "att.png"), images,
+  written.append(plots.plot_attention(str(tmp_path / "plots" / "att.png"), images,
                                        rng.normal(size=(4, 16)), rng.normal(size=4), "t"))
   for path in written:
     with open(path, "rb") as f:
@@ -157,13 +158,13 @@ def test_attention_overlay_matches_numpy_reference():
   rng = np.random.default_rng(2)
   maps = rng.normal(size=(3, 144)) * 3 + 1
   images = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
-  heat = report.attention_heatmaps(maps)
+  heat = plots.attention_heatmaps(maps)
   lo, hi = maps.min(), maps.max()          # ONE global min-max over all maps
   ref = np.stack([_bilinear_ref(((m - lo) / (hi - lo + 1e-8)).reshape(12, 12), 112)
                   for m in maps])
   np.testing.assert_allclose(heat, ref, atol=2e-5)
   assert 0.9 < heat.max() <= 1.0 + 1e-6 and -1e-6 <= heat.min() < 0.1
-  over = report.attention_overlays(images, maps)
+  over = plots.attention_overlays(images, maps)
   from matplotlib import colormaps
   expect = 0.6 * images + 0.4 * 255 * colormaps["jet"](ref)[..., :3]
   assert np.abs(over.astype(float) - expect).max() <= 1.0 + 1e-6

@@ -2,24 +2,21 @@
 
     from exfiqa_jax import convert
     variables, model_config = convert.convert_state_dict(state_dict, num_heads=8)
-    convert.pt_to_directory("vitfiqa_token.pt", "ckpt/vitfiqa_token")
-    convert.directory_to_pt("ckpt/vitfiqa_token", "roundtrip.pt")
 
 Every conversion is verified by converting back and comparing bit for bit (docs/checkpoints.md).
+Files in, directories out (pt_to_directory, directory_to_pt) are exfiqa_jax/checkpoints.py's.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
-from absl import logging
 
 from exfiqa_jax.convert import families, torch_io
 from exfiqa_jax.convert.strict import CheckpointError
 
 __all__ = ["CheckpointError", "convert_state_dict", "check_finite", "check_round_trip",
-           "pt_to_directory", "directory_to_pt", "families", "torch_io"]
+           "families", "torch_io"]
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], num_heads: int | None = 8,
@@ -53,38 +50,3 @@ def check_round_trip(sd: Mapping[str, np.ndarray], back: Mapping[str, np.ndarray
   if bad:
     raise CheckpointError(f"internal error: converting back does not reproduce {bad[:10]}; "
                           "please report it with the checkpoint's key list")
-
-
-def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str | None = None
-                    ) -> dict[str, Any]:
-  """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config."""
-  from exfiqa_jax import checkpoints
-  sd = torch_io.load_state_dict(checkpoint)
-  variables, config = convert_state_dict(sd, num_heads=num_heads, family=family,
-                                         source=checkpoint)
-  checkpoints.save_model(out, variables, config)
-  count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
-  logging.info("converted %s (%s, %s) → %s: %d parameters",
-               checkpoint, config["family"], config.get("mode", config.get("layout")),
-               os.path.abspath(out), count)
-  return config
-
-
-def directory_to_pt(checkpoint: str, out: str) -> dict[str, np.ndarray]:
-  """Reads the converted directory `checkpoint`, writes `out` (.pt) that the official module
-  loads strictly; returns the state dict written."""
-  from exfiqa_jax import checkpoints
-  variables, config = checkpoints.load_model(checkpoint)
-  family = families.family_of_config(config)
-  sd = family.to_torch(checkpoints.to_numpy(variables), config)
-  torch_io.save_state_dict(sd, out)
-  logging.info("wrote %s: %d tensors (%s)", os.path.abspath(out), len(sd), family.name)
-  return sd
-
-
-def _leaves(tree):
-  for v in tree.values():
-    if isinstance(v, Mapping):
-      yield from _leaves(v)
-    else:
-      yield v

@@ -13,7 +13,7 @@ config recomputes only what depends on it):
                             pAUC with bootstrap CIs
   groups/<bench>/<fr>/<mode>/<grouping>   per-group EDC and pAUC where group labels exist
                             (exfiqa_jax/evaluation/groups.py; docs/evaluation.md, Per-group EDC)
-then the reports (exfiqa_jax/tasks/eval.py writes them with exfiqa_jax/report.py). Images are
+then the reports (exfiqa_jax/report/evaluation.py, called by the eval and demo tasks). Images are
 decoded on every host for its own rows of each global batch and the model runs sharded over all
 devices; only process 0 writes.
 """
@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import embedding, files, identity, inference, models, parallel
+from exfiqa_jax import (checkpoints, columns, embedding, files, identity, inference, models,
+                        parallel)
 from exfiqa_jax.convert import families, strict
 from exfiqa_jax.metrics import comparisons, edc
 from exfiqa_jax.evaluation import stages
@@ -122,8 +123,8 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
     else:
       if not os.path.exists(os.path.expanduser(path)):
         raise FileNotFoundError(f"FR model {path} does not exist; pass --config.fr.path=<a "
-                                f"converted FR directory or PyTorch .pt>, '{PRECOMPUTED}<file.npy>' "
-                                f"or '{SELF_FR}'")
+                                "converted FR directory or PyTorch .pt>, "
+                                f"'{PRECOMPUTED}<file.npy>' or '{SELF_FR}'")
       out.append((name, os.path.abspath(os.path.expanduser(path))))
   return out
 
@@ -140,7 +141,7 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
                   ) -> stages.Stage:
   model = spec.model
   batch = model.batch_size
-  deps = {"benchmark": bench.identity, "checkpoint": identity.checkpoint_identity(spec.path),
+  deps = {"benchmark": bench.identity, "checkpoint": checkpoints.checkpoint_identity(spec.path),
           "model_config": model.model_config, "num_heads": config.quality_model.num_heads,
           **({"exit": spec.exit} if spec.exit else {}),   # every-exit caches stay valid
           **({"compute_dtype": model.dtype} if model.dtype != "float32" else {})}
@@ -168,11 +169,7 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
     deps = {"benchmark": bench.identity, "file": identity.file_identity(file)}
 
     def load_precomputed():
-      emb = np.load(file, mmap_mode="r")
-      if emb.ndim != 2 or emb.shape[0] != bench.num_images:
-        raise ValueError(f"precomputed embeddings {file} have shape {emb.shape}, but {bench.name} "
-                         f"has {bench.num_images} images: the FR model and the quality model "
-                         "disagree on the image list (one row per image, in the benchmark's order)")
+      emb = precomputed_embeddings(file, bench)
       listed = os.path.join(os.path.dirname(file), "image_list.txt")
       names = None
       if os.path.exists(listed):       # written by the embed task beside embeddings.npy
@@ -188,7 +185,7 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
     spec = next(q for q in quality if q.name == which)
     module, variables = spec.model.module, spec.model.variables
     input_scale = "minus1_1"
-    ident = {"quality_model": identity.checkpoint_identity(spec.path),
+    ident = {"quality_model": checkpoints.checkpoint_identity(spec.path),
              "model_config": spec.model.model_config,
              **({"compute_dtype": spec.model.dtype} if spec.model.dtype != "float32" else {})}
   else:
@@ -197,7 +194,7 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
           fr_path, config.fr.family or None, config.fr.input_scale or None, config.fr.num_heads)
     variables = embedding.replicate(variables)
     input_scale = fr_config["input_scale"]
-    ident = {"fr_model": identity.checkpoint_identity(fr_path), "model_config": fr_config,
+    ident = {"fr_model": checkpoints.checkpoint_identity(fr_path), "model_config": fr_config,
              "family": config.fr.family or ""}
   embed_fn = embedding.make_embed_fn(module, convention, input_scale)
   batch = parallel.round_up_to_devices(int(config.fr.batch_size))
@@ -241,7 +238,8 @@ def check_same_images(bench: Benchmark, quality: Mapping[str, stages.Stage],
 def compare_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str,
                   emb: stages.Stage) -> stages.Stage:
   deps = {"embedding": emb, "protocol": {"kind": bench.pair_kind, "is_genuine": bench.is_genuine,
-                                         "pairs": bench.pairs, "template_pairs": bench.template_pairs,
+                                         "pairs": bench.pairs,
+                                         "template_pairs": bench.template_pairs,
                                          "template_ids": bench.template_ids,
                                          "media_ids": bench.media_ids}}
 
@@ -249,7 +247,8 @@ def compare_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str,
     if bench.pair_kind == "image":
       scores = comparisons.pair_scores(emb["embedding"], bench.pairs)
       return {"scores": scores, "is_genuine": bench.is_genuine}
-    feats, index = comparisons.aggregate_templates(emb["embedding"], bench.template_ids, bench.media_ids)
+    feats, index = comparisons.aggregate_templates(emb["embedding"], bench.template_ids,
+                                                   bench.media_ids)
     rows = index.pair_rows(bench.template_pairs)
     return {"scores": comparisons.pair_scores(feats, rows), "is_genuine": bench.is_genuine,
             "pair_rows": rows, "template_index": index.template_index,
@@ -276,27 +275,29 @@ def quality_columns(quality: Sequence[QualitySpec], qstages: Mapping[str, stages
       elif col.kind == "attn":
         values.append(st["attn_scores"][:, col.exit - 1])
       else:
-        values.append(st[col.name.rsplit("/", 1)[-1]])
+        values.append(st[columns.base_name(col.name)])
   for name, (kind, v) in extra.items():
     cols.append(results.QualityColumn(name, kind))
     values.append(np.asarray(v, np.float32))
-  cols.append(results.QualityColumn(results.RANDOM, "random"))
+  cols.append(results.QualityColumn(columns.RANDOM, "random"))
   values.append(results.random_quality(num_images, seed))
   return cols, np.stack(values).astype(np.float32)
 
 
 def pair_quality_fn(bench: Benchmark, cmp: stages.Stage) -> Callable[[np.ndarray], np.ndarray]:
-  """image qualities [S, I] → pair qualities [S, P] (IJB-C: template min, then pair min)."""
+  """image qualities [S, I] → pair qualities [S, P] (IJB-C: template min, then pair min).
+
+  For templates the compare stage stored what this needs: each image's dense template
+  (`template_index` [I]), the number of templates and each pair's two template rows."""
   if bench.pair_kind == "image":
     return lambda q: comparisons.image_to_pair_quality(q, bench.pairs)
   rows = cmp["pair_rows"]
-  index = comparisons.TemplateIndex(np.arange(int(cmp["num_templates"])), cmp["template_index"],
-                            cmp["template_index"], np.arange(int(cmp["num_templates"])))
-
+  template_of_image = cmp["template_index"]
+  num_templates = int(cmp["num_templates"])
   first, second = np.ascontiguousarray(rows[:, 0]), np.ascontiguousarray(rows[:, 1])
 
   def fn(q):
-    tq = comparisons.template_quality(q, index)
+    tq = np.asarray(comparisons.template_quality_dense(q, template_of_image, num_templates))
     # One quality set at a time: no [S, P] temporaries beside the result (at IJB-C scale
     # each is 8 × 15.7M float32 = 0.5 GB).
     out = np.empty((tq.shape[0], first.size), np.float32)
@@ -335,12 +336,14 @@ def bootstrap_units(bench: Benchmark, unit: str) -> np.ndarray | None:
 
 def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: str,
               cmp: stages.Stage, cols: Sequence[results.QualityColumn], image_q: np.ndarray,
-              deps_q: Mapping[str, Any], config) -> stages.Stage:
+              deps_q: Mapping[str, Any], config, unit: str | None = None) -> stages.Stage:
+  """Stage edc/<bench>/<fr>/<mode>: EDC, pAUC and bootstrap CIs of every quality column;
+  `unit` is the benchmark's bootstrap_unit (checked here when not given)."""
   fmrs = tuple(float(f) for f in config.eval.fmrs)
   limit = float(config.eval.pauc_limit[mode])
   resamples = int(config.eval.get("bootstrap", 0))
   alpha = float(config.eval.get("alpha", 0.05))
-  unit = bootstrap_unit(bench, config)
+  unit = unit or bootstrap_unit(bench, config)
   deps = {"compare": cmp, "quality": deps_q, "columns": [dataclasses.asdict(c) for c in cols],
           "fmrs": fmrs, "mode": mode, "limit": limit, "bootstrap": resamples,
           "alpha": alpha, "seed": int(config.seed), "bootstrap_unit": unit,
@@ -411,6 +414,8 @@ class EvalRun:
   bands: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = dataclasses.field(
       default_factory=dict)                          # (bench, fr, mode) → EDC CI band [S, F, R]
   bootstrap_units: dict[str, str] = dataclasses.field(default_factory=dict)  # bench → unit
+  gflops: dict[str, tuple[np.ndarray, float]] = dataclasses.field(
+      default_factory=dict)                          # quality model → (per exit [L], fusion)
 
 
 def check_eval_config(config) -> None:
@@ -472,20 +477,26 @@ def check_protocol(bench: Benchmark) -> None:
                      "from impostors). Check the pair list and its labels.")
 
 
+def precomputed_embeddings(file: str, bench: Benchmark) -> np.ndarray:
+  """A precomputed embeddings .npy, memory-mapped, checked to hold one row per image of the
+  benchmark (only the header is read until the rows are used)."""
+  try:
+    emb = np.load(file, mmap_mode="r")
+  except (OSError, ValueError) as e:
+    raise ValueError(f"precomputed embeddings {file} cannot be read as a .npy: {e}") from e
+  if emb.ndim != 2 or emb.shape[0] != bench.num_images:
+    raise ValueError(f"precomputed embeddings {file} have shape {emb.shape}, but benchmark "
+                     f"{bench.name} has {bench.num_images} images: the FR model and the "
+                     "quality model disagree on the image list (one row per image, in the "
+                     "benchmark's order)")
+  return emb
+
+
 def check_precomputed(bench: Benchmark, frs: Sequence[tuple[str, str]]) -> None:
   """Precomputed embeddings have one row per image of the benchmark (read from the header)."""
-  for name, path in frs:
+  for _, path in frs:
     if path.startswith(PRECOMPUTED):
-      file = path[len(PRECOMPUTED):]
-      try:
-        shape = np.load(file, mmap_mode="r").shape
-      except (OSError, ValueError) as e:
-        raise ValueError(f"precomputed embeddings {file} cannot be read as a .npy: {e}") from e
-      if len(shape) != 2 or shape[0] != bench.num_images:
-        raise ValueError(f"precomputed embeddings {file} have shape {shape}, but benchmark "
-                         f"{bench.name} has {bench.num_images} images: the FR model and the "
-                         "quality model disagree on the image list (one row per image, in the "
-                         "benchmark's order)")
+      precomputed_embeddings(path[len(PRECOMPUTED):], bench)
 
 
 def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualitySpec],
@@ -493,25 +504,22 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
              | None = None) -> EvalRun:
   """Runs every stage for every benchmark × FR model × mode; returns what the report needs."""
   frs = fr_items(config, quality)
-  modes = tuple(config.eval.modes)
-  for mode in modes:
+  for mode in config.eval.modes:
     if mode not in edc.MODES:
       raise ValueError(f"config.eval.modes: unknown mode {mode!r}; use {edc.MODES}")
   check_eval_config(config)
   if config.eval.get("groups", ""):          # a bad CSV fails before the first stage
     groups_lib.read_groups_csv(config.eval.groups)
+  units = {}
   for bench in benchmarks:       # every protocol problem before the first expensive stage
     check_protocol(bench)
     check_precomputed(bench, frs)
-    bootstrap_unit(bench, config)
+    units[bench.name] = bootstrap_unit(bench, config)
   if parallel.is_writer():
     files.check_output_dir(config.output)
   cache = stages.StageCache(os.path.join(config.output, "cache"),
                             progress=config.get("progress", True))
-  evals, qall, colmap, namemap, seconds = [], {}, {}, {}, {}
-  group_evals: list[groups_lib.GroupEval] = []
-  paired_rows, sanity, bands, units = [], [], {}, {}
-  alpha = float(config.eval.get("alpha", 0.05))
+  run = EvalRun([], {}, {}, {}, cache, {}, bootstrap_units=units, gflops=gflops_table(quality))
   for bench in benchmarks:
     t0 = time.time()
     logging.info("benchmark %s: %d images, %d comparisons (%s pairs)", bench.name,
@@ -526,31 +534,38 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
               "extra": {k: np.asarray(v[1]) for k, v in extra.items()}}
     labels = groups_lib.image_labels(bench, names, config.eval.get("groups", "") or "")
     for fr, _ in frs:
-      cmp = compare_stage(cache, bench, fr, fst[fr])
-      modes_eval = {}
-      for mode in modes:
-        st = edc_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q, config)
-        modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
-        bands[(bench.name, fr, mode)] = (st["band_low"], st["band_high"])
-        if config.eval.get("paired", True) and st["samples"].shape[1] > 0:
-          paired_rows += paired.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
-                                                st["pauc"], np.moveaxis(st["samples"], 1, 0),
-                                                alpha)
-        for grouping, lab in labels.items():       # per-group EDC (docs/evaluation.md)
-          ge = groups_lib.group_stage(cache, bench, fr, mode, cmp, cols, image_q, deps_q,
-                                      grouping, lab, pair_quality_fn(bench, cmp), config)
-          group_evals += [ge] if ge is not None else []
-      sanity.append({"benchmark": bench.name, "fr_model": fr, **verification.fr_sanity(
-          bench.pair_kind, cmp["scores"], cmp["is_genuine"])})
-      evals.append(results.BenchmarkEval(bench.name, fr, cols, np.asarray(config.eval.fmrs,
-                                                                            np.float64),
-                                          modes_eval, len(bench.is_genuine),
-                                          int(bench.is_genuine.sum())))
-    qall[bench.name], colmap[bench.name], namemap[bench.name] = qst, (cols, image_q), names
-    units[bench.name] = bootstrap_unit(bench, config)
-    seconds[bench.name] = time.time() - t0
-  return EvalRun(evals, qall, colmap, namemap, cache, seconds, group_evals, paired_rows, sanity,
-                 bands, units)
+      _evaluate_fr(run, bench, fr, fst[fr], cols, image_q, deps_q, labels, config)
+    run.quality[bench.name], run.columns[bench.name] = qst, (cols, image_q)
+    run.names[bench.name] = names
+    run.seconds[bench.name] = time.time() - t0
+  return run
+
+
+def _evaluate_fr(run: EvalRun, bench: Benchmark, fr: str, emb: stages.Stage,
+                 cols: list[results.QualityColumn], image_q: np.ndarray,
+                 deps_q: Mapping[str, Any], labels: Mapping[str, np.ndarray], config) -> None:
+  """One benchmark × FR model: comparisons, then per mode the EDC stage, the paired
+  comparisons and the per-group EDC, added to `run`."""
+  cmp = compare_stage(run.cache, bench, fr, emb)
+  alpha = float(config.eval.get("alpha", 0.05))
+  modes_eval = {}
+  for mode in config.eval.modes:
+    st = edc_stage(run.cache, bench, fr, mode, cmp, cols, image_q, deps_q, config,
+                   run.bootstrap_units[bench.name])
+    modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
+    run.bands[(bench.name, fr, mode)] = (st["band_low"], st["band_high"])
+    if config.eval.get("paired", True) and st["samples"].shape[1] > 0:
+      run.paired += paired.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
+                                           st["pauc"], np.moveaxis(st["samples"], 1, 0), alpha)
+    for grouping, lab in labels.items():       # per-group EDC (docs/evaluation.md)
+      ge = groups_lib.group_stage(run.cache, bench, fr, mode, cmp, cols, image_q, deps_q,
+                                  grouping, lab, pair_quality_fn(bench, cmp), config)
+      run.groups += [ge] if ge is not None else []
+  run.sanity.append({"benchmark": bench.name, "fr_model": fr, **verification.fr_sanity(
+      bench.pair_kind, cmp["scores"], cmp["is_genuine"])})
+  run.results.append(results.BenchmarkEval(
+      bench.name, fr, cols, np.asarray(config.eval.fmrs, np.float64), modes_eval,
+      len(bench.is_genuine), int(bench.is_genuine.sum())))
 
 
 def gflops_table(quality: Sequence[QualitySpec]) -> dict[str, tuple[np.ndarray, float]]:

@@ -1,5 +1,5 @@
 """What an evaluation reports: the quality columns and, per benchmark × FR model × EDC mode,
-the curves, pAUC and bootstrap CIs (the data model that exfiqa_jax/report.py writes out)."""
+the curves, pAUC and bootstrap CIs (the data model exfiqa_jax/report/evaluation.py writes out)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
+from exfiqa_jax import columns
 from exfiqa_jax.metrics import edc
 
-KINDS = ("exit", "fusion", "attn", "random", "oracle")
-BASELINE_KINDS = ("random", "oracle")     # references, never marked best
-RANDOM = "random"
+KINDS = ("exit", "fusion", "attn", columns.RANDOM, columns.ORACLE)
+BASELINE_KINDS = (columns.RANDOM, columns.ORACLE)     # references, never marked best
+RANDOM = columns.RANDOM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +63,16 @@ def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
                ) -> list[QualityColumn]:
   """The quality columns of one quality model, in scores.csv order: exit_1..exit_L, ex_fiqa_f,
   ex_fiqa_fw, attn_1..attn_L (only attn_* for mode "fr" models)."""
-  p = f"{model}/" if prefix else ""
+  def name(column: str) -> str:
+    return columns.with_model(model, column) if prefix else column
+
   cols = []
   if has_exits:
-    cols += [QualityColumn(f"{p}exit_{l}", "exit", model, l) for l in range(1, num_exits + 1)]
-    cols += [QualityColumn(f"{p}ex_fiqa_f", "fusion", model),
-             QualityColumn(f"{p}ex_fiqa_fw", "fusion", model)]
-  cols += [QualityColumn(f"{p}attn_{l}", "attn", model, l) for l in range(1, num_exits + 1)]
+    cols += [QualityColumn(name(columns.exit_name(l)), "exit", model, l)
+             for l in range(1, num_exits + 1)]
+    cols += [QualityColumn(name(f), "fusion", model) for f in columns.FUSIONS]
+  cols += [QualityColumn(name(columns.attn_name(l)), "attn", model, l)
+           for l in range(1, num_exits + 1)]
   return cols
 
 
@@ -77,9 +81,9 @@ def random_quality(num_images: int, seed: int) -> np.ndarray:
   return np.random.default_rng([int(seed), 0x5EED]).random(num_images).astype(np.float32)
 
 
-def best_index(values: np.ndarray, columns: Sequence[QualityColumn]) -> int | None:
+def best_index(values: np.ndarray, cols: Sequence[QualityColumn]) -> int | None:
   """Row with the lowest pAUC among the non-baseline columns (first on ties), None if none."""
-  candidates = [i for i, c in enumerate(columns) if not c.is_baseline and np.isfinite(values[i])]
+  candidates = [i for i, c in enumerate(cols) if not c.is_baseline and np.isfinite(values[i])]
   if not candidates:
     return None
   return min(candidates, key=lambda i: (values[i], i))

@@ -49,30 +49,15 @@ class Stage:
   def __getitem__(self, key: str) -> np.ndarray:
     return self.arrays[key]
 
-
-def _canonical(value: Any) -> Any:
-  if isinstance(value, Stage):
-    return {"stage": value.name, "fingerprint": value.fingerprint}
-  if isinstance(value, Mapping):
-    return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-  if hasattr(value, "to_dict"):          # ml_collections.ConfigDict
-    return _canonical(value.to_dict())
-  if isinstance(value, (list, tuple)):
-    return [_canonical(v) for v in value]
-  if isinstance(value, np.ndarray):
-    # the buffer itself, not a tobytes() copy (IJB-C's template pairs are 250 MB)
-    return {"sha256": hashlib.sha256(np.ascontiguousarray(value).data).hexdigest(),
-            "shape": list(value.shape), "dtype": str(value.dtype)}
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, float):
-    return repr(value)                   # exact, and 1e-3 != 0.001000001
-  return value
+  def canonical_form(self) -> dict[str, str]:
+    """What a downstream stage's fingerprint records of this one (identity.canonical)."""
+    return {"stage": self.name, "fingerprint": self.fingerprint}
 
 
 def fingerprint(deps: Mapping[str, Any]) -> str:
-  """SHA-256 of the canonical JSON of `deps` (dicts, lists, numbers, strings, arrays, Stages)."""
-  text = json.dumps(_canonical(deps), sort_keys=True, separators=(",", ":"))
+  """SHA-256 of the canonical JSON of `deps` (dicts, lists, numbers, strings, arrays, Stages;
+  identity.canonical's exact form)."""
+  text = json.dumps(identity.canonical(deps, exact=True), sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -135,8 +120,8 @@ class StageCache:
       old = json.loads(stored)
     except ValueError:
       old = None
-    what = (identity.describe(identity.changes(old, _canonical(deps))) if old is not None
-            else "its stored dependencies are unreadable")
+    what = (identity.describe(identity.changes(old, identity.canonical(deps, exact=True)))
+            if old is not None else "its stored dependencies are unreadable")
     logging.info("stage %s: recomputing, changed since the cached run: %s", name, what)
 
   def _store(self, path: str, fp: str, deps: Mapping[str, Any], arrays: Mapping[str, Any]
@@ -144,7 +129,8 @@ class StageCache:
     if parallel.is_writer():
       files.clean_temporaries(os.path.dirname(path), [path])   # left by a killed run
       files.save_npz(path, **{FINGERPRINT_KEY: np.asarray(fp),
-                           DEPS_KEY: np.asarray(json.dumps(_canonical(deps), sort_keys=True)),
+                           DEPS_KEY: np.asarray(json.dumps(identity.canonical(deps, exact=True),
+                                                          sort_keys=True)),
                            **{k: np.asarray(v) for k, v in arrays.items()}})
 
   def run(self, name: str, deps: Mapping[str, Any],

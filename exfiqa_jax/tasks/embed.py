@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import embedding, files, identity, inference, parallel
+from exfiqa_jax import checkpoints, embedding, files, identity, inference, parallel
 from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
 
@@ -22,7 +22,7 @@ FORMAT = 2
 
 def _identity(config, paths, names, convention) -> dict[str, Any]:
   """What the embeddings are made from (docs/caching.md): any change recomputes them."""
-  return {"format": FORMAT, "fr": identity.checkpoint_identity(config.fr.path),
+  return {"format": FORMAT, "fr": checkpoints.checkpoint_identity(config.fr.path),
           "family": config.fr.family or "", "num_heads": config.fr.num_heads,
           "input_scale": config.fr.input_scale or "", "convention": convention,
           "channel_order": config.data.channel_order,

@@ -35,12 +35,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import files, identity, inference, parallel, report
+from exfiqa_jax import checkpoints, files, identity, inference, parallel
 from exfiqa_jax.convert import strict
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
 from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax import quality_mapping
+from exfiqa_jax.report import tables
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
 FORMAT = 2
@@ -49,7 +50,8 @@ FORMAT = 2
 def _identity(config, paths, names, channel_order, exit: int, dtype: str = "float32"
               ) -> dict[str, Any]:
   """What the scores are made from (docs/caching.md): any change recomputes them."""
-  return {"format": FORMAT, "checkpoint": identity.checkpoint_identity(config.quality_model.path),
+  return {"format": FORMAT,
+          "checkpoint": checkpoints.checkpoint_identity(config.quality_model.path),
           "num_heads": config.quality_model.num_heads,
           "family": config.quality_model.family or "", "channel_order": channel_order,
           "exit": exit, "skip_unreadable": bool(config.skip_unreadable),
@@ -189,7 +191,7 @@ def run(config) -> dict[str, Any]:
     elif os.path.exists(skipped_path):
       os.remove(skipped_path)   # stale list from an earlier run
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    files.write_text(csv_path, report.score_table(kept, scores, model.has_exits,
+    files.write_text(csv_path, tables.score_table(kept, scores, model.has_exits,
                                                   extra={**q100, **found}))
     if photos is not None:   # photos without a face: listed, never dropped silently
       files.write_text(no_face_path, "".join(f"{n}\n" for n in photos.no_face))

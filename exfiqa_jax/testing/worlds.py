@@ -1,7 +1,7 @@
-"""Small worlds the tests and benchmarks share. A miniature evaluation world on disk: an insightface-style
-`mini.bin` (20 pairs), a miniature IJB-C release (6 templates, loose crops, the three meta
-files) and tiny random quality (token, crfiqa) and FR (iResNet) models as converted directories;
-and the tiny ViT-FIQA with a tiny labelled training set.
+"""Small worlds the tests and benchmarks share. A miniature evaluation world on disk: an
+insightface-style `mini.bin` (20 pairs), a miniature IJB-C release (6 templates, loose crops, the
+three meta files) and tiny random quality (token, crfiqa) and FR (iResNet) models as converted
+directories (save_vit, save_iresnet); and the tiny ViT-FIQA with a tiny labelled training set.
 """
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def random_variables(module, seed: int):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _save_vit(path, mode, seed):
+def save_vit(path, mode: str, seed: int) -> str:
+  """A tiny ViT of `mode` ("token", "crfiqa", "full", "fr") with seeded random weights, saved as
+  a converted model directory at `path`; returns the path."""
   cfg = vit.tiny_config(mode)
   checkpoints.save_model(path, random_variables(vit.VisionTransformer(cfg), seed),
                          {"family": "vit", "kind": "vit", "input_scale": "minus1_1",
@@ -70,7 +72,8 @@ def _save_vit(path, mode, seed):
   return str(path)
 
 
-def _save_iresnet(path, seed):
+def save_iresnet(path, seed: int) -> str:
+  """A tiny iResNet FR model with seeded random weights, saved as a converted model directory."""
   cfg = iresnet.tiny_config(layers=(1, 1, 1, 1))
   checkpoints.save_model(path, random_variables(iresnet.IResNet(cfg), seed),
                          {"family": "arcface_iresnet", "kind": "iresnet",
@@ -112,9 +115,9 @@ def build_world(root: pathlib.Path) -> dict[str, str]:
            for b in range(a + 1, 6)]
   (ijbc / "meta" / "ijbc_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
   return dict(root=str(root), bins=str(root / "bins"), ijbc=str(ijbc),
-              token=_save_vit(root / "q_token", "token", 1),
-              crfiqa=_save_vit(root / "q_crfiqa", "crfiqa", 2),
-              fr=_save_iresnet(root / "fr", 3), data_dir=str(root / "tfds"))
+              token=save_vit(root / "q_token", "token", 1),
+              crfiqa=save_vit(root / "q_crfiqa", "crfiqa", 2),
+              fr=save_iresnet(root / "fr", 3), data_dir=str(root / "tfds"))
 
 
 def bin_config(config, world, output, **over):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from configs import eval_ijbc, eval_verification
-from exfiqa_jax import embedding, inference, report
+from exfiqa_jax import embedding, inference
 from exfiqa_jax.metrics import edc
 from exfiqa_jax.evaluation import results, stages
+from exfiqa_jax.report import tables
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
@@ -65,7 +66,8 @@ def test_bin_every_file_and_engine_numbers(world, bin_run):
   names = [f"exit_{l}" for l in (1, 2, 3)] + ["ex_fiqa_f", "ex_fiqa_fw"] + [
       f"attn_{l}" for l in (1, 2, 3)] + ["random"]
   pq = np.minimum(image_q[:, pairs[:, 0]], image_q[:, pairs[:, 1]])
-  rows = {(r["quality"], r["mode"], float(r["fmr"])): r for r in report.read_csv(output / "pauc.csv")}
+  rows = {(r["quality"], r["mode"], float(r["fmr"])): r
+          for r in tables.read_csv(output / "pauc.csv")}
   for mode, limit in (("fiqa", 0.3), ("iso", 0.2)):
     ref = edc.edc_curves(scores, info.pairs["is_genuine"], pq, (1e-2, 1e-3, 1e-4),
                          edc.FIQA_DISCARD, mode, pauc_limit=limit)
@@ -144,7 +146,7 @@ def test_ijbc_two_quality_models_self_fr(world, tmp_path):
                "ijbc/scores_c.csv", "plots/edc_ijbc_quality_model_t_fiqa.png",
                "plots/attention_ijbc_c.png"):
     assert os.path.getsize(out / name) > 0, name
-  rows = report.read_csv(out / "pauc.csv")
+  rows = tables.read_csv(out / "pauc.csv")
   names = {r["quality"] for r in rows}
   assert {"t/exit_1", "t/ex_fiqa_fw", "c/exit_3", "c/attn_3", "random"} <= names
   # Independent template aggregation in NumPy: media mean → sum → L2n; template quality = min.

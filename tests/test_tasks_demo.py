@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from configs import demo as demo_config
-from exfiqa_jax import report
+from exfiqa_jax.report import tables
 from exfiqa_jax.tasks import demo
 
 
@@ -35,7 +34,7 @@ def test_every_file_and_summary(demo_run):
                "plots/attention_synthetic_faces_vitfiqa_tiny.png"):
     assert os.path.getsize(output / name) > 0, name
   summary = json.loads((output / "summary.json").read_text())
-  names = [r["quality"] for r in report.read_csv(output / "pauc.csv")]
+  names = [r["quality"] for r in tables.read_csv(output / "pauc.csv")]
   assert set(summary["spearman_vs_severity"]) == set(names)
   assert {"random", "oracle", "exit_1", "exit_2", "ex_fiqa_f", "attn_1"} <= set(names)
   # The oracle is minus the severity itself: its rank correlation is exactly 1.
@@ -43,7 +42,7 @@ def test_every_file_and_summary(demo_run):
   t = summary["targets"]
   assert t["best_exit"].startswith("exit_") and isinstance(t["met"], bool)
   rows = {(r["quality"], r["mode"], float(r["fmr"])): float(r["pauc"])
-          for r in report.read_csv(output / "pauc.csv")}
+          for r in tables.read_csv(output / "pauc.csv")}
   assert t["ratio_to_random"] == pytest.approx(
       rows[(t["best_exit"], "fiqa", 1e-3)] / rows[("random", "fiqa", 1e-3)], abs=1e-4)
   md = (output / "summary.md").read_text()
@@ -55,16 +54,3 @@ def test_rerun_recomputes_nothing(demo_run):
   again = demo.run(_config(output))
   assert again["computed"] == []
   assert again["spearman_vs_severity"] == first["spearman_vs_severity"]
-
-
-def test_spearman_matches_plain_definition():
-  rng = np.random.default_rng(0)
-  a = rng.integers(0, 5, 40).astype(float)            # many ties
-  b = a + rng.normal(size=40)
-
-  def ranks(x):                                        # average ranks, written plainly
-    return np.array([np.sum(x < v) + (np.sum(x == v) - 1) / 2 for v in x])
-
-  ra, rb = ranks(a), ranks(b)
-  expected = np.corrcoef(ra, rb)[0, 1]
-  assert demo.spearman(a, b) == pytest.approx(expected, abs=1e-12)

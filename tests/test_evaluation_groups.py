@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from configs import eval_verification
-from exfiqa_jax import report
 from exfiqa_jax.data import builders, protocols
 from exfiqa_jax.evaluation import benchmarks, groups
 from exfiqa_jax.metrics import edc
+from exfiqa_jax.report import groups as groups_report
+from exfiqa_jax.report import tables
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
 
@@ -57,13 +58,13 @@ def test_group_edc_is_the_edc_of_the_subset(mode):
     np.testing.assert_array_equal(out["pauc"][g], ref.pauc)
     np.testing.assert_array_equal(out["n_genuine"][g], ref.n_genuine)
     assert out["n_pairs"][g] == rows.sum() and out["n_genuine_pairs"][g] == gen[rows].sum()
-  gap = groups._gap(out["pauc"])
+  gap = groups.gap(out["pauc"])
   np.testing.assert_allclose(gap, out["pauc"].max(0) - out["pauc"].min(0), rtol=0, atol=0)
   # a group without impostors has no EDC; the gap then spans the others
   only_gen = np.where(gen & (member == 0), 0, np.where(member == 0, -1, member))
   out = groups.group_curves(scores, gen, pq, only_gen, 3, fmrs, mode, 0.3)
   assert np.isnan(out["pauc"][0]).all() and np.isfinite(out["pauc"][1:]).all()
-  np.testing.assert_allclose(groups._gap(out["pauc"]), np.abs(out["pauc"][1] - out["pauc"][2]),
+  np.testing.assert_allclose(groups.gap(out["pauc"]), np.abs(out["pauc"][1] - out["pauc"][2]),
                              rtol=0, atol=1e-15)
 
 
@@ -105,8 +106,8 @@ def test_csv_groups_end_to_end(world, tmp_path):
                                         "report.attention_examples": 0})
   result = evaluate.run(config)
   assert {"groups/mini/fr/fiqa/group", "groups/mini/fr/iso/group"} <= set(result["computed"])
-  rows = report.read_csv(output / "pauc_groups.csv")
-  assert {r["group"] for r in rows} == {"A", "B", groups.GAP}
+  rows = tables.read_csv(output / "pauc_groups.csv")
+  assert {r["group"] for r in rows} == {"A", "B", groups_report.GAP}
   assert (output / "plots" / "edc_groups_mini_fr_fiqa_group.png").stat().st_size > 0
   summary = json.loads((output / "summary.json").read_text())
   assert summary["protocol"] == "published" and summary["protocols"] == {"mini": "published"}
@@ -118,7 +119,7 @@ def test_csv_groups_end_to_end(world, tmp_path):
                                **protocols.build_options("verification_bin", "published"))
   a, b, gen = info.pairs["index_a"], info.pairs["index_b"], info.pairs["is_genuine"]
   scores = np.load(output / "cache" / "compare" / "mini" / "fr.npz")["scores"]
-  table = report.read_csv(output / "mini" / "scores_q_token.csv")
+  table = tables.read_csv(output / "mini" / "scores_q_token.csv")
   q = np.array([float(r["exit_2"]) for r in table], np.float32)    # %.9g: float32 exact
   pq = np.minimum(q[a], q[b])
   for group, pairs in (("A", [i for i in range(1, 19) if i % 4 < 2]),
@@ -129,8 +130,8 @@ def test_csv_groups_end_to_end(world, tmp_path):
       got = [float(r["pauc"]) for r in rows if r["group"] == group and r["mode"] == mode
              and r["quality"] == "exit_2"]
       np.testing.assert_array_equal(got, ref.pauc[0])            # exact (repr floats)
-  edc_rows = report.read_csv(output / "edc_groups.csv")
-  gap = [r for r in edc_rows if r["group"] == groups.GAP and r["quality"] == "exit_2"
+  edc_rows = tables.read_csv(output / "edc_groups.csv")
+  gap = [r for r in edc_rows if r["group"] == groups_report.GAP and r["quality"] == "exit_2"
          and r["mode"] == "fiqa" and r["fmr"] == "0.001"]
   per = {g: [float(r["fnmr"]) for r in edc_rows if r["group"] == g and r["quality"] == "exit_2"
              and r["mode"] == "fiqa" and r["fmr"] == "0.001"] for g in ("A", "B")}
