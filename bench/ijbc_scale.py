@@ -61,6 +61,7 @@ def _pairs_child(root: str, bootstrap: int) -> None:
   Prints one JSON line per stage: its start and stop times."""
   import numpy as np
   from configs import eval_ijbc
+  from exfiqa_jax import columns
   from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
   from exfiqa_jax.testing import ijbc_release
 
@@ -82,7 +83,7 @@ def _pairs_child(root: str, bootstrap: int) -> None:
   config.eval.bootstrap = bootstrap
   cache = stages.StageCache(os.path.join(root, "cache"), progress=False)
   embed = stages.Stage("embed/ijbc/fr", "synthetic", {"embedding": emb}, False)
-  cols = results.column_set("q", 3, False) + [results.QualityColumn(results.RANDOM, "random")]
+  cols = results.column_set("q", 3, False) + [results.QualityColumn(columns.RANDOM, "random")]
   mark("setup", t)
   t = time.time()
   cmp = pipeline.compare_stage(cache, bench, "fr", embed)
