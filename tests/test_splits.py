@@ -31,7 +31,8 @@ def test_split_by_images_fills_the_fraction_with_whole_groups():
     assert set(groups[first]).isdisjoint(set(groups[~first]))
     sizes = np.bincount(groups, minlength=50)
     assert 0.3 * 1000 <= first.sum() < 0.3 * 1000 + sizes.max()   # the crossing group is in
-  assert not np.array_equal(splits.split_groups(groups, 0.3, 0), splits.split_groups(groups, 0.3, 1))
+  assert not np.array_equal(splits.split_groups(groups, 0.3, 0),
+                            splits.split_groups(groups, 0.3, 1))
 
 
 def test_folds_keep_groups_whole():

@@ -407,10 +407,10 @@ def robust_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   image its own group; folds from splits.group_folds). Settings are tried from the most to the
   least aggressive — the internal target t, 1 - (1 - t)/2, /4, /8, 1 (no disagreement allowed),
   then at 1 the margins MARGINS (each region trimmed to its outer part) — and the first whose
-  out-of-fold agreement reaches `target` is refitted on all of `exit_scores` (whose agreement is then >= target too).
-  None reaching it: no early exit. `memo` (a dict) keeps the out-of-fold runs for later calls
-  (several targets on the same data share most of them); its keys hold everything a run depends
-  on, so one memo may serve calls on different data.
+  out-of-fold agreement reaches `target` is refitted on all of `exit_scores` (whose agreement is
+  then >= target too). None reaching it: no early exit. `memo` (a dict) keeps the out-of-fold
+  runs for later calls (several targets on the same data share most of them); its keys hold
+  everything a run depends on, so one memo may serve calls on different data.
   """
   s = np.asarray(exit_scores, np.float32)
   n = s.shape[0]

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from exfiqa_jax.embedding import l2_normalize
 
 COSFACE = (1.0, 0.0, 0.4)
-ARCFACE = (1.0, 0.5, 0.0)
 _NEG = -1e30  # finite "minus infinity" (keeps 0 * _NEG = 0 in one-hot sums)
 
 

@@ -101,12 +101,6 @@ def encode_png(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def encode_jpeg(array: np.ndarray, quality: int = 95) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
-  return buffer.getvalue()
-
-
 def validated_image_bytes(data: bytes, name: str) -> bytes:
   """Fully decodes `data`; returns it unchanged if it is an RGB JPEG/PNG, else as RGB PNG.
 
