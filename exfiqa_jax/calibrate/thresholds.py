@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exfiqa_jax.metrics import edc
+from exfiqa_jax.metrics import bootstrap, edc, edc_rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +50,8 @@ class ThresholdPick:
 
 
 def _cut(fraction: float, n: int) -> int:
-  """int(fraction·n) in float64, as the EDC's discard levels (docs/evaluation.md)."""
-  return int(np.float64(fraction) * n)
+  """int(fraction·n) in float64: the EDC's discard cut (edc_rule.cuts_for)."""
+  return int(edc_rule.cuts_for(fraction, n))
 
 
 def _check_fraction(fraction: float) -> float:
@@ -62,10 +62,10 @@ def _check_fraction(fraction: float) -> float:
 
 
 def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-  """The percentile interval (edc.percentile_ci) of the finite bootstrap values, as floats:
+  """The percentile interval (bootstrap.percentile_ci) of the finite bootstrap values, as floats:
   a resample that never reached its target gives NaN, left out like any ±inf."""
   x = np.asarray(samples, np.float64)
-  low, high = edc.percentile_ci(x[np.isfinite(x)], alpha)
+  low, high = bootstrap.percentile_ci(x[np.isfinite(x)], alpha)
   return float(low), float(high)
 
 
