@@ -263,6 +263,40 @@ def _exit_subsets(e: tuple[int, ...], exhaustive_upto: int = 6):
   return out
 
 
+def _cost_function(costs, e: tuple[int, ...]) -> Callable[[tuple[int, ...]], np.ndarray]:
+  """exits -> GFLOPs of leaving at each of them, from calibrate_cascade's `costs` argument."""
+  def cost_of(ex: tuple[int, ...]) -> np.ndarray:
+    if costs is None:
+      c = np.asarray(ex, np.float64)
+    elif callable(costs):
+      c = np.asarray(costs(ex), np.float64)
+    else:
+      if ex != e:
+        raise ValueError("fixed costs describe only the given exits")
+      c = np.asarray(costs, np.float64)
+    if c.shape != (len(ex),):
+      raise ValueError(f"costs must have one entry per cascade exit ({len(ex)}), got {c.shape}")
+    return c
+  return cost_of
+
+
+def _cheapest_exits(e: tuple[int, ...], mean_cost: Callable[[tuple[int, ...]], float],
+                    prune: bool) -> tuple[int, ...]:
+  """The exit set of least mean cost (ties: more exits): `e` itself unless `prune`, then every
+  subset of its early exits (up to 6) or greedy backward elimination (more)."""
+  subsets = _exit_subsets(e) if prune else [e]
+  if subsets is None:                       # many exits: greedy backward elimination
+    current = e
+    while True:
+      options = [current] + [tuple(x for x in current if x != drop) for drop in current[:-1]]
+      nxt = min(options, key=lambda ex: (mean_cost(ex), -len(ex)))
+      if nxt == current:
+        break
+      current = nxt
+    subsets = [current]
+  return min(subsets, key=lambda ex: (mean_cost(ex), -len(ex)))
+
+
 def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
                       target: float = 0.99,
                       costs: Sequence[float] | Callable[[tuple[int, ...]], Sequence[float]]
@@ -290,19 +324,7 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   if not 0.0 < float(target) <= 1.0:
     raise ValueError(f"target agreement must be in (0, 1], got {target}")
 
-  def cost_of(ex: tuple[int, ...]) -> np.ndarray:
-    if costs is None:
-      c = np.asarray(ex, np.float64)
-    elif callable(costs):
-      c = np.asarray(costs(ex), np.float64)
-    else:
-      if ex != e:
-        raise ValueError("fixed costs describe only the given exits")
-      c = np.asarray(costs, np.float64)
-    if c.shape != (len(ex),):
-      raise ValueError(f"costs must have one entry per cascade exit ({len(ex)}), got {c.shape}")
-    return c
-
+  cost_of = _cost_function(costs, e)
   fixed_costs = costs is not None and not callable(costs)
   if full_cost is None:
     full_cost = cost_of(e)[-1] if fixed_costs else cost_of((depth,))[-1]
@@ -318,17 +340,7 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
       tried[ex] = (*_search_split(s, full, ex, budget, c, per_eval, margin), c)
     return tried[ex]
 
-  subsets = _exit_subsets(e) if prune_exits and not fixed_costs else [e]
-  if subsets is None:                       # many exits: greedy backward elimination
-    current = e
-    while True:
-      options = [current] + [tuple(x for x in current if x != drop) for drop in current[:-1]]
-      nxt = min(options, key=lambda ex: (solve(ex)[0], -len(ex)))
-      if nxt == current:
-        break
-      current = nxt
-    subsets = [current]
-  best = min(subsets, key=lambda ex: (solve(ex)[0], -len(ex)))
+  best = _cheapest_exits(e, lambda ex: solve(ex)[0], prune_exits and not fixed_costs)
   _, alloc, rej, acc, evals, c = solve(best)
   out = simulate_cascade(s, best, rej, acc, tau)
   if out.disagreements > budget:             # cannot happen: the search counts exactly
