@@ -1,28 +1,13 @@
 """Task "score": every image of a folder or list file → scores at every exit (configs/score.py).
 
-Writes into `config.output` (only process 0, atomically):
-  scores.csv   image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L — one row per
-               image in input order; `image` is the path relative to the folder, or as listed.
-               Mode "fr" checkpoints (FR ViTs, no quality head): image, attn_1..attn_L.
-  scores.npz   image [N] and the same numbers as arrays: exit_scores [N, L], ex_fiqa_f [N],
-               ex_fiqa_fw [N], attn_scores [N, L]; plus the inputs it was computed for.
-  skipped.txt  with skip_unreadable=True: every file that could not be decoded, with the reason.
-When the model has a 0–100 mapping (quality_mapping.json in its converted directory, written by
-the early_exit task; or `config.quality_mapping=<json>`, "none" to skip; docs/evaluation.md),
-scores.csv/.npz also hold q100_exit_1..q100_exit_L, q100_ex_fiqa_f, q100_ex_fiqa_fw after the
-columns above (the ISO/IEC 29794-5 0–100 scale; the integer quality value is their rounding).
-With `config.data.align="detect"` the inputs are raw photos (docs/data.md, "Raw photos: detection
-and alignment"): MTCNN finds the faces (exfiqa_jax/detection/), each is aligned to the
-ArcFace template from its five landmarks (data/align.py) and scored; a row per face (the primary
-face of each photo, or every face with `data.face="all"`), the photo's name in `image`, and
-appended columns face, num_faces, det_score, box_x1, box_y1, box_x2, box_y2, lm1_x, lm1_y, ...,
-lm5_x, lm5_y (after any q100_* columns); photos without a face are listed in no_face.txt.
-With `config.exit=k` the program stops after block k and every L above is k (exit_1..exit_k,
-fusions of exits 1..k, attn_1..attn_k).
-Decoding runs in background threads a few batches ahead (exfiqa_jax/data/pipeline.py); every
-batch has the same padded shape (one compilation) and is sharded over all devices; on several
-hosts each host decodes only its own rows of every batch. A finished run with the same inputs
-is not recomputed.
+Writes into `config.output` (process 0, atomically; docs/evaluation.md, "scores.csv"):
+scores.csv (image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L in input order; then
+q100_* when the model has a 0–100 mapping, config.quality_mapping), scores.npz (the same
+arrays and the inputs), skipped.txt (skip_unreadable=True). With data.align="detect" the inputs
+are raw photos: a row per detected, aligned face with its detection columns, no_face.txt
+(docs/data.md, "Raw photos: detection and alignment"). With exit=k every L is k. Batches are
+decoded ahead in threads, padded to one shape and sharded over all devices; a finished run with
+the same inputs (docs/caching.md) is not recomputed.
 """
 from __future__ import annotations
 
@@ -35,15 +20,16 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from exfiqa_jax import checkpoints, files, identity, inference, parallel
+from exfiqa_jax import checkpoints, files, identity, inference, parallel, quality_mapping
 from exfiqa_jax.convert import strict
+from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
-from exfiqa_jax.data import pipeline, preprocess
-from exfiqa_jax import quality_mapping
 from exfiqa_jax.report import tables
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
+OUTPUTS = {"csv": "scores.csv", "npz": "scores.npz", "skipped": "skipped.txt",
+           "no_face": "no_face.txt", "stamp": STAMP}
 FORMAT = 2
 
 
@@ -136,13 +122,40 @@ def _score_rows(config, model, reader, rows: int, row_names: list[str], exit: in
   return scores, keep, local_errors, rate
 
 
+def _load_model(config, dtype: str) -> inference.QualityModel:
+  """The quality model (errors name the flags that fix them)."""
+  with strict.flags_named(family="--config.quality_model.family=",
+                          num_heads="--config.quality_model.num_heads="):
+    return inference.load(config.quality_model.path, num_heads=config.quality_model.num_heads,
+                          family=config.quality_model.family or None,
+                          batch_size=config.batch_size, dtype=dtype)
+
+
+def _write(config, out: dict[str, str], ident, names, kept, scores, has_exits: bool, extra,
+           skipped, photos, channel_order: str, exit: int) -> None:
+  """scores.csv, scores.npz, skipped.txt / no_face.txt (stale ones removed), the stamp LAST."""
+  if skipped:
+    files.write_text(out["skipped"], "".join(f"{n}\t{e}\n" for n, e in skipped))
+  elif os.path.exists(out["skipped"]):
+    os.remove(out["skipped"])   # stale list from an earlier run
+  files.write_text(out["csv"], tables.score_table(kept, scores, has_exits, extra=extra))
+  if photos is not None:   # photos without a face: listed, never dropped silently
+    files.write_text(out["no_face"], "".join(f"{n}\n" for n in photos.no_face))
+  elif os.path.exists(out["no_face"]):
+    os.remove(out["no_face"])   # stale list from an earlier align=detect run
+  files.save_npz(out["npz"], image=np.asarray(kept), inputs=np.asarray(names),
+                 checkpoint=np.asarray(os.path.abspath(config.quality_model.path)),
+                 channel_order=np.asarray(channel_order), exit=np.asarray(exit),
+                 **scores, **extra)
+  identity.write_stamp(out["stamp"], ident, [out["csv"], out["npz"]]
+                       + ([out["skipped"]] if skipped else [])
+                       + ([out["no_face"]] if photos is not None else []))   # LAST
+
+
 def run(config) -> dict[str, Any]:
   """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
   channel_order, paths, names = _check_inputs(config)
-  out_dir = config.output
-  csv_path, npz_path, skipped_path, no_face_path, stamp_path = (
-      os.path.join(out_dir, n) for n in ("scores.csv", "scores.npz", "skipped.txt",
-                                         "no_face.txt", STAMP))
+  out = {k: os.path.join(config.output, f) for k, f in OUTPUTS.items()}
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
@@ -155,15 +168,11 @@ def run(config) -> dict[str, Any]:
   if align == "detect":                    # raw photos: rows are detected faces
     photo_settings = _photo_settings(config.data)
     ident["align"] = detection_rows.align_identity(photo_settings)
-  if identity.begin_run(stamp_path, ident, (csv_path, npz_path, skipped_path, no_face_path),
-                        "scores"):
-    return {"scores": csv_path, "npz": npz_path, "cached": True}
+  if identity.begin_run(out["stamp"], ident, (out["csv"], out["npz"], out["skipped"],
+                                              out["no_face"]), "scores"):
+    return {"scores": out["csv"], "npz": out["npz"], "cached": True}
 
-  with strict.flags_named(family="--config.quality_model.family=",
-                          num_heads="--config.quality_model.num_heads="):
-    model = inference.load(config.quality_model.path, num_heads=config.quality_model.num_heads,
-                           family=config.quality_model.family or None,
-                           batch_size=config.batch_size, dtype=dtype)
+  model = _load_model(config, dtype)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
   logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
                len(paths), config.images, model.mode, num_exits, model.num_exits,
@@ -186,29 +195,14 @@ def run(config) -> dict[str, Any]:
     raise preprocess.ImageError(f"none of the {len(paths)} images could be decoded; see "
                                 "the skipped files in the log")
   if parallel.is_writer():
-    if skipped:
-      files.write_text(skipped_path, "".join(f"{n}\t{e}\n" for n, e in skipped))
-    elif os.path.exists(skipped_path):
-      os.remove(skipped_path)   # stale list from an earlier run
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    files.write_text(csv_path, tables.score_table(kept, scores, model.has_exits,
-                                                  extra={**q100, **found}))
-    if photos is not None:   # photos without a face: listed, never dropped silently
-      files.write_text(no_face_path, "".join(f"{n}\n" for n in photos.no_face))
-    elif os.path.exists(no_face_path):
-      os.remove(no_face_path)   # stale list from an earlier align=detect run
-    files.save_npz(npz_path, image=np.asarray(kept), inputs=np.asarray(names),
-                   checkpoint=np.asarray(os.path.abspath(config.quality_model.path)),
-                   channel_order=np.asarray(channel_order), exit=np.asarray(exit),
-                   **scores, **q100, **found)
-    identity.write_stamp(stamp_path, ident, [csv_path, npz_path] + ([skipped_path] if skipped
-                                                                   else [])
-                         + ([no_face_path] if photos is not None else []))   # LAST
+    _write(config, out, ident, names, kept, scores, model.has_exits, {**q100, **found},
+           skipped, photos, channel_order, exit)
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
-               rate, out_dir)
+               rate, config.output)
   if photos is not None and photos.overflow:
     logging.warning("detector list caps hit on %d photos (a face may be missed; raise "
                     "config.data.detector.max_*): %s", len(photos.overflow), photos.overflow[:5])
-  return {"scores": csv_path, "npz": npz_path, "cached": False, "count": len(kept),
+  return {"scores": out["csv"], "npz": out["npz"], "cached": False, "count": len(kept),
           **({"no_face": photos.no_face} if photos is not None else {}),
           "skipped": [n for n, _ in skipped], "images_per_second": rate}
