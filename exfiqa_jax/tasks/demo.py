@@ -28,11 +28,10 @@ import ml_collections
 from absl import logging
 
 from exfiqa_jax import columns, files, parallel
-from exfiqa_jax.evaluation import attention, pipeline, severity, stages
+from exfiqa_jax.evaluation import attention, early_exit, pipeline, severity, stages
 from exfiqa_jax.report import demo as demo_report
-from exfiqa_jax.report import evaluation as report
-from exfiqa_jax.evaluation import early_exit
 from exfiqa_jax.report import early_exit as early_exit_report
+from exfiqa_jax.report import evaluation as report
 from exfiqa_jax.train import data as train_data
 from exfiqa_jax.train import trainer
 
