@@ -217,7 +217,7 @@ class _ExitHead(vit.VisionTransformer):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:        # pytype: disable=signature-mismatch
     cfg = self.config
-    xn = vit._layer_norm("norm", jnp.float32)(x.astype(jnp.float32))
+    xn = vit.layer_norm("norm", jnp.float32)(x.astype(jnp.float32))
     quality = vit.QualityHead(cfg.quality_head_in, name="head_qs")
     if cfg.mode == "token":
       return quality(xn[:, 0])

@@ -11,6 +11,9 @@ pass gives every exit (docs/methods.md).
     output, out = model.apply(variables, images)         # images float32 [B,112,112,3] in [-1,1]
     out["exit_scores"] [B, L], out["attn_scores"] [B, L], out["embedding"] [B, E]
 
+`apply(..., vitnt=VitntSpec(blocks))` also carries ViTNT-FIQA's running sums through the same
+scan (each patch's distance between consecutive selected blocks and its attention weight;
+out["vitnt_distance"], out["vitnt_weight"] [B, N]); without it the program is the plain pass.
 A truncated program (`depth=k`) expects block parameters sliced to k
 (`exfiqa_jax.models.exits.truncate_variables`), so its cost really falls with k. Parameter names mirror the PyTorch module tree.
 """
@@ -208,12 +211,47 @@ def attention_statistics_explicit(q: jnp.ndarray, k: jnp.ndarray, scale: float,
   return score, jnp.mean(logits, axis=(1, 2))[:, key_slice]
 
 
+@dataclasses.dataclass(frozen=True)
+class VitntSpec:
+  """What the scan accumulates for ViTNT-FIQA (docs/methods.md; scores in methods/vitnt.py).
+
+  `blocks`: 0-based blocks of this program whose outputs are compared (strictly increasing, at
+  least two); `attention`: the patch weights come from the "last" selected block's softmax
+  attention or are the "mean" over the selected blocks.
+  """
+  blocks: tuple[int, ...]
+  attention: str = "last"
+
+  def __post_init__(self):
+    blocks = tuple(int(b) for b in self.blocks)
+    object.__setattr__(self, "blocks", blocks)
+    if len(blocks) < 2 or blocks[0] < 0 or any(b <= a for a, b in zip(blocks, blocks[1:])):
+      raise ValueError(f"ViTNT-FIQA compares consecutive selected blocks: pass at least two "
+                       f"strictly increasing 0-based block indices, got {self.blocks}")
+    if self.attention not in ("last", "mean"):
+      raise ValueError(f"attention must be 'last' or 'mean', got {self.attention!r}")
+
+  def flags(self, num_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per scan step: (block selected, selected and compared with the previous selected one)."""
+    if self.blocks[-1] >= num_blocks:
+      raise ValueError(f"ViTNT-FIQA blocks {self.blocks} reach past this program's "
+                       f"{num_blocks} blocks: pass strictly increasing 0-based indices in "
+                       f"0..{num_blocks - 1} (the official IJB-C run: 0..19 of 24)")
+    selected = np.isin(np.arange(num_blocks), self.blocks)
+    return selected, selected & (np.arange(num_blocks) > self.blocks[0])
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention; qkv without bias, rows [q | k | v], heads contiguous."""
+  """Multi-head self-attention; qkv without bias, rows [q | k | v], heads contiguous.
+
+  With `received_attention` it also returns, per key, the softmax attention it receives averaged
+  over heads and summed over queries [B, T] (ViTNT-FIQA's patch weights); otherwise None.
+  """
   config: ViTConfig
   dtype: Any = jnp.float32
   return_maps: bool = False
   explicit_stats: bool = False
+  received_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray):
@@ -236,7 +274,11 @@ class Attention(nn.Module):
     out = (out / jnp.sum(unnormalised, -1, keepdims=True)).astype(self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
     out = nn.Dense(d, kernel_init=_trunc_normal(), dtype=self.dtype, name="proj")(out)
-    return out, score, maps
+    received = None
+    if self.received_attention:
+      inverse_sums = 1.0 / jnp.sum(unnormalised, -1)                   # [B, H, T] per query
+      received = jnp.einsum("bhqk,bhq->bk", unnormalised, inverse_sums) / cfg.num_heads
+    return out, score, maps, received
 
 
 class Mlp(nn.Module):
@@ -251,33 +293,45 @@ class Mlp(nn.Module):
     return nn.Dense(d, kernel_init=_trunc_normal(), dtype=self.dtype, name="fc2")(x)
 
 
-def _layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, name=name)
+def layer_norm(name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> nn.LayerNorm:
+  """The model's LayerNorm (torch's eps and two-pass variance); `parent=None` builds an unbound
+  one to `.apply` to a parameter subtree (ViTNT-FIQA's use of the final norm inside the scan)."""
+  return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, name=name, **kwargs)
 
 
 class Block(nn.Module):
-  """Pre-norm block, one scan step: (x, drop_rate) → (x', per-exit outputs)."""
+  """Pre-norm block, one scan step: (x, drop_rate) → (x', per-exit outputs).
+
+  With `vitnt` the step is ((x, ViTNT state), drop_rate, (selected, compare), final-norm params)
+  → ((x', state'), outputs): see `vitnt_step`.
+  """
   config: ViTConfig
   dtype: Any = jnp.float32
   train: bool = False
   return_maps: bool = False
   keep_all_tokens: bool = False
   explicit_stats: bool = False
+  vitnt: VitntSpec | None = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, drop_rate: jnp.ndarray):
-    attn_out, score, maps = Attention(self.config, self.dtype, self.return_maps,
-                                      self.explicit_stats, name="attn")(
-                                          _layer_norm("norm1")(x))
+  def __call__(self, carry, drop_rate: jnp.ndarray, flags=None, norm_params=None):
+    x, state = carry if self.vitnt is not None else (carry, None)
+    attn_out, score, maps, received = Attention(self.config, self.dtype, self.return_maps,
+                                                self.explicit_stats, self.vitnt is not None,
+                                                name="attn")(layer_norm("norm1")(x))
     x = x + self._drop_path(attn_out, drop_rate)
-    mlp_out = Mlp(self.config.mlp_dim, self.dtype, name="mlp")(_layer_norm("norm2")(x))
+    mlp_out = Mlp(self.config.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2")(x))
     x = x + self._drop_path(mlp_out, drop_rate)
     outputs = {"attn_score": score}
     if maps is not None:
       outputs["attn_map"] = maps
     if not self.train:
       outputs["tokens"] = x if self.keep_all_tokens else x[:, 0]
-    return x, outputs
+    if self.vitnt is None:
+      return x, outputs
+    state = vitnt_step(state, x, received, flags, norm_params, self.vitnt,
+                       int(self.config.has_quality_token))
+    return (x, state), outputs
 
   def _drop_path(self, branch: jnp.ndarray, rate: jnp.ndarray) -> jnp.ndarray:
     """Stochastic depth per sample (train only), torch/timm semantics."""
@@ -286,6 +340,36 @@ class Block(nn.Module):
     keep = 1.0 - rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (branch.shape[0], 1, 1))
     return branch * mask.astype(branch.dtype) / keep.astype(branch.dtype)
+
+
+def vitnt_step(state: Mapping[str, jnp.ndarray], x: jnp.ndarray, received: jnp.ndarray,
+               flags: tuple[jnp.ndarray, jnp.ndarray], norm_params: Any, spec: VitntSpec,
+               first_patch: int) -> dict[str, jnp.ndarray]:
+  """ViTNT-FIQA's running sums after one block (docs/methods.md): the block's patch tokens →
+  the final LayerNorm → L2 per token (z); if the block is selected and not the first selected,
+  add ‖z − z_prev‖ per patch to `distance`; a selected block's z becomes `previous` and its
+  received attention (patches only) the `weight` ("last") or adds to it ("mean")."""
+  selected, compare = flags
+  z = layer_norm(dtype=jnp.float32, parent=None).apply(
+      {"params": norm_params}, x[:, first_patch:].astype(jnp.float32))
+  z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+  step = jnp.sqrt(jnp.sum(jnp.square(z - state["previous"]), axis=-1))          # [B, N]
+  weight = received[:, first_patch:]
+  if spec.attention == "mean":
+    weight = state["weight"] + jnp.where(selected, weight, 0.0)
+  else:
+    weight = jnp.where(selected, weight, state["weight"])
+  return {"previous": jnp.where(selected, z, state["previous"]),
+          "distance": state["distance"] + jnp.where(compare, step, 0.0),
+          "weight": weight}
+
+
+def vitnt_outputs(state: Mapping[str, jnp.ndarray], spec: VitntSpec) -> dict[str, jnp.ndarray]:
+  """The scan's ViTNT sums → `vitnt_distance` [B, N] (each patch's mean distance between
+  consecutive selected blocks) and `vitnt_weight` [B, N] (its attention weight, summing to 1)."""
+  weight = state["weight"]
+  return {"vitnt_distance": state["distance"] / (len(spec.blocks) - 1),
+          "vitnt_weight": weight / jnp.sum(weight, axis=1, keepdims=True)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,11 +392,13 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False, return_attn_maps: bool = False,
-               return_all_embeddings: bool = False):
+               return_all_embeddings: bool = False, vitnt: VitntSpec | None = None):
     cfg = self.config
     if images.ndim != 4 or images.shape[1:] != (cfg.img_size, cfg.img_size, 3):
       raise ValueError(f"images must be [B, {cfg.img_size}, {cfg.img_size}, 3] (NHWC, RGB in "
                        f"[-1, 1]); got shape {tuple(images.shape)}")
+    if train and vitnt is not None:
+      raise ValueError("ViTNT-FIQA statistics are an inference output; pass vitnt=None to train")
     self._check_block_params()
     x = self._embed(images)                                        # [B, T, D]
     b, t, d = x.shape
@@ -324,12 +410,15 @@ class VisionTransformer(nn.Module):
         raise ValueError("training with token masking needs has_mask_token=True")
       x, restore = self._mask_tokens(x) if cfg.mask_ratio > 0 else (x, None)
     keep_all = (not train) and (cfg.mode in ("crfiqa", "full", "fr") or return_all_embeddings)
-    x, per_block = self._blocks(x, train, return_attn_maps, keep_all)
+    x, per_block = self._blocks(x, train, return_attn_maps, keep_all, vitnt)
     out: dict[str, jnp.ndarray] = {"attn_scores": per_block["attn_score"].T}   # [B, L]
+    if isinstance(x, tuple):                                      # (stream, ViTNT sums)
+      x, state = x
+      out.update(vitnt_outputs(state, vitnt))
     if return_attn_maps:
       out["attn_maps"] = jnp.transpose(per_block["attn_map"], (1, 0, 2))      # [B, L, Np]
 
-    norm = _layer_norm("norm", jnp.float32)
+    norm = layer_norm("norm", jnp.float32)
     feature = FeatureHead(cfg.embed_dim, self.dtype, name="feature")
     quality = (QualityHead(cfg.quality_head_in, name="head_qs") if cfg.mode in QUALITY_MODES
                else None)
@@ -391,14 +480,30 @@ class VisionTransformer(nn.Module):
     self.sow("intermediates", "kept_indices", shuffle[:, :keep])
     return kept, restore
 
-  def _blocks(self, x: jnp.ndarray, train: bool, return_maps: bool, keep_all: bool):
+  def _blocks(self, x: jnp.ndarray, train: bool, return_maps: bool, keep_all: bool,
+              vitnt: VitntSpec | None = None):
+    """(stream, per-block outputs [L, ...]); with `vitnt` the stream comes back as (stream,
+    ViTNT sums). At init the final norm has no parameters yet and ViTNT is left out."""
     cfg = self.config
     k = self.num_blocks
     rates = jnp.asarray(np.linspace(0.0, cfg.drop_path_rate, cfg.depth)[:k], jnp.float32)
+    norm_params = None if vitnt is None else self.get_variable("params", "norm")
+    if norm_params is None:
+      scanned = nn.scan(Block, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True}, in_axes=0, length=k)
+      return scanned(cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats,
+                     name="blocks")(x, rates)
+    selected, compare = vitnt.flags(k)
+    b, n = x.shape[0], cfg.num_patches
+    state = {"previous": jnp.zeros((b, n, cfg.width), jnp.float32),
+             "distance": jnp.zeros((b, n), jnp.float32), "weight": jnp.zeros((b, n), jnp.float32)}
     scanned = nn.scan(Block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=0, length=k)
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0, 0, nn.broadcast), length=k)
     return scanned(cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats,
-                   name="blocks")(x, rates)
+                   vitnt, name="blocks")((x, state), rates,
+                                         (jnp.asarray(selected), jnp.asarray(compare)),
+                                         norm_params)
 
   def _flatten_for_feature(self, xn: jnp.ndarray) -> jnp.ndarray:
     """Token-major flatten (index t·D + d); token mode drops the quality token."""
