@@ -277,6 +277,41 @@ class IResNet(nn.Module):
     return _IROutput(cfg.num_features, cfg.bn_eps, cfg.dropout, name="output_layer")(x, train)
 
 
+# ---------------------------------------------------------------- named points of the tree
+
+def stage_output_paths(config: IResNetConfig) -> tuple[tuple[str, ...], ...]:
+  """Module paths whose outputs are the four stage outputs (torch `layer1..layer4`; for the IR
+  layouts the last unit of each stage in `body`): GraFIQs' block1..block4 (methods/grafiqs.py)."""
+  if config.layout == "iresnet":
+    return tuple((f"layer{k + 1}",) for k in range(4))
+  ends = np.cumsum(config.layers) - 1
+  return tuple(("body", str(int(i))) for i in ends)
+
+
+def stage_output_shapes(config: IResNetConfig) -> tuple[tuple[int, int, int], ...]:
+  """[H, W, C] of each stage output (every stage halves the side)."""
+  return tuple((config.img_size >> (k + 1), config.img_size >> (k + 1), config.widths[k])
+               for k in range(4))
+
+
+def head_after_dropout(config: IResNetConfig, variables: Any, x: jax.Array) -> jax.Array:
+  """The layers after the dropout on its input x [..., C·H·W] (the CHW flatten of the final BN's
+  output): `fc` → `features` ("iresnet"), `output_layer` 3 → 4 (IR). Eval mode, the same Flax
+  layers as `IResNet`, so x = that flatten gives the model's embedding. SER-FIQ runs its
+  stochastic passes here (methods/serfiq.py)."""
+  params, stats = variables["params"], variables["batch_stats"]
+  if config.layout == "iresnet":
+    dense, norm, affine = params["fc"], ("features",), True
+  else:
+    dense, norm, affine = params["output_layer"]["3"], ("output_layer", "4"), False
+  x = nn.Dense(config.num_features, parent=None).apply({"params": dense}, x)
+  bn_params, bn_stats = params, stats
+  for name in norm:
+    bn_params, bn_stats = bn_params.get(name, {}), bn_stats[name]
+  bn = nn.BatchNorm(True, epsilon=config.bn_eps, use_scale=affine, use_bias=affine, parent=None)
+  return bn.apply({"params": bn_params, "batch_stats": bn_stats}, x)
+
+
 # ---------------------------------------------------------------- inference: BatchNorm folded
 
 def _shortcut_kind(layout: str, cin: int, features: int, stride: int) -> str:
