@@ -1,6 +1,6 @@
 """The early-exit study's numbers on score matrices (exfiqa_jax/calibrate/early_exit.py): τ, the
 fixed columns and the cascade columns, without a model (the whole study runs end to end in
-tests/test_early_exit.py)."""
+tests/test_tasks_early_exit.py)."""
 from __future__ import annotations
 
 import math

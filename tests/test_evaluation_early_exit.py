@@ -1,5 +1,5 @@
 """The early-exit study's benchmark splits (exfiqa_jax/evaluation/early_exit.py); the study itself
-runs end to end in tests/test_early_exit.py."""
+runs end to end in tests/test_tasks_early_exit.py."""
 from __future__ import annotations
 
 import numpy as np
