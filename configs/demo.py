@@ -39,9 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                   min_spearman=0.5))
   # Early exits on the trained model (configs/early_exit.py; summary.md states the compute
   # saved at 99 % agreement), kept to seconds: images/s of the full pass and the 99 % cascade
-  # on 128 images, no FNMR-target thresholds (they need the val split's comparisons).
+  # on 128 images, no FNMR-target thresholds and no learned fusion (they need the val split's
+  # comparisons).
   config.early_exit = early_exit.settings(args.size)
   config.early_exit.timing.update(dict(images=32 if smoke else 128, repeats=1,
                                        all_targets=False, fixed_exits=False))
   config.early_exit.thresholds.fnmr = ()
+  config.early_exit.fusion_fit.enabled = False
   return config

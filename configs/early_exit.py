@@ -18,7 +18,10 @@ default, (3, 6, 9, 12) for ViT-S), cascade.targets (agreement targets), cascade.
 cascade.robust (how conservative: chosen by identity-grouped cascade.folds-fold cross-validation,
 exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-split optimum);
 thresholds.discard / thresholds.fnmr (threshold table with bootstrap intervals, at
-thresholds.fmr); mapping.kind ("quantile" | "logistic"); timing.images (images/s measured on
+thresholds.fmr); mapping.kind ("quantile" | "logistic"); fusion_fit (the learned fusion
+ex_fiqa_fit: weights fitted on the calibration split, reported on the evaluation split beside
+ex_fiqa_f and ex_fiqa_fw; enabled, steps, learning_rate, temperature, init "fw" | "f",
+normalization "none" | "zscore" | "minmax" | "rank"); timing.images (images/s measured on
 this many evaluation images; 0 = skip; timing.fixed_exits: also every fixed exit, not only the
 full pass). Arguments: size=default|smoke, benchmark=<name>.
 """
@@ -51,6 +54,9 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
           alpha=0.05)),
       mapping=ml_collections.ConfigDict(dict(kind="quantile", knots=101,
                                              store_with_model=True)),
+      fusion_fit=ml_collections.ConfigDict(dict(   # ex_fiqa_fit: weights learned on the
+          enabled=True, steps=50 if smoke else 200,  # calibration split (pAUC surrogate, Adam)
+          learning_rate=0.05, temperature=0.05, init="fw", normalization="none")),
       split=ml_collections.ConfigDict(dict(fraction=0.5)),   # non-synthetic: calibration share
       timing=ml_collections.ConfigDict(dict(images=32 if smoke else 256, repeats=1 if smoke else 3,
                                             all_targets=True, fixed_exits=True))))

@@ -4,6 +4,7 @@ the early-exit summary and the 0–100 mapping use for a quality score (docs/eva
   exit_k        the quality head after block k (1-based, k = 1..L)
   ex_fiqa_f     EX-FIQA-F, the mean of all exits
   ex_fiqa_fw    EX-FIQA-FW, the depth-weighted mean of all exits
+  ex_fiqa_fit   the exits fused with weights learned on a calibration split (early_exit job)
   attn_k        the attention-based score of block k (every ViT, with or without exit heads)
   q100_<col>    <col> on the 0–100 scale of the model directory's quality mapping
   random        the seeded random baseline (evaluation)
@@ -28,6 +29,7 @@ ATTN_PREFIX = "attn_"
 Q100_PREFIX = "q100_"
 EX_FIQA_F = "ex_fiqa_f"
 EX_FIQA_FW = "ex_fiqa_fw"
+EX_FIQA_FIT = "ex_fiqa_fit"     # not a model output: fitted by calibrate/fusion_fit.py
 FUSIONS = (EX_FIQA_F, EX_FIQA_FW)
 RANDOM = "random"
 ORACLE = "oracle"

@@ -60,3 +60,20 @@ def test_fixed_and_cascade_columns():
   assert head["target"] == 0.99 and head["speedup"] is None and "compute saved" in head["text"]
   assert study.headline([r for _, r in cols], 0.99, {}) == {
       "text": "no cascade at agreement target 0.99"}
+
+
+def test_learned_fusion_is_fitted_on_calibration_pairs_and_applied_to_both_splits():
+  rng = np.random.default_rng(3)
+  s_cal, s_ev = _scores(300, seed=3), _scores(200, seed=4)
+  pairs = rng.integers(0, 300, (2000, 2))
+  gen = rng.random(2000) < 0.3
+  pq = np.minimum(s_cal[pairs[:, 0], 1], s_cal[pairs[:, 1], 1])   # exit 2 predicts the scores
+  scores = np.where(gen, 0.5 + 0.2 * pq, 0.1 * rng.normal(size=2000)).astype(np.float32)
+  f_cal, f_ev, info = study.learned_fusion(s_cal, pairs, scores, gen, s_ev, 1e-2, 0.3, steps=60,
+                                           learning_rate=0.1, normalization="zscore")
+  w = np.asarray(info["weights"])
+  assert w.shape == (3,) and np.all(w >= 0) and w.sum() == pytest.approx(1.0, abs=1e-6)
+  assert info["surrogate_final"] < info["surrogate_initial"] and int(np.argmax(w)) == 1
+  mean, std = s_cal.astype(np.float64).mean(0), s_cal.astype(np.float64).std(0)
+  np.testing.assert_allclose(f_ev, (s_ev - mean) / std @ w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(f_cal, (s_cal - mean) / std @ w, rtol=1e-4, atol=1e-5)

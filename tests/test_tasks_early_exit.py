@@ -40,7 +40,7 @@ def test_outputs_exist_and_agree(run):
   rows = tables.read_csv(str(out / "early_exit.csv"))
   targets = list(early_exit_config.TARGETS)
   assert [r["method"] for r in rows] == (
-      ["exit_1", "exit_2", "exit_3", "ex_fiqa_f", "ex_fiqa_fw"]
+      ["exit_1", "exit_2", "exit_3", "ex_fiqa_f", "ex_fiqa_fw", "ex_fiqa_fit"]
       + [f"cascade@{t:g}" for t in targets])
   per_exit, fusion = models.gflops(json.loads((root / "model/model_config.json").read_text()))
   for r, j in zip(rows, summary["rows"]):
@@ -61,6 +61,10 @@ def test_outputs_exist_and_agree(run):
   assert {"synthetic_faces_val", "synthetic_faces"} == {
       summary["benchmark"]["calibration"]["name"], summary["benchmark"]["evaluation"]["name"]}
   assert [p["target"] for p in summary["thresholds"]["discard"]] == [0.1, 0.2, 0.3]
+  fit = summary["fusion_fit"]            # fitted on the calibration split, reported on the other
+  assert fit["fitted_on"] == "synthetic_faces_val" and len(fit["weights"]) == 3
+  assert min(fit["weights"]) >= 0 and sum(fit["weights"]) == pytest.approx(1.0, abs=1e-6)
+  assert fit["surrogate_final"] <= fit["surrogate_initial"]
 
 
 def test_mapping_stored_with_the_model_gives_score_columns(run, tmp_path):

@@ -4,6 +4,8 @@ scores of a calibration split and an evaluation split.
 
   * `pick_tau`: τ, the full-depth decision threshold (accept iff exit_L >= τ): explicit, or the
     value that discards a share of the calibration split (thresholds.discard_threshold);
+  * `learned_fusion`: the exits fused with weights learned on the calibration split
+    (calibrate/fusion_fit.py, `ex_fiqa_fit`), applied to both splits;
   * `fixed_columns`: every fixed exit and the fusions, each thresholded where it discards the
     same share of the calibration split as τ does at full depth;
   * `cascade_columns`: per agreement target, the cascade calibrated on the calibration split
@@ -22,7 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from exfiqa_jax import columns as names
-from exfiqa_jax.calibrate import cascade, thresholds
+from exfiqa_jax import fusion
+from exfiqa_jax.calibrate import cascade, fusion_fit, thresholds
 from exfiqa_jax.models import exits as exits_lib
 from exfiqa_jax.quality_mapping import QualityMapping
 
@@ -58,6 +61,27 @@ def agreement(q: np.ndarray, tau_q: float, full: np.ndarray, tau: float) -> floa
 
 def _threshold_at(cal_q: np.ndarray, frac: float) -> float:
   return thresholds.discard_threshold(cal_q, frac, resamples=0).threshold
+
+
+def learned_fusion(s_cal: np.ndarray, pairs: np.ndarray, scores: np.ndarray,
+                   is_genuine: np.ndarray, s_ev: np.ndarray, fmr: float, limit: float,
+                   steps: int = 200, learning_rate: float = 0.05, temperature: float = 0.05,
+                   init: str = "fw", normalization: str = "none"
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """(fused calibration [N], fused evaluation [M], how): fusion weights (and a per-exit
+  normalisation) fitted on the calibration split only — its exit scores `s_cal` [N, L], its
+  pairs [P, 2] with their comparison scores and labels — against the pAUC surrogate at `fmr`
+  up to `limit` (fusion_fit.fit_fusion_weights), applied to both splits (`s_ev` [M, L])."""
+  normalizer = fusion_fit.fit_normalizer(s_cal, normalization)
+  fit = fusion_fit.fit_fusion_weights(s_cal, pairs, scores, is_genuine, fmr=fmr, limit=limit,
+                                      steps=steps, learning_rate=learning_rate,
+                                      temperature=temperature, init=init, normalizer=normalizer)
+  fused = [np.asarray(fusion.fuse(normalizer(x), fit.weights), np.float32) for x in (s_cal, s_ev)]
+  return fused[0], fused[1], {
+      "weights": fit.weights.tolist(), "normalization": normalization, "init": init,
+      "steps": int(steps), "learning_rate": float(learning_rate),
+      "temperature": float(temperature), "surrogate_initial": fit.initial,
+      "surrogate_final": fit.final}
 
 
 def fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, fused_cal: Mapping[str, np.ndarray],

@@ -9,7 +9,8 @@ evaluated on another, identity-disjoint.
      split when the threshold table asks for FNMR targets);
   3. on the calibration split: τ, the threshold table (discard fractions and FNMR targets, with
      bootstrap intervals; calibrate/thresholds.py), the 0–100 mapping (quality_mapping.py), the
-     fixed columns and the cascades (calibrate/early_exit.py);
+     learned fusion `ex_fiqa_fit` (early_exit.fusion_fit; its weights fitted on this split's
+     pairs), the fixed columns and the cascades (calibrate/early_exit.py);
   4. on the evaluation split: pAUC-EDC (`fiqa` mode) of every column and the baselines, and
      images/s of the real programs (QualityModel.score(exit=k), QualityModel.cascade) on a small
      subset, where the engine's decisions are checked against the prediction.
@@ -119,7 +120,7 @@ def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
   emb = pipeline.embed_stage(cache, ev, fr_name, fr_path, quality, config)
   cmp = pipeline.compare_stage(cache, ev, fr_name, emb)
   cmp_cal = None
-  if len(s.thresholds.fnmr):
+  if len(s.thresholds.fnmr) or _fit_fusion(s):
     emb_cal = pipeline.embed_stage(cache, cal, fr_name, fr_path, quality, config)
     cmp_cal = pipeline.compare_stage(cache, cal, fr_name, emb_cal)
   deps = {"quality_calibration": q_cal, "quality_evaluation": q_ev, "compare": cmp,
@@ -174,8 +175,18 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       meta={"benchmark": cal.name, "model": spec.path})
   per_exit, g_fusion = models.gflops(cfg)
   exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
-  cols = study.fixed_columns(s_cal, s_ev, {f: q_cal[f] for f in columns.FUSIONS},
-                             {f: q_ev[f] for f in columns.FUSIONS}, per_exit, g_fusion, tau,
+  fused_cal = {f: q_cal[f] for f in columns.FUSIONS}
+  fused_ev = {f: q_ev[f] for f in columns.FUSIONS}
+  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
+  fit_info = None
+  if _fit_fusion(s):
+    ff = s.fusion_fit
+    fused_cal[columns.EX_FIQA_FIT], fused_ev[columns.EX_FIQA_FIT], fit_info = study.learned_fusion(
+        s_cal, cal.pairs, cmp_cal["scores"], cmp_cal["is_genuine"], s_ev, float(s.fmr), limit,
+        int(ff.steps), float(ff.learning_rate), float(ff.temperature), str(ff.init),
+        str(ff.normalization))
+    fit_info["fitted_on"] = cal.name
+  cols = study.fixed_columns(s_cal, s_ev, fused_cal, fused_ev, per_exit, g_fusion, tau,
                              tau_info["discard_calibration"])
 
   def costs(ex: tuple[int, ...]) -> np.ndarray:
@@ -188,7 +199,6 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       prune_exits=bool(s.cascade.prune_exits), seed=seed)
   cols += cascade_cols
   rows = [row for _, row in cols]
-  limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
   baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed)
   timing = _measure(model, ev, s, rows, cascades, s_ev, depth)   # real programs, a subset
   headline = study.headline(rows, float(s.cascade.headline), timing)
@@ -204,9 +214,16 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       "rows": [dict(r) for r in rows],
       "baselines": baseline_pauc,
       "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
-      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
-      "seconds": round(time.time() - started, 1)}
+      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind}}
+  if fit_info is not None:
+    summary["fusion_fit"] = fit_info
+  summary["seconds"] = round(time.time() - started, 1)
   return summary, mapping
+
+
+def _fit_fusion(s) -> bool:
+  """Whether the study fits the learned fusion (early_exit.fusion_fit.enabled)."""
+  return bool(s.get("fusion_fit", {}).get("enabled", False))
 
 
 def _threshold_table(s, full: np.ndarray, cal: Benchmark, cmp_cal: stages.Stage | None,
@@ -274,8 +291,9 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
     by_method[columns.exit_name(k)]["images_per_second"] = n / _time_it(
         lambda: model.score(images, exit=k), reps)
   full_rate = by_method[columns.exit_name(depth)]["images_per_second"]
-  for f in columns.FUSIONS:     # the full pass computes every exit and both fusions
-    by_method[f]["images_per_second"] = full_rate
+  for r in rows:                # the full pass computes every exit, hence every fusion
+    if r["kind"] == "fusion":
+      r["images_per_second"] = full_rate
   headline = float(s.cascade.headline)
   mismatch = {}
   for c in cascades:

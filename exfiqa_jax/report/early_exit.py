@@ -12,6 +12,8 @@ import numpy as np
 from exfiqa_jax import columns, files, quality_mapping
 from exfiqa_jax.report import plots, tables
 
+FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2"), columns.EX_FIQA_FW: ("*", "C1"),
+                columns.EX_FIQA_FIT: ("X", "C4")}     # pAUC-vs-GFLOPs markers
 CSV_COLUMNS = ("method", "kind", "target", "exits", "mean_gflops", "saved", "pauc",
                "agreement", "agreement_calibration", "images_per_second")
 
@@ -80,8 +82,8 @@ def plot_pauc_vs_gflops(path: str, rows: Sequence[Mapping[str, Any]],
     ax.annotate(r["exits"], (r["mean_gflops"], r["pauc"]), fontsize=6, xytext=(2, 3),
                 textcoords="offset points")
   for r in (r for r in rows if r["kind"] == "fusion"):
-    ax.plot([r["mean_gflops"]], [r["pauc"]], "*" if r["method"].endswith("fw") else "P", ms=9,
-            color="C1" if r["method"].endswith("fw") else "C2", label=r["method"])
+    marker, color = FUSION_STYLE.get(r["method"], ("X", "C4"))
+    ax.plot([r["mean_gflops"]], [r["pauc"]], marker, ms=9, color=color, label=r["method"])
   cas = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["mean_gflops"])
   if cas:
     ax.plot([r["mean_gflops"] for r in cas], [r["pauc"] for r in cas], "s-", color="C3", ms=4,
