@@ -1,7 +1,7 @@
 """GraFIQs (methods/grafiqs.py) against the official per-image autograd loop on a torch twin.
 
 Tolerance: 1e-3 relative on each of the five columns (float32 both sides; the gradient sums run
-over up to 112·112·3 terms). The official raw values are Σ|grad| (lower = better); the toolkit's
+over up to 112·112·3 terms; measured ~2e-7). The official raw values are Σ|grad| (lower = better); the toolkit's
 columns are their negatives.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_a_batch_of_eight_equals_eight_single_calls(arcface):
     single = scorer(images[i:i + 1])
     for column in columns.GRAFIQS:
       np.testing.assert_allclose(np.asarray(single[column])[0], np.asarray(batch[column])[i],
-                                 rtol=1e-5, err_msg=f"{column} image {i}")
+                                 rtol=1e-6, err_msg=f"{column} image {i}")
 
 
 def test_uint8_input_is_normalised_like_the_official_transform(arcface):

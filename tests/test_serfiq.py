@@ -51,7 +51,8 @@ def test_equals_the_official_loop_fed_the_same_masks(arcface):
   np.testing.assert_allclose(np.asarray(got[columns.SERFIQ]), want_s, rtol=RTOL)
   assert np.ptp(want_s) > 1e-4                      # the images really score differently
   official = serfiq.scorer(module, variables, config, passes=PASSES, rescale=True)(images)
-  np.testing.assert_allclose(np.asarray(official[columns.SERFIQ]), want_rescaled, rtol=1e-5)
+  # α = 130 multiplies s's rounding: d log(rescaled) / ds ≈ α for s well below r.
+  np.testing.assert_allclose(np.asarray(official[columns.SERFIQ]), want_rescaled, rtol=130 * 1e-6)
 
 
 def test_the_tail_is_the_models_own_head(arcface):
