@@ -14,6 +14,8 @@ whole benchmark's (same mode, FMRs, discard grid, pair quality, input order), so
 held at the target FMR and the curve shows its FNMR there. A group without genuine or without
 impostor pairs has no EDC (NaN). The gap at a discard level is max − min FNMR over the groups
 that have an EDC (NaN with fewer than two); the pAUC gap is max − min pAUC. No bootstrap here.
+The files (edc_groups.csv, pauc_groups.csv, the summary sections, plots) are
+exfiqa_jax/report/groups.py's.
 """
 from __future__ import annotations
 
