@@ -45,7 +45,7 @@ def test_fixed_and_cascade_columns():
   mapping = quality_mapping.fit_mapping({"exit_scores": s_cal})
   costs = lambda ex: np.asarray(ex, np.float64) + 0.05
   groups = np.arange(800) // 8
-  casc, records = study.cascade_columns(s_cal, s_ev, (1, 2, 3), tau, costs, 3.05, mapping,
+  casc, records = study.cascade_columns(s_cal, s_ev, (1, 2, 3), tau, costs, 3.05, mapping.columns,
                                         (0.9, 0.99), groups)
   assert [r["method"] for _, r in casc] == [study.cascade_name(0.9), "cascade@0.99"]
   for (q, r), rec in zip(casc, records):

@@ -27,7 +27,6 @@ from exfiqa_jax import columns as names
 from exfiqa_jax import fusion
 from exfiqa_jax.calibrate import cascade, fusion_fit, thresholds
 from exfiqa_jax.models import exits as exits_lib
-from exfiqa_jax.quality_mapping import QualityMapping
 
 CASCADE_PREFIX = "cascade@"     # a cascade's method name: cascade@<agreement target>
 
@@ -114,14 +113,16 @@ def fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, fused_cal: Mapping[str, n
 
 def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], tau: float,
                     costs: Callable[[tuple[int, ...]], np.ndarray], full: float,
-                    mapping: QualityMapping, targets: Sequence[float], groups: np.ndarray,
+                    to_q100: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+                    targets: Sequence[float], groups: np.ndarray,
                     robust: bool = True, folds: int = 5, prune_exits: bool = True,
                     seed: int = 0) -> tuple[list[Column], list[dict[str, Any]]]:
   """(columns, records): per agreement target, the cascade calibrated on `s_cal` (robust: its
   conservativeness chosen by `groups`-grouped cross-validation; `costs`: GFLOPs of leaving at
-  each exit of an exit set, `full`: the full-depth program's) and run on `s_ev`. A record holds
-  the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for the engine; not
-  part of the summary) and both splits' figures."""
+  each exit of an exit set, `full`: the full-depth program's) and run on `s_ev`; its quality is
+  the 0–100 value at the exit left (`to_q100`: exit_k → its map, QualityMapping.columns). A
+  record holds the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for the
+  engine; not part of the summary) and both splits' figures."""
   depth = s_cal.shape[1]
   memo: dict = {}
   out, records = [], []
@@ -140,7 +141,7 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
     q = np.empty(len(s_ev))
     for e in c.exits:
       sel = pred.exit == e
-      q[sel] = mapping.columns[names.exit_name(e)](pred.score[sel])
+      q[sel] = to_q100[names.exit_name(e)](pred.score[sel])
     per_block = np.zeros(depth)
     per_block[np.asarray(c.exits) - 1] = pred.fraction_per_exit()
     thr = exits_lib.CascadeThresholds(**c.thresholds())

@@ -193,7 +193,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
     return exits_lib.cascade_gflops(cfg, ex, np.asarray(ex))
 
   cascade_cols, cascades = study.cascade_columns(
-      s_cal, s_ev, exits, tau, costs, float(per_exit[-1]), mapping,
+      s_cal, s_ev, exits, tau, costs, float(per_exit[-1]), mapping.columns,
       [float(t) for t in s.cascade.targets], image_groups(cal)[0],
       robust=bool(s.cascade.get("robust", True)), folds=int(s.cascade.get("folds", 5)),
       prune_exits=bool(s.cascade.prune_exits), seed=seed)
