@@ -27,6 +27,9 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from absl import logging
+
+from exfiqa_jax import files, parallel
 
 DIGEST_LIMIT = 64 << 20     # bytes: files and file lists up to this size are content-hashed
 _CHUNK = 1 << 20
@@ -194,7 +197,6 @@ STAMP_FORMAT = 1
 def write_stamp(path: str | os.PathLike, identity: Mapping[str, Any],
                 outputs: Sequence[str | os.PathLike], **extra: Any) -> None:
   """Writes the completion stamp (atomically) LAST, after every output in `outputs`."""
-  from exfiqa_jax import files
   directory = os.path.dirname(os.path.abspath(os.fspath(path)))
   files.write_json(path, {
       "stamp_format": STAMP_FORMAT, "identity": canonical(identity),
@@ -245,9 +247,6 @@ def begin_run(stamp_path: str | os.PathLike, identity: Mapping[str, Any],
   """True when the stamp vouches for a finished run made from `identity`: nothing to do.
   Otherwise logs why `task` runs again and, on the writing process, removes the stale stamp (so
   an interrupted run leaves none behind) and temporaries left beside `outputs`."""
-  from absl import logging
-
-  from exfiqa_jax import files, parallel
   stamp_path = os.fspath(stamp_path)
   out_dir = os.path.dirname(os.path.abspath(stamp_path))
   done, why = check_stamp(stamp_path, identity)
