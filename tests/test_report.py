@@ -9,7 +9,7 @@ import pytest
 
 from exfiqa_jax.report import evaluation as report
 from exfiqa_jax.report import plots, tables
-from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.metrics import bootstrap, comparisons, edc
 from exfiqa_jax.evaluation import results
 from exfiqa_jax import models
 from exfiqa_jax.models import vit
@@ -42,8 +42,8 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[results.
   engine = {}
   for mode, limit in (("fiqa", 0.3), ("iso", 0.2)):
     curves = edc.edc_curves(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, pauc_limit=limit)
-    point, low, high = edc.pauc_ci(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode, limit,
-                                   num_resamples=8, seed=3)
+    point, low, high = bootstrap.pauc_ci(scores, is_gen, pq, FMRS, edc.FIQA_DISCARD, mode,
+                                         limit, num_resamples=8, seed=3)
     modes[mode] = results.ModeEval(mode, limit, curves, curves.pauc, low, high)
     engine[mode] = (curves, point, low, high)
   result = results.BenchmarkEval(benchmark, "fr", cols, np.asarray(FMRS), modes, n_pairs,
@@ -168,3 +168,13 @@ def test_attention_overlay_matches_numpy_reference():
   from matplotlib import colormaps
   expect = 0.6 * images + 0.4 * 255 * colormaps["jet"](ref)[..., :3]
   assert np.abs(over.astype(float) - expect).max() <= 1.0 + 1e-6
+
+
+def test_tables_exact_numbers_and_markdown(tmp_path):
+  rows = [{"name": "a", "x": 0.1 + 0.2, "n": np.int64(3)}, {"name": "b", "x": float("nan"), "n": 0}]
+  path = tables.write_csv(str(tmp_path / "t.csv"), rows, ("name", "x", "n"))
+  back = tables.read_csv(path)
+  assert float(back[0]["x"]) == 0.1 + 0.2 and back[0]["n"] == "3" and back[1]["x"] == "nan"
+  assert tables.markdown_table(["q", "v"], [["a", "1"], ["b", ""]]) == [
+      "| q | v |", "|---|---|", "| a | 1 |", "| b |  |"]
+  assert tables.score_header(2, False) == ["image", "attn_1", "attn_2"]
