@@ -175,17 +175,8 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       meta={"benchmark": cal.name, "model": spec.path})
   per_exit, g_fusion = models.gflops(cfg)
   exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
-  fused_cal = {f: q_cal[f] for f in columns.FUSIONS}
-  fused_ev = {f: q_ev[f] for f in columns.FUSIONS}
   limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
-  fit_info = None
-  if _fit_fusion(s):
-    ff = s.fusion_fit
-    fused_cal[columns.EX_FIQA_FIT], fused_ev[columns.EX_FIQA_FIT], fit_info = study.learned_fusion(
-        s_cal, cal.pairs, cmp_cal["scores"], cmp_cal["is_genuine"], s_ev, float(s.fmr), limit,
-        int(ff.steps), float(ff.learning_rate), float(ff.temperature), str(ff.init),
-        str(ff.normalization))
-    fit_info["fitted_on"] = cal.name
+  fused_cal, fused_ev, fit_info = _fusions(s, cal, q_cal, q_ev, cmp_cal, limit)
   cols = study.fixed_columns(s_cal, s_ev, fused_cal, fused_ev, per_exit, g_fusion, tau,
                              tau_info["discard_calibration"])
 
@@ -219,6 +210,26 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
     summary["fusion_fit"] = fit_info
   summary["seconds"] = round(time.time() - started, 1)
   return summary, mapping
+
+
+def _fusions(s, cal: Benchmark, q_cal: stages.Stage, q_ev: stages.Stage,
+             cmp_cal: stages.Stage | None, limit: float
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any] | None]:
+  """({name: calibration split's}, {name: evaluation split's}, how ex_fiqa_fit was fitted or
+  None): the model's fusions, and the learned one when early_exit.fusion_fit asks for it (its
+  weights fitted on the calibration split's pairs only)."""
+  fused_cal = {f: q_cal[f] for f in columns.FUSIONS}
+  fused_ev = {f: q_ev[f] for f in columns.FUSIONS}
+  if not _fit_fusion(s):
+    return fused_cal, fused_ev, None
+  ff = s.fusion_fit
+  fit_cal, fit_ev, info = study.learned_fusion(
+      np.asarray(q_cal["exit_scores"], np.float32), cal.pairs, cmp_cal["scores"],
+      cmp_cal["is_genuine"], np.asarray(q_ev["exit_scores"], np.float32), float(s.fmr), limit,
+      int(ff.steps), float(ff.learning_rate), float(ff.temperature), str(ff.init),
+      str(ff.normalization))
+  fused_cal[columns.EX_FIQA_FIT], fused_ev[columns.EX_FIQA_FIT] = fit_cal, fit_ev
+  return fused_cal, fused_ev, {**info, "fitted_on": cal.name}
 
 
 def _fit_fusion(s) -> bool:
