@@ -105,6 +105,8 @@ def test_wrong_model_and_bad_blocks_are_clear_errors(fr_model):
   for blocks in ((1,), (2, 1), (0, 4)):
     with pytest.raises(ValueError, match="strictly increasing"):
       vitnt.scorer(module, variables, config, blocks=blocks)
+  token = vit.VisionTransformer(vit.tiny_config("token"))
+  token_variables = token.init(jax.random.key(0), _images(1))
   with pytest.raises(ValueError, match="inference"):
-    module.apply(variables, _images(1), train=True, vitnt=vit.VitntSpec((0, 1)),
-                 rngs={"dropout": jax.random.key(0)})
+    token.apply(token_variables, _images(1), train=True, vitnt=vit.VitntSpec((0, 1)),
+                rngs={"dropout": jax.random.key(0), "masking": jax.random.key(1)})

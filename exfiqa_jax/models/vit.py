@@ -14,6 +14,7 @@ pass gives every exit (docs/methods.md).
 `apply(..., vitnt=VitntSpec(blocks))` also carries ViTNT-FIQA's running sums through the same
 scan (each patch's distance between consecutive selected blocks and its attention weight;
 out["vitnt_distance"], out["vitnt_weight"] [B, N]); without it the program is the plain pass.
+
 A truncated program (`depth=k`) expects block parameters sliced to k
 (`exfiqa_jax.models.exits.truncate_variables`), so its cost really falls with k. Parameter names mirror the PyTorch module tree.
 """
@@ -397,8 +398,6 @@ class VisionTransformer(nn.Module):
     if images.ndim != 4 or images.shape[1:] != (cfg.img_size, cfg.img_size, 3):
       raise ValueError(f"images must be [B, {cfg.img_size}, {cfg.img_size}, 3] (NHWC, RGB in "
                        f"[-1, 1]); got shape {tuple(images.shape)}")
-    if train and vitnt is not None:
-      raise ValueError("ViTNT-FIQA statistics are an inference output; pass vitnt=None to train")
     self._check_block_params()
     x = self._embed(images)                                        # [B, T, D]
     b, t, d = x.shape
@@ -411,10 +410,7 @@ class VisionTransformer(nn.Module):
       x, restore = self._mask_tokens(x) if cfg.mask_ratio > 0 else (x, None)
     keep_all = (not train) and (cfg.mode in ("crfiqa", "full", "fr") or return_all_embeddings)
     x, per_block = self._blocks(x, train, return_attn_maps, keep_all, vitnt)
-    out: dict[str, jnp.ndarray] = {"attn_scores": per_block["attn_score"].T}   # [B, L]
-    if isinstance(x, tuple):                                      # (stream, ViTNT sums)
-      x, state = x
-      out.update(vitnt_outputs(state, vitnt))
+    out = {"attn_scores": per_block["attn_score"].T, **per_block.get("vitnt", {})}   # [B, L]
     if return_attn_maps:
       out["attn_maps"] = jnp.transpose(per_block["attn_map"], (1, 0, 2))      # [B, L, Np]
 
@@ -482,8 +478,10 @@ class VisionTransformer(nn.Module):
 
   def _blocks(self, x: jnp.ndarray, train: bool, return_maps: bool, keep_all: bool,
               vitnt: VitntSpec | None = None):
-    """(stream, per-block outputs [L, ...]); with `vitnt` the stream comes back as (stream,
-    ViTNT sums). At init the final norm has no parameters yet and ViTNT is left out."""
+    """(stream, per-block outputs [L, ...]); with `vitnt` the outputs also hold "vitnt" (the
+    `vitnt_outputs`). At init the final norm has no parameters yet and ViTNT is left out."""
+    if train and vitnt is not None:
+      raise ValueError("ViTNT-FIQA statistics are an inference output; pass vitnt=None to train")
     cfg = self.config
     k = self.num_blocks
     rates = jnp.asarray(np.linspace(0.0, cfg.drop_path_rate, cfg.depth)[:k], jnp.float32)
@@ -500,10 +498,11 @@ class VisionTransformer(nn.Module):
     scanned = nn.scan(Block, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(0, 0, nn.broadcast), length=k)
-    return scanned(cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats,
-                   vitnt, name="blocks")((x, state), rates,
-                                         (jnp.asarray(selected), jnp.asarray(compare)),
-                                         norm_params)
+    (x, state), per_block = scanned(
+        cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats, vitnt,
+        name="blocks")((x, state), rates, (jnp.asarray(selected), jnp.asarray(compare)),
+                       norm_params)
+    return x, {**per_block, "vitnt": vitnt_outputs(state, vitnt)}
 
   def _flatten_for_feature(self, xn: jnp.ndarray) -> jnp.ndarray:
     """Token-major flatten (index t·D + d); token mode drops the quality token."""
