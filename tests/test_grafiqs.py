@@ -12,7 +12,7 @@ import pytest
 from exfiqa_jax import columns, models
 from exfiqa_jax.convert import iresnet_keys as ik
 from exfiqa_jax.methods import grafiqs
-from exfiqa_jax.models import iresnet, vit
+from exfiqa_jax.models import iresnet, quality_heads, vit
 from exfiqa_jax.testing import baselines_free_torch as twins
 from exfiqa_jax.testing import fr_torch_reference as fr_ref
 
@@ -34,7 +34,7 @@ def _converted(tmodel, family):
 def arcface():
   tmodel = twins.tiny_iresnet(seed=3, layers=(1, 2, 1, 1))   # stage 2 has an identity unit
   module, variables, config = _converted(tmodel, ik.ARCFACE_IRESNET)
-  return tmodel, grafiqs.scorer(module, variables, config)
+  return tmodel, grafiqs.scorer(module, variables, config), (module, variables, config)
 
 
 def _check_parity(tmodel, scorer, images):
@@ -48,7 +48,7 @@ def _check_parity(tmodel, scorer, images):
 
 
 def test_five_columns_match_the_official_loop(arcface):
-  tmodel, scorer = arcface
+  tmodel, scorer, _ = arcface
   _check_parity(tmodel, scorer, _images(3))
 
 
@@ -60,7 +60,7 @@ def test_ir_layout_matches_the_same_loop():
 
 
 def test_a_batch_of_eight_equals_eight_single_calls(arcface):
-  _, scorer = arcface
+  _, scorer, _ = arcface
   images = _images(8, seed=7)
   batch = scorer(images)
   for i in range(8):
@@ -71,12 +71,26 @@ def test_a_batch_of_eight_equals_eight_single_calls(arcface):
 
 
 def test_uint8_input_is_normalised_like_the_official_transform(arcface):
-  _, scorer = arcface
+  _, scorer, _ = arcface
   pixels = np.random.RandomState(2).randint(0, 256, (2, 112, 112, 3)).astype(np.uint8)
   normalised = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
   a, b = scorer(pixels), scorer(normalised)
   for column in columns.GRAFIQS:
     np.testing.assert_allclose(np.asarray(a[column]), np.asarray(b[column]), rtol=1e-6)
+
+
+def test_a_quality_models_backbone_is_scored_like_the_bare_iresnet(arcface):
+  """CR-FIQA / eDifFIQA checkpoints are iResNets with a head: GraFIQs reads their backbone."""
+  _, scorer, (module, variables, config) = arcface
+  wrapped = quality_heads.BackboneWithHead(module, quality_heads.LinearHead())
+  head = {"qs": {"kernel": np.ones((64, 1), np.float32), "bias": np.zeros((1,), np.float32)}}
+  wrapped_variables = {"params": {"backbone": variables["params"], "head": head},
+                       "batch_stats": {"backbone": variables["batch_stats"]}}
+  images = _images(2, seed=9)
+  got = grafiqs.scorer(wrapped, wrapped_variables, config)(images)
+  want = scorer(images)
+  for column in columns.GRAFIQS:
+    np.testing.assert_array_equal(np.asarray(got[column]), np.asarray(want[column]))
 
 
 def test_models_without_batchnorms_are_refused_naming_the_flag():
