@@ -120,5 +120,7 @@ def test_asked_of_another_model_names_the_flag():
   sd = bt.numpy_state_dict(ref.IResNet((1, 1, 1, 1), TINY, 64))
   config = iresnet_keys.ARCFACE_IRESNET.infer_config(sd)
   variables = iresnet_keys.ARCFACE_IRESNET.to_flax(sd, config)
-  with pytest.raises(ValueError, match="method=crfiqa.*arcface_iresnet"):
+  with pytest.raises(ValueError, match="method=crfiqa.*arcface_iresnet") as e:
     crfiqa.scorer(models.get_model(config), variables, config)
+  assert str(e.value) == ("method=crfiqa needs a crfiqa checkpoint; this checkpoint's family is "
+                          "'arcface_iresnet'. Choose another method or a checkpoint that fits.")

@@ -25,26 +25,10 @@ import jax.numpy as jnp
 
 from exfiqa_jax import columns
 from exfiqa_jax.methods import scorer as scorer_lib
-from exfiqa_jax.models import iresnet, quality_heads
+from exfiqa_jax.models import iresnet
 
 METHOD = "grafiqs"
 COLUMNS = columns.GRAFIQS
-
-
-def unfolded_iresnet(method: str, module: Any, variables: Any,
-                     model_config: Mapping[str, Any]) -> tuple[iresnet.IResNet, Any]:
-  """(IResNet, its variables) of an FR model with BatchNorms, unwrapping a CR-FIQA / eDifFIQA
-  backbone; anything else is the error that names `quality_model.method`."""
-  if (isinstance(module, quality_heads.BackboneWithHead)
-      and isinstance(module.backbone, iresnet.IResNet)):
-    module = module.backbone
-    variables = {c: tree["backbone"] for c, tree in variables.items()}
-  if not isinstance(module, iresnet.IResNet) or "batch_stats" not in variables:
-    raise scorer_lib.wrong_model(
-        method, "an iResNet / IR face-recognition CNN with its BatchNorms (load it with "
-        "inference.load_variables and models.get_model: load_fr_model folds them away)",
-        model_config)
-  return module, variables
 
 
 def bns_loss_and_grads(module: iresnet.IResNet, variables: Any, image: jax.Array
@@ -84,7 +68,7 @@ def bns_loss_and_grads(module: iresnet.IResNet, variables: Any, image: jax.Array
 def scorer(module: Any, variables: Any, model_config: Mapping[str, Any]) -> scorer_lib.Scorer:
   """images [B, S, S, 3] (uint8 RGB, or float32 normalised the family's way) → the five GraFIQs
   columns [B], higher = better (−Σ|grad|)."""
-  module, variables = unfolded_iresnet(METHOD, module, variables, model_config)
+  module, variables = scorer_lib.unfolded_iresnet(METHOD, module, variables, model_config)
   input_scale = model_config.get("input_scale", "minus1_1")
 
   def per_image(variables, image):

@@ -53,8 +53,25 @@ def prepare_images(images: jax.Array, input_scale: str, channel_order: str = "rg
 def wrong_model(method: str, needs: str, model_config: Mapping[str, Any]) -> ValueError:
   """The error for a method asked of a model it cannot score, naming the setting to change."""
   family = model_config.get("family") or ("vit" if "mode" in model_config else "unknown")
-  return ValueError(f"{strict.flag('method')}{method} needs {needs}; this checkpoint is a "
-                    f"{family!r} model. Pass a {needs} checkpoint or choose another method.")
+  return ValueError(f"{strict.flag('method')}{method} needs {needs}; this checkpoint's family "
+                    f"is {family!r}. Choose another method or a checkpoint that fits.")
+
+
+def unfolded_iresnet(method: str, module: Any, variables: Any,
+                     model_config: Mapping[str, Any]) -> tuple[iresnet.IResNet, Any]:
+  """(IResNet, its variables) of an FR model with its BatchNorms unfolded (GraFIQs reads their
+  running statistics, SER-FIQ taps the network's dropout), unwrapping a CR-FIQA / eDifFIQA
+  backbone; anything else is the error that names `quality_model.method`."""
+  if (isinstance(module, quality_heads.BackboneWithHead)
+      and isinstance(module.backbone, iresnet.IResNet)):
+    module = module.backbone
+    variables = {c: tree["backbone"] for c, tree in variables.items()}
+  if not isinstance(module, iresnet.IResNet) or "batch_stats" not in variables:
+    raise wrong_model(
+        method, "an iResNet / IR face-recognition CNN with its BatchNorms (load it with "
+        "inference.load_variables and models.get_model: load_fr_model folds them away)",
+        model_config)
+  return module, variables
 
 
 def for_inference(module: Any, variables: Any) -> tuple[Any, Any]:

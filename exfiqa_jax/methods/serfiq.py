@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from exfiqa_jax import columns
-from exfiqa_jax.methods import grafiqs
 from exfiqa_jax.methods import scorer as scorer_lib
 from exfiqa_jax.models import iresnet
 
@@ -102,7 +101,7 @@ def scorer(module: Any, variables: Any, model_config: Mapping[str, Any], *, pass
 
   `passes` = T, `rate` = the dropout rate, `seed` = the masks' seed, `rescale` = the official
   α/r rescaling, `chunk` = passes computed together (memory [chunk, B, C·H·W])."""
-  module, variables = grafiqs.unfolded_iresnet(METHOD, module, variables, model_config)
+  module, variables = scorer_lib.unfolded_iresnet(METHOD, module, variables, model_config)
   if passes < 2 or not 0.0 < rate < 1.0 or chunk < 1:
     raise ValueError(f"SER-FIQ needs passes >= 2, 0 < rate < 1 and chunk >= 1; got passes="
                      f"{passes}, rate={rate}, chunk={chunk}")
