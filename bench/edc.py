@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax.metrics import edc
+from exfiqa_jax.metrics import bootstrap, edc
 
 FMRS = (1e-3, 1e-4)
 
@@ -129,9 +129,9 @@ def lfw_bootstrap(resamples: int) -> list[tuple]:
   rows = []
   for mode in ("fiqa", "iso"):
     limit = edc.PAUC_LIMIT if mode == "fiqa" else 0.2
-    _, first = timed(edc.bootstrap, scores, gen, q, fmrs, mode=mode, limit=limit,
+    _, first = timed(bootstrap.bootstrap, scores, gen, q, fmrs, mode=mode, limit=limit,
                      num_resamples=resamples)
-    res, warm = timed(edc.bootstrap, scores, gen, q, fmrs, mode=mode, limit=limit,
+    res, warm = timed(bootstrap.bootstrap, scores, gen, q, fmrs, mode=mode, limit=limit,
                       num_resamples=resamples)
     _, point = timed(edc.edc_curves, scores, gen, q, fmrs, mode=mode, pauc_limit=limit)
     rows.append((mode, first, warm, point, int(np.isfinite(res.samples).sum())))
@@ -144,9 +144,9 @@ def ijbc_bootstrap(scores, gen, q, resamples: int) -> tuple[float, float, float]
   res, point = timed(edc.edc_curves, scores, gen, q, FMRS, pauc_limit=edc.PAUC_LIMIT,
                      set_batch=1)
   # one resample per device call (what IJB-C size gets anyway): the warm-up compiles the shapes
-  edc.bootstrap(scores, gen, q, FMRS, num_resamples=1, point=res.pauc, resample_batch=1)
-  _, boot = timed(edc.bootstrap, scores, gen, q, FMRS, num_resamples=resamples, point=res.pauc,
-                  resample_batch=1)
+  bootstrap.bootstrap(scores, gen, q, FMRS, num_resamples=1, point=res.pauc, resample_batch=1)
+  _, boot = timed(bootstrap.bootstrap, scores, gen, q, FMRS, num_resamples=resamples,
+                  point=res.pauc, resample_batch=1)
   return point, boot, maxrss_gb()
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from exfiqa_jax import parallel
 from exfiqa_jax.data import pipeline, preprocess
+from exfiqa_jax.metrics.comparisons import l2_normalize
 
 CONVENTIONS = ("concat", "sum", "none")
 INPUT_SCALES = ("minus1_1", "0_1")
@@ -39,11 +40,6 @@ def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
   if input_scale == "0_1":
     return images_uint8.astype(jnp.float32) / 255.0
   raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
-
-
-def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
-  """x / max(‖x‖, eps) along `axis` (the one normalisation of embeddings and class centres)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def combine_flip(embedding: jnp.ndarray, flipped: jnp.ndarray | None,

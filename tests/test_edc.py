@@ -1,7 +1,9 @@
-"""EDC engine vs a plain NumPy reference written here from docs/evaluation.md (loops, float64).
+"""EDC engine (exfiqa_jax/metrics/edc.py, edc_rule.py) vs the plain NumPy reference
+(exfiqa_jax/testing/edc_reference.py, loops and float64, written from docs/evaluation.md).
 
 Tolerances: FNMR values are ratios of integer counts computed in float64 on both sides → 1e-12.
 pAUC → 1e-12 (float64 sums in a different order). Scores are float32 values on both sides.
+The bootstrap over the same rule: tests/test_bootstrap.py.
 """
 from __future__ import annotations
 
@@ -9,89 +11,9 @@ import numpy as np
 import pytest
 
 import jax
-from exfiqa_jax.metrics import comparisons, edc
-
-
-# ------------------------------------------------------------------------------------------
-# NumPy reference (docs/evaluation.md§6 fiqa, §5.2/§6 iso, §7 areas): slow and literal
-# ------------------------------------------------------------------------------------------
-def ref_fiqa(scores, gen, q, fmr, discard):
-  """CR-FIQA getFNMRFixedTH + calculate_roc + get_fmr_op, with a stable sort. Returns fnmr, thr."""
-  n = len(scores)
-  order = np.argsort(q, kind="stable")
-  fnmrs, thrs = [], []
-  for r in discard:
-    keep = order[int(r * n):]
-    s, g = scores[keep].astype(np.float64), gen[keep]
-    gs, im = s[g], s[~g]
-    u = np.unique(np.concatenate([gs, im]))                 # every distinct observed value
-    fm = (len(im) - np.searchsorted(np.sort(im), u, side="left")).astype(np.float64)  # #{imp >= u}
-    with np.errstate(invalid="ignore", divide="ignore"):
-      k = int(np.argmin(np.abs(fm / len(im) - fmr)))        # first on ties
-    thr = u[k]
-    fnmrs.append(1 - np.sum(gs > thr) / len(gs))
-    thrs.append(thr)
-  return np.array(fnmrs), np.array(thrs)
-
-
-def ref_iso(scores, gen, q, fmr, discard):
-  """Fixed threshold from all impostors, genuine only, whole tie groups. fnmr, done, step curve."""
-  im = np.sort(scores[~gen].astype(np.float64))[::-1]
-  k = int(np.floor(fmr * len(im)))
-  t = np.nextafter(np.float32(im[k]), np.float32(np.inf))
-  assert np.sum(im >= t) / len(im) <= fmr and np.sum(im >= im[k]) / len(im) > fmr
-  gs, gq = scores[gen], q[gen]
-  o = np.argsort(gq, kind="stable")
-  gs, gq = gs[o], gq[o]
-  n = len(gs)
-  starts = [0] + [i for i in range(1, n) if gq[i] != gq[i - 1]]
-  curve_x = [d / n for d in starts]
-  curve_y = [np.sum(gs[d:] < t) / (n - d) for d in starts]
-  fnmr, done = [], []
-  for r in discard:
-    d = max(x for x in starts if x <= r * n)
-    fnmr.append(np.sum(gs[d:] < t) / (n - d))
-    done.append(d / n)
-  return np.array(fnmr), np.array(done), t, (curve_x + [1.0], curve_y + [0.0])
-
-
-def ref_step_pauc(xs, ys, limit):
-  """Schlett compute_edc_pauc, literally."""
-  if limit == 0:
-    return 0.0
-  area = 0.0
-  for i in range(len(xs)):
-    if i == len(xs) - 1 or xs[i + 1] >= limit:
-      area += ys[i] * (limit - xs[i])
-      break
-    area += ys[i] * (xs[i + 1] - xs[i])
-  return area
-
-
-def ref_trapezoid(x, y):
-  return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
-
-
-# ------------------------------------------------------------------------------------------
-def make_data(seed, p=3000, gen_frac=0.3, n_sets=3, tied=False, tied_scores=False):
-  rng = np.random.default_rng(seed)
-  gen = rng.random(p) < gen_frac
-  return _scores_and_quality(rng, gen, n_sets, tied, tied_scores)
-
-
-def _scores_and_quality(rng, gen, n_sets, tied, tied_scores):
-  """(scores, gen, quality [S, P]): genuine scores high, quality correlated with the score."""
-  p = len(gen)
-  latent = rng.standard_normal(p)
-  scores = np.where(gen, 0.5 + 0.25 * rng.standard_normal(p) + 0.1 * latent,
-                    0.05 * rng.standard_normal(p)).astype(np.float32)
-  if tied_scores:
-    scores = (np.round(scores * 40) / 40).astype(np.float32)
-  q = latent[None] + rng.standard_normal((n_sets, p))
-  if tied:
-    q = np.round(q * 2) / 2                                 # ~15 distinct values
-  return scores, gen, q.astype(np.float32)
-
+from exfiqa_jax.metrics import edc, edc_rule
+from exfiqa_jax.testing.edc_reference import (make_data, ref_fiqa, ref_iso, ref_step_pauc,
+                                              ref_trapezoid)
 
 FMRS = (1e-2, 1e-3, 1e-4)
 
@@ -190,22 +112,6 @@ def test_pauc_hand_made_curves():
       0.1 * 0.25 + 0.05 * 0.25 - 0.1 ** 2 / 2, abs=1e-15)
 
 
-def test_pauc_ci_deterministic_and_brackets():
-  # the shapes of the bootstrap tests below (one compile): 360 pairs, 2 sets, 2 FMRs, batch 3
-  scores, gen, q, _ = boot_data(9, tied=False, tied_scores=False)
-  a = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=3, resample_batch=3)
-  b = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=3, resample_batch=3)
-  c = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=16, seed=4, resample_batch=3)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x, y)
-  assert not np.array_equal(a[1], c[1])
-  point, low, high = a
-  assert point.shape == low.shape == (2, 2)
-  assert np.all(low < high) and np.all(low <= point * 1.5) and np.all(high >= point / 1.5)
-  np.testing.assert_allclose(point, edc.pauc(edc.edc_fnmr(scores, gen, q, fmrs=BOOT_FMRS),
-                                             edc.FIQA_DISCARD, 0.3))
-
-
 def test_resampled_copy_semantics():
   """Duplicated pairs (what a bootstrap resample is) are handled like any other pairs."""
   scores, gen, q = make_data(10, p=800, n_sets=1, tied=True)
@@ -216,7 +122,6 @@ def test_resampled_copy_semantics():
   np.testing.assert_allclose(res[0, 0], want, atol=1e-12)
 
 
-# ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case,match", [
     ("nan_score", "scores contain"), ("inf_quality", "pair_quality contains"),
     ("lengths", "mismatched lengths"), ("no_gen", "no genuine"), ("no_imp", "no impostor"),
@@ -246,52 +151,6 @@ def test_bad_input(case, match):
     edc.edc_fnmr(scores, gen, q, **kw)
 
 
-# ------------------------------------------------------------------------------------------
-def test_pair_quality_and_scores():
-  iq = np.array([[0.5, 0.25, 0.75], [1.0, 3.0, 2.0]], np.float32)
-  pairs = np.array([[0, 1], [1, 2], [2, 0]])
-  np.testing.assert_array_equal(comparisons.image_to_pair_quality(iq, pairs),
-                                [[0.25, 0.25, 0.5], [1.0, 2.0, 1.0]])
-  np.testing.assert_array_equal(comparisons.image_to_pair_quality(iq, pairs, uncertainty=True),
-                                [[0.5, 0.75, 0.75], [3.0, 3.0, 2.0]])
-  rng = np.random.default_rng(0)
-  e, fe = rng.standard_normal((7, 16)), rng.standard_normal((7, 16))
-  pairs = rng.integers(0, 7, (50, 2))
-
-  def cos(a, b):
-    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-  np.testing.assert_allclose(comparisons.pair_scores(e, pairs, chunk_size=16),
-                             cos(e[pairs[:, 0]], e[pairs[:, 1]]), atol=1e-6)
-  np.testing.assert_allclose(comparisons.pair_scores(e, pairs, flip_embeddings=fe, chunk_size=64),
-                             (cos(e[pairs[:, 0]], e[pairs[:, 1]]) +
-                              cos(fe[pairs[:, 0]], fe[pairs[:, 1]])) / 2, atol=1e-6)
-  with pytest.raises(ValueError, match="pair indices"):
-    comparisons.pair_scores(e, np.array([[0, 7]]))
-
-
-def test_ijbc_template_aggregation_miniature():
-  # template 20: media 1 (two images), media 2 (one image); template 10: media 1 (one image,
-  # media shared with template 20 but a separate group); template 30: one image.
-  f = np.array([[1, 0], [0, 1], [2, 2], [0, 3], [-1, 1]], np.float32)
-  tids = np.array([20, 20, 20, 10, 30])
-  mids = np.array([1, 1, 2, 1, 5])
-  feats, index = comparisons.aggregate_templates(f, tids, mids)
-  np.testing.assert_array_equal(index.templates, [10, 20, 30])
-  t20 = np.array([0.5, 0.5]) + np.array([2, 2])            # mean of media 1 + media 2
-  want = np.stack([[0, 1], t20 / np.linalg.norm(t20), np.array([-1, 1]) / np.sqrt(2)])
-  np.testing.assert_allclose(feats, want, atol=1e-6)
-  iq = np.array([[0.9, 0.4, 0.7, 0.3, 0.8]], np.float32)
-  np.testing.assert_allclose(comparisons.template_quality(iq, index), [[0.3, 0.4, 0.8]])
-  np.testing.assert_allclose(comparisons.template_quality(iq, index, uncertainty=True), [[0.3, 0.9, 0.8]])
-  rows = index.pair_rows(np.array([[20, 10], [30, 20]]))
-  np.testing.assert_array_equal(rows, [[1, 0], [2, 1]])
-  np.testing.assert_allclose(comparisons.pair_scores(feats, rows),
-                             [want[1] @ want[0], want[2] @ want[1]], atol=1e-6)
-  with pytest.raises(ValueError, match="no images"):
-    index.pair_rows(np.array([[20, 99]]))
-
-
 def test_rows_for_report():
   scores, gen, q = make_data(12)
   res = edc.edc_curves(scores, gen, q, fmrs=FMRS)
@@ -303,122 +162,10 @@ def test_rows_for_report():
   assert rows[-1]["fnmr"] == res.fnmr[2, 2, 19] and rows[-1]["n_genuine"] == res.n_genuine[2, 19]
 
 
-# ------------------------------------------------------------------------------------------
-# Bootstrap: every resample equals the plain EDC of its resampled pair list (NumPy reference)
-# ------------------------------------------------------------------------------------------
-def boot_data(seed, p=360, n_gen=120, n_sets=2, tied=True, tied_scores=True, n_ids=24):
-  """Fixed genuine count (one compile for every seed); identities per image side."""
-  rng = np.random.default_rng(seed)
-  gen = np.zeros(p, bool)
-  gen[rng.choice(p, n_gen, replace=False)] = True
-  ids = rng.integers(0, n_ids, (p, 2))
-  ids[gen, 1] = ids[gen, 0]                                  # a genuine pair: one identity
-  ids[~gen, 1] = (ids[~gen, 0] + 1 + rng.integers(0, n_ids - 1, (~gen).sum())) % n_ids
-  return (*_scores_and_quality(rng, gen, n_sets, tied, tied_scores), ids)
-
-
-def ref_multiplicities(draws, units, p):
-  """Literal rule: a pair inside one unit once per drawn copy of it, a pair across two units
-  once per (copy of a, copy of b); pairs as units: how often each pair was drawn."""
-  if units is None:
-    return np.array([np.sum(draws == i) for i in range(p)])
-  labels = sorted(set(np.asarray(units).reshape(-1).tolist()))
-  drawn = [labels[d] for d in draws]
-  out = []
-  for a, b in np.asarray(units).reshape(p, -1)[:, [0, -1]]:
-    out.append(drawn.count(a) if a == b else drawn.count(a) * drawn.count(b))
-  return np.array(out)
-
-
-BOOT_FMRS = (1e-1, 1e-2)
-
-
-@pytest.mark.parametrize("mode,unit,seed", [("fiqa", "pair", 0), ("fiqa", "identity", 1),
-                                             ("fiqa", "template", 2), ("iso", "pair", 3),
-                                             ("iso", "identity", 4)])
-def test_bootstrap_equals_plain_numpy_bootstrap(mode, unit, seed):
-  """Tolerance: fiqa FNMR/pAUC 1e-12 (integer counts → float64 ratios on both sides); iso pAUC
-  1e-12 (float64 sums in another order)."""
-  scores, gen, q, ids = boot_data(seed)
-  p = len(scores)
-  units = {"pair": None, "identity": ids,
-           "template": np.random.default_rng(seed).integers(0, 60, (p, 2))}[unit]
-  limit = 0.3 if mode == "fiqa" else 0.2
-  n_boot = 3
-  res = edc.bootstrap(scores, gen, q, fmrs=BOOT_FMRS, mode=mode, limit=limit,
-                      num_resamples=n_boot, seed=seed, units=units)
-  assert res.samples.shape == (n_boot, 2, 2) and res.fnmr.shape == (n_boot, 2, 2, 20)
-  n_units = p if units is None else len(np.unique(units))
-  for b in range(n_boot):
-    draws = edc.resample_draws(seed, b, n_units)
-    w = ref_multiplicities(draws, units, p)
-    np.testing.assert_array_equal(edc.resample_weights(seed, b, p, units), w)
-    idx = np.repeat(np.arange(p), w)
-    for s in range(2):
-      for f, fmr in enumerate(BOOT_FMRS):
-        if mode == "fiqa":
-          want, _ = ref_fiqa(scores[idx], gen[idx], q[s, idx], fmr, edc.FIQA_DISCARD)
-          area = ref_trapezoid(edc.FIQA_DISCARD[:7], want[:7])
-        else:
-          want, _, _, (cx, cy) = ref_iso(scores[idx], gen[idx], q[s, idx], fmr, edc.FIQA_DISCARD)
-          area = ref_step_pauc(cx, cy, limit)
-        np.testing.assert_allclose(res.fnmr[b, s, f], want, rtol=0, atol=1e-12)
-        assert res.samples[b, s, f] == pytest.approx(area, abs=1e-12)
-  np.testing.assert_array_equal(res.pauc, edc.edc_curves(scores, gen, q, BOOT_FMRS, mode=mode,
-                                                         pauc_limit=limit).pauc)
-
-
-def test_unit_resampling_keeps_whole_units():
-  scores, gen, q, ids = boot_data(5)
-  p = len(scores)
-  for b in range(4):
-    draws = edc.resample_draws(7, b, len(np.unique(ids)))
-    counts = np.bincount(draws, minlength=24)
-    w = edc.resample_weights(7, b, p, ids)
-    # a drawn identity brings all of its pairs; an identity not drawn takes every pair with it
-    for i in range(p):
-      a, c = ids[i]
-      assert w[i] == (counts[a] if a == c else counts[a] * counts[c])
-    assert np.all(w[np.isin(ids[:, 0], np.flatnonzero(counts == 0))] == 0)
-    same = ids[:, 0] == ids[:, 1]
-    for u in np.flatnonzero(counts):
-      assert np.all(w[same & (ids[:, 0] == u)] == counts[u])
-  # one unit per pair, labelled 0..P-1, is the pair bootstrap itself
-  np.testing.assert_array_equal(edc.resample_weights(3, 0, p, np.arange(p)),
-                                edc.resample_weights(3, 0, p))
-  a = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=2, seed=3)
-  c = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=2, seed=3, units=np.arange(p))
-  np.testing.assert_array_equal(a.samples, c.samples)
-
-
-def test_bootstrap_resamples_are_paired_and_stable():
-  """Resample b is the same whatever the column set and resample count (paired differences)."""
-  scores, gen, q, _ = boot_data(6)
-  three = edc.bootstrap(scores, gen, q, BOOT_FMRS, num_resamples=3, seed=11, resample_batch=2)
-  two = edc.bootstrap(scores, gen, q[::-1], BOOT_FMRS, num_resamples=2, seed=11,
-                      resample_batch=2)
-  np.testing.assert_array_equal(three.samples[:2, ::-1], two.samples)
-
-
-@pytest.mark.parametrize("kw,match", [({"alpha": 2}, "alpha"), ({"alpha": 0}, "alpha"),
-                                      ({"alpha": "x"}, "alpha"), ({"num_resamples": -1}, "whole"),
-                                      ({"num_resamples": 2.5}, "whole"),
-                                      ({"units": np.zeros((5, 2))}, "units")])
-def test_pauc_ci_bad_arguments(kw, match):
-  scores, gen, q, _ = boot_data(7)
-  with pytest.raises(ValueError, match=match):
-    edc.pauc_ci(scores, gen, q, BOOT_FMRS, **kw)
-
-
-def test_pauc_ci_zero_resamples():
-  scores, gen, q, _ = boot_data(8)
-  point, low, high = edc.pauc_ci(scores, gen, q, BOOT_FMRS, num_resamples=0)
-  assert np.all(np.isnan(low)) and np.all(np.isnan(high)) and np.all(np.isfinite(point))
-
-
-def test_a_given_score_order_gives_the_same_curves_and_resamples():
+def test_a_given_score_order_gives_the_same_curves():
   """The pipeline sorts the comparison scores once per stage and passes the order
-  (score_perm) to every column group's EDC and bootstrap: same numbers as sorting each call."""
+  (score_perm) to every column group's EDC: same numbers as sorting each call (the bootstrap's
+  half: tests/test_bootstrap.py)."""
   rng = np.random.default_rng(5)
   p = 3000
   s = np.round(rng.standard_normal(p), 2).astype(np.float32)      # ties
@@ -431,9 +178,56 @@ def test_a_given_score_order_gives_the_same_curves_and_resamples():
     b = edc.edc_curves(s, g, q, (1e-2,), mode=mode, pauc_limit=0.3, score_perm=perm)
     np.testing.assert_array_equal(a.fnmr, b.fnmr)
     np.testing.assert_array_equal(a.pauc, b.pauc)
-    ba = edc.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1)
-    bb = edc.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1, score_perm=perm)
-    np.testing.assert_array_equal(ba.fnmr, bb.fnmr)
-    np.testing.assert_array_equal(ba.samples, bb.samples)
   with pytest.raises(ValueError, match="score_perm has shape"):
     edc.edc_curves(s, g, q, mode="fiqa", score_perm=perm[:-1])
+
+
+# ------------------------------------------------------------------------------------------
+# The rule (edc_rule.py): weights are copies, the unweighted EDC is "every weight 1"
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_iso_rule_with_weights_equals_the_repeated_list(seed):
+  """iso_levels and step_pauc on multiplicities w equal the same functions on the list with
+  pair i repeated w_i times (weight 1 each), and the literal reference on that list."""
+  rng = np.random.default_rng(seed)
+  g = 60
+  q = (np.round(rng.standard_normal(g) * 2) / 2).astype(np.float32)   # tie groups
+  s = rng.standard_normal(g).astype(np.float32)
+  w = rng.integers(0, 4, g)
+  w[0] = max(w[0], 1)
+  disc = edc.FIQA_DISCARD
+  imp = np.float32(0.1)                       # one impostor: K = floor(0.5·1) = 0, t just above it
+  thr = edc_rule.iso_threshold(imp)
+
+  def curve(q, s, w):
+    o = np.argsort(q, kind="stable")
+    q, s, w = q[o], s[o], w[o]
+    start = np.r_[True, q[1:] != q[:-1]]
+    before = np.cumsum(w) - w
+    n = int(w.sum())
+    suffix = edc_rule.suffix_counts(np, ((s < thr) * w)[None, None], np.int64)  # [1, 1, G+1]
+    errs, kept = edc_rule.iso_levels(np, start, before[None], edc_rule.cuts_for(disc, n)[None],
+                                     suffix, np.array([n]))
+    area = edc_rule.step_pauc(np, suffix, start, before[None], np.array([n]), 0.2)
+    return errs[0, 0] / kept[0], area[0, 0]
+
+  fnmr_w, area_w = curve(q, s, w)
+  idx = np.repeat(np.arange(g), w)
+  fnmr_1, area_1 = curve(q[idx], s[idx], np.ones(idx.size, np.int64))
+  np.testing.assert_array_equal(fnmr_w, fnmr_1)
+  assert area_w == area_1
+  gen = np.r_[np.ones(idx.size, bool), False]
+  want, _, t, (cx, cy) = ref_iso(np.r_[s[idx], imp], gen, np.r_[q[idx], 0], 0.5, disc)
+  assert t == thr
+  np.testing.assert_allclose(fnmr_w, want, rtol=0, atol=1e-12)
+  assert area_w == pytest.approx(ref_step_pauc(cx, cy, 0.2), abs=1e-12)
+
+
+def test_cuts_and_iso_rank_are_float64_on_the_host():
+  """int(r·n) and floor(f·N) as Python computes them (0.3·10 = 3.0000000000000004 → 3)."""
+  np.testing.assert_array_equal(edc_rule.cuts_for(edc.FIQA_DISCARD, 10),
+                                [int(r * 10) for r in edc.FIQA_DISCARD])
+  np.testing.assert_array_equal(edc_rule.cuts_for(np.array([0.5])[None], np.array([[3], [8]])),
+                                [[1], [4]])
+  np.testing.assert_array_equal(edc_rule.iso_rank((1e-2, 0.07), 1050), [10, 73])
+  assert edc_rule.iso_threshold(np.float32(0.5)) == np.nextafter(np.float32(0.5), np.float32(1))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from exfiqa_jax import parallel
-from exfiqa_jax.metrics import verification
 from exfiqa_jax.train import augment, losses, optim, step as step_lib, trainer
 from exfiqa_jax.train import data as train_data
 from exfiqa_jax.testing.subproc import run_python
@@ -317,15 +316,6 @@ def test_folder_data_and_bin_pairs(tmp_path):
   assert pairs.images.shape == (6, 112, 112, 3)
   np.testing.assert_array_equal(pairs.pairs, [[0, 1], [2, 3], [4, 5]])
   np.testing.assert_array_equal(pairs.is_genuine, [True, False, True])
-
-
-def test_verification_accuracy_folds():
-  rng = np.random.default_rng(4)
-  genuine = rng.random(400) < 0.5
-  scores = np.where(genuine, 0.6, 0.2) + rng.normal(0, 0.05, 400)
-  assert verification.verification_accuracy(scores, genuine) > 0.99       # nearly separable
-  flipped = verification.verification_accuracy(rng.random(400), genuine)
-  assert 0.3 < flipped < 0.7                                          # chance
 
 
 def test_export_scores_and_converts_to_official_pt(tmp_path):

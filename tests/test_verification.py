@@ -73,6 +73,15 @@ def test_accuracy_equals_loop_definition(p, folds, tied):
   assert verification.verification_accuracy(s, g, folds) == loop_accuracy(s, g, folds)
 
 
+def test_verification_accuracy_folds():
+  rng = np.random.default_rng(4)
+  genuine = rng.random(400) < 0.5
+  scores = np.where(genuine, 0.6, 0.2) + rng.normal(0, 0.05, 400)
+  assert verification.verification_accuracy(scores, genuine) > 0.99       # nearly separable
+  flipped = verification.verification_accuracy(rng.random(400), genuine)
+  assert 0.3 < flipped < 0.7                                          # chance
+
+
 def test_accuracy_bad_input():
   with pytest.raises(ValueError, match=">= 2 pairs"):
     verification.verification_accuracy(np.zeros(1), np.ones(1, bool))

@@ -34,7 +34,8 @@ from exfiqa_jax.metrics import comparisons, edc
 from exfiqa_jax.evaluation import stages
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.evaluation import groups as groups_lib
-from exfiqa_jax.metrics import paired, verification
+from exfiqa_jax.metrics import bootstrap, verification
+from exfiqa_jax.evaluation import paired_columns
 from exfiqa_jax.evaluation import results
 from exfiqa_jax.evaluation.benchmarks import Benchmark, image_names, image_reader
 
@@ -312,8 +313,8 @@ def bootstrap_unit(bench: Benchmark, config) -> str:
   "Bootstrap"): "pair"; "identity" needs per-image identity labels (bench.extra["identity"]);
   "template" needs a template protocol (IJB-C)."""
   unit = str(config.eval.get("bootstrap_unit", "pair") or "pair")
-  if unit not in edc.UNITS:
-    raise ValueError(f"--config.eval.bootstrap_unit={unit!r}: use one of {edc.UNITS}")
+  if unit not in bootstrap.UNITS:
+    raise ValueError(f"--config.eval.bootstrap_unit={unit!r}: use one of {bootstrap.UNITS}")
   if unit == "identity" and (bench.pair_kind != "image" or "identity" not in bench.extra):
     raise ValueError(f"--config.eval.bootstrap_unit=identity: benchmark {bench.name} has no "
                      "per-image identity labels; use pair" +
@@ -325,8 +326,8 @@ def bootstrap_unit(bench: Benchmark, config) -> str:
 
 
 def bootstrap_units(bench: Benchmark, unit: str) -> np.ndarray | None:
-  """Resampling units of the pairs for edc.bootstrap: None (pairs), [P, 2] identities of the two
-  images, or [P, 2] template ids."""
+  """Resampling units of the pairs for bootstrap.bootstrap: None (pairs), [P, 2] identities of
+  the two images, or [P, 2] template ids."""
   if unit == "identity":
     return np.asarray(bench.extra["identity"])[np.asarray(bench.pairs)]
   if unit == "template":
@@ -370,11 +371,11 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
       curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
                               pauc_limit=limit, score_perm=perm)
       # Bootstrap (same resamples for every column: paired comparisons use `samples`).
-      boot = edc.bootstrap(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
-                           limit, num_resamples=resamples, seed=int(config.seed),
-                           units=units, point=curves.pauc, score_perm=perm)
-      low, high = edc.percentile_ci(boot.samples, alpha)
-      band_low, band_high = edc.percentile_ci(boot.fnmr, alpha)        # [S, F, R] CI bands
+      boot = bootstrap.bootstrap(cmp["scores"], cmp["is_genuine"], pq, fmrs, edc.FIQA_DISCARD,
+                                 mode, limit, num_resamples=resamples, seed=int(config.seed),
+                                 units=units, point=curves.pauc, score_perm=perm)
+      low, high = bootstrap.percentile_ci(boot.samples, alpha)
+      band_low, band_high = bootstrap.percentile_ci(boot.fnmr, alpha)  # [S, F, R] CI bands
       parts.append({k: v[:real] for k, v in dict(
           fnmr=curves.fnmr, threshold=curves.threshold, n_genuine=curves.n_genuine,
           n_impostor=curves.n_impostor, discarded=curves.discarded, pauc=curves.pauc,
@@ -555,8 +556,9 @@ def _evaluate_fr(run: EvalRun, bench: Benchmark, fr: str, emb: stages.Stage,
     modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
     run.bands[(bench.name, fr, mode)] = (st["band_low"], st["band_high"])
     if config.eval.get("paired", True) and st["samples"].shape[1] > 0:
-      run.paired += paired.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
-                                           st["pauc"], np.moveaxis(st["samples"], 1, 0), alpha)
+      run.paired += paired_columns.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
+                                                   st["pauc"], np.moveaxis(st["samples"], 1, 0),
+                                                   alpha)
     for grouping, lab in labels.items():       # per-group EDC (docs/evaluation.md)
       ge = groups_lib.group_stage(run.cache, bench, fr, mode, cmp, cols, image_q, deps_q,
                                   grouping, lab, pair_quality_fn(bench, cmp), config)

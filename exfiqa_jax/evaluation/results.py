@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from exfiqa_jax import columns
-from exfiqa_jax.metrics import edc
+from exfiqa_jax.metrics import comparisons, edc
 
 KINDS = ("exit", "fusion", "attn", columns.RANDOM, columns.ORACLE)
 BASELINE_KINDS = (columns.RANDOM, columns.ORACLE)     # references, never marked best
@@ -76,9 +76,7 @@ def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
   return cols
 
 
-def random_quality(num_images: int, seed: int) -> np.ndarray:
-  """The seeded `random` baseline column [I] (uniform, no ties)."""
-  return np.random.default_rng([int(seed), 0x5EED]).random(num_images).astype(np.float32)
+random_quality = comparisons.random_quality     # the seeded `random` baseline column (metrics)
 
 
 def best_index(values: np.ndarray, cols: Sequence[QualityColumn]) -> int | None:

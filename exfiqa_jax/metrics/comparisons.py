@@ -1,4 +1,5 @@
-"""The inputs of the EDC: pair quality, cosine comparison scores and IJB-C templates.
+"""The inputs of the EDC: pair quality, cosine comparison scores, IJB-C templates and the seeded
+`random` reference quality.
 
 Pair quality is min(q_a, q_b) (max for uncertainty scores); comparison scores are cosines of
 L2-normalised embeddings, on device in fixed-shape chunks; IJB-C templates average each media's
@@ -13,16 +14,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax.embedding import l2_normalize
+from exfiqa_jax.metrics.arrays import is_tracer
 
 
-def _is_tracer(*xs) -> bool:
-  return any(isinstance(x, jax.core.Tracer) for x in xs)
+def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
+  """x / max(‖x‖, eps) along `axis` (the one normalisation of embeddings and class centres)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def random_quality(num_images: int, seed: int) -> np.ndarray:
+  """The seeded `random` baseline column [I] (uniform, no ties): the reference every EDC of a
+  quality score is read against (evaluation, training monitor)."""
+  return np.random.default_rng([int(seed), 0x5EED]).random(num_images).astype(np.float32)
 
 
 def pair_quality(quality_a, quality_b, uncertainty: bool = False):
   """min(q_a, q_b) (max for uncertainty scores such as PFE, docs/evaluation.md)."""
-  xp = jnp if _is_tracer(quality_a, quality_b) else np
+  xp = jnp if is_tracer(quality_a, quality_b) else np
   return xp.maximum(quality_a, quality_b) if uncertainty else xp.minimum(quality_a, quality_b)
 
 
@@ -30,7 +38,7 @@ def check_pairs(pairs, num_rows: int, what: str = "image"):
   """pairs as [P, 2] integer indices into `num_rows` rows: a float, bool or out-of-range index
   (negative included: it would silently take the last rows) is a ValueError. Traced pairs
   (under jit) are checked for shape and dtype only; see `image_to_pair_quality`."""
-  traced = _is_tracer(pairs)
+  traced = is_tracer(pairs)
   if not traced:
     pairs = np.asarray(pairs)
   if pairs.ndim != 2 or pairs.shape[1] != 2:
@@ -50,12 +58,12 @@ def image_to_pair_quality(image_quality, pairs, uncertainty: bool = False):
   Indices must be integers in [0, I) (ValueError otherwise, also under jit when the pairs are
   concrete). Pairs that are themselves traced cannot be checked on the host: an out-of-range
   index then gives a NaN pair quality instead of a clamped or wrapped one."""
-  traced_q = _is_tracer(image_quality)
+  traced_q = is_tracer(image_quality)
   q = image_quality if traced_q else np.asarray(image_quality)
   if q.ndim < 1:
     raise ValueError(f"image_quality must be [I] or [S, I], got shape {tuple(q.shape)}")
   pairs = check_pairs(pairs, q.shape[-1])
-  if _is_tracer(pairs):
+  if is_tracer(pairs):
     n = q.shape[-1]
     q = jnp.asarray(q, jnp.float32)
 
@@ -81,7 +89,7 @@ def pair_scores(embeddings, pairs, flip_embeddings=None, chunk_size: int = 1 << 
         [feats, l2_normalize(jnp.asarray(flip_embeddings, jnp.float32))], axis=-1))
   if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
     raise ValueError(f"chunk_size must be a whole number ≥ 1, got {chunk_size!r}")
-  if _is_tracer(pairs):
+  if is_tracer(pairs):
     raise TypeError("pair_scores runs on the host in fixed chunks; pass concrete pairs (numpy), "
                     "not traced ones")
   pairs = check_pairs(pairs, feats.shape[0], "embedding row")

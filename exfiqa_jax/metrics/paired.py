@@ -3,7 +3,7 @@
 Published gaps between FIQA methods are often a few 1e-5 of pAUC (docs/evaluation.md,
 "Paired comparisons"); whether such a gap is more than resampling noise needs the SAME
 resamples for both columns: the pAUC of two columns on one benchmark are strongly correlated,
-so their difference varies far less than either value. `edc.bootstrap` draws resample b
+so their difference varies far less than either value. `bootstrap.bootstrap` draws resample b
 identically for every column (and every call with the same seed), so Δ*_b = pAUC*_a,b − pAUC*_b,b
 is a paired bootstrap sample of the difference.
 
@@ -12,20 +12,14 @@ is a paired bootstrap sample of the difference.
             1991, "Two guidelines for bootstrap hypothesis testing"):
             p = (1 + #{b : |Δ*_b − Δ| >= |Δ|}) / (1 + B),
             B = the resamples where both values are finite.
-Default comparisons (`default_pairs`): per quality model, each fusion and the best exit against
-the last exit, and every exit against `random`. Δ < 0 means quality_a discards better.
+Δ < 0 means quality_a discards better. Arrays in, arrays out: which quality columns an
+evaluation compares and the pauc_diff.csv rows are exfiqa_jax/evaluation/paired_columns.py.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import numpy as np
 
-from exfiqa_jax.metrics import edc
-from exfiqa_jax.evaluation.results import RANDOM, QualityColumn
-
-COLUMNS = ("benchmark", "fr_model", "mode", "fmr", "quality_a", "quality_b", "delta_pauc",
-           "ci_low", "ci_high", "p_value")
+from exfiqa_jax.metrics.bootstrap import percentile_ci
 
 
 def paired_difference(point_a: np.ndarray, point_b: np.ndarray, samples_a: np.ndarray,
@@ -38,62 +32,9 @@ def paired_difference(point_a: np.ndarray, point_b: np.ndarray, samples_a: np.nd
   """
   delta = np.asarray(point_a, np.float64) - np.asarray(point_b, np.float64)
   d = np.asarray(samples_a, np.float64) - np.asarray(samples_b, np.float64)
-  low, high = edc.percentile_ci(d, alpha)
+  low, high = percentile_ci(d, alpha)
   ok = np.isfinite(d)
   n = ok.sum(axis=0)
   far = np.sum(ok & (np.abs(d - delta) >= np.abs(delta)), axis=0)
   p = np.where(n > 0, (1.0 + far) / (1.0 + n), np.nan)
   return delta, low, high, p
-
-
-def default_pairs(columns: Sequence[QualityColumn], pauc: np.ndarray) -> list[tuple[int, int]]:
-  """(a, b) row pairs for one FMR's pAUC [S]: per model, each fusion and the best exit (lowest
-  pAUC, if not the last) against the last exit; every exit against `random`. Models without
-  exit heads (mode "fr") use their attn_* columns as exits."""
-  pairs: list[tuple[int, int]] = []
-  rnd = next((i for i, c in enumerate(columns) if c.name == RANDOM), None)
-  for model in dict.fromkeys(c.model for c in columns if not c.is_baseline):
-    mine = [(i, c) for i, c in enumerate(columns) if c.model == model]
-    exits = [(c.exit, i) for i, c in mine if c.kind == "exit"]
-    if not exits:
-      exits = [(c.exit, i) for i, c in mine if c.kind == "attn"]
-    if not exits:
-      continue
-    exits.sort()
-    last = exits[-1][1]
-    for i, c in mine:
-      if c.kind == "fusion":
-        pairs.append((i, last))
-    finite = [(float(pauc[i]), e, i) for e, i in exits if np.isfinite(pauc[i])]
-    if finite:
-      best = min(finite)[2]
-      if best != last:
-        pairs.append((best, last))
-    if rnd is not None:
-      pairs += [(i, rnd) for _, i in exits]
-  return list(dict.fromkeys(pairs))
-
-
-def compare_columns(benchmark: str, fr_model: str, mode: str, columns: Sequence[QualityColumn],
-                    fmrs: Sequence[float], pauc: np.ndarray, samples: np.ndarray,
-                    alpha: float = 0.05, pairs: Sequence[tuple[str, str]] | None = None
-                    ) -> list[dict[str, Any]]:
-  """pauc_diff.csv rows. pauc [S, F], samples [B, S, F] (edc.Bootstrap); pairs by column name
-  (default: `default_pairs`, chosen per FMR)."""
-  names = [c.name for c in columns]
-  rows = []
-  for f, fmr in enumerate(fmrs):
-    if pairs is None:
-      chosen = default_pairs(columns, pauc[:, f])
-    else:
-      missing = [x for ab in pairs for x in ab if x not in names]
-      if missing:
-        raise ValueError(f"paired comparison names {missing} are not quality columns {names}")
-      chosen = [(names.index(a), names.index(b)) for a, b in pairs]
-    for a, b in chosen:
-      delta, low, high, p = paired_difference(pauc[a, f], pauc[b, f], samples[:, a, f],
-                                              samples[:, b, f], alpha)
-      rows.append(dict(benchmark=benchmark, fr_model=fr_model, mode=mode, fmr=float(fmr),
-                       quality_a=names[a], quality_b=names[b], delta_pauc=float(delta),
-                       ci_low=float(low), ci_high=float(high), p_value=float(p)))
-  return rows

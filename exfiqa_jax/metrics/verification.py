@@ -1,16 +1,13 @@
-"""Verification metrics on pair sets: insightface-style 10-fold accuracy and, for a model being
-trained, the EDC pAUC of every exit against the seeded `random` baseline of the report."""
+"""Verification metrics on pair sets: insightface-style 10-fold accuracy, the ROC and TAR at FAR
+(insightface IJB 1:1), and the FR sanity numbers an evaluation reports (docs/evaluation.md,
+"FR sanity"). The training monitor that uses them is exfiqa_jax/train/monitor.py."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax import parallel
-from exfiqa_jax.metrics import comparisons, edc
-from exfiqa_jax.evaluation.results import random_quality
+from exfiqa_jax.metrics.arrays import sortable_keys
 
 
 def verification_accuracy(scores: np.ndarray, is_genuine: np.ndarray, folds: int = 10) -> float:
@@ -59,7 +56,7 @@ def roc_curve(scores: np.ndarray, is_genuine: np.ndarray
     raise ValueError("roc_curve needs [P] scores and labels with both genuine and impostor pairs")
   if not np.all(np.isfinite(s)):
     raise ValueError("scores contain NaN/inf")
-  key = edc._np_sortable(s)                                              # float order
+  key = sortable_keys(s)                                              # float order
   packed = ((~key).astype(np.uint64) << np.uint64(1)) | g.astype(np.uint64)
   packed.sort()                                                           # descending score
   lab = (packed & np.uint64(1)).astype(bool)
@@ -101,49 +98,3 @@ def fr_sanity(pair_kind: str, scores: np.ndarray, is_genuine: np.ndarray) -> dic
     return {"kind": "tar_at_far",
             **{f"tar@far={far:.0e}": float(v) for far, v in zip(t.far_target, t.tar)}}
   return {"kind": "accuracy", "accuracy_10fold": verification_accuracy(scores, is_genuine)}
-
-
-def embed_and_score(eval_fn, variables, images: np.ndarray, mesh, batch: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """Runs the eval program over all images -> (exit_scores [N, L], embeddings [N, E])."""
-  n_dev = mesh.devices.size
-  batch = -(-batch // n_dev) * n_dev
-  scores, embs = [], []
-  sharding = parallel.batch_sharding(mesh)
-  local = batch // jax.process_count()
-  for start in range(0, len(images), batch):
-    chunk = images[start:start + batch]
-    pad = batch - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    rows = chunk[jax.process_index() * local:(jax.process_index() + 1) * local]
-    out = eval_fn(variables, jax.make_array_from_process_local_data(sharding, rows))
-    out = parallel.global_to_host(out)
-    scores.append(out["exit_scores"][:batch - pad])
-    embs.append(out["embedding"][:batch - pad])
-  return np.concatenate(scores), np.concatenate(embs)
-
-
-def evaluate_pairs(eval_fn, variables, pairs, mesh, batch: int, fmr: float,
-                   limit: float, seed: int = 0) -> dict[str, float]:
-  """Verification accuracy and EDC pAUC (FIQA convention) of every exit and a random quality."""
-  exit_scores, emb = embed_and_score(eval_fn, variables, pairs.images, mesh, batch)
-  cos = comparisons.pair_scores(emb, pairs.pairs)
-  genuine = np.asarray(pairs.is_genuine, bool)
-  image_q = np.concatenate([exit_scores.T, random_quality(len(pairs.images), seed)[None]])
-  pair_q = comparisons.image_to_pair_quality(image_q, pairs.pairs)       # [L+1, P]
-  discard = edc.FIQA_DISCARD
-  fnmr = edc.edc_fnmr(jnp.asarray(cos, jnp.float32), jnp.asarray(genuine),
-                      jnp.asarray(pair_q, jnp.float32), fmrs=(fmr,), discard=discard, mode="fiqa")
-  area = np.asarray(edc.pauc(fnmr, discard, limit=limit))[:, 0]          # [L+1]
-  n_exits = exit_scores.shape[1]
-  best = int(np.argmin(area[:n_exits]))
-  result = {"accuracy": verification_accuracy(cos, genuine),
-            "pauc_last": float(area[n_exits - 1]), "pauc_random": float(area[-1]),
-            "pauc_best": float(area[best]), "best_exit": best + 1,
-            "pauc_ratio_last": float(area[n_exits - 1] / max(area[-1], 1e-12))}
-  for l in range(n_exits):
-    result[f"pauc_exit_{l + 1}"] = float(area[l])
-  return result
-
-

@@ -34,7 +34,7 @@ from exfiqa_jax.evaluation.attention import AttentionExample
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.evaluation.pipeline import EvalRun, QualitySpec
 from exfiqa_jax.evaluation.results import BenchmarkEval, QualityColumn, best_index
-from exfiqa_jax.metrics import paired as paired_lib
+from exfiqa_jax.evaluation import paired_columns as paired_lib
 from exfiqa_jax.report import groups as groups_report
 from exfiqa_jax.report import plots, tables
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from exfiqa_jax.embedding import l2_normalize
+from exfiqa_jax.metrics.comparisons import l2_normalize
 
 COSFACE = (1.0, 0.0, 0.4)
 _NEG = -1e30  # finite "minus infinity" (keeps 0 * _NEG = 0 in one-hot sums)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from exfiqa_jax import files, identity
 from exfiqa_jax import parallel
-from exfiqa_jax.metrics import verification
+from exfiqa_jax.train import monitor
 from exfiqa_jax.train import augment as augment_lib
 from exfiqa_jax.train import data as data_lib
 from exfiqa_jax.train import optim
@@ -187,7 +187,7 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   sharding = parallel.batch_sharding(mesh)
 
   def run_eval(s: int) -> dict[str, float]:
-    res = verification.evaluate_pairs(eval_fn, state.variables(), eval_pairs, mesh, config.eval.batch_size,
+    res = monitor.evaluate_pairs(eval_fn, state.variables(), eval_pairs, mesh, config.eval.batch_size,
                          config.eval.fmr, config.eval.limit, config.seed)
     eval_log.add({"step": s, **res})
     logging.info("eval step %d: %s", s, {k: v for k, v in res.items() if "exit_" not in k})
