@@ -13,8 +13,8 @@ import pytest
 
 from configs import eval_ijbc, eval_verification
 from exfiqa_jax import embedding, inference
-from exfiqa_jax.metrics import edc
-from exfiqa_jax.evaluation import results, stages
+from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.report import tables
 from exfiqa_jax.tasks import eval as evaluate
 from exfiqa_jax.testing import worlds
@@ -62,7 +62,7 @@ def test_bin_every_file_and_engine_numbers(world, bin_run):
   feats = emb / np.linalg.norm(emb, axis=1, keepdims=True)
   scores = np.sum(feats[pairs[:, 0]] * feats[pairs[:, 1]], 1)
   image_q = np.concatenate([q["exit_scores"].T, q["ex_fiqa_f"][None], q["ex_fiqa_fw"][None],
-                            q["attn_scores"].T, results.random_quality(len(images), 0)[None]])
+                            q["attn_scores"].T, comparisons.random_quality(len(images), 0)[None]])
   names = [f"exit_{l}" for l in (1, 2, 3)] + ["ex_fiqa_f", "ex_fiqa_fw"] + [
       f"attn_{l}" for l in (1, 2, 3)] + ["random"]
   pq = np.minimum(image_q[:, pairs[:, 0]], image_q[:, pairs[:, 1]])

@@ -35,7 +35,7 @@ def _synthetic_result(seed: int = 0, benchmark: str = "bench") -> tuple[results.
        -severity + rng.normal(size=n_img), rng.normal(size=n_img), -severity * 0.5
        + rng.normal(size=n_img) * 0.3]
   cols.append(results.QualityColumn("random", "random"))
-  q.append(results.random_quality(n_img, 7))
+  q.append(comparisons.random_quality(n_img, 7))
   image_q = np.stack(q).astype(np.float32)
   pq = comparisons.image_to_pair_quality(image_q, pairs)
   modes = {}

@@ -32,9 +32,9 @@ from exfiqa_jax import columns, files, models, quality_mapping
 from exfiqa_jax.calibrate import early_exit as study
 from exfiqa_jax.calibrate import cascade, splits, thresholds
 from exfiqa_jax.data import synthetic
-from exfiqa_jax.evaluation import benchmarks, pipeline, results, stages
+from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.evaluation.benchmarks import Benchmark
-from exfiqa_jax.metrics import edc
+from exfiqa_jax.metrics import comparisons, edc
 from exfiqa_jax.models import exits as exits_lib
 
 SYNTHETIC = "synthetic_faces"
@@ -258,7 +258,7 @@ def _pauc(ev: Benchmark, cmp: stages.Stage, cols: list[study.Column], fmr: float
           seed: int) -> dict[str, float]:
   """Sets each row's "pauc" (fiqa mode, evaluation split); returns the baselines' pAUC
   (random, and the oracle where the data set knows each image's severity)."""
-  baselines = {columns.RANDOM: results.random_quality(ev.num_images, seed)}
+  baselines = {columns.RANDOM: comparisons.random_quality(ev.num_images, seed)}
   if "severity" in ev.extra:
     baselines[columns.ORACLE] = -np.asarray(ev.extra["severity"], np.float32)
   all_q = np.stack([q for q, _ in cols] + list(baselines.values())).astype(np.float32)

@@ -281,7 +281,7 @@ def quality_columns(quality: Sequence[QualitySpec], qstages: Mapping[str, stages
     cols.append(results.QualityColumn(name, kind))
     values.append(np.asarray(v, np.float32))
   cols.append(results.QualityColumn(columns.RANDOM, "random"))
-  values.append(results.random_quality(num_images, seed))
+  values.append(comparisons.random_quality(num_images, seed))
   return cols, np.stack(values).astype(np.float32)
 
 

@@ -8,11 +8,10 @@ from typing import Sequence
 import numpy as np
 
 from exfiqa_jax import columns
-from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.metrics import edc
 
 KINDS = ("exit", "fusion", "attn", columns.RANDOM, columns.ORACLE)
 BASELINE_KINDS = (columns.RANDOM, columns.ORACLE)     # references, never marked best
-RANDOM = columns.RANDOM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +75,6 @@ def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
   return cols
 
 
-random_quality = comparisons.random_quality     # the seeded `random` baseline column (metrics)
 
 
 def best_index(values: np.ndarray, cols: Sequence[QualityColumn]) -> int | None:
