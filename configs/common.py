@@ -1,17 +1,21 @@
 """Fields every job shares, declared once; big_vision-style `key=value` config arguments.
 
 One schema across jobs:
-  quality_model.{path, num_heads, family}     the ViT-FIQA model (score, eval, demo)
+  quality_model.{path, num_heads, family, method}   the quality model (score, eval, demo,
+                                              early_exit); the method options per method:
+  quality_model.{magface, serfiq, vitnt}.<option>   (exfiqa_jax/methods/registry.py)
   fr.{path, family, num_heads, input_scale, convention, batch_size}   the FR model (embed, eval)
   data.{channel_order ∈ {rgb, bgr}, decode_threads, ...}
 Configs import ml_collections, each other and pure-Python exfiqa_jax modules (data/benchmark_names,
-detection/settings, columns), never JAX: loading a config is instant (tests/test_configs.py).
+detection/settings, columns, methods/registry), never JAX: loading a config is instant (tests/test_configs.py).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import ml_collections
+
+from exfiqa_jax.methods import registry
 
 NUM_HEADS = 8          # not recorded in any weight shape; CVLFace ViT-B uses 16
 
@@ -30,11 +34,21 @@ def base_config(task: str, output: str | None = None) -> ml_collections.ConfigDi
 
 
 def quality_model() -> ml_collections.ConfigDict:
-  """The quality model: a converted directory or a PyTorch .pt (eval: name1=path1,name2=path2)."""
+  """The quality model: a converted directory or a PyTorch .pt, `[method:]path` (eval: several
+  as name1=[method:]path1,name2=...), and the quality method with its options."""
   return ml_collections.ConfigDict(dict(
       path="",
       num_heads=NUM_HEADS,
-      family=""))             # "" = detect from the checkpoint's keys
+      family="",              # "" = detect from the checkpoint's keys
+      # "" = what the checkpoint implies (ViT-FIQA: exits, fusions, ATTN; CR-FIQA: crfiqa;
+      # eDifFIQA: ediffiqa; MagFace: magface; FR ViT: ATTN + ViTNT), or one of
+      # crfiqa | ediffiqa | magface | serfiq | grafiqs | vitnt (docs/methods.md, Baselines)
+      method="",
+      # each method's options, official defaults: magface.{channel_order, any_family},
+      # serfiq.{passes, rate, seed, rescale, alpha, r, chunk}, vitnt.{blocks (0-based; () =
+      # all), scaling, attention "last" | "mean"}
+      **{name: ml_collections.ConfigDict(dict(opts))
+         for name, opts in registry.OPTIONS.items()}))
 
 
 def fr_model(batch_size: int = 64) -> ml_collections.ConfigDict:

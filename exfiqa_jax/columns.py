@@ -24,6 +24,8 @@ Pure Python (configs may import it).
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 EXIT_PREFIX = "exit_"
 ATTN_PREFIX = "attn_"
 Q100_PREFIX = "q100_"
@@ -42,6 +44,10 @@ GRAFIQS = ("grafiqs_image", "grafiqs_block1", "grafiqs_block2", "grafiqs_block3"
            "grafiqs_block4")
 VITNT = "vitnt"
 VITNT_UNIFORM = "vitnt_uniform"
+# The methods' columns (the baselines' and ViTNT-FIQA), in the order scores.csv and the
+# evaluation tables list them after a model's exit, fusion and attn columns.
+METHOD_COLUMNS = ((CRFIQA, EDIFFIQA, MAGFACE, EMBEDDING_NORM, SERFIQ) + GRAFIQS
+                  + (VITNT, VITNT_UNIFORM))
 IMAGE = "image"                 # the first column of scores.csv: the image's name
 MODEL_SEPARATOR = "/"
 
@@ -77,6 +83,12 @@ def score_names(num_exits: int, has_exits: bool = True) -> list[str]:
   if not has_exits:
     return attn_names(num_exits)
   return exit_names(num_exits) + list(FUSIONS) + attn_names(num_exits)
+
+
+def method_names(present: Iterable[str]) -> list[str]:
+  """The method columns among `present` (names or a mapping's keys), in METHOD_COLUMNS order."""
+  present = set(present)
+  return [c for c in METHOD_COLUMNS if c in present]
 
 
 def with_model(model: str, column: str) -> str:

@@ -9,12 +9,20 @@
     result = model.cascade(images, thresholds)   # adaptive early exits (models/exits.py)
 
 Mode "fr" models (insightface/CVLFace ViTs) have no quality head: their result holds
-attn_scores, embedding (and attn_maps) only. Higher = better quality in every score.
+attn_scores, embedding (and attn_maps), and ViTNT-FIQA's vitnt, vitnt_uniform [B] from the same
+pass. Higher = better quality in every score.
+
+Other quality methods (docs/methods.md, Baselines; names in exfiqa_jax/methods/registry.py):
+
+    model = fx.load("crfiqa_r100.pth")                  # the family implies crfiqa
+    model = fx.load("r100.pth", method="serfiq", passes=100)
+    model.score(images)     # {"serfiq": [B]}; model.columns names them
+    fx.load("vitfiqa_token.pt", method="vitnt")         # + vitnt, vitnt_uniform (an extension)
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +30,18 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from exfiqa_jax import checkpoints, convert, embedding, fusion, models, parallel
+from exfiqa_jax import checkpoints, columns, convert, embedding, fusion, models, parallel
 from exfiqa_jax.convert import strict
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
+from exfiqa_jax.methods import crfiqa, ediffiqa, grafiqs, magface, registry, serfiq, vitnt
+from exfiqa_jax.methods import scorer as scorer_lib
 from exfiqa_jax.models import exits as exits_lib
-from exfiqa_jax.models import iresnet
+from exfiqa_jax.models import iresnet, vit
 from exfiqa_jax.models.vit import QUALITY_MODES
+
+SCORERS: dict[str, Callable[..., scorer_lib.Scorer]] = {
+    m.METHOD: m.scorer for m in (crfiqa, ediffiqa, magface, serfiq, grafiqs, vitnt)}
 
 
 def resize_images(images: np.ndarray, size: int = preprocess.IMAGE_SIZE) -> np.ndarray:
@@ -51,31 +64,96 @@ def check_compute_dtype(name: str | None, flag: str = "dtype=") -> str:
   return name
 
 
-class QualityModel:
+class BatchedModel:
+  """What every loaded model shares: uint8 images in, chunks of `batch_size` rows padded to
+  powers of two, sharded over every device (`run_batch`), numpy columns out."""
+  batch_size: int
+  image_size: int
+
+  def _set_batch_size(self, batch_size: int) -> None:
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+      raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    self.batch_size = parallel.round_up_to_devices(int(batch_size))
+
+  def padded_size(self, n: int) -> int:
+    """Padded rows for a chunk of n ≤ batch_size: powers of two, so few programs compile."""
+    return min(self.batch_size, parallel.round_up_to_devices(parallel.next_pow2(n)))
+
+  def _host_images(self, images: np.ndarray, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be uint8 [B, H, W, 3] RGB, got {images.dtype} "
+                       f"{list(images.shape)} (decode files with exfiqa_jax.data.preprocess."
+                       "decode_image)")
+    if jax.process_count() > 1:
+      raise NotImplementedError(f"{type(self).__name__}.{what} feeds from one host; on a "
+                                "multi-host job use run_batch with each host's rows (see "
+                                "exfiqa_jax/tasks/score.py)")
+    return resize_images(images, self.image_size)
+
+  def _score(self, images: np.ndarray, align: str, face: str,
+             run: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`score` for any model: `run` maps one padded uint8 batch to its results."""
+    from exfiqa_jax.detection import faces, settings
+    if settings.check_align_mode(align) == "detect":
+      found = faces.detect_and_align(images, face=face, size=self.image_size)
+      out = self._score(found.crops, "none", face, run)
+      return {**out, "image": found.image, "face": found.face, "num_faces": found.num_faces,
+              "det_score": found.score, "box": found.box, "landmarks": found.landmarks,
+              "no_face": np.asarray(found.no_face, np.int64)}
+    images = self._host_images(images, "score")
+    chunks = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      size = self.padded_size(len(chunk))
+      padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
+                                                np.uint8)])
+      chunks.append({k: v[:len(chunk)] for k, v in run(padded).items()})
+    if not chunks:
+      result = run(np.zeros((self.padded_size(1), self.image_size, self.image_size, 3),
+                            np.uint8))
+      return {k: v[:0] for k, v in result.items()}
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+class QualityModel(BatchedModel):
   """A loaded ViT with its variables on every device; one compiled program per shape/flags.
   `module.dtype` is the matmul dtype (bfloat16: norms, heads and ATTN statistics stay float32,
-  models/vit.py); `dtype` names it."""
+  models/vit.py); `dtype` names it. `vitnt` (ViTNT-FIQA's options, methods/registry.py) adds
+  the vitnt, vitnt_uniform columns from the same pass (mode "fr" models get them from `load`)."""
 
   def __init__(self, module: Any, variables: Any, model_config: dict[str, Any],
-               batch_size: int = 64):
+               batch_size: int = 64, vitnt: Mapping[str, Any] | None = None):
     self.module = module
     self.dtype = np.dtype(getattr(module, "dtype", np.float32)).name
     self.model_config = dict(model_config)
     self.mode = model_config["mode"]
     self.num_exits = int(model_config["depth"])
     self.image_size = int(model_config.get("img_size", preprocess.IMAGE_SIZE))
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-      raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
-    self.batch_size = parallel.round_up_to_devices(int(batch_size))
+    self._set_batch_size(batch_size)
+    self.vitnt = None if vitnt is None else registry.options(registry.VITNT, vitnt)
+    self.method = registry.VITNT if self.vitnt is not None else registry.IMPLIED
     self.variables = jax.device_put(variables, parallel.replicated())
     self._fns: dict[tuple[bool, int], Any] = {}
     self._truncated: dict[int, Any] = {self.num_exits: self.variables}   # on device, per exit
     self._cascades: dict[tuple[int, ...], exits_lib.Cascade] = {}
+    self._vitnt_scorer: scorer_lib.Scorer | None = None
 
   @property
   def has_exits(self) -> bool:
     """Quality modes have exit scores and fusions; mode "fr" only ATTN-FIQA scores."""
     return self.mode in QUALITY_MODES
+
+  @property
+  def columns(self) -> tuple[str, ...]:
+    """The quality columns of a whole-model run, in scores.csv order (exfiqa_jax/columns.py)."""
+    vitnt_columns = vitnt.COLUMNS if self.vitnt is not None else ()
+    return tuple(columns.score_names(self.num_exits, self.has_exits)) + vitnt_columns
+
+  def method_identity(self) -> dict[str, Any]:
+    """What the scores depend on beyond the checkpoint: {} for the plain ViT-FIQA pass (cache
+    identities written before methods existed stay valid), else the method and its options."""
+    return {} if self.vitnt is None else {"method": self.method, "options": dict(self.vitnt)}
 
   def resolve_exit(self, exit: int | None) -> int:
     """Blocks the program runs for `exit`: k in 1..L, 0 or None = all L (clear error else)."""
@@ -89,15 +167,31 @@ class QualityModel:
                                           parallel.replicated())
     return self._truncated[k]
 
+  def _vitnt_spec(self, k: int) -> vit.VitntSpec | None:
+    """ViTNT-FIQA inside the pass of k blocks (every block of it, or the first few), or None
+    when the selected blocks are not the pass's first ones: they then run as their own program
+    over the whole model's blocks (methods/vitnt.py), as the official loop does."""
+    if self.vitnt is None:
+      return None
+    if not self.vitnt["blocks"]:
+      return vitnt.in_pass_spec(k, None, self.vitnt["attention"])
+    chosen = vitnt.check_blocks(self.vitnt["blocks"], self.num_exits)
+    if chosen != tuple(range(len(chosen))) or chosen[-1] >= k:
+      return None
+    return vitnt.in_pass_spec(k, chosen, self.vitnt["attention"])
+
   def _forward(self, attn_maps: bool, k: int):
     """The jitted program that stops after block k (k = L: the whole model)."""
     if (attn_maps, k) not in self._fns:
       has_exits = self.has_exits
       module = self.module if k == self.num_exits else self.module.clone(depth=k)
+      spec = self._vitnt_spec(k)
+      scaling = self.vitnt["scaling"] if self.vitnt is not None else None
 
       def forward(variables, images_uint8):
         x = preprocess.normalize(images_uint8)
-        _, out = module.apply(variables, x, return_attn_maps=attn_maps)
+        _, out = module.apply(variables, x, return_attn_maps=attn_maps,
+                              **({"vitnt": spec} if spec is not None else {}))
         result = {"attn_scores": out["attn_scores"], "embedding": out["embedding"]}
         if has_exits:
           result["exit_scores"] = out["exit_scores"]
@@ -105,10 +199,24 @@ class QualityModel:
           result["ex_fiqa_fw"] = fusion.fuse_fw(out["exit_scores"])
         if attn_maps:
           result["attn_maps"] = out["attn_maps"]
+        if spec is not None:
+          result.update(vitnt.columns_from_outputs(out, scaling))
         return result
 
       self._fns[(attn_maps, k)] = jax.jit(forward)
     return self._fns[(attn_maps, k)]
+
+  def _vitnt_apart(self, batch: jax.Array) -> dict[str, jax.Array]:
+    """ViTNT-FIQA of selected blocks that are not the pass's first ones: their own program."""
+    if self._vitnt_scorer is None:
+      opts = self.vitnt
+      found = vitnt.scorer(self.module, self.variables, self.model_config,
+                           blocks=opts["blocks"], scaling=opts["scaling"],
+                           attention=opts["attention"])
+      self._vitnt_scorer = scorer_lib.Scorer(
+          found.method, found.columns, found.apply,
+          jax.device_put(found.variables, parallel.replicated()))
+    return self._vitnt_scorer(batch)
 
   def run_batch(self, local_images: np.ndarray, attn_maps: bool = False,
                 exit: int | None = None) -> dict[str, np.ndarray]:
@@ -118,24 +226,10 @@ class QualityModel:
     the fusions fuse exits 1..k, the embedding is block k's (0/None = all L exits)."""
     k = self.resolve_exit(exit)
     batch = parallel.host_batch_to_global(np.asarray(local_images, np.uint8))
-    return parallel.global_to_host(self._forward(bool(attn_maps), k)(self.variables_at(k),
-                                                                      batch))
-
-  def padded_size(self, n: int) -> int:
-    """Padded rows for a chunk of n ≤ batch_size: powers of two, so few programs compile."""
-    return min(self.batch_size, parallel.round_up_to_devices(parallel.next_pow2(n)))
-
-  def _host_images(self, images: np.ndarray, what: str) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be uint8 [B, H, W, 3] RGB, got {images.dtype} "
-                       f"{list(images.shape)} (decode files with exfiqa_jax.data.preprocess."
-                       "decode_image)")
-    if jax.process_count() > 1:
-      raise NotImplementedError(f"QualityModel.{what} feeds from one host; on a multi-host job "
-                                "use run_batch with each host's rows (see "
-                                "exfiqa_jax/tasks/score.py)")
-    return resize_images(images, self.image_size)
+    out = self._forward(bool(attn_maps), k)(self.variables_at(k), batch)
+    if self.vitnt is not None and self._vitnt_spec(k) is None:
+      out = {**out, **self._vitnt_apart(batch)}
+    return parallel.global_to_host(out)
 
   def score(self, images: np.ndarray, attn_maps: bool = False,
             exit: int | None = None, align: str = "none", face: str = "primary"
@@ -150,28 +244,8 @@ class QualityModel:
     holds image (its photo's index), face, num_faces, det_score, box [N, 4], landmarks
     [N, 5, 2] and no_face (indices of photos without a face); docs/data.md.
     """
-    from exfiqa_jax.detection import faces, settings
-    if settings.check_align_mode(align) == "detect":
-      found = faces.detect_and_align(images, face=face, size=self.image_size)
-      out = self.score(found.crops, attn_maps, exit)
-      return {**out, "image": found.image, "face": found.face, "num_faces": found.num_faces,
-              "det_score": found.score, "box": found.box, "landmarks": found.landmarks,
-              "no_face": np.asarray(found.no_face, np.int64)}
     self.resolve_exit(exit)
-    images = self._host_images(images, "score")
-    chunks = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
-      size = self.padded_size(len(chunk))
-      padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
-                                                np.uint8)])
-      chunks.append({k: v[:len(chunk)]
-                     for k, v in self.run_batch(padded, attn_maps, exit).items()})
-    if not chunks:
-      result = self.run_batch(np.zeros((self.padded_size(1), self.image_size, self.image_size,
-                                        3), np.uint8), attn_maps, exit)
-      return {k: v[:0] for k, v in result.items()}
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return self._score(images, align, face, lambda batch: self.run_batch(batch, attn_maps, exit))
 
   def cascade(self, images: np.ndarray, thresholds: exits_lib.CascadeThresholds,
               ladder: Sequence[int] | None = None) -> exits_lib.CascadeResult:
@@ -189,6 +263,52 @@ class QualityModel:
     if key not in self._cascades:
       self._cascades[key] = exits_lib.Cascade(self.module, self.variables, key, self.batch_size)
     return self._cascades[key].run(images, thresholds, ladder)
+
+
+class MethodModel(BatchedModel):
+  """A quality method bound to its model (methods/; CR-FIQA, eDifFIQA, MagFace, SER-FIQ,
+  GraFIQs, or ViTNT-FIQA on its own selected blocks), on every device, with the interface the
+  jobs use from QualityModel: `score`, `run_batch`, `padded_size`, `batch_size`, `columns`.
+  No exits: `has_exits` is False and `exit` must be 0. Runs in float32."""
+  has_exits = False
+  num_exits = 0
+  dtype = "float32"
+
+  def __init__(self, scorer: scorer_lib.Scorer, model_config: Mapping[str, Any],
+               options: Mapping[str, Any] | None = None, batch_size: int = 64):
+    self.method = scorer.method
+    self.columns = tuple(scorer.columns)
+    self.options = dict(options or {})
+    self.model_config = dict(model_config)
+    self.image_size = int(model_config.get("img_size", preprocess.IMAGE_SIZE))
+    self._set_batch_size(batch_size)
+    self.variables = jax.device_put(scorer.variables, parallel.replicated())
+    self._apply = scorer.apply
+
+  def method_identity(self) -> dict[str, Any]:
+    """The method and its options (part of every cache identity of its scores)."""
+    return {"method": self.method, "options": dict(self.options)}
+
+  def resolve_exit(self, exit: int | None) -> int:
+    """0: a method has no exits; any other `exit` is an error naming the setting."""
+    if exit:
+      raise ValueError(f"exit={exit}: {strict.flag('method')}{self.method} has no early exits "
+                       "(exits are the ViT-FIQA models'); leave exit at 0")
+    return 0
+
+  def run_batch(self, local_images: np.ndarray, exit: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """One sharded call: this process's rows (uint8 [b, S, S, 3]) of a global batch whose size
+    is a multiple of the device count → the global batch's {column: [B]}."""
+    self.resolve_exit(exit)
+    batch = parallel.host_batch_to_global(np.asarray(local_images, np.uint8))
+    return parallel.global_to_host(self._apply(self.variables, batch))
+
+  def score(self, images: np.ndarray, align: str = "none", face: str = "primary"
+            ) -> dict[str, np.ndarray]:
+    """uint8 [B, H, W, 3] RGB (any B, H, W) → {column: [B]} (see QualityModel.score for the
+    batching and `align="detect"`)."""
+    return self._score(images, align, face, self.run_batch)
 
 
 def load_variables(path: str | os.PathLike, num_heads: int | None = None,
@@ -216,19 +336,55 @@ def load_variables(path: str | os.PathLike, num_heads: int | None = None,
                                       num_heads=num_heads or None, family=family, source=path)
 
 
-def load(path: str | os.PathLike, num_heads: int | None = 8, family: str | None = None,
-         batch_size: int = 64, dtype: str | None = None) -> QualityModel:
-  """A QualityModel from a converted directory or a `.pt` file (converted in memory).
-  `dtype` "bfloat16" runs the ViT's matmuls in bfloat16 (variables stay float32; LayerNorms,
-  exit heads and ATTN statistics float32; docs/accelerators.md); default float32."""
+def implied_method(model_config: Mapping[str, Any]) -> str:
+  """The method a checkpoint implies when none is asked: "" for a ViT-FIQA model (exits,
+  fusions, ATTN), vitnt for a face-recognition ViT (ATTN + ViTNT in one pass), the family's
+  own method for CR-FIQA, eDifFIQA and MagFace; a plain FR CNN is an error listing what
+  applies to it."""
+  if "mode" in model_config:
+    return registry.IMPLIED if model_config["mode"] in QUALITY_MODES else registry.VITNT
+  family = model_config.get("family", "")
+  if family in registry.FAMILY_METHODS:
+    return registry.FAMILY_METHODS[family]
+  raise CheckpointError(f"this checkpoint is a {family or 'CNN'!r} face-recognition model "
+                        "without a quality head; choose a quality method for it with "
+                        f"{strict.flag('method')}<one of {', '.join(registry.FR_CNN_METHODS)}> "
+                        "(docs/methods.md, Baselines), or use it as the FR model "
+                        "(configs/embed.py)")
+
+
+def load(path: str | os.PathLike, method: str = "", num_heads: int | None = 8,
+         family: str | None = None, batch_size: int = 64, dtype: str | None = None,
+         method_options: Mapping[str, Mapping[str, Any]] | None = None,
+         **options: Any) -> QualityModel | MethodModel:
+  """A loaded quality model from a converted directory or a `.pt` file (converted in memory).
+
+  `method` "" = what the checkpoint implies (`implied_method`), or one of
+  methods/registry.METHODS (docs/methods.md, Baselines). `options` are the method's
+  (registry.OPTIONS: their official defaults); `method_options` maps method → options (the
+  config's per-method tables: the resolved method's table is used, `options` override it).
+  A ViT-FIQA or FR ViT comes back as a QualityModel (vitnt: ATTN + ViTNT in the same pass;
+  for a ViT-FIQA model the toolkit's extension), anything else as a MethodModel. A method that
+  cannot apply is a ValueError naming `method=` (the task's flag inside a task).
+  `dtype` "bfloat16" runs a ViT's matmuls in bfloat16 (variables stay float32; LayerNorms,
+  exit heads and ATTN statistics float32; docs/accelerators.md); methods run float32.
+  """
   dtype = check_compute_dtype(dtype)
-  variables, config = load_variables(path, num_heads=num_heads, family=family)
-  if "mode" not in config:
-    raise CheckpointError(f"{path} is a {config.get('family', 'CNN')} face-recognition CNN: it "
-                          "has no quality or attention scores; use it for embeddings "
-                          "(configs/embed.py)")
-  module = models.get_model(config, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-  return QualityModel(module, variables, config, batch_size=batch_size)
+  with strict.flags_named(outer_wins=True, method="method="):
+    flag = strict.flag("method")
+    method = registry.check_method(method, flag)
+    variables, config = load_variables(path, num_heads=num_heads, family=family)
+    method = method or implied_method(config)
+    opts = registry.options(method, {**(method_options or {}).get(method, {}), **options}, flag)
+    if "mode" in config and method in (registry.IMPLIED, registry.VITNT):
+      module = models.get_model(config, dtype=None if dtype == "float32" else jnp.dtype(dtype))
+      return QualityModel(module, variables, config, batch_size=batch_size,
+                          vitnt=opts if method == registry.VITNT else None)
+    if dtype != "float32":
+      logging.info("%s%s runs in float32 (compute_dtype %s applies to ViTs)", flag, method,
+                   dtype)
+    scorer = SCORERS[method](models.get_model(config), variables, config, **opts)
+  return MethodModel(scorer, config, opts, batch_size=batch_size)
 
 
 def load_fr_model(path: str, family: str | None = None, input_scale: str | None = None,

@@ -17,10 +17,13 @@ import torch
 from PIL import Image
 
 from configs import score as score_config
-from exfiqa_jax import inference
+from exfiqa_jax import convert, inference, models
+from exfiqa_jax.methods import vitnt
 from exfiqa_jax.tasks import score
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import vit
+from exfiqa_jax.testing import baselines_torch as bt
+from exfiqa_jax.testing import fr_torch_reference as ref_fr
 from exfiqa_jax.testing import torch_reference as ref
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
@@ -223,7 +226,7 @@ def test_api_any_batch_resize_and_attention_maps(data):
     model.score(data["images"][:2].astype(np.float32))
 
 
-def test_fr_mode_has_attention_columns_only(tmp_path, data):
+def test_fr_mode_has_attention_and_vitnt_columns(tmp_path, data):
   cfg, model = _twin("fr", seed=5)
   torch.save({"state_dict": {"net." + k: v for k, v in model.state_dict().items()}},
              tmp_path / "fr.pt")
@@ -231,8 +234,49 @@ def test_fr_mode_has_attention_columns_only(tmp_path, data):
                              images=str(data["faces"]),
                              output=str(tmp_path / "fr"), **{"quality_model.num_heads": cfg.num_heads}))
   header, names, values = _read_csv(result["scores"])
-  assert header == ["image"] + [f"attn_{l}" for l in range(1, cfg.depth + 1)]
+  assert header == ["image"] + [f"attn_{l}" for l in range(1, cfg.depth + 1)] + [
+      "vitnt", "vitnt_uniform"]                  # ATTN-FIQA and ViTNT-FIQA from one pass
   order = [n for n, _, _ in FILES]
   perm = [order.index(n) for n in names]
   ref_scores = _twin_scores(model, data["images"][perm])
-  np.testing.assert_allclose(values, ref_scores["attn_scores"], atol=1e-4)
+  np.testing.assert_allclose(values[:, :cfg.depth], ref_scores["attn_scores"], atol=1e-4)
+  variables, config = inference.load_variables(tmp_path / "fr.pt", num_heads=cfg.num_heads)
+  want = vitnt.scorer(models.get_model(config), variables, config)(data["images"][perm])
+  np.testing.assert_allclose(values[:, cfg.depth:], np.stack([want["vitnt"],
+                                                              want["vitnt_uniform"]], 1),
+                             rtol=1e-5)
+
+
+def test_a_method_writes_its_columns_and_its_options_recompute(tmp_path, data):
+  twin = ref_fr.randomize_(bt.CRFIQAIResNet((1, 1, 1, 1), (8, 16, 24, 32), 64), seed=3)
+  pth = tmp_path / "cr.pth"
+  convert.torch_io.save_state_dict(bt.numpy_state_dict(twin), pth)
+  images = data["images"][[0, 5, 8]]
+  with torch.no_grad():
+    qs = twin(bt.torch_input(images))[1].numpy()[:, 0]
+  listing = tmp_path / "list.txt"
+  listing.write_text("".join(f"{data['faces'] / n}\n" for n in ("a/001.png", "c.png",
+                                                                   "d/008.png")))
+  out = tmp_path / "cr"
+  first = score.run(_config(**{"quality_model.path": f"crfiqa:{pth}"}, images=str(listing),
+                            output=str(out)))
+  header, names, values = _read_csv(first["scores"])
+  assert header == ["image", "crfiqa"] and len(names) == 3
+  np.testing.assert_allclose(values[:, 0], qs, rtol=1e-4, atol=1e-5)
+  npz = np.load(out / "scores.npz")
+  assert str(npz["method"]) == "crfiqa" and set(npz.files) >= {"crfiqa", "image"}
+  assert score.run(_config(**{"quality_model.path": str(pth), "quality_model.method": "crfiqa"},
+                           images=str(listing), output=str(out)))["cached"]
+  # SER-FIQ on the same checkpoint (its backbone); a changed option recomputes
+  for passes, cached in ((3, False), (3, True), (4, False)):
+    result = score.run(_config(**{"quality_model.path": f"serfiq:{pth}",
+                                  "quality_model.serfiq.passes": passes},
+                               images=str(listing), output=str(out)))
+    assert result["cached"] is cached
+  assert _read_csv(result["scores"])[0] == ["image", "serfiq"]
+  with pytest.raises(ValueError, match="--config.quality_model.method=vitnt needs a ViT"):
+    score.run(_config(**{"quality_model.path": str(pth), "quality_model.method": "vitnt"},
+                      images=str(listing), output=str(tmp_path / "bad")))
+  with pytest.raises(ValueError, match="'cr' is not a quality method"):
+    score.run(_config(**{"quality_model.path": f"cr:{pth}"}, images=str(listing),
+                      output=str(tmp_path / "bad")))

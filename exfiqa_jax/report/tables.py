@@ -53,20 +53,22 @@ def score_header(num_exits: int, has_exits: bool) -> list[str]:
 
 def score_table(names: Sequence[str], scores: Mapping[str, np.ndarray], has_exits: bool,
                 extra: Mapping[str, np.ndarray] | None = None) -> str:
-  """scores.csv text in the contract's column order (floats with 9 significant digits);
-  `extra` columns ({name: [N]}, e.g. the 0–100 values q100_exit_1.., exfiqa_jax/calibrate/)
-  are appended after them in their order."""
-  num_exits = scores["attn_scores"].shape[1]
+  """scores.csv text in the contract's column order (floats with 9 significant digits): a
+  ViT's exit, fusion and attn columns, then the methods' columns in `scores` ({name: [N]},
+  columns.METHOD_COLUMNS order; a method model has only these); `extra` columns ({name: [N]},
+  e.g. the 0–100 values q100_exit_1.., exfiqa_jax/calibrate/) are appended in their order."""
+  num_exits = scores["attn_scores"].shape[1] if "attn_scores" in scores else 0
+  methods = columns.method_names(scores)
   extra = dict(extra or {})
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(score_header(num_exits, has_exits) + list(extra))
+  writer.writerow(score_header(num_exits, has_exits) + methods + list(extra))
   for i, name in enumerate(names):
     row = []
     if has_exits:
       row += list(scores["exit_scores"][i]) + [scores[f][i] for f in columns.FUSIONS]
-    row += list(scores["attn_scores"][i])
-    row += [v[i] for v in extra.values()]
+    row += list(scores["attn_scores"][i]) if num_exits else []
+    row += [scores[c][i] for c in methods] + [v[i] for v in extra.values()]
     writer.writerow([name] + [f"{float(v):.9g}" for v in row])
   return buf.getvalue()
 

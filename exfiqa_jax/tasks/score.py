@@ -5,7 +5,9 @@ scores.csv (image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L in inpu
 q100_* when the model has a 0–100 mapping, config.quality_mapping), scores.npz (the same
 arrays and the inputs), skipped.txt (skip_unreadable=True). With data.align="detect" the inputs
 are raw photos: a row per detected, aligned face with its detection columns, no_face.txt
-(docs/data.md, "Raw photos: detection and alignment"). With exit=k every L is k. Batches are
+(docs/data.md, "Raw photos: detection and alignment"). With exit=k every L is k. A quality
+method (quality_model.method, or `method:path`; docs/methods.md, Baselines) writes its own
+columns instead (crfiqa, serfiq, grafiqs_image.., vitnt..; exfiqa_jax/columns.py). Batches are
 decoded ahead in threads, padded to one shape and sharded over all devices; a finished run with
 the same inputs (docs/caching.md) is not recomputed.
 """
@@ -25,24 +27,28 @@ from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
+from exfiqa_jax.methods import registry
 from exfiqa_jax.report import tables
 
 STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
 OUTPUTS = {"csv": "scores.csv", "npz": "scores.npz", "skipped": "skipped.txt",
            "no_face": "no_face.txt", "stamp": STAMP}
 FORMAT = 2
+METHOD_FLAG = "--config.quality_model.method="
 
 
-def _identity(config, paths, names, channel_order, exit: int, dtype: str = "float32"
-              ) -> dict[str, Any]:
+def _identity(config, path, method, paths, names, channel_order, exit: int,
+              dtype: str = "float32") -> dict[str, Any]:
   """What the scores are made from (docs/caching.md): any change recomputes them."""
+  asked = registry.identity(method, registry.config_options(config.quality_model))
   return {"format": FORMAT,
-          "checkpoint": checkpoints.checkpoint_identity(config.quality_model.path),
+          "checkpoint": checkpoints.checkpoint_identity(path),
           "num_heads": config.quality_model.num_heads,
           "family": config.quality_model.family or "", "channel_order": channel_order,
           "exit": exit, "skip_unreadable": bool(config.skip_unreadable),
           "names": identity.names_identity(names), "images": identity.files_identity(paths),
-          **({"compute_dtype": dtype} if dtype != "float32" else {})}   # float32 stamps stay valid
+          **({"compute_dtype": dtype} if dtype != "float32" else {}),   # float32 stamps stay valid
+          **asked}                              # {} for the ViT-FIQA pass: old stamps stay valid
 
 
 def _unreadable(error: str) -> preprocess.ImageError:
@@ -51,9 +57,9 @@ def _unreadable(error: str) -> preprocess.ImageError:
       "unreadable images (listed in skipped.txt)")
 
 
-def _check_inputs(config) -> tuple[str, list[str], list[str]]:
+def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   """(channel order, image paths, names): every input problem before any work."""
-  if not config.quality_model.path or not config.images:
+  if not path or not config.images:
     raise ValueError("pass --config.quality_model.path=<converted dir or .pt> and "
                      "--config.images=<image folder or list file>")
   channel_order = preprocess.check_channel_order(config.data.channel_order)
@@ -64,8 +70,8 @@ def _check_inputs(config) -> tuple[str, list[str], list[str]]:
                      "file one path per line")
   if int(config.batch_size) < 1:
     raise ValueError(f"--config.batch_size must be at least 1, got {config.batch_size}")
-  if not os.path.exists(config.quality_model.path):
-    raise FileNotFoundError(f"checkpoint {config.quality_model.path} does not exist; pass "
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist; pass "
                             "--config.quality_model.path=<converted dir or .pt>")
   if parallel.is_writer():
     files.check_output_dir(config.output)    # before any compute
@@ -122,30 +128,33 @@ def _score_rows(config, model, reader, rows: int, row_names: list[str], exit: in
   return scores, keep, local_errors, rate
 
 
-def _load_model(config, dtype: str) -> inference.QualityModel:
-  """The quality model (errors name the flags that fix them)."""
+def _load_model(config, path: str, method: str, dtype: str
+                ) -> inference.QualityModel | inference.MethodModel:
+  """The quality model or method (errors name the flags that fix them)."""
   with strict.flags_named(family="--config.quality_model.family=",
-                          num_heads="--config.quality_model.num_heads="):
-    return inference.load(config.quality_model.path, num_heads=config.quality_model.num_heads,
+                          num_heads="--config.quality_model.num_heads=", method=METHOD_FLAG):
+    return inference.load(path, method=method, num_heads=config.quality_model.num_heads,
                           family=config.quality_model.family or None,
-                          batch_size=config.batch_size, dtype=dtype)
+                          batch_size=config.batch_size, dtype=dtype,
+                          method_options=registry.config_options(config.quality_model))
 
 
-def _write(config, out: dict[str, str], ident, names, kept, scores, has_exits: bool, extra,
-           skipped, photos, channel_order: str, exit: int) -> None:
+def _write(config, out: dict[str, str], ident, names, kept, scores, model, extra, skipped,
+           photos, channel_order: str, exit: int, path: str) -> None:
   """scores.csv, scores.npz, skipped.txt / no_face.txt (stale ones removed), the stamp LAST."""
   if skipped:
     files.write_text(out["skipped"], "".join(f"{n}\t{e}\n" for n, e in skipped))
   elif os.path.exists(out["skipped"]):
     os.remove(out["skipped"])   # stale list from an earlier run
-  files.write_text(out["csv"], tables.score_table(kept, scores, has_exits, extra=extra))
+  files.write_text(out["csv"], tables.score_table(kept, scores, model.has_exits, extra=extra))
   if photos is not None:   # photos without a face: listed, never dropped silently
     files.write_text(out["no_face"], "".join(f"{n}\n" for n in photos.no_face))
   elif os.path.exists(out["no_face"]):
     os.remove(out["no_face"])   # stale list from an earlier align=detect run
   files.save_npz(out["npz"], image=np.asarray(kept), inputs=np.asarray(names),
-                 checkpoint=np.asarray(os.path.abspath(config.quality_model.path)),
+                 checkpoint=np.asarray(os.path.abspath(path)),
                  channel_order=np.asarray(channel_order), exit=np.asarray(exit),
+                 **({"method": np.asarray(model.method)} if model.method else {}),
                  **scores, **extra)
   identity.write_stamp(out["stamp"], ident, [out["csv"], out["npz"]]
                        + ([out["skipped"]] if skipped else [])
@@ -154,14 +163,15 @@ def _write(config, out: dict[str, str], ident, names, kept, scores, has_exits: b
 
 def run(config) -> dict[str, Any]:
   """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
-  channel_order, paths, names = _check_inputs(config)
+  method, path = registry.resolve_entry(config.quality_model.path,   # [method:]path
+                                        config.quality_model.get("method", ""), METHOD_FLAG)
+  channel_order, paths, names = _check_inputs(config, path)
   out = {k: os.path.join(config.output, f) for k, f in OUTPUTS.items()}
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
-  ident = _identity(config, paths, names, channel_order, exit, dtype)
-  mapping = quality_mapping.mapping_for(config.quality_model.path,
-                                        config.get("quality_mapping", ""))
+  ident = _identity(config, path, method, paths, names, channel_order, exit, dtype)
+  mapping = quality_mapping.mapping_for(path, config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
   align = detection_settings.check_align_mode(config.data.get("align", "none"))
@@ -172,11 +182,11 @@ def run(config) -> dict[str, Any]:
                                               out["no_face"]), "scores"):
     return {"scores": out["csv"], "npz": out["npz"], "cached": True}
 
-  model = _load_model(config, dtype)
+  model = _load_model(config, path, method, dtype)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
-  logging.info("scoring %d images from %s: mode %s, %d of %d exits, batch %d on %d devices",
-               len(paths), config.images, model.mode, num_exits, model.num_exits,
-               model.batch_size, jax.device_count())
+  logging.info("scoring %d images from %s: %s, %d of %d exits, batch %d on %d devices",
+               len(paths), config.images, model.method or f"mode {model.mode}", num_exits,
+               model.num_exits, model.batch_size, jax.device_count())
   photos = None
   rows, row_names = len(paths), list(names)
   reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
@@ -196,8 +206,8 @@ def run(config) -> dict[str, Any]:
                                 "the skipped files in the log")
   if parallel.is_writer():
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    _write(config, out, ident, names, kept, scores, model.has_exits, {**q100, **found},
-           skipped, photos, channel_order, exit)
+    _write(config, out, ident, names, kept, scores, model, {**q100, **found}, skipped, photos,
+           channel_order, exit, path)
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
                rate, config.output)
   if photos is not None and photos.overflow:
