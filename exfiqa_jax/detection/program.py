@@ -26,7 +26,7 @@ to the crowded case would spend most of the refinement on empty slots. When a ca
 exceeded, `overflow` is set for that photo: the faces found are still real, but a face the
 reference would have kept may be missing; raise the caps (config.data.detector.*).
 
-Differences from the reference (tests/test_detect.py measures them): the networks' float
+Differences from the reference (tests/test_detection.py measures them): the networks' float
 rounding (~1e-6), products fused into FMAs by XLA (a box coordinate may differ in its last
 bit), and ties in score, broken by list position here (the reference's last NMS uses an
 unstable sort). Crops hanging over the image edge are clamped as in the reference (not
