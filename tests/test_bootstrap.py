@@ -12,7 +12,7 @@ import pytest
 
 from exfiqa_jax.metrics import bootstrap, edc
 from exfiqa_jax.testing.edc_reference import (boot_data, ref_fiqa, ref_iso, ref_step_pauc,
-                                              ref_trapezoid)
+                                              ref_trapezoid, tied_score_data)
 
 BOOT_FMRS = (1e-1, 1e-2)
 
@@ -132,16 +132,12 @@ def test_pauc_ci_zero_resamples():
 def test_a_given_score_order_gives_the_same_resamples():
   """The pipeline sorts the comparison scores once per stage and passes the order
   (score_perm) to every column group's bootstrap: same numbers as sorting each call."""
-  rng = np.random.default_rng(5)
-  p = 3000
-  s = np.round(rng.standard_normal(p), 2).astype(np.float32)      # ties
-  g = rng.random(p) < 0.2
-  s[g] += 1.5
-  q = rng.random((3, p)).astype(np.float32)
+  s, g, q = tied_score_data(5)
   perm = edc.score_order(s, g)
   for mode in ("fiqa", "iso"):
     ba = bootstrap.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1)
-    bb = bootstrap.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1, score_perm=perm)
+    bb = bootstrap.bootstrap(s, g, q, (1e-2,), mode=mode, num_resamples=4, seed=1,
+                             score_perm=perm)
     np.testing.assert_array_equal(ba.fnmr, bb.fnmr)
     np.testing.assert_array_equal(ba.samples, bb.samples)
   with pytest.raises(ValueError, match="score_perm has shape"):

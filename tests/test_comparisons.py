@@ -59,6 +59,7 @@ def test_random_quality_and_l2_normalize():
   assert a.dtype == np.float32 and a.shape == (1000,) and np.unique(a).size == 1000
   np.testing.assert_array_equal(a, comparisons.random_quality(1000, 3))
   assert not np.array_equal(a, comparisons.random_quality(1000, 4))
-  np.testing.assert_array_equal(a, np.random.default_rng([3, 0x5EED]).random(1000).astype(np.float32))
+  np.testing.assert_array_equal(a, np.random.default_rng([3, 0x5EED]).random(1000)
+                                .astype(np.float32))
   x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
   np.testing.assert_allclose(comparisons.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)

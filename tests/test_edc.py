@@ -13,7 +13,7 @@ import pytest
 import jax
 from exfiqa_jax.metrics import edc, edc_rule
 from exfiqa_jax.testing.edc_reference import (make_data, ref_fiqa, ref_iso, ref_step_pauc,
-                                              ref_trapezoid)
+                                              ref_trapezoid, tied_score_data)
 
 FMRS = (1e-2, 1e-3, 1e-4)
 
@@ -166,12 +166,7 @@ def test_a_given_score_order_gives_the_same_curves():
   """The pipeline sorts the comparison scores once per stage and passes the order
   (score_perm) to every column group's EDC: same numbers as sorting each call (the bootstrap's
   half: tests/test_bootstrap.py)."""
-  rng = np.random.default_rng(5)
-  p = 3000
-  s = np.round(rng.standard_normal(p), 2).astype(np.float32)      # ties
-  g = rng.random(p) < 0.2
-  s[g] += 1.5
-  q = rng.random((3, p)).astype(np.float32)
+  s, g, q = tied_score_data(5)
   perm = edc.score_order(s, g)
   for mode in ("fiqa", "iso"):
     a = edc.edc_curves(s, g, q, (1e-2,), mode=mode, pauc_limit=0.3)

@@ -73,7 +73,8 @@ def test_edc_stage_identity_bootstrap_and_paired_rows(tmp_path):
   np.testing.assert_array_equal(np.moveaxis(st["samples"], 1, 0), want.samples)
   np.testing.assert_array_equal(st["ci_low"], bootstrap.percentile_ci(want.samples, 0.05)[0])
   assert st["band_low"].shape == (len(cols), 1, 20)
-  rows = paired_columns.compare_columns("toy", "fr", "fiqa", cols, (1e-1,), st["pauc"], want.samples)
+  rows = paired_columns.compare_columns("toy", "fr", "fiqa", cols, (1e-1,), st["pauc"],
+                                        want.samples)
   assert rows and all(np.isfinite(r["p_value"]) for r in rows)
   config.eval.bootstrap_unit = "pair"                 # the unit is part of the stage identity
   st2 = pipeline.edc_stage(cache, bench, "fr", "fiqa", cmp, cols, image_q, {}, config)

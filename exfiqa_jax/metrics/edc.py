@@ -28,7 +28,8 @@ from jax import lax
 
 from exfiqa_jax.metrics import edc_rule as rule
 from exfiqa_jax.metrics.arrays import canonical, count_le, is_tracer, pad_rows, sortable
-from exfiqa_jax.metrics.edc_rule import FIQA_DISCARD, MODES, PAUC_LIMIT, score_order  # noqa: F401  (public API)
+# Part of the public API (`from exfiqa_jax import edc`: edc.FIQA_DISCARD, edc.score_order, ...).
+from exfiqa_jax.metrics.edc_rule import FIQA_DISCARD, MODES, PAUC_LIMIT, score_order  # noqa: F401
 
 _BLOCK = 1024          # block of the impostor score order for the per-level count tables
 _TIE_BLOCK = 4096      # block of the pair index for splitting a quality tie group

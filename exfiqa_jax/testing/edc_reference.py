@@ -95,3 +95,12 @@ def boot_data(seed, p=360, n_gen=120, n_sets=2, tied=True, tied_scores=True, n_i
   ids[gen, 1] = ids[gen, 0]                                  # a genuine pair: one identity
   ids[~gen, 1] = (ids[~gen, 0] + 1 + rng.integers(0, n_ids - 1, (~gen).sum())) % n_ids
   return (*scores_and_quality(rng, gen, n_sets, tied, tied_scores), ids)
+
+
+def tied_score_data(seed, p=3000, n_sets=3):
+  """Comparison scores rounded to 0.01 (many ties), genuines 1.5 higher, uniform qualities."""
+  rng = np.random.default_rng(seed)
+  s = np.round(rng.standard_normal(p), 2).astype(np.float32)
+  g = rng.random(p) < 0.2
+  s[g] += 1.5
+  return s, g, rng.random((n_sets, p)).astype(np.float32)
