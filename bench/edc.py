@@ -1,7 +1,7 @@
 """EDC engine and its bootstrap at IJB-C and LFW scale vs vectorised NumPy, ratios from ONE run.
 
   python -m bench.edc [--pairs=15658489] [--genuine=19557] [--sets=26] [--numpy_sets=1]
-                      [--boot_sets=4] [--boot_resamples=20] [--lfw_resamples=200] [--quick]
+                      [--boot_sets=4] [--boot_resamples=20] [--lfw_resamples=200] [--skip_edc]
 
 Three targets (docs/evaluation.md, "Speed"), each printed with the machine's ceiling:
   1. LFW size (6,000 pairs, 3,000 genuine), 12 quality sets x 3 FMRs x 200 resamples <= 15 s
