@@ -4,7 +4,7 @@
     model = fx.load("vitfiqa_token.pt", num_heads=8)   # or a converted directory
     out = model.score(images)                          # uint8 [B, H, W, 3] RGB
     out = model.score(photos, align="detect")          # raw photos: detect, align, score
-    from exfiqa_jax import edc                         # EDC, pAUC, bootstrap CIs
+    from exfiqa_jax import edc, bootstrap              # EDC and pAUC; bootstrap CIs
 
 Submodules load on first use, so `import exfiqa_jax` is cheap (docs/README.md has the map).
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_LAZY = {"edc": "exfiqa_jax.metrics.edc", "comparisons": "exfiqa_jax.metrics.comparisons"}
+_LAZY = {"edc": "exfiqa_jax.metrics.edc", "bootstrap": "exfiqa_jax.metrics.bootstrap",
+         "comparisons": "exfiqa_jax.metrics.comparisons"}
 
 
 def load(*args: Any, **kwargs: Any):
