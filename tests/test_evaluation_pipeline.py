@@ -200,3 +200,73 @@ def test_bad_inputs(world, tmp_path):
   with pytest.raises(ValueError, match="disagree on the image list"):
     evaluate.run(_bin_config(world, tmp_path / "o2",
                              **{"fr.path": f"precomputed:{emb_dir / 'embeddings.npy'}"}))
+
+
+def test_a_quality_method_beside_a_vitfiqa_model(world, tmp_path):
+  """`name=method:path`: SER-FIQ on the FR model's iResNet beside the ViT-FIQA model — its column
+  in pauc.csv equal to the EDC engine on `fx.load(..., method="serfiq")` scores, with bootstrap
+  CIs, per-group EDC and the default pairs "our best against each method"; a changed method
+  option recomputes that model's quality stage only."""
+  label = "".join(f"{k:05d}.jpg,{'A' if (k // 2) % 4 < 2 else 'B'}\n" for k in range(40))
+  (tmp_path / "groups.csv").write_text("image,group\n" + label)
+  over = {"quality_model.path": f"ours={world['token']},sf=serfiq:{world['fr']}",
+          "quality_model.serfiq.passes": 3, "eval.bootstrap": 8,
+          "eval.groups": str(tmp_path / "groups.csv")}
+  output = tmp_path / "out"
+  evaluate.run(_bin_config(world, output, **over))
+  from exfiqa_jax.data import builders, protocols
+  source, info = builders.load("verification_bin/mini", None, world["data_dir"], decode=True,
+                               **protocols.build_options("verification_bin", "published"))
+  images = np.stack([r["image"] for r in source])
+  q = inference.load(world["fr"], method="serfiq", passes=3, batch_size=8).score(images)
+  module, variables, cfg = inference.load_fr_model(world["fr"])
+  emb = embedding.embed_images(module, variables, images, "concat", cfg["input_scale"], 8)
+  feats = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+  pairs = np.stack([info.pairs["index_a"], info.pairs["index_b"]], 1)
+  scores = np.sum(feats[pairs[:, 0]] * feats[pairs[:, 1]], 1)
+  pq = np.minimum(q["serfiq"][pairs[:, 0]], q["serfiq"][pairs[:, 1]])[None]
+  rows = {(r["quality"], r["mode"], float(r["fmr"])): r
+          for r in tables.read_csv(output / "pauc.csv")}
+  fmrs = (1e-2, 1e-3, 1e-4)
+  for mode, limit in (("fiqa", 0.3), ("iso", 0.2)):
+    ref = edc.edc_curves(scores, info.pairs["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
+                         pauc_limit=limit)
+    for f, fmr in enumerate(fmrs):
+      row = rows[("sf/serfiq", mode, fmr)]
+      assert float(row["pauc"]) == pytest.approx(ref.pauc[0, f], abs=1e-6)
+      assert float(row["ci_low"]) <= float(row["ci_high"])
+      ours = {k[0]: float(r["pauc"]) for k, r in rows.items() if k[1:] == (mode, fmr)
+              and k[0].startswith("ours/") and float(r["pauc"]) == float(r["pauc"])}
+      best = min(ours, key=lambda name: ours[name])
+      assert [(r["quality_a"], r["quality_b"]) for r in tables.read_csv(output / "pauc_diff.csv")
+              if r["mode"] == mode and float(r["fmr"]) == fmr
+              and r["quality_b"] == "sf/serfiq"] == [(best, "sf/serfiq")]
+  assert _read(output / "mini" / "scores_sf.csv").splitlines()[0] == "image,serfiq"
+  assert "| sf/serfiq |" in _read(output / "summary.md")
+  assert {r["quality"] for r in tables.read_csv(output / "pauc_groups.csv")} >= {"sf/serfiq"}
+  assert (output / "plots" / "attention_mini_ours.png").exists()
+  assert not (output / "plots" / "attention_mini_sf.png").exists()
+  again = evaluate.run(_bin_config(world, output, **{**over, "quality_model.serfiq.passes": 4}))
+  assert "quality/mini/sf" in again["computed"]
+  assert not {"quality/mini/ours", "embed/mini/fr"} & set(again["computed"])
+
+
+def test_quality_entries_and_their_errors(world, tmp_path):
+  from exfiqa_jax.evaluation import pipeline
+  from exfiqa_jax.methods import registry
+  path_of = lambda entry: registry.split_method(entry)[1]
+  assert pipeline.parse_named_list("ours=ckpt/vitfiqa_token,cr=crfiqa:cr.pth,"
+                                   "grafiqs:/m/r100.pth,w=C:\\m\\x.pt", path_of) == [
+      ("ours", "ckpt/vitfiqa_token"), ("cr", "crfiqa:cr.pth"), ("r100", "grafiqs:/m/r100.pth"),
+      ("w", "C:\\m\\x.pt")]
+  with pytest.raises(ValueError, match=r"'cr' is not a quality method.*'serfiq'"):
+    evaluate.run(_bin_config(world, tmp_path / "o", **{
+        "quality_model.path": f"a={world['token']},b=cr:{world['fr']}"}))
+  with pytest.raises(ValueError, match=r"--config.quality_model.method=grafiqs needs an iResNet"):
+    evaluate.run(_bin_config(world, tmp_path / "o", **{
+        "quality_model.path": f"a=grafiqs:{world['token']}"}))
+  with pytest.raises(ValueError, match=r"--config.quality_model.method='grafics' is not"):
+    evaluate.run(_bin_config(world, tmp_path / "o", **{"quality_model.method": "grafics"}))
+  with pytest.raises(ValueError, match=r"no ViT quality model named 'sf'"):
+    evaluate.run(_bin_config(world, tmp_path / "o", **{
+        "quality_model.path": f"sf=grafiqs:{world['fr']}", "fr.path": "quality_model"}))

@@ -99,3 +99,16 @@ def test_rerun_recomputes_nothing(run):
   again = early_exit.run(config)
   assert again["computed"] == []
   assert again["rows"] == first["rows"]
+
+
+@pytest.mark.parametrize("method, kind", [("grafiqs", "fr"), ("vitnt", "model")])
+def test_a_quality_method_is_refused(run, tmp_path, method, kind):
+  """The study needs a ViT-FIQA model's exits: a method (a baseline on an FR CNN, or ViTNT on
+  the ViT-FIQA model itself) is a clear error naming the flag, before any data work."""
+  root, config, _ = run
+  path = worlds.save_iresnet(tmp_path / "fr", 1) if kind == "fr" else config.quality_model.path
+  bad = worlds.override(early_exit_config.get_config("size=smoke"),
+                        **{"quality_model.path": path, "quality_model.method": method},
+                        output=str(tmp_path / "out"), progress=False)
+  with pytest.raises(ValueError, match=f"--config.quality_model.method={method} has none"):
+    early_exit.run(bad)

@@ -36,6 +36,8 @@ def examples(run: EvalRun, benchmarks: Sequence[Benchmark], quality: Sequence[Qu
   for bench in benchmarks:
     for spec in quality:
       st = run.quality[bench.name][spec.name]
+      if "attn_scores" not in st.arrays:      # a quality method: no attention to draw
+        continue
       q = st["exit_scores"][:, -1] if "exit_scores" in st.arrays else st["attn_scores"][:, -1]
       order = np.argsort(-q, kind="stable")
       k = min(count, len(q) // 2)

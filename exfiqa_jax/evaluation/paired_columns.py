@@ -3,7 +3,8 @@
 exfiqa_jax/metrics/paired.py.
 
 Default comparisons (`default_pairs`): per quality model, each fusion and the best exit against
-the last exit, and every exit against `random`. Δ < 0 means quality_a discards better.
+the last exit, and every exit against `random`; then our best column (exits, fusions, ATTN)
+against each quality method's column (the baselines). Δ < 0 means quality_a discards better.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ COLUMNS = ("benchmark", "fr_model", "mode", "fmr", "quality_a", "quality_b", "de
 def default_pairs(columns: Sequence[QualityColumn], pauc: np.ndarray) -> list[tuple[int, int]]:
   """(a, b) row pairs for one FMR's pAUC [S]: per model, each fusion and the best exit (lowest
   pAUC, if not the last) against the last exit; every exit against `random`. Models without
-  exit heads (mode "fr") use their attn_* columns as exits."""
+  exit heads (mode "fr") use their attn_* columns as exits. Then our best (lowest pAUC among
+  every model's exit, fusion and attn columns) against each method column (crfiqa, serfiq,
+  vitnt, ...)."""
   pairs: list[tuple[int, int]] = []
   rnd = next((i for i, c in enumerate(columns) if c.name == columns_lib.RANDOM), None)
   for model in dict.fromkeys(c.model for c in columns if not c.is_baseline):
@@ -44,6 +47,10 @@ def default_pairs(columns: Sequence[QualityColumn], pauc: np.ndarray) -> list[tu
         pairs.append((best, last))
     if rnd is not None:
       pairs += [(i, rnd) for _, i in exits]
+  ours = [(float(pauc[i]), i) for i, c in enumerate(columns)
+          if c.kind in ("exit", "fusion", "attn") and np.isfinite(pauc[i])]
+  if ours:
+    pairs += [(min(ours)[1], i) for i, c in enumerate(columns) if c.kind == "method"]
   return list(dict.fromkeys(pairs))
 
 

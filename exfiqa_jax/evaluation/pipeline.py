@@ -4,7 +4,8 @@ Per benchmark, each a cached stage (exfiqa_jax/evaluation/stages.py; a killed ru
 config recomputes only what depends on it):
   quality/<bench>/<model>   every quality model, one pass per image: exit_scores [I, L],
                             ex_fiqa_f, ex_fiqa_fw [I], attn_scores [I, L], image names
-                            (config.exit=k: the program truncated after block k, L = k)
+                            (config.exit=k: the program truncated after block k, L = k); a
+                            quality method's columns [I] (crfiqa, serfiq, vitnt, ...)
   embed/<bench>/<fr>        FR embeddings with the flip convention (exfiqa_jax/embedding.py), or a
                             precomputed .npy, or the quality model's own feature head
   compare/<bench>/<fr>      cosine comparison scores of the pairs, or of the IJB-C templates
@@ -38,9 +39,11 @@ from exfiqa_jax.metrics import bootstrap, verification
 from exfiqa_jax.evaluation import paired_columns
 from exfiqa_jax.evaluation import results
 from exfiqa_jax.evaluation.benchmarks import Benchmark, image_names, image_reader
+from exfiqa_jax.methods import registry
 
 PRECOMPUTED = "precomputed:"
 SELF_FR = "quality_model"
+METHOD_FLAG = "--config.quality_model.method="
 
 
 # ------------------------------------------------------------------------------------------
@@ -50,19 +53,20 @@ SELF_FR = "quality_model"
 class QualitySpec:
   name: str
   path: str
-  model: inference.QualityModel
+  model: inference.QualityModel | inference.MethodModel
   exit: int = 0          # config.exit: the program stops after block k (0 = every exit)
 
 
-def parse_named_list(value: str) -> list[tuple[str, str]]:
-  """"a=path1,path2" → [("a", "path1"), (basename, "path2")]."""
+def parse_named_list(value: str, path_of: Callable[[str], str] = str) -> list[tuple[str, str]]:
+  """"a=path1,path2" → [("a", "path1"), (basename, "path2")]; `path_of` finds the path an
+  unnamed entry is named after (quality entries: [method:]path, registry.split_method)."""
   out = []
   for item in [v.strip() for v in str(value or "").split(",") if v.strip()]:
     if "=" in item and not item.startswith(PRECOMPUTED):
       name, path = item.split("=", 1)
     else:
       path = item
-      base = item[len(PRECOMPUTED):] if item.startswith(PRECOMPUTED) else item
+      base = item[len(PRECOMPUTED):] if item.startswith(PRECOMPUTED) else path_of(item)
       name = os.path.splitext(os.path.basename(os.path.normpath(base)))[0] or base
     out.append((name.strip(), path.strip()))
   names = [n for n, _ in out]
@@ -72,23 +76,27 @@ def parse_named_list(value: str) -> list[tuple[str, str]]:
 
 
 def load_quality_models(config) -> list[QualitySpec]:
-  items = parse_named_list(config.quality_model.path)
+  """Every `name=[method:]path` of config.quality_model.path, loaded (methods/registry.py)."""
+  items = parse_named_list(config.quality_model.path, lambda e: registry.split_method(e)[1])
   if not items:
     raise ValueError("no quality model: pass --config.quality_model.path=<converted dir or .pt> "
-                     "(several as name1=path1,name2=path2)")
+                     "(several as name1=[method:]path1,name2=...)")
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
   specs = []
-  for name, path in items:
+  for name, entry in items:
+    method, path = registry.resolve_entry(entry, config.quality_model.get("method", ""),
+                                          METHOD_FLAG)
     path = os.path.expanduser(path)
     if not os.path.exists(path):
       raise FileNotFoundError(f"quality checkpoint {path} does not exist; pass "
                               "--config.quality_model.path=<converted directory or PyTorch .pt>")
     with strict.flags_named(family="--config.quality_model.family=",
-                            num_heads="--config.quality_model.num_heads="):
-      model = inference.load(path, num_heads=config.quality_model.num_heads,
+                            num_heads="--config.quality_model.num_heads=", method=METHOD_FLAG):
+      model = inference.load(path, method=method, num_heads=config.quality_model.num_heads,
                              family=config.quality_model.family or None,
-                             batch_size=config.batch_size, dtype=dtype)
+                             batch_size=config.batch_size, dtype=dtype,
+                             method_options=registry.config_options(config.quality_model))
     exit = int(config.get("exit", 0) or 0)
     model.resolve_exit(exit)               # a clear error for an exit outside 1..L
     specs.append(QualitySpec(name, os.path.abspath(path), model, exit))
@@ -110,9 +118,10 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
   for name, path in parse_named_list(value):
     if path == SELF_FR or path.startswith(SELF_FR + ":"):
       which = path.split(":", 1)[1] if ":" in path else quality[0].name
-      if which not in [q.name for q in quality]:
-        raise ValueError(f"--config.fr.path={path!r}: no quality model named {which!r} "
-                         f"(have {[q.name for q in quality]})")
+      if which not in [q.name for q in quality if isinstance(q.model, inference.QualityModel)]:
+        raise ValueError(f"--config.fr.path={path!r}: no ViT quality model named {which!r} "
+                         f"(have {[q.name for q in quality]}; a method's checkpoint is an FR "
+                         "model as --config.fr.path=<its path>)")
       out.append((SELF_FR if len(quality) == 1 else f"{SELF_FR}:{which}", path))
     elif path.startswith(PRECOMPUTED):
       file = os.path.expanduser(path[len(PRECOMPUTED):])
@@ -145,7 +154,8 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
   deps = {"benchmark": bench.identity, "checkpoint": checkpoints.checkpoint_identity(spec.path),
           "model_config": model.model_config, "num_heads": config.quality_model.num_heads,
           **({"exit": spec.exit} if spec.exit else {}),   # every-exit caches stay valid
-          **({"compute_dtype": model.dtype} if model.dtype != "float32" else {})}
+          **({"compute_dtype": model.dtype} if model.dtype != "float32" else {}),
+          **model.method_identity()}          # {} for the ViT-FIQA pass (caches stay valid)
 
   def compute(lo, hi):
     parts = []
@@ -262,14 +272,15 @@ def quality_columns(quality: Sequence[QualitySpec], qstages: Mapping[str, stages
                     extra: Mapping[str, tuple[str, np.ndarray]], num_images: int, seed: int
                     ) -> tuple[list[results.QualityColumn], np.ndarray]:
   """Every quality column and its image qualities [S, I]: per model exit_1..L, fusions,
-  attn_1..L; the caller's extra columns; and `random` (seeded)."""
+  attn_1..L, its method columns; the caller's extra columns; and `random` (seeded)."""
   prefix = len(quality) > 1
   cols, values = [], []
   for spec in quality:
     st = qstages[spec.name]
     has_exits = "exit_scores" in st.arrays
-    num_exits = st["attn_scores"].shape[1]
-    for col in results.column_set(spec.name, num_exits, prefix, has_exits):
+    num_exits = st["attn_scores"].shape[1] if "attn_scores" in st.arrays else 0
+    for col in results.column_set(spec.name, num_exits, prefix, has_exits,
+                                  columns.method_names(st.arrays)):
       cols.append(col)
       if col.kind == "exit":
         values.append(st["exit_scores"][:, col.exit - 1])

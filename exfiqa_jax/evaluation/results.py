@@ -10,7 +10,8 @@ import numpy as np
 from exfiqa_jax import columns
 from exfiqa_jax.metrics import edc
 
-KINDS = ("exit", "fusion", "attn", columns.RANDOM, columns.ORACLE)
+KINDS = ("exit", "fusion", "attn", "method", columns.RANDOM, columns.ORACLE)   # method: a
+#   quality method's column (crfiqa, serfiq, grafiqs_block1, vitnt, ...; methods/registry.py)
 BASELINE_KINDS = (columns.RANDOM, columns.ORACLE)     # references, never marked best
 
 
@@ -58,10 +59,11 @@ class BenchmarkEval:
     return [c.name for c in self.columns]
 
 
-def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
-               ) -> list[QualityColumn]:
+def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True,
+               methods: Sequence[str] = ()) -> list[QualityColumn]:
   """The quality columns of one quality model, in scores.csv order: exit_1..exit_L, ex_fiqa_f,
-  ex_fiqa_fw, attn_1..attn_L (only attn_* for mode "fr" models)."""
+  ex_fiqa_fw, attn_1..attn_L (only attn_* for mode "fr" models), then `methods` (the method
+  columns it computed; a method model has only these)."""
   def name(column: str) -> str:
     return columns.with_model(model, column) if prefix else column
 
@@ -72,6 +74,7 @@ def column_set(model: str, num_exits: int, prefix: bool, has_exits: bool = True
     cols += [QualityColumn(name(f), "fusion", model) for f in columns.FUSIONS]
   cols += [QualityColumn(name(columns.attn_name(l)), "attn", model, l)
            for l in range(1, num_exits + 1)]
+  cols += [QualityColumn(name(m), "method", model) for m in methods]
   return cols
 
 

@@ -18,7 +18,7 @@ produced them (float repr), so the files equal `exfiqa_jax.metrics.edc`.
   summary.md   the papers' table: rows = quality columns, columns = benchmark × FMR, pAUC ×1e3,
                best per column in bold (baselines such as `random` are never "best")
   plots/       edc_<benchmark>_<fr>_<mode>.png (one panel per FMR: exits faint, fusions and
-               ATTN bold, baselines dashed), pauc_vs_gflops_<fr>_<mode>.png, and
+               ATTN bold, quality methods dash-dotted, random and oracle dashed/dotted), pauc_vs_gflops_<fr>_<mode>.png, and
                attention_<benchmark>_<model>.png (highest- and lowest-quality images)
 The per-group files are exfiqa_jax/report/groups.py's.
 """
@@ -42,6 +42,7 @@ EDC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "discard", "fn
                "threshold", "n_genuine", "n_impostor")
 PAUC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "limit", "pauc", "ci_low",
                 "ci_high")
+METHOD_COLORS = ("C4", "C5", "C6", "C8", "C9")     # the quality methods' curves, by column
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def write_paired(output: str, rows: Sequence[Mapping[str, Any]]) -> str:
 
 def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
   """"Paired comparisons" section: every comparison not against `random` (fusions and the best
-  exit against the last exit), Δ pAUC ×1e3 with its interval and p; the exit-vs-random ones
+  exit against the last exit, our best against each method), Δ pAUC ×1e3 with its interval and p; the exit-vs-random ones
   summarised in one line (all of them are in pauc_diff.csv)."""
   if not rows:
     return []
@@ -212,19 +213,26 @@ def _style(col: QualityColumn, num_exits: int) -> dict[str, Any]:
   if col.kind == "fusion":
     return dict(lw=2.2, alpha=1.0,
                 color="C2" if columns.base_name(col.name) == columns.EX_FIQA_F else "C1")
+  if col.kind == "method":
+    index = columns.METHOD_COLUMNS.index(columns.base_name(col.name))
+    return dict(lw=1.8, alpha=1.0, color=METHOD_COLORS[index % len(METHOD_COLORS)], ls="-.")
   if col.kind == columns.RANDOM:
     return dict(lw=1.6, alpha=0.9, color="k", ls="--")
   return dict(lw=1.6, alpha=0.9, color="C7", ls=":")
 
 
+_BANDED = ("fusion", "method", columns.RANDOM, columns.ORACLE)   # drawn with their CI band
+
+
 def _labelled(col: QualityColumn, num_exits: int) -> bool:
-  return col.kind in ("fusion", columns.RANDOM, columns.ORACLE) or (col.exit in (1, num_exits))
+  return col.kind in _BANDED or (col.exit in (1, num_exits))
 
 
 def plot_edc(path: str, result: BenchmarkEval, mode: str,
              band: tuple[np.ndarray, np.ndarray] | None = None) -> str:
   """EDC curves of one benchmark and mode, one panel per FMR; band = bootstrap (low, high)
-  [S, F, R] FNMR per level, drawn around the fusions, the last exit and the baselines."""
+  [S, F, R] FNMR per level, drawn around the fusions, the last exit, the methods and the
+  baselines."""
   m = result.modes[mode]
   fmrs = list(result.fmrs)
   fig = plots.figure(4.2 * len(fmrs), 3.6)
@@ -237,8 +245,7 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str,
       L = depth.get(col.model, 1)
       style = _style(col, L)
       ax.plot(x, m.curves.fnmr[s, f], label=col.name if _labelled(col, L) else None, **style)
-      if band is not None and (col.kind in ("fusion", columns.RANDOM, columns.ORACLE)
-                               or (col.kind == "exit" and col.exit == L)):
+      if band is not None and (col.kind in _BANDED or (col.kind == "exit" and col.exit == L)):
         lo, hi = band[0][s, f], band[1][s, f]
         ok = np.isfinite(lo) & np.isfinite(hi)
         if ok.any():

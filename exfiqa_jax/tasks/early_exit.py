@@ -32,6 +32,10 @@ def run(config) -> dict[str, Any]:
   if len(quality) != 1:
     raise ValueError("early_exit analyses one quality model; pass one "
                      "--config.quality_model.path")
+  if quality[0].model.method or not quality[0].model.has_exits:
+    raise ValueError(f"early_exit studies a ViT-FIQA model's exits; {quality[0].path} with "
+                     f"{pipeline.METHOD_FLAG}{quality[0].model.method} has none (leave the method "
+                     "empty and pass a ViT-FIQA checkpoint)")
   pipeline.fr_items(config, quality)        # a bad FR input fails before any data work
   names = benchmarks.benchmark_names(config)
   if len(names) != 1:
