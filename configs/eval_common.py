@@ -17,7 +17,8 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
                 output: str = "out/eval") -> ml_collections.ConfigDict:
   config = common.base_config(task, output)
   # Quality model(s): a converted directory or PyTorch .pt; several as name1=path1,name2=path2
-  # (e.g. vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa).
+  # (e.g. vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa); a baseline method per
+  # entry as name=method:path (ours=ckpt/vitfiqa_token,cr=crfiqa:cr.pth,gq=grafiqs:r100.pth).
   config.quality_model = common.quality_model()
   # FR model(s) in fr.path, comma list: a converted FR directory or .pt (iResNet / ViT families),
   # "precomputed:<embeddings.npy>" (one row per image, in image order), or "quality_model"

@@ -5,7 +5,10 @@
       [--config.data.channel_order=rgb|bgr] [--config.batch_size=64] \
       [--config.skip_unreadable=True] [--config.exit=7]
 
-`quality_model.path`: a converted directory or a PyTorch .pt (converted in memory). `images`:
+`quality_model.path`: a converted directory or a PyTorch .pt (converted in memory), or
+`method:path`; `quality_model.method` (and its options quality_model.serfiq.* / vitnt.* /
+magface.*) picks a baseline method, whose columns scores.csv then has (crfiqa, serfiq,
+grafiqs_image.., vitnt..; docs/methods.md, Baselines; configs/common.py). `images`:
 every image under a folder (recursive, sorted) or a text file with one path per line (relative
 paths are resolved against `image_root`, default the list file's folder). Writes OUT/scores.csv
 (image, exit_1..exit_L, ex_fiqa_f, ex_fiqa_fw, attn_1..attn_L; for mode "fr" checkpoints

@@ -20,8 +20,8 @@ _LAZY = {"edc": "exfiqa_jax.metrics.edc", "bootstrap": "exfiqa_jax.metrics.boots
 
 
 def load(*args: Any, **kwargs: Any):
-  """Loads a quality model from a converted directory or a PyTorch `.pt` file
-  (exfiqa_jax.inference.load)."""
+  """Loads a quality model from a converted directory or a PyTorch `.pt` file; `method=` picks
+  a quality method, e.g. fx.load("r100.pth", method="serfiq") (exfiqa_jax.inference.load)."""
   from exfiqa_jax.inference import load as _load
   return _load(*args, **kwargs)
 

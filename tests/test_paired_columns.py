@@ -34,6 +34,26 @@ def test_default_pairs_and_rows():
                                    pairs=[("exit_9", "random")])
 
 
+def test_default_pairs_put_our_best_against_each_method():
+  """A ViT-FIQA model beside two method models (CR-FIQA, GraFIQs' two first columns): the pairs
+  of a ViT-FIQA-only run first, unchanged, then our best (any model's exit, fusion or attn)
+  against every method column; method models add no pairs of their own."""
+  ours = column_set("t", 2, prefix=True)        # t/exit_1, t/exit_2, t/ex_fiqa_f(w), t/attn_1..2
+  cols = (ours + column_set("cr", 0, True, False, ("crfiqa",))
+          + column_set("gq", 0, True, False, ("grafiqs_image", "grafiqs_block1"))
+          + [QualityColumn("random", "random")])
+  names = [c.name for c in cols]
+  assert names[len(ours):] == ["cr/crfiqa", "gq/grafiqs_image", "gq/grafiqs_block1", "random"]
+  pauc = np.array([0.3, 0.2, 0.25, 0.15, 0.5, 0.4, 0.1, 0.2, 0.3, 0.6])
+  vit_only = ours + cols[-1:]
+  alone = [(vit_only[a].name, vit_only[b].name) for a, b in paired_columns.default_pairs(
+      vit_only, np.concatenate([pauc[:len(ours)], pauc[-1:]]))]
+  got = [(names[a], names[b]) for a, b in paired_columns.default_pairs(cols, pauc)]
+  assert got == alone + [("t/ex_fiqa_fw", "cr/crfiqa"), ("t/ex_fiqa_fw", "gq/grafiqs_image"),
+                         ("t/ex_fiqa_fw", "gq/grafiqs_block1")]
+  assert not paired_columns.default_pairs(cols[len(ours):], pauc[len(ours):])   # no ours
+
+
 # ------------------------------------------------------------------------------------------
 # The evaluation's EDC stage: resampling unit from the config, samples stored for the paired
 # comparisons, errors naming their flags (no models: a stage fed with arrays)

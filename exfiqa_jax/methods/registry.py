@@ -90,10 +90,11 @@ def identity(method: str, tables: Mapping[str, Mapping[str, Any]] | None = None
   """What a cache identity records of an asked method and the option tables (`config_options`):
   {} for "" with every option at its default (identities written before methods existed stay
   valid); else the method and the options that apply — the method's own, or for "" the tables
-  that differ from their defaults (a MagFace or FR ViT checkpoint reads them)."""
+  of the methods "" can imply (magface, vitnt) that differ from their defaults."""
   tables = dict(tables or {})
   if method:
     return {"method": method, "options": options(method, tables.get(method, {}))}
+  implied = set(FAMILY_METHODS.values()) | {VITNT}     # what "" can turn into
   changed = {name: options(name, table) for name, table in tables.items()
-             if options(name, table) != options(name)}
+             if name in implied and options(name, table) != options(name)}
   return {"method": IMPLIED, "options": changed} if changed else {}
