@@ -191,22 +191,9 @@ class StageCache:
               disable=not self.progress) as bar:
       for lo in starts:
         hi = min(num_items, lo + chunk_size)
-        part_path = os.path.join(parts_dir, f"{lo:010d}.npz")
-        arrays = self.load(part_path[len(self.root) + 1:-4], fp) if parallel.is_writer() or (
-            jax.process_count() > 1) else None
-        if _agree(arrays is not None):
-          if arrays is None:
-            raise RuntimeError(f"stage {name}: chunk {lo} is cached on process 0 but not "
-                               "readable here; put config.output on a shared filesystem")
-          resumed += 1
-        else:
-          arrays = {k: np.asarray(v) for k, v in compute_chunk(lo, hi).items()}
-          for k, v in arrays.items():
-            if v.shape[:1] != (hi - lo,):
-              raise ValueError(f"stage {name}: chunk [{lo}, {hi}) returned {k} with shape "
-                               f"{v.shape}, expected {hi - lo} leading rows")
-          self._store(part_path, fp, {"stage": name, "chunk": lo}, arrays)
-          self._log(name, fp, "chunk", start=lo, stop=hi)
+        arrays, cached = self._chunk(name, fp, os.path.join(parts_dir, f"{lo:010d}.npz"), lo,
+                                     hi, compute_chunk)
+        resumed += cached
         pieces.append(arrays)
         bar.update(hi - lo)
     if not pieces:
@@ -220,6 +207,27 @@ class StageCache:
                  resumed, len(starts))
     self._log(name, fp, "computed", seconds=round(seconds, 3), resumed_chunks=resumed)
     return Stage(name, fp, result, False)
+
+  def _chunk(self, name: str, fp: str, part_path: str, lo: int, hi: int,
+             compute_chunk: Callable[[int, int], Mapping[str, np.ndarray]]
+             ) -> tuple[dict[str, np.ndarray], bool]:
+    """Rows [lo, hi) of a chunked stage: (arrays, True) from a finished chunk of an earlier
+    run, else (computed and stored, False)."""
+    arrays = self.load(part_path[len(self.root) + 1:-4], fp) if parallel.is_writer() or (
+        jax.process_count() > 1) else None
+    if _agree(arrays is not None):
+      if arrays is None:
+        raise RuntimeError(f"stage {name}: chunk {lo} is cached on process 0 but not "
+                           "readable here; put config.output on a shared filesystem")
+      return arrays, True
+    arrays = {k: np.asarray(v) for k, v in compute_chunk(lo, hi).items()}
+    for k, v in arrays.items():
+      if v.shape[:1] != (hi - lo,):
+        raise ValueError(f"stage {name}: chunk [{lo}, {hi}) returned {k} with shape "
+                         f"{v.shape}, expected {hi - lo} leading rows")
+    self._store(part_path, fp, {"stage": name, "chunk": lo}, arrays)
+    self._log(name, fp, "chunk", start=lo, stop=hi)
+    return arrays, False
 
   def computed(self) -> list[str]:
     """Stages computed (not loaded) in this process so far."""
