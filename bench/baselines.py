@@ -31,10 +31,12 @@ Float32 on both sides, PyTorch on every core.
 Timing: our programs are compiled ahead of time (compile seconds printed), every route is warmed
 up once, then timed once per round in a shuffled order (bench/throughput.time_interleaved) so
 that load from other jobs falls on all routes alike; figures are medians. The official SER-FIQ
-(T full passes per image) scores one image and is timed in one round. Ratios use wall clock;
-the CPU-time ratio beside them (this process's CPU seconds over all threads) moves less with
-other jobs. The machine may be shared: the load average is printed; compare ratios from one run.
-Runtime on a loaded 2-core CPU: a few minutes (default), well under one (--small).
+(T full passes per image) scores one image and is timed in one round; our two ViT passes, whose
+ratio is the ViTNT overhead, are timed in three times the rounds. Ratios use wall clock; the
+CPU-time ratio beside them (this process's CPU seconds over all threads) is a second reading.
+The load average is printed: PyTorch's threads lose far more than XLA's on cores other jobs
+share, so a loaded machine flatters our routes (docs/methods.md, Baselines, has the spread).
+Runtime on the shared 2-core CPU: 1.5 to 5 minutes (default), under 40 s (--small).
 """
 from __future__ import annotations
 
@@ -242,6 +244,35 @@ def serfiq_memory_row(temp: dict[int, int | None], mask_bytes: int) -> Row:
              target="growth < 25 % of those", met=verdict(growth < 0.25 * masks))
 
 
+def ntfiq_official(twin: vit_ref.VitFiqaTorch, x: torch.Tensor,
+                   scaling: float = vitnt.DEFAULT_SCALING) -> np.ndarray:
+  """gurayozgur/ViTNT-FIQA `calculate_ntfiq` (every block, attention weights from the last) on
+  the twin's modules as the official file runs it: each block once, its softmax attention kept
+  (testing/baselines_free_torch.ntfiq recomputes the logits beside the block: same numbers,
+  more work), then the per-image, per-patch Python loop."""
+  with torch.no_grad():
+    h, normalised = twin.embed(x), []
+    for blk in twin.blocks:
+      logits, v = blk.attn.logits(blk.norm1(h))
+      attn = logits.softmax(dim=-1)
+      h = h + blk.attn.proj((attn @ v).transpose(1, 2).reshape(h.shape))
+      h = h + blk.mlp(blk.norm2(h))
+      z = twin.norm(h.float())
+      normalised.append(z / torch.linalg.vector_norm(z, ord=2, dim=2, keepdim=True))
+    all_x = torch.stack(normalised, dim=1)                              # [B, T, N, D]
+    weights = attn.mean(dim=1).sum(dim=1)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    scores = torch.empty((all_x.shape[0],))
+    for i in range(all_x.shape[0]):
+      patch_scores = []
+      for p in range(all_x.shape[2]):
+        patch = all_x[i, :, p, :]
+        d = torch.norm(patch[:-1] - patch[1:], p=2, dim=1).mean()
+        patch_scores.append(2 * (1 / (1 + torch.exp(scaling * d))))
+      scores[i] = (torch.stack(patch_scores) * weights[i]).sum()
+  return scores.numpy()
+
+
 def vitnt_rows(sizes: Sizes, faces: np.ndarray, rounds: int, compiled: dict) -> list[Row]:
   cfg = sizes.vit
   twin, variables = vit_twin(cfg)
@@ -261,14 +292,17 @@ def vitnt_rows(sizes: Sizes, faces: np.ndarray, rounds: int, compiled: dict) -> 
   routes["ours"], compiled["ViTNT in the pass"], _ = compiled_route(in_pass, variables, images)
   routes["plain"], compiled["plain ViT pass"], _ = compiled_route(plain, variables, images)
   x = bt.torch_input(faces)
-  routes["official"] = lambda: free_twins.ntfiq(twin, normalised, use_attention_weights=True)
+  np.testing.assert_allclose(ntfiq_official(twin, x), free_twins.ntfiq(
+      twin, normalised, use_attention_weights=True), rtol=1e-5)        # the same computation
+  routes["official"] = lambda: ntfiq_official(twin, x)
 
   def twin_forward():
     with torch.no_grad():
       return twin(x)
 
   routes["twin"] = twin_forward
-  t = measure(routes, rounds)
+  # the overhead is a ratio of two close, cheap routes: time them in 3x the rounds
+  t = measure(routes, 3 * rounds, slow={"official": rounds, "twin": rounds})
   n = len(faces)
   overhead = t["ours"][0] / t["plain"][0] - 1
   cpu_overhead = t["ours"][1] / t["plain"][1] - 1
@@ -333,6 +367,9 @@ def print_header(sizes: Sizes, args: argparse.Namespace) -> None:
   print(f"ceiling: f32 matmul {1024 if args.small else 2048}², XLA {rates['xla_matmul']:.0f} "
         f"GFLOP/s, PyTorch {rates['torch_matmul']:.0f} GFLOP/s (XLA / PyTorch "
         f"{rates['xla_matmul'] / rates['torch_matmul']:.2f}x: the ratio equal work can reach)")
+  if jax.default_backend() != "cpu":
+    print(f"note: JAX runs on {jax.default_backend()}, the PyTorch routes on the CPU (torch "
+          f"{torch.__version__}): the ratios compare devices, not implementations")
   print(f"models: {sizes.name}; {args.images} images; SER-FIQ T = {args.passes}, rate "
         f"{SERFIQ_RATE}; {args.rounds} rounds", flush=True)
 
@@ -351,7 +388,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--small", action="store_true", help="tiny networks: a quick smoke")
   parser.add_argument("--images", type=int, default=0, help="batch (0: 4, --small: 2)")
-  parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+  parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
   parser.add_argument("--passes", type=int, default=100, help="SER-FIQ's T")
   args = parser.parse_args()
   args.images = args.images or (2 if args.small else 4)
