@@ -36,6 +36,7 @@ from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.metrics import comparisons
 from exfiqa_jax.models import vit
 from exfiqa_jax.tasks import embed, score
+from exfiqa_jax.report import score as score_report
 from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing import torch_reference as ref
 from exfiqa_jax.train import trainer
@@ -193,7 +194,7 @@ def test_score_outputs_are_one_set_disk_full(assets, tmp_path, monkeypatch):
   with pytest.raises(OSError, match="No space"):
     score.run(_score_config(assets, out, images=str(few)))
   monkeypatch.undo()
-  assert not os.path.exists(out / score.STAMP)      # an interrupted run leaves no stamp
+  assert not os.path.exists(out / score_report.STAMP)      # an interrupted run leaves no stamp
   assert open(out / "scores.csv").read() != a_csv   # B's rows are there now
   again = score.run(_score_config(assets, out))
   assert not again["cached"]

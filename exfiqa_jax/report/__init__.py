@@ -5,4 +5,5 @@
   evaluation.py  the evaluation report (edc.csv, pauc.csv, summary.json/.md, plots)
   groups.py      the per-group EDC files and sections
   early_exit.py  the early-exit study's files
+  score.py       the score job's files (scores.csv, scores.npz, the stamp last)
 """

@@ -28,12 +28,9 @@ from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
 from exfiqa_jax.methods import registry
-from exfiqa_jax.report import tables
+from exfiqa_jax.report import score as score_report
 
-STAMP = "score_stamp.json"    # written LAST: scores.csv/.npz (+ skipped.txt) form one set
-OUTPUTS = {"csv": "scores.csv", "npz": "scores.npz", "skipped": "skipped.txt",
-           "no_face": "no_face.txt", "stamp": STAMP}
-FORMAT = 2
+FORMAT = 3   # 3: "" no longer means only the ViT-FIQA pass (an FR ViT adds ViTNT columns)
 METHOD_FLAG = "--config.quality_model.method="
 
 
@@ -139,34 +136,12 @@ def _load_model(config, path: str, method: str, dtype: str
                           method_options=registry.config_options(config.quality_model))
 
 
-def _write(config, out: dict[str, str], ident, names, kept, scores, model, extra, skipped,
-           photos, channel_order: str, exit: int, path: str) -> None:
-  """scores.csv, scores.npz, skipped.txt / no_face.txt (stale ones removed), the stamp LAST."""
-  if skipped:
-    files.write_text(out["skipped"], "".join(f"{n}\t{e}\n" for n, e in skipped))
-  elif os.path.exists(out["skipped"]):
-    os.remove(out["skipped"])   # stale list from an earlier run
-  files.write_text(out["csv"], tables.score_table(kept, scores, model.has_exits, extra=extra))
-  if photos is not None:   # photos without a face: listed, never dropped silently
-    files.write_text(out["no_face"], "".join(f"{n}\n" for n in photos.no_face))
-  elif os.path.exists(out["no_face"]):
-    os.remove(out["no_face"])   # stale list from an earlier align=detect run
-  files.save_npz(out["npz"], image=np.asarray(kept), inputs=np.asarray(names),
-                 checkpoint=np.asarray(os.path.abspath(path)),
-                 channel_order=np.asarray(channel_order), exit=np.asarray(exit),
-                 **({"method": np.asarray(model.method)} if model.method else {}),
-                 **scores, **extra)
-  identity.write_stamp(out["stamp"], ident, [out["csv"], out["npz"]]
-                       + ([out["skipped"]] if skipped else [])
-                       + ([out["no_face"]] if photos is not None else []))   # LAST
-
-
 def run(config) -> dict[str, Any]:
   """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
   method, path = registry.resolve_entry(config.quality_model.path,   # [method:]path
                                         config.quality_model.get("method", ""), METHOD_FLAG)
   channel_order, paths, names = _check_inputs(config, path)
-  out = {k: os.path.join(config.output, f) for k, f in OUTPUTS.items()}
+  out = score_report.paths(config.output)
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
@@ -206,8 +181,9 @@ def run(config) -> dict[str, Any]:
                                 "the skipped files in the log")
   if parallel.is_writer():
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    _write(config, out, ident, names, kept, scores, model, {**q100, **found}, skipped, photos,
-           channel_order, exit, path)
+    score_report.write(out, ident, names, kept, scores, model.has_exits, model.method,
+                       {**q100, **found}, skipped, photos.no_face if photos is not None else None,
+                       channel_order, exit, path)
   logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
                rate, config.output)
   if photos is not None and photos.overflow:
