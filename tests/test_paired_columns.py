@@ -99,36 +99,3 @@ def test_edc_stage_identity_bootstrap_and_paired_rows(tmp_path):
   config.eval.bootstrap_unit = "pair"                 # the unit is part of the stage identity
   st2 = pipeline.edc_stage(cache, bench, "fr", "fiqa", cmp, cols, image_q, {}, config)
   assert not st2.cached and not np.array_equal(st2["samples"], st["samples"])
-
-
-@pytest.mark.parametrize("field,value,match", [
-    ("alpha", 2.0, "--config.eval.alpha"),
-    ("bootstrap_unit", "identity", "bootstrap_unit=identity"),
-    ("bootstrap_unit", "template", "bootstrap_unit=template"),
-    ("bootstrap_unit", "subject", "bootstrap_unit='subject'")])
-def test_eval_settings_fail_naming_their_flag(tmp_path, field, value, match):
-  from exfiqa_jax.evaluation import pipeline
-  bench, _, _, _, config, _ = _stage_inputs(tmp_path, with_identity=False)
-  config.eval[field] = value
-  with pytest.raises(ValueError, match=match):
-    pipeline.check_eval_config(config)
-    pipeline.bootstrap_unit(bench, config)
-
-
-def test_report_sections(tmp_path):
-  from exfiqa_jax.report import evaluation as report, tables
-  rows = [dict(benchmark="lfw", fr_model="arc", mode="fiqa", fmr=1e-3, quality_a=a, quality_b=b,
-               delta_pauc=-2e-4, ci_low=-3e-4, ci_high=-1e-4, p_value=0.01)
-          for a, b in (("ex_fiqa_fw", "exit_12"), ("exit_1", "random"))]
-  path = report.write_paired(str(tmp_path), rows)
-  got = tables.read_csv(path)
-  assert list(got[0]) == list(paired_columns.COLUMNS) and float(got[0]["delta_pauc"]) == -2e-4
-  md = "\n".join(report.paired_markdown(rows))
-  assert "| ex_fiqa_fw | exit_12 | -0.200 | [-0.300, -0.100] | 0.01 |" in md
-  assert "1 comparisons, 1 significantly better" in md
-  line = report.sanity_markdown([{"benchmark": "lfw", "fr_model": "arc", "kind": "accuracy",
-                                  "accuracy_10fold": 0.9975},
-                                 {"benchmark": "ijbc", "fr_model": "arc", "kind": "tar_at_far",
-                                  "tar@far=1e-04": 0.961, "tar@far=1e-05": 0.93}])[0]
-  assert "lfw/arc 10-fold accuracy 99.75 %" in line
-  assert "ijbc/arc TAR@FAR=1e-04 96.10 %, TAR@FAR=1e-05 93.00 %" in line

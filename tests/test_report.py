@@ -178,3 +178,22 @@ def test_tables_exact_numbers_and_markdown(tmp_path):
   assert tables.markdown_table(["q", "v"], [["a", "1"], ["b", ""]]) == [
       "| q | v |", "|---|---|", "| a | 1 |", "| b |  |"]
   assert tables.score_header(2, False) == ["image", "attn_1", "attn_2"]
+
+
+def test_report_sections(tmp_path):
+  from exfiqa_jax.evaluation import paired_columns
+  rows = [dict(benchmark="lfw", fr_model="arc", mode="fiqa", fmr=1e-3, quality_a=a, quality_b=b,
+               delta_pauc=-2e-4, ci_low=-3e-4, ci_high=-1e-4, p_value=0.01)
+          for a, b in (("ex_fiqa_fw", "exit_12"), ("exit_1", "random"))]
+  path = report.write_paired(str(tmp_path), rows)
+  got = tables.read_csv(path)
+  assert list(got[0]) == list(paired_columns.COLUMNS) and float(got[0]["delta_pauc"]) == -2e-4
+  md = "\n".join(report.paired_markdown(rows))
+  assert "| ex_fiqa_fw | exit_12 | -0.200 | [-0.300, -0.100] | 0.01 |" in md
+  assert "1 comparisons, 1 significantly better" in md
+  line = report.sanity_markdown([{"benchmark": "lfw", "fr_model": "arc", "kind": "accuracy",
+                                  "accuracy_10fold": 0.9975},
+                                 {"benchmark": "ijbc", "fr_model": "arc", "kind": "tar_at_far",
+                                  "tar@far=1e-04": 0.961, "tar@far=1e-05": 0.93}])[0]
+  assert "lfw/arc 10-fold accuracy 99.75 %" in line
+  assert "ijbc/arc TAR@FAR=1e-04 96.10 %, TAR@FAR=1e-05 93.00 %" in line

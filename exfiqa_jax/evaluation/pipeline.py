@@ -32,7 +32,7 @@ from exfiqa_jax import (checkpoints, columns, embedding, files, identity, infere
                         parallel)
 from exfiqa_jax.convert import families, strict
 from exfiqa_jax.metrics import comparisons, edc
-from exfiqa_jax.evaluation import stages
+from exfiqa_jax.evaluation import checks, stages
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.evaluation import groups as groups_lib
 from exfiqa_jax.metrics import bootstrap, verification
@@ -41,7 +41,7 @@ from exfiqa_jax.evaluation import results
 from exfiqa_jax.evaluation.benchmarks import Benchmark, image_names, image_reader
 from exfiqa_jax.methods import registry
 
-PRECOMPUTED = "precomputed:"
+
 SELF_FR = "quality_model"
 METHOD_FLAG = "--config.quality_model.method="
 
@@ -62,11 +62,11 @@ def parse_named_list(value: str, path_of: Callable[[str], str] = str) -> list[tu
   unnamed entry is named after (quality entries: [method:]path, registry.split_method)."""
   out = []
   for item in [v.strip() for v in str(value or "").split(",") if v.strip()]:
-    if "=" in item and not item.startswith(PRECOMPUTED):
+    if "=" in item and not item.startswith(checks.PRECOMPUTED):
       name, path = item.split("=", 1)
     else:
       path = item
-      base = item[len(PRECOMPUTED):] if item.startswith(PRECOMPUTED) else path_of(item)
+      base = item[len(checks.PRECOMPUTED):] if item.startswith(checks.PRECOMPUTED) else path_of(item)
       name = os.path.splitext(os.path.basename(os.path.normpath(base)))[0] or base
     out.append((name.strip(), path.strip()))
   names = [n for n, _ in out]
@@ -107,7 +107,7 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
   value = config.fr.path
   if not value:
     raise ValueError(f"no FR model: pass --config.fr.path=<converted FR dir or .pt>, "
-                     f"'{PRECOMPUTED}<embeddings.npy>' (rows in image order) or '{SELF_FR}' (the "
+                     f"'{checks.PRECOMPUTED}<embeddings.npy>' (rows in image order) or '{SELF_FR}' (the "
                      "quality model's own feature head)")
   if config.fr.family and config.fr.family not in families.names():
     raise ValueError(f"--config.fr.family={config.fr.family!r} is not a known model family; "
@@ -123,18 +123,18 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
                          f"(have {[q.name for q in quality]}; a method's checkpoint is an FR "
                          "model as --config.fr.path=<its path>)")
       out.append((SELF_FR if len(quality) == 1 else f"{SELF_FR}:{which}", path))
-    elif path.startswith(PRECOMPUTED):
-      file = os.path.expanduser(path[len(PRECOMPUTED):])
+    elif path.startswith(checks.PRECOMPUTED):
+      file = os.path.expanduser(path[len(checks.PRECOMPUTED):])
       if not os.path.isfile(file):
         raise FileNotFoundError(f"precomputed embeddings {file} do not exist; pass "
-                                f"--config.fr.path={PRECOMPUTED}<embeddings.npy> (one row per "
+                                f"--config.fr.path={checks.PRECOMPUTED}<embeddings.npy> (one row per "
                                 "image, in the benchmark's image order)")
-      out.append((f"{PRECOMPUTED}{name}", PRECOMPUTED + os.path.abspath(file)))
+      out.append((f"{checks.PRECOMPUTED}{name}", checks.PRECOMPUTED + os.path.abspath(file)))
     else:
       if not os.path.exists(os.path.expanduser(path)):
         raise FileNotFoundError(f"FR model {path} does not exist; pass --config.fr.path=<a "
                                 "converted FR directory or PyTorch .pt>, "
-                                f"'{PRECOMPUTED}<file.npy>' or '{SELF_FR}'")
+                                f"'{checks.PRECOMPUTED}<file.npy>' or '{SELF_FR}'")
       out.append((name, os.path.abspath(os.path.expanduser(path))))
   return out
 
@@ -175,12 +175,12 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
 def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_path: str,
                 quality: Sequence[QualitySpec], config) -> stages.Stage:
   convention = embedding.check_convention(config.fr.convention)
-  if fr_path.startswith(PRECOMPUTED):
-    file = fr_path[len(PRECOMPUTED):]
+  if fr_path.startswith(checks.PRECOMPUTED):
+    file = fr_path[len(checks.PRECOMPUTED):]
     deps = {"benchmark": bench.identity, "file": identity.file_identity(file)}
 
     def load_precomputed():
-      emb = precomputed_embeddings(file, bench)
+      emb = checks.precomputed_embeddings(file, bench)
       listed = os.path.join(os.path.dirname(file), "image_list.txt")
       names = None
       if os.path.exists(listed):       # written by the embed task beside embeddings.npy
@@ -319,33 +319,6 @@ def pair_quality_fn(bench: Benchmark, cmp: stages.Stage) -> Callable[[np.ndarray
   return fn
 
 
-def bootstrap_unit(bench: Benchmark, config) -> str:
-  """config.eval.bootstrap_unit checked against what the benchmark has (docs/evaluation.md,
-  "Bootstrap"): "pair"; "identity" needs per-image identity labels (bench.extra["identity"]);
-  "template" needs a template protocol (IJB-C)."""
-  unit = str(config.eval.get("bootstrap_unit", "pair") or "pair")
-  if unit not in bootstrap.UNITS:
-    raise ValueError(f"--config.eval.bootstrap_unit={unit!r}: use one of {bootstrap.UNITS}")
-  if unit == "identity" and (bench.pair_kind != "image" or "identity" not in bench.extra):
-    raise ValueError(f"--config.eval.bootstrap_unit=identity: benchmark {bench.name} has no "
-                     "per-image identity labels; use pair" +
-                     (" or template" if bench.pair_kind == "template" else ""))
-  if unit == "template" and bench.pair_kind != "template":
-    raise ValueError(f"--config.eval.bootstrap_unit=template: benchmark {bench.name} compares "
-                     "images, not templates; use pair (or identity where labels exist)")
-  return unit
-
-
-def bootstrap_units(bench: Benchmark, unit: str) -> np.ndarray | None:
-  """Resampling units of the pairs for bootstrap.bootstrap: None (pairs), [P, 2] identities of
-  the two images, or [P, 2] template ids."""
-  if unit == "identity":
-    return np.asarray(bench.extra["identity"])[np.asarray(bench.pairs)]
-  if unit == "template":
-    return np.asarray(bench.template_pairs)
-  return None
-
-
 def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: str,
               cmp: stages.Stage, cols: Sequence[results.QualityColumn], image_q: np.ndarray,
               deps_q: Mapping[str, Any], config, unit: str | None = None) -> stages.Stage:
@@ -355,7 +328,7 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
   limit = float(config.eval.pauc_limit[mode])
   resamples = int(config.eval.get("bootstrap", 0))
   alpha = float(config.eval.get("alpha", 0.05))
-  unit = unit or bootstrap_unit(bench, config)
+  unit = unit or checks.bootstrap_unit(bench, config)
   deps = {"compare": cmp, "quality": deps_q, "columns": [dataclasses.asdict(c) for c in cols],
           "fmrs": fmrs, "mode": mode, "limit": limit, "bootstrap": resamples,
           "alpha": alpha, "seed": int(config.seed), "bootstrap_unit": unit,
@@ -367,7 +340,7 @@ def edc_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, mode: st
     # (memory); every call gets the same number of rows (the last group is padded by repeating
     # its last row), so the EDC and bootstrap programs compile once.
     n_pairs = len(cmp["scores"])
-    units = bootstrap_units(bench, unit)
+    units = checks.bootstrap_units(bench, unit)
     perm = (edc.score_order(np.asarray(cmp["scores"], np.float32), np.asarray(cmp["is_genuine"],
                                                                               bool))
             if mode == "fiqa" or resamples else None)    # one sort for every column group
@@ -430,87 +403,6 @@ class EvalRun:
       default_factory=dict)                          # quality model → (per exit [L], fusion)
 
 
-def check_eval_config(config) -> None:
-  """The numeric settings of config.eval, before anything runs (each error names its flag)."""
-  for f in config.eval.fmrs:
-    if not 0.0 < float(f) < 1.0:
-      raise ValueError(f"--config.eval.fmrs: every FMR must be in (0, 1), got {f!r}")
-  for mode in config.eval.modes:
-    limit = float(config.eval.pauc_limit[mode])
-    if not 0.0 < limit <= 1.0:
-      raise ValueError(f"--config.eval.pauc_limit.{mode} must be in (0, 1], got {limit!r}")
-  resamples = config.eval.get("bootstrap", 0)
-  if int(resamples) != resamples or resamples < 0:
-    raise ValueError(f"--config.eval.bootstrap must be a whole number ≥ 0, got {resamples!r}")
-  alpha = float(config.eval.get("alpha", 0.05))
-  if not 0.0 < alpha < 1.0:
-    raise ValueError(f"--config.eval.alpha must be in (0, 1) (0.05 = 95 % intervals), got "
-                     f"{alpha!r}")
-  for key in ("chunk_images", "set_group"):
-    value = config.eval.get(key, 1)
-    if int(value) != value or value < 1:
-      raise ValueError(f"--config.eval.{key} must be a whole number ≥ 1, got {value!r}")
-  if int(config.batch_size) != config.batch_size or config.batch_size < 1:
-    raise ValueError(f"--config.batch_size must be a whole number ≥ 1, got {config.batch_size!r}")
-
-
-def check_protocol(bench: Benchmark) -> None:
-  """The comparison protocol can give an EDC: pairs in range, genuine and impostor pairs both
-  present. Raised before any stage, naming the benchmark."""
-  gen = np.asarray(bench.is_genuine)
-  if bench.num_images < 1:
-    raise ValueError(f"benchmark {bench.name} has no images")
-  if bench.pair_kind == "image":
-    pairs = np.asarray(bench.pairs)
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) != len(gen):
-      raise ValueError(f"benchmark {bench.name}: pairs have shape {pairs.shape} for {len(gen)} "
-                       "labels; the protocol must be [P, 2] image rows with one label each")
-    if not np.issubdtype(pairs.dtype, np.integer):
-      raise ValueError(f"benchmark {bench.name}: pair indices are {pairs.dtype}, not integers")
-    if pairs.size and (pairs.min() < 0 or pairs.max() >= bench.num_images):
-      raise ValueError(f"benchmark {bench.name}: pair indices span [{pairs.min()}, "
-                       f"{pairs.max()}] but there are {bench.num_images} images")
-  elif bench.pair_kind == "template":
-    tp = np.asarray(bench.template_pairs)
-    if tp.ndim != 2 or tp.shape[1] != 2 or len(tp) != len(gen):
-      raise ValueError(f"benchmark {bench.name}: template pairs have shape {tp.shape} for "
-                       f"{len(gen)} labels")
-    unknown = ~np.isin(tp, np.asarray(bench.template_ids))
-    if unknown.any():
-      raise ValueError(f"benchmark {bench.name}: {int(unknown.any(axis=1).sum())} template "
-                       "pairs name templates that have no images (e.g. "
-                       f"{int(tp[unknown][0])}); rebuild the data set")
-  else:
-    raise ValueError(f"benchmark {bench.name}: unknown pair kind {bench.pair_kind!r}")
-  n_gen = int(gen.sum())
-  if n_gen == 0 or n_gen == len(gen):
-    raise ValueError(f"benchmark {bench.name} has {n_gen} genuine and {len(gen) - n_gen} "
-                     "impostor pairs; an EDC needs both (FNMR from genuine pairs, the threshold "
-                     "from impostors). Check the pair list and its labels.")
-
-
-def precomputed_embeddings(file: str, bench: Benchmark) -> np.ndarray:
-  """A precomputed embeddings .npy, memory-mapped, checked to hold one row per image of the
-  benchmark (only the header is read until the rows are used)."""
-  try:
-    emb = np.load(file, mmap_mode="r")
-  except (OSError, ValueError) as e:
-    raise ValueError(f"precomputed embeddings {file} cannot be read as a .npy: {e}") from e
-  if emb.ndim != 2 or emb.shape[0] != bench.num_images:
-    raise ValueError(f"precomputed embeddings {file} have shape {emb.shape}, but benchmark "
-                     f"{bench.name} has {bench.num_images} images: the FR model and the "
-                     "quality model disagree on the image list (one row per image, in the "
-                     "benchmark's order)")
-  return emb
-
-
-def check_precomputed(bench: Benchmark, frs: Sequence[tuple[str, str]]) -> None:
-  """Precomputed embeddings have one row per image of the benchmark (read from the header)."""
-  for _, path in frs:
-    if path.startswith(PRECOMPUTED):
-      precomputed_embeddings(path[len(PRECOMPUTED):], bench)
-
-
 def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualitySpec],
              extra_columns: Callable[[Benchmark], Mapping[str, tuple[str, np.ndarray]]]
              | None = None) -> EvalRun:
@@ -519,14 +411,14 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
   for mode in config.eval.modes:
     if mode not in edc.MODES:
       raise ValueError(f"config.eval.modes: unknown mode {mode!r}; use {edc.MODES}")
-  check_eval_config(config)
+  checks.check_eval_config(config)
   if config.eval.get("groups", ""):          # a bad CSV fails before the first stage
     groups_lib.read_groups_csv(config.eval.groups)
   units = {}
   for bench in benchmarks:       # every protocol problem before the first expensive stage
-    check_protocol(bench)
-    check_precomputed(bench, frs)
-    units[bench.name] = bootstrap_unit(bench, config)
+    checks.check_protocol(bench)
+    checks.check_precomputed(bench, frs)
+    units[bench.name] = checks.bootstrap_unit(bench, config)
   if parallel.is_writer():
     files.check_output_dir(config.output)
   cache = stages.StageCache(os.path.join(config.output, "cache"),

@@ -13,7 +13,7 @@ from absl import logging
 
 from exfiqa_jax import files, parallel
 from exfiqa_jax.data import protocols
-from exfiqa_jax.evaluation import attention, pipeline
+from exfiqa_jax.evaluation import attention, checks, pipeline
 from exfiqa_jax.evaluation import benchmarks as benchmarks_lib
 from exfiqa_jax.report import evaluation as report
 
@@ -21,7 +21,7 @@ from exfiqa_jax.report import evaluation as report
 def run(config) -> dict[str, Any]:
   """Task "eval" (configs/eval_ijbc.py, configs/eval_verification.py)."""
   started = time.time()
-  pipeline.check_eval_config(config)
+  checks.check_eval_config(config)
   protocols.check_protocol(config.data.get("protocol", "published"))   # before any model loads
   if parallel.is_writer():
     files.check_output_dir(config.output)
