@@ -261,16 +261,7 @@ def ntfiq_official(twin: vit_ref.VitFiqaTorch, x: torch.Tensor,
       normalised.append(z / torch.linalg.vector_norm(z, ord=2, dim=2, keepdim=True))
     all_x = torch.stack(normalised, dim=1)                              # [B, T, N, D]
     weights = attn.mean(dim=1).sum(dim=1)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    scores = torch.empty((all_x.shape[0],))
-    for i in range(all_x.shape[0]):
-      patch_scores = []
-      for p in range(all_x.shape[2]):
-        patch = all_x[i, :, p, :]
-        d = torch.norm(patch[:-1] - patch[1:], p=2, dim=1).mean()
-        patch_scores.append(2 * (1 / (1 + torch.exp(scaling * d))))
-      scores[i] = (torch.stack(patch_scores) * weights[i]).sum()
-  return scores.numpy()
+  return free_twins.ntfiq_patch_loop(all_x, weights / weights.sum(dim=1, keepdim=True), scaling)
 
 
 def vitnt_rows(sizes: Sizes, faces: np.ndarray, rounds: int, compiled: dict) -> list[Row]:

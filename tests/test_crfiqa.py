@@ -18,16 +18,6 @@ from exfiqa_jax.testing import fr_torch_reference as ref
 
 TINY = (8, 16, 24, 32)
 LAYERS = (1, 2, 1, 1)
-RTOL = 1e-4   # max |ours − twin| / max |twin|
-
-
-def _close(ours, theirs, rtol=RTOL):
-  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-  scale = np.abs(theirs).max()
-  assert scale > 0.1 and np.std(theirs) > 1e-3, (scale, np.std(theirs))   # non-degenerate
-  err = np.abs(ours - theirs).max() / scale
-  assert err <= rtol, err
-  return err
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +48,19 @@ def test_scores_and_embeddings_match_the_twin(twin):
   assert isinstance(module, quality_heads.BackboneWithHead)
   normalised = bt.torch_input(images).permute(0, 2, 3, 1).numpy()
   quality, out = jax.jit(module.apply)(variables, normalised)     # the unfolded model
-  _close(quality, qs)
-  _close(out["embedding"], emb)
+  bt.assert_relative_close(quality, qs)
+  bt.assert_relative_close(out["embedding"], emb)
   scorer = crfiqa.scorer(module, variables, config)                # BatchNorms folded
   scores = scorer(images)
   assert set(scores) == {"crfiqa"} and scores["crfiqa"].shape == (3,)
   assert scorer.method == "crfiqa" and scorer.columns == ("crfiqa",)
-  _close(scores["crfiqa"], qs)
-  _close(scorer(normalised)["crfiqa"], qs)                         # already-normalised input
+  bt.assert_relative_close(scores["crfiqa"], qs)
+  bt.assert_relative_close(scorer(normalised)["crfiqa"], qs)    # already-normalised input
 
 
 def test_round_trip_is_bit_identical_and_loads_strictly(twin):
   _, sd, *_ = twin
-  family = quality_head_keys.CRFIQA
-  config = family.infer_config(sd)
-  back = family.to_torch(family.to_flax(sd, config), config)
-  assert set(back) == set(sd)
-  for k in sd:
-    if not k.endswith("num_batches_tracked"):
-      np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
-  fresh = bt.CRFIQAIResNet(LAYERS, TINY, 64)
-  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()},
-                        strict=True)
+  bt.assert_round_trip(quality_head_keys.CRFIQA, sd, bt.CRFIQAIResNet(LAYERS, TINY, 64))
 
 
 def test_strict_conversion_lists_every_problem(twin):
@@ -112,8 +93,8 @@ def test_loader_paths_and_fr_use(twin, tmp_path):
   module, fr_vars, fr_config = inference.load_fr_model(str(pt))   # CR-FIQA is an FR model too
   ours = embedding.embed_images(module, fr_vars, images, convention="none",
                                 input_scale=fr_config["input_scale"])
-  _close(ours, emb / np.linalg.norm(emb, axis=1, keepdims=True))
-  _close(crfiqa.scorer(module, fr_vars, fr_config)(images)["crfiqa"], qs)
+  bt.assert_relative_close(ours, emb / np.linalg.norm(emb, axis=1, keepdims=True))
+  bt.assert_relative_close(crfiqa.scorer(module, fr_vars, fr_config)(images)["crfiqa"], qs)
 
 
 def test_asked_of_another_model_names_the_flag():

@@ -19,16 +19,6 @@ from exfiqa_jax.testing import fr_torch_reference as ref
 TINY = (8, 16, 24, 32)
 LAYERS = (2, 2, 2, 2)       # eDifFIQA-S's iresnet18, narrow
 HIDDEN = 48                 # the released heads have 1024; read from the shapes
-RTOL = 1e-4
-
-
-def _close(ours, theirs, rtol=RTOL):
-  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-  scale = np.abs(theirs).max()
-  assert scale > 0.1 and np.std(theirs) > 1e-3, (scale, np.std(theirs))
-  err = np.abs(ours - theirs).max() / scale
-  assert err <= rtol, err
-  return err
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +51,15 @@ def test_scores_and_embeddings_match_the_twin(twin):
   module = models.get_model(config)
   normalised = bt.torch_input(images).permute(0, 2, 3, 1).numpy()
   quality, out = jax.jit(module.apply)(variables, normalised)
-  _close(quality, pred)
-  _close(out["embedding"], feat)
+  bt.assert_relative_close(quality, pred)
+  bt.assert_relative_close(out["embedding"], feat)
   scorer = ediffiqa.scorer(module, variables, config)
   scores = scorer(images)
   assert set(scores) == {"ediffiqa"} and scores["ediffiqa"].shape == (3,)
-  _close(scores["ediffiqa"], pred)
+  bt.assert_relative_close(scores["ediffiqa"], pred)
   # the head's GELU is torch's exact (erf) form: the tanh approximation is measurably off
   approx = _tanh_mlp(variables["params"]["head"], np.asarray(out["embedding"]))
-  assert np.abs(approx - pred).max() > 10 * RTOL * np.abs(pred).max()
+  assert np.abs(approx - pred).max() > 10 * 1e-4 * np.abs(pred).max()
 
 
 def _tanh_mlp(head, embedding):
@@ -80,16 +70,7 @@ def _tanh_mlp(head, embedding):
 
 def test_round_trip_is_bit_identical_and_loads_strictly(twin):
   sd, *_ = twin
-  family = quality_head_keys.EDIFFIQA
-  config = family.infer_config(sd)
-  back = family.to_torch(family.to_flax(sd, config), config)
-  assert set(back) == set(sd)
-  for k in sd:
-    if not k.endswith("num_batches_tracked"):
-      np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
-  fresh = bt.ediffiqa(LAYERS, TINY, 64, hidden=HIDDEN)
-  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()},
-                        strict=True)
+  bt.assert_round_trip(quality_head_keys.EDIFFIQA, sd, bt.ediffiqa(LAYERS, TINY, 64, hidden=HIDDEN))
 
 
 def test_strict_conversion_lists_every_problem(twin):

@@ -15,16 +15,6 @@ from exfiqa_jax.testing import fr_torch_reference as ref
 
 TINY = (8, 16, 24, 32)
 LAYERS = (1, 1, 2, 1)
-RTOL = 1e-4
-
-
-def _close(ours, theirs, rtol=RTOL):
-  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-  scale = np.abs(theirs).max()
-  assert scale > 0.1 and np.std(theirs) > 1e-3, (scale, np.std(theirs))
-  err = np.abs(ours - theirs).max() / scale
-  assert err <= rtol, err
-  return err
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +49,13 @@ def test_norms_match_the_twin_folded_and_unfolded(released):
   scorer = magface.scorer(models.get_model(config), variables, config)   # folded inside
   scores = scorer(images)
   assert set(scores) == {"magface"} and scores["magface"].shape == (4,)
-  _close(scores["magface"], norms[False])
+  bt.assert_relative_close(scores["magface"], norms[False])
   module, fr_vars, fr_config = inference.load_fr_model(str(path))      # already folded
-  _close(magface.scorer(module, fr_vars, fr_config)(images)["magface"], norms[False])
+  bt.assert_relative_close(magface.scorer(module, fr_vars, fr_config)(images)["magface"],
+                           norms[False])
   bgr = magface.scorer(module, fr_vars, fr_config, channel_order="bgr")(images)["magface"]
-  _close(bgr, norms[True])
-  assert np.abs(np.asarray(bgr) - norms[False]).max() > 10 * RTOL * norms[False].max()
+  bt.assert_relative_close(bgr, norms[True])
+  assert np.abs(np.asarray(bgr) - norms[False]).max() > 10 * 1e-4 * norms[False].max()
 
 
 def test_ddp_layout_loads_the_same(released, tmp_path):
@@ -77,8 +68,8 @@ def test_ddp_layout_loads_the_same(released, tmp_path):
   torch.save({"state_dict": ddp}, tmp_path / "ddp.pth")
   variables, config = inference.load_variables(tmp_path / "ddp.pth")   # round trip inside
   assert config["key_prefix"] == "features."       # torch_io strips the shared "module."
-  _close(magface.scorer(models.get_model(config), variables, config)(images)["magface"],
-         norms[False])
+  scorer = magface.scorer(models.get_model(config), variables, config)
+  bt.assert_relative_close(scorer(images)["magface"], norms[False])
 
 
 def test_other_fr_models_are_an_embedding_norm_or_an_error():

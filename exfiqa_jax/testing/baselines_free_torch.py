@@ -160,21 +160,29 @@ def ntfiq(twin: vit_ref.VitFiqaTorch, images: np.ndarray, scaling: float = 8.0,
       x_embed = twin.norm(x.float())[:, extra:]
       all_x.append(x_embed / torch.linalg.vector_norm(x_embed, ord=2, dim=2, keepdim=True))
     all_x = torch.stack(all_x, dim=1)                                 # [B, T, N, D]
+    weights = None
     if use_attention_weights:
       per_block = [a.mean(dim=1).sum(dim=1)[:, extra:] for a in attentions]
       weights = (per_block[-1] if last_block_attention_only
                  else torch.stack(per_block, dim=1).mean(dim=1))
       weights = weights / weights.sum(dim=1, keepdim=True)
-    scores = torch.empty((all_x.shape[0],))
-    for i in range(all_x.shape[0]):
-      patch_scores = []
-      for p in range(all_x.shape[2]):
-        patch = all_x[i, :, p, :]
-        agg = torch.norm(patch[:-1] - patch[1:], p=2, dim=1).mean()
-        patch_scores.append(2 * (1 / (1 + torch.exp(scaling * agg))))
-      patch_scores = torch.stack(patch_scores)
-      scores[i] = ((patch_scores * weights[i]).sum() if use_attention_weights
-                   else patch_scores.mean())
+  return ntfiq_patch_loop(all_x, weights if use_attention_weights else None, scaling)
+
+
+def ntfiq_patch_loop(all_x: torch.Tensor, weights: torch.Tensor | None,
+                     scaling: float) -> np.ndarray:
+  """calculate_ntfiq's per-image, per-patch Python loop over the normalised tokens all_x
+  [B, T, N, D]: mean distance between consecutive blocks → 2 / (1 + exp(s·d)) per patch, then
+  the attention-weighted sum (`weights` [B, N], summing to 1) or the plain mean."""
+  scores = torch.empty((all_x.shape[0],))
+  for i in range(all_x.shape[0]):
+    patch_scores = []
+    for p in range(all_x.shape[2]):
+      patch = all_x[i, :, p, :]
+      agg = torch.norm(patch[:-1] - patch[1:], p=2, dim=1).mean()
+      patch_scores.append(2 * (1 / (1 + torch.exp(scaling * agg))))
+    patch_scores = torch.stack(patch_scores)
+    scores[i] = (patch_scores * weights[i]).sum() if weights is not None else patch_scores.mean()
   return scores.numpy()
 
 

@@ -92,3 +92,27 @@ def torch_input(images_uint8: np.ndarray, input_scale: str = "minus1_1",
   x = torch.from_numpy(images_uint8[..., ::-1].copy() if bgr else images_uint8.copy())
   x = x.permute(0, 3, 1, 2).float().div(255)
   return x if input_scale == "0_1" else x.sub(0.5).div(0.5)
+
+
+def assert_relative_close(ours, theirs, rtol: float = 1e-4) -> float:
+  """max |ours − theirs| / max |theirs| ≤ rtol, on a non-degenerate reference (scale and spread
+  large enough that the comparison means something); returns the error."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  scale = np.abs(theirs).max()
+  assert scale > 0.1 and np.std(theirs) > 1e-3, (scale, np.std(theirs))
+  err = np.abs(ours - theirs).max() / scale
+  assert err <= rtol, err
+  return err
+
+
+def assert_round_trip(family, sd: dict[str, np.ndarray], fresh: nn.Module) -> None:
+  """torch → flax → torch is bit-identical for `family` on `sd`, and loads strictly into
+  `fresh` (a twin of the same architecture)."""
+  config = family.infer_config(sd)
+  back = family.to_torch(family.to_flax(sd, config), config)
+  assert set(back) == set(sd)
+  for k in sd:
+    if not k.endswith("num_batches_tracked"):
+      np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()},
+                        strict=True)
