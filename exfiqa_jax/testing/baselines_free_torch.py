@@ -101,6 +101,7 @@ def _ir_stage_lengths(model: nn.Module) -> list[int]:
   return lengths
 
 
+@torch.enable_grad()      # the official loop needs autograd, whatever the caller's grad mode
 def grafiqs(model: nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
   """Official GraFIQs, one image at a time → raw Σ|grad| for image, block1..block4 [B] each."""
   model = model.eval()

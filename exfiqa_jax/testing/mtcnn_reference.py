@@ -106,11 +106,11 @@ def detect_face_module() -> types.ModuleType:
 
 def reference_mtcnn(**kwargs: Any):
   """facenet_pytorch.MTCNN on the CPU with the release weights (its defaults: min face 20,
-  factor 0.709, thresholds 0.6/0.7/0.7), in eval mode."""
+  factor 0.709, thresholds 0.6/0.7/0.7), in eval mode, its weights frozen (no autograd graph;
+  the process's grad mode is left alone: other references need it)."""
   import torch
   fnp = import_facenet_pytorch()
-  torch.set_grad_enabled(False)
-  return fnp.MTCNN(device=torch.device("cpu"), **kwargs).eval()
+  return fnp.MTCNN(device=torch.device("cpu"), **kwargs).eval().requires_grad_(False)
 
 
 class ReferenceTap:
