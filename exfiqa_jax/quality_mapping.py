@@ -46,9 +46,7 @@ class ColumnMapping:
 
   def __call__(self, raw: np.ndarray) -> np.ndarray:
     raw = np.asarray(raw, np.float64)
-    if self.kind == "quantile":
-      if len(self.x) == 1:
-        return np.full(raw.shape, self.y[0])
+    if self.kind == "quantile":    # one knot (constant reference): np.interp gives y[0]
       return np.interp(raw, self.x, self.y)
     with np.errstate(over="ignore"):
       return 100.0 / (1.0 + np.exp(-(raw - self.loc) / self.scale))
@@ -58,8 +56,6 @@ class ColumnMapping:
     give -inf / +inf)."""
     q = np.asarray(q100, np.float64)
     if self.kind == "quantile":
-      if len(self.x) == 1:
-        return np.full(q.shape, self.x[0])
       return np.interp(q, self.y, self.x)
     with np.errstate(divide="ignore"):
       return self.loc + self.scale * (np.log(q) - np.log(100.0 - q))
