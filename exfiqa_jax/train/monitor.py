@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from exfiqa_jax import parallel
+from exfiqa_jax.columns import exit_name
 from exfiqa_jax.metrics import comparisons, edc, verification
 
 
@@ -52,5 +53,5 @@ def evaluate_pairs(eval_fn, variables, pairs, mesh, batch: int, fmr: float,
             "pauc_best": float(area[best]), "best_exit": best + 1,
             "pauc_ratio_last": float(area[n_exits - 1] / max(area[-1], 1e-12))}
   for l in range(n_exits):
-    result[f"pauc_exit_{l + 1}"] = float(area[l])
+    result["pauc_" + exit_name(l + 1)] = float(area[l])
   return result
