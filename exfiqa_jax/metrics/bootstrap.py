@@ -176,6 +176,8 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   disc = rule.check_discard(discard)
   fm = rule.check_fmrs(fmrs)
   n_boot = check_resamples(num_resamples)
+  if n_boot or (point is None and mode == "fiqa"):      # one score sort for both
+    score_perm = rule.given_score_order(s, gen, score_perm)
   if point is None:
     point = edc.edc_curves(s, gen, pq, fm, disc, mode, pauc_limit=limit,
                            score_perm=score_perm).pauc
@@ -188,7 +190,7 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
     weights = _ResampleWeights(seed, u, p)
     rb = int(resample_batch or max(1, min(n_boot, (1 << 25) // p)))
     run = _bootstrap_iso if mode == "iso" else _bootstrap_fiqa
-    so = _BootOrder.of(s, gen, disc, rule.given_score_order(s, gen, score_perm))
+    so = _BootOrder.of(s, gen, disc, score_perm)
     run(so, pq, fm, disc, float(limit), weights, rb, fnmr, area)
   return Bootstrap(np.asarray(point), area, fnmr, unit)
 
