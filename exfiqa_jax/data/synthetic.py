@@ -350,6 +350,15 @@ class SplitSizes:
     return range(start, start + getattr(self, split))
 
 
+def config_sizes(data_config, split_per_identity: int | None = None) -> SplitSizes:
+  """The identity split of a training config's data section (config.train.data; train / val /
+  test identities are disjoint ranges), `split_per_identity` images per identity if given."""
+  return SplitSizes(
+      train=int(data_config.num_identities), val=int(data_config.eval_identities),
+      test=int(data_config.get("test_identities", SplitSizes().test)),
+      per_identity=int(split_per_identity or data_config.images_per_identity))
+
+
 @dataclasses.dataclass
 class FaceSet:
   """One rendered split: images uint8 [N, 112, 112, 3] with per-image ids and degradation."""

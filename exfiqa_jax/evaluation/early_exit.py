@@ -43,12 +43,12 @@ SYNTHETIC = "synthetic_faces"
 # ------------------------------------------------------------------------------------------
 # Splits
 # ------------------------------------------------------------------------------------------
-def synthetic_split(config, split: str, sizes: synthetic.SplitSizes) -> Benchmark:
+def synthetic_split(config, split: str) -> Benchmark:
   """A degraded synthetic split with its pairs, as the demo's test split (exfiqa_jax/tasks/
-  demo.py): "test" is the demo's `synthetic_faces`, "val" calibrates. `sizes`: the identity
-  split of the training data (train.data.synthetic_sizes(config.train.data,
-  config.test.per_identity))."""
+  demo.py): "test" is the demo's `synthetic_faces`, "val" calibrates; identities split as the
+  training data's (config.train.data), config.test.per_identity images each."""
   t = config.test
+  sizes = synthetic.config_sizes(config.train.data, t.per_identity)
   faces = synthetic.make_split(config.seed, split, sizes, clean_fraction=t.clean_fraction,
                                gamma=float(config.train.data.get("gamma", synthetic.GAMMA)))
   pairs, genuine = synthetic.make_pairs(faces.label, config.seed, t.impostors_per_genuine)

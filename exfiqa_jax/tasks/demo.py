@@ -66,8 +66,7 @@ def run(config) -> dict[str, Any]:
   seconds = {"train": round(time.time() - t0, 1)}
 
   t0 = time.time()
-  sizes = train_data.synthetic_sizes(config.train.data, config.test.per_identity)
-  bench = early_exit.synthetic_split(config, "test", sizes)   # identity-disjoint, degraded
+  bench = early_exit.synthetic_split(config, "test")   # identity-disjoint, degraded
   true_severity, kind = bench.extra["severity"], bench.extra["kind"]
   seconds["test_data"] = round(time.time() - t0, 1)
   config.quality_model.path = f"vitfiqa_tiny={model_dir}"
@@ -81,7 +80,7 @@ def run(config) -> dict[str, Any]:
                                                  kind)
   check = severity.target_check(config.targets, ev.results[0], rho)
   t0 = time.time()      # early exits: calibrated on the val split, the test scores reused
-  exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val", sizes), bench,
+  exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val"), bench,
                              quality[0], ev.cache, quality)
   if parallel.is_writer():
     store = config.early_exit.mapping.get("store_with_model", True)

@@ -22,7 +22,6 @@ from exfiqa_jax import parallel
 from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.evaluation import early_exit as study
 from exfiqa_jax.report import early_exit as report
-from exfiqa_jax.train import data as train_data
 
 
 def run(config) -> dict[str, Any]:
@@ -41,9 +40,8 @@ def run(config) -> dict[str, Any]:
   if len(names) != 1:
     raise ValueError(f"early_exit takes one benchmark, got {names}")
   if names[0] == study.SYNTHETIC:
-    sizes = train_data.synthetic_sizes(config.train.data, config.test.per_identity)
-    cal, ev, how = (study.synthetic_split(config, "val", sizes),
-                    study.synthetic_split(config, "test", sizes), "identity")
+    cal, ev, how = (study.synthetic_split(config, "val"), study.synthetic_split(config, "test"),
+                    "identity")
   else:
     cal, ev, how = study.split_benchmark(benchmarks.open_benchmark(names[0], config),
                                          float(config.early_exit.split.fraction),

@@ -133,15 +133,6 @@ def load_bin_pairs(path: str, channel_order: str = "rgb") -> ArrayPairs:
   return ArrayPairs(images, np.stack([2 * np.arange(n), 2 * np.arange(n) + 1], 1), issame)
 
 
-def synthetic_sizes(data_config, split_per_identity: int | None = None):
-  """The identity split of config.data (train / val / test identities are disjoint ranges)."""
-  from exfiqa_jax.data import synthetic
-  return synthetic.SplitSizes(
-      train=int(data_config.num_identities), val=int(data_config.eval_identities),
-      test=int(data_config.get("test_identities", synthetic.SplitSizes().test)),
-      per_identity=int(split_per_identity or data_config.images_per_identity))
-
-
 def synthetic_data(config) -> tuple[TrainData, PairSet]:
   """Synthetic faces: the training split stored clean and re-degraded afresh every batch (online
   re-degradation), or degraded once; the validation split's pairs for monitoring."""
@@ -150,8 +141,8 @@ def synthetic_data(config) -> tuple[TrainData, PairSet]:
   online = bool(d.get("online_degradation", True))
   gamma = float(d.get("gamma", synthetic.GAMMA))
   clean = float(d.get("clean_fraction", synthetic.CLEAN_FRACTION))
-  train = synthetic.make_split(config.seed, "train", synthetic_sizes(d), degraded=not online,
-                               clean_fraction=clean, gamma=gamma)
+  train = synthetic.make_split(config.seed, "train", synthetic.config_sizes(d),
+                               degraded=not online, clean_fraction=clean, gamma=gamma)
 
   def redegrade(images, labels, rng):
     severity, kind = synthetic.sample_degradations(rng, len(images), clean)
@@ -159,7 +150,8 @@ def synthetic_data(config) -> tuple[TrainData, PairSet]:
 
   data = ArrayData(train.images, train.label, config.batch_size, config.seed,
                    transform=redegrade if online else None)
-  val = synthetic.make_split(config.seed, "val", synthetic_sizes(d, d.get("eval_per_identity", 10)),
+  val = synthetic.make_split(config.seed, "val",
+                             synthetic.config_sizes(d, d.get("eval_per_identity", 10)),
                              clean_fraction=clean, gamma=gamma)
   pairs, genuine = synthetic.make_pairs(val.label, config.seed)
   if d.get("num_pairs", 0) and len(pairs) > d.num_pairs:
