@@ -249,9 +249,10 @@ def _iso_boot_set(q_gen: np.ndarray, s_gen: np.ndarray, wg: np.ndarray, thr: np.
   """ISO mode, one quality set, a batch of resamples (host, float64; genuine pairs only).
   q_gen/s_gen [G] genuine qualities and scores in pair-index order (the tie order), wg [b, G]
   multiplicities, thr [b, F] fixed thresholds → fnmr [b, F, R], exact step pAUC [b, F]."""
-  og = stable_order(sortable_keys(q_gen))                # stable ascending quality order
-  qs, ss, w = q_gen[og], s_gen[og], wg[:, og]
-  start = np.concatenate([[True], sortable_keys(qs[1:]) != sortable_keys(qs[:-1])])
+  key = sortable_keys(q_gen)
+  og = stable_order(key)                                 # stable ascending quality order
+  ks, ss, w = key[og], s_gen[og], wg[:, og]
+  start = np.concatenate([[True], ks[1:] != ks[:-1]])
   before = np.cumsum(w, axis=1) - w                                          # copies before
   n = before[:, -1] + w[:, -1]                                               # [b]
   err = ss[None, None, :] < thr[:, :, None]                                  # [b, F, G]
