@@ -23,7 +23,6 @@ from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.metrics.comparisons import l2_normalize
 
 CONVENTIONS = ("concat", "sum", "none")
-INPUT_SCALES = ("minus1_1", "0_1")
 
 
 def check_convention(convention: str) -> str:
@@ -31,15 +30,6 @@ def check_convention(convention: str) -> str:
     raise ValueError(f"convention must be one of {CONVENTIONS} (concat = FIQA papers, sum = "
                      f"insightface verification), got {convention!r}")
   return convention
-
-
-def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
-  """uint8 [..., 3] → float32 the way the FR family was trained. Runs on device."""
-  if input_scale == "minus1_1":
-    return preprocess.normalize(images_uint8)
-  if input_scale == "0_1":
-    return images_uint8.astype(jnp.float32) / 255.0
-  raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
 
 
 def combine_flip(embedding: jnp.ndarray, flipped: jnp.ndarray | None,
@@ -72,12 +62,12 @@ def make_embed_fn(model_fn: Any, convention: str = "concat",
   pass does both and every device keeps its own rows (no resharding of a batch-sharded input).
   """
   check_convention(convention)
-  if input_scale not in INPUT_SCALES:
-    raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+  if input_scale not in preprocess.INPUT_SCALES:
+    raise ValueError(f"input_scale must be one of {preprocess.INPUT_SCALES}, got {input_scale!r}")
 
   @jax.jit
   def embed(variables, images_uint8):
-    x = scale_input(images_uint8, input_scale)
+    x = preprocess.scale_input(images_uint8, input_scale)
     if convention == "none":
       return combine_flip(_features(model_fn, variables, x), None, convention)
     b = x.shape[0]

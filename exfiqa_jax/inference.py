@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from exfiqa_jax import checkpoints, columns, convert, embedding, fusion, models, parallel
+from exfiqa_jax import checkpoints, columns, convert, fusion, models, parallel
 from exfiqa_jax.convert import strict
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
@@ -396,8 +396,8 @@ def load_fr_model(path: str, family: str | None = None, input_scale: str | None 
   """
   variables, model_config = load_variables(path, num_heads=num_heads, family=family)
   if input_scale:
-    if input_scale not in embedding.INPUT_SCALES:
-      raise ValueError(f"input_scale must be one of {embedding.INPUT_SCALES}, got "
+    if input_scale not in preprocess.INPUT_SCALES:
+      raise ValueError(f"input_scale must be one of {preprocess.INPUT_SCALES}, got "
                        f"{input_scale!r}")
     model_config = {**model_config, "input_scale": input_scale}
   model_config.setdefault("input_scale", "minus1_1")

@@ -27,10 +27,10 @@ import numpy as np
 
 from exfiqa_jax.convert import layout
 from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
+from exfiqa_jax.data.preprocess import INPUT_SCALES
 from exfiqa_jax.models import iresnet
 
 BN_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-INPUT_SCALES = ("minus1_1", "0_1")   # (x/255 − 0.5)/0.5  |  x/255
 # MagFace checkpoints: the backbone sits under one of these; anything else is its training head.
 MAGFACE_PREFIXES = ("features.module.", "module.features.", "features.")
 

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SIZE = 112
 CHANNEL_ORDERS = ("rgb", "bgr")
+INPUT_SCALES = ("minus1_1", "0_1")   # (x/255 − 0.5)/0.5 | x/255: the FR families' input scales
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -89,6 +90,15 @@ def open_rgb(source: bytes | str | os.PathLike, label: str) -> Image.Image:
 def normalize(images: jnp.ndarray) -> jnp.ndarray:
   """uint8 [..., 3] → float32 in [−1, 1]: (x/255 − 0.5)/0.5. Runs on device."""
   return (images.astype(jnp.float32) / 255.0 - 0.5) / 0.5
+
+
+def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
+  """uint8 [..., 3] → float32 the way the FR family was trained (INPUT_SCALES). Runs on device."""
+  if input_scale == "minus1_1":
+    return normalize(images_uint8)
+  if input_scale == "0_1":
+    return images_uint8.astype(jnp.float32) / 255.0
+  raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
 
 
 def list_images(directory: str | os.PathLike) -> list[str]:

@@ -20,8 +20,6 @@ from exfiqa_jax.convert import strict
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import iresnet, quality_heads
 
-INPUT_SCALES = ("minus1_1", "0_1")   # (x/255 − 0.5)/0.5 | x/255 (the families' input scales)
-
 
 @dataclasses.dataclass(frozen=True)
 class Scorer:
@@ -43,11 +41,7 @@ def prepare_images(images: jax.Array, input_scale: str, channel_order: str = "rg
     return images.astype(jnp.float32)
   if channel_order == "bgr":
     images = images[..., ::-1]
-  if input_scale == "minus1_1":
-    return preprocess.normalize(images)
-  if input_scale == "0_1":
-    return images.astype(jnp.float32) / 255.0
-  raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+  return preprocess.scale_input(images, input_scale)
 
 
 def wrong_model(method: str, needs: str, model_config: Mapping[str, Any]) -> ValueError:
