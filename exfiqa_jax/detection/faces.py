@@ -71,19 +71,26 @@ class FaceRecord:
   landmarks: np.ndarray
 
 
+def _record_fields(records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
+  """The records' fields after `image` as arrays: face, num_faces [N], score [N], box [N, 4],
+  landmarks [N, 5, 2] (`face_columns`' arguments and `AlignedFaces`' fields)."""
+  return {"face": np.asarray([r.face for r in records], np.int64),
+          "num_faces": np.asarray([r.num_faces for r in records], np.int64),
+          "score": np.asarray([r.score for r in records], np.float32),
+          "box": np.asarray([r.box for r in records], np.float32).reshape(-1, 4),
+          "landmarks": np.asarray([r.landmarks for r in records], np.float32).reshape(-1, 5, 2)}
+
+
 def record_columns(records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
   """The appended per-row columns (`face_columns`) of a list of records."""
-  return face_columns(np.asarray([r.face for r in records], np.int64),
-                      np.asarray([r.num_faces for r in records], np.int64),
-                      np.asarray([r.score for r in records], np.float32),
-                      np.asarray([r.box for r in records], np.float32),
-                      np.asarray([r.landmarks for r in records], np.float32))
+  return face_columns(**_record_fields(records))
 
 
-def face_records(detections: Sequence[Faces | None], shapes: Sequence[tuple[int, int]],
+def face_records(detections: Sequence[Faces | None],
+                 shapes: Sequence[tuple[int, int] | None],
                  face: str = "primary") -> tuple[list[FaceRecord], list[int]]:
-  """Per-photo detections → (the faces to crop, in photo order; photos with no face).
-  A `None` detection (unreadable photo) is in neither list."""
+  """Per-photo detections and (H, W) sizes → (the faces to crop, in photo order; photos with
+  no face). A `None` detection (unreadable photo; its size may be None) is in neither list."""
   records, no_face = [], []
   for i, (faces, shape) in enumerate(zip(detections, shapes)):
     if faces is None:
@@ -127,14 +134,8 @@ def aligned_faces(photos: Sequence[np.ndarray], records: Sequence[FaceRecord],
   """The records' crops (`align.align_face` of their landmarks) with their fields as arrays."""
   crops = np.stack([align_lib.align_face(as_rgb(photos[r.image]), r.landmarks, size)
                     for r in records]) if records else np.zeros((0, size, size, 3), np.uint8)
-  return AlignedFaces(
-      crops=crops, image=np.asarray([r.image for r in records], np.int64),
-      face=np.asarray([r.face for r in records], np.int64),
-      num_faces=np.asarray([r.num_faces for r in records], np.int64),
-      score=np.asarray([r.score for r in records], np.float32),
-      box=np.asarray([r.box for r in records], np.float32).reshape(-1, 4),
-      landmarks=np.asarray([r.landmarks for r in records], np.float32).reshape(-1, 5, 2),
-      no_face=list(no_face), overflow=list(overflow))
+  return AlignedFaces(crops=crops, image=np.asarray([r.image for r in records], np.int64),
+                      **_record_fields(records), no_face=list(no_face), overflow=list(overflow))
 
 
 def detect_and_align(photos: Sequence[np.ndarray], face: str = "primary",

@@ -54,7 +54,7 @@ def align_entries(entries: Sequence[base.ImageEntry], detector: Detector | None 
   detector = detector or get_detector()
   paths = [os.fspath(e.source) for e in entries]
   detections, shapes, errors = photos_lib.detect_files(paths, detector)
-  records, _ = faces_lib.face_records(detections, [s or (0, 0) for s in shapes], face)
+  records, _ = faces_lib.face_records(detections, shapes, face)
   by_image = {r.image: r for r in records}
   score = np.zeros((len(entries),), np.float32)
   box = np.zeros((len(entries), 4), np.float32)

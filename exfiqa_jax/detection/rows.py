@@ -119,8 +119,7 @@ def photo_rows(paths: Sequence[str], names: Sequence[str], settings: PhotoSettin
     for i in range(len(paths)):
       if detections[i] is None and i not in unreadable:
         unreadable[i] = "unreadable (reported by another host)"
-  records, no_face = faces_lib.face_records(detections, [s or (0, 0) for s in photo_shapes],
-                                            settings.face)
+  records, no_face = faces_lib.face_records(detections, photo_shapes, settings.face)
   overflow = [names[i] for i, d in enumerate(detections) if d is not None and d.overflow]
   return PhotoRows(photos_lib.aligned_reader(paths, records, channel_order, size),
                    [names[r.image] for r in records], records, [names[i] for i in no_face],
