@@ -21,6 +21,7 @@ Other quality methods (docs/methods.md, Baselines; names in exfiqa_jax/methods/r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -209,13 +210,9 @@ class QualityModel(BatchedModel):
   def _vitnt_apart(self, batch: jax.Array) -> dict[str, jax.Array]:
     """ViTNT-FIQA of selected blocks that are not the pass's first ones: their own program."""
     if self._vitnt_scorer is None:
-      opts = self.vitnt
-      found = vitnt.scorer(self.module, self.variables, self.model_config,
-                           blocks=opts["blocks"], scaling=opts["scaling"],
-                           attention=opts["attention"])
-      self._vitnt_scorer = scorer_lib.Scorer(
-          found.method, found.columns, found.apply,
-          jax.device_put(found.variables, parallel.replicated()))
+      found = vitnt.scorer(self.module, self.variables, self.model_config, **self.vitnt)
+      self._vitnt_scorer = dataclasses.replace(
+          found, variables=jax.device_put(found.variables, parallel.replicated()))
     return self._vitnt_scorer(batch)
 
   def run_batch(self, local_images: np.ndarray, attn_maps: bool = False,
