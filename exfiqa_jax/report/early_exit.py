@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from exfiqa_jax import columns, files, quality_mapping
+from exfiqa_jax import columns, files, parallel, quality_mapping
 from exfiqa_jax.report import plots, tables
 
 FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2"), columns.EX_FIQA_FW: ("*", "C1"),
@@ -44,6 +44,16 @@ def write(output: str, summary: Mapping[str, Any], mapping: quality_mapping.Qual
   if model_dir:
     paths["model_mapping"] = quality_mapping.store_with_model(model_dir, mapping)
   return paths
+
+
+def write_study(config, output: str, study: Mapping[str, Any], model_path: str) -> dict[str, str]:
+  """write() as the early_exit and demo tasks call it: the study's (evaluation.early_exit.analyse)
+  files into `output`, the mapping also into `model_path` when it is a directory and
+  config.early_exit.mapping.store_with_model (default on). {} on processes that do not write."""
+  if not parallel.is_writer():
+    return {}
+  store = config.early_exit.mapping.get("store_with_model", True) and os.path.isdir(model_path)
+  return write(output, study["summary"], study["mapping"], model_dir=model_path if store else None)
 
 
 def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from exfiqa_jax import columns, files, parallel
+from exfiqa_jax import columns, files
 from exfiqa_jax.evaluation import attention, early_exit, pipeline, severity, stages
 from exfiqa_jax.report import demo as demo_report
 from exfiqa_jax.report import early_exit as early_exit_report
@@ -82,11 +82,7 @@ def run(config) -> dict[str, Any]:
   t0 = time.time()      # early exits: calibrated on the val split, the test scores reused
   exits = early_exit.analyse(config, early_exit.synthetic_split(config, "val"), bench,
                              quality[0], ev.cache, quality)
-  if parallel.is_writer():
-    store = config.early_exit.mapping.get("store_with_model", True)
-    early_exit_report.write(os.path.join(output, "early_exit"), exits["summary"],
-                            exits["mapping"], model_dir=quality[0].path
-                            if store and os.path.isdir(quality[0].path) else None)
+  early_exit_report.write_study(config, os.path.join(output, "early_exit"), exits, quality[0].path)
   seconds["early_exit"] = round(time.time() - t0, 1)
   seconds["total"] = round(time.time() - started, 1)
   extra = {"spearman_vs_severity": rho, "spearman_by_degradation": rho_kind, "targets": check,

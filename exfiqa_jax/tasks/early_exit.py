@@ -18,7 +18,6 @@ from typing import Any
 
 from absl import logging
 
-from exfiqa_jax import parallel
 from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.evaluation import early_exit as study
 from exfiqa_jax.report import early_exit as report
@@ -52,10 +51,6 @@ def run(config) -> dict[str, Any]:
                             progress=config.get("progress", True))
   spec = quality[0]
   out = study.analyse(config, cal, ev, spec, cache, quality, extra={"split": how})
-  written = {}
-  if parallel.is_writer():
-    store = config.early_exit.mapping.get("store_with_model", True) and os.path.isdir(spec.path)
-    written = report.write(config.output, out["summary"], out["mapping"],
-                           model_dir=spec.path if store else None)
+  written = report.write_study(config, config.output, out, spec.path)
   logging.info("early-exit analysis written to %s (%.1f s)", config.output, time.time() - started)
   return {**written, **out, "computed": cache.computed()}
