@@ -14,9 +14,10 @@ from typing import Any, Mapping
 
 from exfiqa_jax import columns
 from exfiqa_jax.convert import quality_head_keys
+from exfiqa_jax.methods import registry
 from exfiqa_jax.methods import scorer as scorer_lib
 
-METHOD = "ediffiqa"
+METHOD = registry.EDIFFIQA
 
 
 def scorer(module: Any, variables: Any, model_config: Mapping[str, Any]) -> scorer_lib.Scorer:

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from exfiqa_jax import columns
+from exfiqa_jax.methods import registry
 from exfiqa_jax.methods import scorer as scorer_lib
 from exfiqa_jax.models import iresnet
 
-METHOD = "grafiqs"
+METHOD = registry.GRAFIQS
 COLUMNS = columns.GRAFIQS
 
 

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 from exfiqa_jax import columns
 from exfiqa_jax.convert import iresnet_keys
 from exfiqa_jax.data import preprocess
+from exfiqa_jax.methods import registry
 from exfiqa_jax.methods import scorer as scorer_lib
 
-METHOD = "magface"
+METHOD = registry.MAGFACE
 
 
 def scorer(module: Any, variables: Any, model_config: Mapping[str, Any],

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from exfiqa_jax import columns
+from exfiqa_jax.methods import registry
 from exfiqa_jax.methods import scorer as scorer_lib
 from exfiqa_jax.models import iresnet
 
-METHOD = "serfiq"
+METHOD = registry.SERFIQ
 COLUMNS = (columns.SERFIQ,)
 _GOLDEN = np.uint32(0x9E3779B1)   # odd multiplier of the pixel fingerprint
 

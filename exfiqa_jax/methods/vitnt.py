@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from exfiqa_jax import columns
+from exfiqa_jax.methods import registry
 from exfiqa_jax.methods import scorer as scorer_lib
 from exfiqa_jax.models import vit
 
-METHOD = "vitnt"
+METHOD = registry.VITNT
 COLUMNS = (columns.VITNT, columns.VITNT_UNIFORM)
 DEFAULT_SCALING = 8.0
 
