@@ -168,8 +168,7 @@ def bootstrap(scores, is_genuine, pair_quality, fmrs: Sequence[float] = (1e-3, 1
   edc_curves(..., pauc_limit=limit) when the caller already has it; score_perm: as in
   edc_curves.
   """
-  if mode not in rule.MODES:
-    raise ValueError(f"mode must be one of {rule.MODES}, got {mode!r}")
+  rule.check_mode(mode)
   s, gen, pq = rule.validate_pairs(scores, is_genuine, pair_quality)
   if not higher_is_better:
     pq = -pq

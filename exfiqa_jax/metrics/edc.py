@@ -489,8 +489,7 @@ def pauc(fnmr, discard, limit: float = PAUC_LIMIT, mode: str = "fiqa",
   the given points (pass EdcCurves.discarded as discard; exact when every step is a point, else use
   edc_curves(pauc_limit=...)); subtract_best removes the theoretical-best area (needs discard 0).
   """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  rule.check_mode(mode)
   xp = jnp if is_tracer(fnmr) else np
   y = xp.asarray(fnmr, xp.float64 if xp is np else None)
   x = xp.broadcast_to(xp.asarray(discard, y.dtype), y.shape)
