@@ -14,6 +14,7 @@ from exfiqa_jax.convert import iresnet_keys as ik
 from exfiqa_jax.methods import grafiqs
 from exfiqa_jax.models import iresnet, quality_heads, vit
 from exfiqa_jax.testing import baselines_free_torch as twins
+from exfiqa_jax.testing import baselines_torch as bt
 from exfiqa_jax.testing import fr_torch_reference as fr_ref
 
 RTOL = 1e-3
@@ -25,7 +26,7 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
 
 
 def _converted(tmodel, family):
-  sd = {k: v.detach().numpy().copy() for k, v in tmodel.state_dict().items()}
+  sd = bt.numpy_state_dict(tmodel)
   config = family.infer_config(sd)
   return models.get_model(config), family.to_flax(sd, config), config
 

@@ -6,7 +6,6 @@ distances here); the same images and masks give the same numbers, not a statisti
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from exfiqa_jax.convert import iresnet_keys as ik
 from exfiqa_jax.methods import serfiq
 from exfiqa_jax.models import iresnet, vit
 from exfiqa_jax.testing import baselines_free_torch as twins
+from exfiqa_jax.testing import baselines_torch as bt
 
 PASSES = 100
 RTOL = 1e-6
@@ -28,7 +28,7 @@ def _images(n: int = 3, seed: int = 1) -> np.ndarray:
 @pytest.fixture(scope="module")
 def arcface():
   tmodel = twins.tiny_iresnet(seed=3, layers=(1, 1, 1, 1))
-  sd = {k: v.detach().numpy().copy() for k, v in tmodel.state_dict().items()}
+  sd = bt.numpy_state_dict(tmodel)
   config = ik.ARCFACE_IRESNET.infer_config(sd)
   return tmodel, models.get_model(config), ik.ARCFACE_IRESNET.to_flax(sd, config), config
 
