@@ -86,9 +86,7 @@ class QualityHeadFamily:
 
   def to_torch(self, variables: Mapping[str, Any], config: Mapping[str, Any]
                ) -> dict[str, np.ndarray]:
-    backbone = iresnet_keys.variables_to_state_dict(
-        {"params": variables["params"]["backbone"],
-         "batch_stats": variables["batch_stats"]["backbone"]})
+    backbone = iresnet_keys.variables_to_state_dict(quality_heads.backbone_variables(variables))
     sd = {self.backbone_prefix + k: v for k, v in backbone.items()}
     for name, leaves in variables["params"]["head"].items():
       for leaf, value in leaves.items():

@@ -59,7 +59,7 @@ def unfolded_iresnet(method: str, module: Any, variables: Any,
   if (isinstance(module, quality_heads.BackboneWithHead)
       and isinstance(module.backbone, iresnet.IResNet)):
     module = module.backbone
-    variables = {c: tree["backbone"] for c, tree in variables.items()}
+    variables = quality_heads.backbone_variables(variables)
   if not isinstance(module, iresnet.IResNet) or "batch_stats" not in variables:
     raise wrong_model(
         method, "an iResNet / IR face-recognition CNN with its BatchNorms (load it with "

@@ -83,13 +83,17 @@ def head_shapes(model_config: Mapping[str, Any]) -> dict[str, Any]:
   return jax.eval_shape(lambda e: head.init(jax.random.key(0), e), embedding)["params"]
 
 
+def backbone_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+  """The backbone's part of a BackboneWithHead's variables (each collection's "backbone")."""
+  return {c: tree["backbone"] for c, tree in variables.items()}
+
+
 def fold_batchnorm(module: BackboneWithHead, variables: Mapping[str, Any],
                    dtype: Any = jnp.float32) -> tuple[BackboneWithHead, dict[str, Any]]:
   """`BackboneWithHead(IResNet)` eval variables → the same model with the backbone's BatchNorms
   folded (`iresnet.fold_batchnorm`); the head is unchanged. Inference only."""
-  backbone = {"params": variables["params"]["backbone"],
-              "batch_stats": variables["batch_stats"]["backbone"]}
-  folded, folded_vars = iresnet.fold_batchnorm(module.backbone.config, backbone, dtype)
+  folded, folded_vars = iresnet.fold_batchnorm(module.backbone.config,
+                                               backbone_variables(variables), dtype)
   head = jax.tree.map(lambda v: np.asarray(v, np.float32), variables["params"]["head"])
   return (BackboneWithHead(folded, module.head),
           {"params": {"backbone": folded_vars["params"], "head": head}})
