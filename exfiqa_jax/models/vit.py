@@ -272,13 +272,14 @@ class Attention(nn.Module):
     unnormalised = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True)))
     out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(self.dtype), v,
                      preferred_element_type=jnp.float32)
-    out = (out / jnp.sum(unnormalised, -1, keepdims=True)).astype(self.dtype)
+    sums = jnp.sum(unnormalised, -1, keepdims=True)                    # [B, H, T, 1] per query
+    out = (out / sums).astype(self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
     out = nn.Dense(d, kernel_init=_trunc_normal(), dtype=self.dtype, name="proj")(out)
     received = None
     if self.received_attention:
-      inverse_sums = 1.0 / jnp.sum(unnormalised, -1)                   # [B, H, T] per query
-      received = jnp.einsum("bhqk,bhq->bk", unnormalised, inverse_sums) / cfg.num_heads
+      received = jnp.einsum("bhqk,bhq->bk", unnormalised,
+                            1.0 / jnp.squeeze(sums, -1)) / cfg.num_heads
     return out, score, maps, received
 
 
@@ -486,22 +487,20 @@ class VisionTransformer(nn.Module):
     k = self.num_blocks
     rates = jnp.asarray(np.linspace(0.0, cfg.drop_path_rate, cfg.depth)[:k], jnp.float32)
     norm_params = None if vitnt is None else self.get_variable("params", "norm")
-    if norm_params is None:
-      scanned = nn.scan(Block, variable_axes={"params": 0},
-                        split_rngs={"params": True, "dropout": True}, in_axes=0, length=k)
-      return scanned(cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats,
-                     name="blocks")(x, rates)
+    vitnt = None if norm_params is None else vitnt
+    scanned = nn.scan(Block, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=0 if vitnt is None else (0, 0, nn.broadcast), length=k)
+    blocks = scanned(cfg, self.dtype, train, return_maps, keep_all,
+                     self.explicit_attention_stats, vitnt, name="blocks")
+    if vitnt is None:
+      return blocks(x, rates)
     selected, compare = vitnt.flags(k)
     b, n = x.shape[0], cfg.num_patches
     state = {"previous": jnp.zeros((b, n, cfg.width), jnp.float32),
              "distance": jnp.zeros((b, n), jnp.float32), "weight": jnp.zeros((b, n), jnp.float32)}
-    scanned = nn.scan(Block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, 0, nn.broadcast), length=k)
-    (x, state), per_block = scanned(
-        cfg, self.dtype, train, return_maps, keep_all, self.explicit_attention_stats, vitnt,
-        name="blocks")((x, state), rates, (jnp.asarray(selected), jnp.asarray(compare)),
-                       norm_params)
+    (x, state), per_block = blocks((x, state), rates,
+                                   (jnp.asarray(selected), jnp.asarray(compare)), norm_params)
     return x, {**per_block, "vitnt": vitnt_outputs(state, vitnt)}
 
   def _flatten_for_feature(self, xn: jnp.ndarray) -> jnp.ndarray:
