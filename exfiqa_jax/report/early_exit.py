@@ -25,7 +25,7 @@ def write(output: str, summary: Mapping[str, Any], mapping: quality_mapping.Qual
   the score task then writes q100_* columns). Call on the writing process only. Returns
   {what: path}."""
   rows, depth = summary["rows"], int(summary["depth"])
-  decided_cols = [f"decided_exit_{e}" for e in range(1, depth + 1)]
+  decided_cols = ["decided_" + c for c in columns.exit_names(depth)]
   flat = [{**{k: r[k] for k in CSV_COLUMNS}, **dict(zip(decided_cols, r["decided"]))}
           for r in rows]
   paths = {"csv": os.path.join(output, "early_exit.csv"),

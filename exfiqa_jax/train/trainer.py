@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
+from exfiqa_jax import columns as columns_lib
 from exfiqa_jax import files, identity
 from exfiqa_jax import parallel
 from exfiqa_jax.train import monitor
@@ -190,7 +191,8 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
     res = monitor.evaluate_pairs(eval_fn, state.variables(), eval_pairs, mesh, config.eval.batch_size,
                          config.eval.fmr, config.eval.limit, config.seed)
     eval_log.add({"step": s, **res})
-    logging.info("eval step %d: %s", s, {k: v for k, v in res.items() if "exit_" not in k})
+    logging.info("eval step %d: %s", s,
+                 {k: v for k, v in res.items() if columns_lib.EXIT_PREFIX not in k})
     return res
 
   t0, t_log, n_log = time.time(), time.time(), 0
