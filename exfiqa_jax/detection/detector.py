@@ -85,8 +85,8 @@ class Detector:
 
   def _padded(self, n: int) -> int:
     devices = self._mesh.devices.size
-    size = min(self.batch_size, parallel.next_pow2(n))
-    return max(size, n) if devices == 1 else -(-max(size, n) // devices) * devices
+    size = max(min(self.batch_size, parallel.next_pow2(n)), n)
+    return -(-size // devices) * devices
 
   def detect_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [B, H, W, 3] RGB photos of one size → the arrays of

@@ -131,8 +131,9 @@ class AlignedFaces:
 def aligned_faces(photos: Sequence[np.ndarray], records: Sequence[FaceRecord],
                   no_face: Sequence[int], overflow: Sequence[int] = (),
                   size: int = preprocess.IMAGE_SIZE) -> AlignedFaces:
-  """The records' crops (`align.align_face` of their landmarks) with their fields as arrays."""
-  crops = np.stack([align_lib.align_face(as_rgb(photos[r.image]), r.landmarks, size)
+  """The records' crops (`align.align_face` of their landmarks on the `as_rgb` photos) with
+  their fields as arrays."""
+  crops = np.stack([align_lib.align_face(photos[r.image], r.landmarks, size)
                     for r in records]) if records else np.zeros((0, size, size, 3), np.uint8)
   return AlignedFaces(crops=crops, image=np.asarray([r.image for r in records], np.int64),
                       **_record_fields(records), no_face=list(no_face), overflow=list(overflow))
