@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -245,7 +245,7 @@ def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str |
   variables, config = convert.convert_state_dict(sd, num_heads=num_heads, family=family,
                                                  source=checkpoint)
   save_model(out, variables, config)
-  count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
+  count = sum(int(np.size(v)) for v in jax.tree.leaves(variables.get("params", {})))
   logging.info("converted %s (%s, %s) → %s: %d parameters",
                checkpoint, config["family"], config.get("mode", config.get("layout")),
                os.path.abspath(out), count)
@@ -261,11 +261,3 @@ def directory_to_pt(checkpoint: str, out: str) -> dict[str, np.ndarray]:
   convert.torch_io.save_state_dict(sd, out)
   logging.info("wrote %s: %d tensors (%s)", os.path.abspath(out), len(sd), family.name)
   return sd
-
-
-def _leaves(tree):
-  for v in tree.values():
-    if isinstance(v, Mapping):
-      yield from _leaves(v)
-    else:
-      yield v
