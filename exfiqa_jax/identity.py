@@ -15,16 +15,23 @@ recomputes, and `changes(old, new)` says what changed for the log line (docs/cac
   write_stamp / check_stamp  a completion stamp, written LAST, that records the identity and the
                              output files it vouches for; a stamp that does not match (or whose
                              outputs were replaced since) is not "done"
+  open_regular(path)         a file opened for reading only when it is a regular file
 A checkpoint's identity (a content digest) is exfiqa_jax/checkpoints.py's checkpoint_identity.
 Digests of unchanged files are memoised per process by (path, size, mtime_ns, ctime_ns, inode):
 any write, even one that restores the mtime, changes ctime.
+
+Only regular files are ever opened: a path is stat-ed first (opening a named pipe blocks until a
+writer comes, reading /dev/zero never ends). A special file given as a file (a checkpoint, a list)
+is a SpecialFileError naming it and its kind; one met inside a folder or an image list is recorded
+by its kind, unread (docs/caching.md).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+import stat
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -36,17 +43,67 @@ _CHUNK = 1 << 20
 _memo: dict[tuple, str] = {}
 
 
+class SpecialFileError(OSError):
+  """A path that is not a regular file (a named pipe, a device, a socket, a folder) where the
+  bytes of a file are needed: refused before it is opened."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(st: os.stat_result) -> str:
+  """What a stat result describes, in words: "a regular file", "a named pipe (FIFO)", ..."""
+  if stat.S_ISREG(st.st_mode):
+    return "a regular file"
+  return next((kind for test, kind in _KINDS if test(st.st_mode)), "a special file")
+
+
+def regular_stat(path: str | os.PathLike) -> os.stat_result:
+  """os.stat of a regular file (a symbolic link to one counts); SpecialFileError naming the path
+  and its kind for anything else, FileNotFoundError when it does not exist."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{os.fsdecode(path)} does not exist") from None
+  if not stat.S_ISREG(st.st_mode):
+    raise SpecialFileError(_not_regular(path, st))
+  return st
+
+
+def _not_regular(path: str | os.PathLike, st: os.stat_result) -> str:
+  via = " (through a symbolic link)" if os.path.islink(path) else ""
+  return f"{os.fsdecode(path)} is {kind_of(st)}{via}, not a regular file; it is not read"
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+  """A regular file opened for binary reading. Stat-ed first, then opened non-blocking and
+  checked again through the descriptor, so a file swapped for a pipe in between never blocks."""
+  regular_stat(path)
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+  try:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise SpecialFileError(_not_regular(path, st))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+  except BaseException:
+    os.close(fd)
+    raise
+
+
 def _stat_key(path: str, st: os.stat_result) -> tuple:
   return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-  """SHA-256 of a file's bytes (memoised while the file is unchanged)."""
+  """SHA-256 of a regular file's bytes (memoised while the file is unchanged)."""
   path = os.path.abspath(os.fspath(path))
-  key = _stat_key(path, os.stat(path))
+  key = _stat_key(path, regular_stat(path))
   if key not in _memo:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
       while block := f.read(_CHUNK):
         digest.update(block)
     _memo[key] = digest.hexdigest()
@@ -74,6 +131,8 @@ def _entries_digest(entries: Iterable[tuple[str, os.stat_result | None, str]],
   for name, st, full in entries:
     if st is None:
       part = [name, None]
+    elif not stat.S_ISREG(st.st_mode):      # recorded by kind, never opened
+      part = [name, kind_of(st)]
     elif contents:
       part = [name, st.st_size, sha256_file(full)]
     else:
@@ -94,14 +153,15 @@ def file_identity(path: str | os.PathLike, digest: bool | None = None,
   """Identity of a file or folder. `digest`: None = hash contents up to DIGEST_LIMIT bytes,
   True = always, False = never (size + mtime_ns only)."""
   path = os.path.abspath(os.fspath(path))
-  if os.path.isfile(path):
-    st = os.stat(path)
+  st = _stat(path)
+  if st is not None and not stat.S_ISDIR(st.st_mode):
+    regular_stat(path)                     # a pipe, a device: SpecialFileError naming it
     if digest or (digest is None and st.st_size <= DIGEST_LIMIT):
       return {"path": path, "size": st.st_size, "sha256": sha256_file(path)}
     return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-  if os.path.isdir(path):
+  if st is not None:
     entries = [(rel, _stat(full), full) for rel, full in _walk(path, exclude)]
-    size = sum(st.st_size for _, st, _ in entries if st is not None)
+    size = sum(e.st_size for _, e, _ in entries if e is not None and stat.S_ISREG(e.st_mode))
     contents = bool(digest or (digest is None and size <= DIGEST_LIMIT))
     return {"path": path, "files": len(entries), "size": size,
             ("sha256" if contents else "stat_sha256"): _entries_digest(entries, contents)}
@@ -111,19 +171,24 @@ def file_identity(path: str | os.PathLike, digest: bool | None = None,
 def files_identity(paths: Sequence[str | os.PathLike], digest: bool | None = None
                    ) -> dict[str, Any]:
   """One identity for a list of files (the images of a run), in order; missing files count as
-  missing (a run that skips unreadable files records which were absent)."""
+  missing and anything but a regular file (a folder, a pipe) as not_regular, recorded by its
+  kind and never opened (a run that skips unreadable files records which were unusable)."""
   paths = [os.path.abspath(os.fspath(p)) for p in paths]
   stats = [_stat(p) for p in paths]
-  size = sum(st.st_size for st in stats if st is not None)
+  regular = [st is not None and stat.S_ISREG(st.st_mode) for st in stats]
+  size = sum(st.st_size for st, r in zip(stats, regular) if r)
   contents = bool(digest or (digest is None and size <= DIGEST_LIMIT))
+  not_regular = sum(st is not None and not r for st, r in zip(stats, regular))
   return {"count": len(paths), "missing": sum(st is None for st in stats), "size": size,
+          **({"not_regular": not_regular} if not_regular else {}),   # earlier stamps stay valid
           ("sha256" if contents else "stat_sha256"):
               _entries_digest(zip(paths, stats, paths), contents)}
 
 
 def names_identity(names: Sequence[str]) -> dict[str, Any]:
-  """A list of names (the images of a run, in order) as a count and one digest."""
-  digest = hashlib.sha256("\n".join(str(n) for n in names).encode("utf-8"))
+  """A list of names (the images of a run, in order) as a count and one digest (a name that is
+  not UTF-8 on disk, held as surrogates by os.listdir, is hashed as its bytes)."""
+  digest = hashlib.sha256("\n".join(str(n) for n in names).encode("utf-8", "surrogateescape"))
   return {"count": len(names), "sha256": digest.hexdigest()}
 
 

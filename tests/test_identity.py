@@ -1,11 +1,14 @@
 """identity.py: the one canonical JSON form, plain (stamps, configs) and exact (stage
-fingerprints: every cached stage of an earlier run must stay valid)."""
+fingerprints: every cached stage of an earlier run must stay valid), and file identities that
+stat before they open: a named pipe or a device is named, never read."""
 from __future__ import annotations
 
 import json
+import os
 
 import ml_collections
 import numpy as np
+import pytest
 
 from exfiqa_jax import identity
 from exfiqa_jax.evaluation import stages
@@ -40,3 +43,70 @@ def test_plain_form():
   assert identity.canonical(cfg) == {"a": 0.25, "b": [1, 2.5], "c": 3}
   assert identity.canonical({2: "x", 1: (np.int32(4),)}) == {"1": [4], "2": "x"}
   assert identity.changes({"a": 1.0}, {"a": 2.0}) == ["a: 1.0 → 2.0"]
+
+
+# --------------------------------------------------------------------------- special files
+needs_fifo = pytest.mark.skipif(not (hasattr(os, "mkfifo") and os.path.exists("/dev/zero")),
+                                reason="needs named pipes and /dev/zero")
+
+
+def _specials(folder):
+  """A named pipe and a link to a device, both named like images, beside one regular file."""
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "a.png").write_bytes(b"abc")
+  os.mkfifo(folder / "pipe.jpg")
+  os.symlink("/dev/zero", folder / "zero.png")
+  return folder / "pipe.jpg", folder / "zero.png"
+
+
+@needs_fifo
+def test_a_special_file_is_refused_by_name_never_opened(tmp_path, special_opens):
+  pipe, device = _specials(tmp_path)
+  for path, kind in ((pipe, "named pipe"), (device, "character device")):
+    with pytest.raises(identity.SpecialFileError, match=f"{path.name}.*{kind}"):
+      identity.file_identity(path)
+    with pytest.raises(identity.SpecialFileError, match=kind):
+      identity.sha256_file(path)
+    with pytest.raises(identity.SpecialFileError, match=kind):
+      identity.open_regular(path)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    identity.file_identity(tmp_path / "missing.png")
+  with identity.open_regular(tmp_path / "a.png") as f:
+    assert f.read() == b"abc"
+
+
+@needs_fifo
+def test_special_entries_of_folders_and_lists_are_recorded_by_kind(tmp_path, special_opens):
+  pipe, device = _specials(tmp_path / "f")
+  (tmp_path / "f" / "dir.jpg").mkdir()
+  folder = identity.file_identity(tmp_path / "f")     # a checkpoint / manual_dir walk
+  assert folder["files"] == 3 and folder["size"] == 3
+  listed = identity.files_identity([tmp_path / "f" / "a.png", pipe, device,
+                                    tmp_path / "f" / "dir.jpg", tmp_path / "gone.png"])
+  assert (listed["count"], listed["missing"], listed["not_regular"]) == (5, 1, 3)
+  # the kind is part of the identity: a pipe replaced by a file of the same name is a change
+  os.remove(pipe)
+  pipe.write_bytes(b"")
+  assert identity.file_identity(tmp_path / "f")["sha256"] != folder["sha256"]
+  again = identity.files_identity([tmp_path / "f" / "a.png", pipe, device,
+                                   tmp_path / "f" / "dir.jpg", tmp_path / "gone.png"])
+  assert again["sha256"] != listed["sha256"] and "not_regular" in again
+
+
+def test_identities_of_regular_files_are_unchanged(tmp_path):
+  # Pinned: the digest before special files were recorded by kind (stamps stay valid).
+  (tmp_path / "f" / "sub").mkdir(parents=True)
+  (tmp_path / "f" / "a.png").write_bytes(b"abc")
+  (tmp_path / "f" / "sub" / "b.jpg").write_bytes(b"defg")
+  assert identity.file_identity(tmp_path / "f")["sha256"] == (
+      "84a8f4860660ce1deb3d0d411e46f55f806a6dedc20546df4ed75840c4f2ce65")
+  assert "not_regular" not in identity.files_identity([tmp_path / "f" / "a.png"])
+  assert identity.names_identity(["a.png", "sub/b.jpg", "é"])["sha256"] == (
+      "4e943c7d0e581bb435e285a229c9395a9ac7e7afe04e7b43541f5a5c45712b2f")
+
+
+def test_names_that_are_not_utf8_have_an_identity():
+  # os.listdir gives undecodable bytes as surrogates; the digest is of the bytes on disk
+  name = os.fsdecode(b"bad\xff.png")
+  assert identity.names_identity([name]) != identity.names_identity(["bad.png"])
+  assert identity.names_identity([name]) == identity.names_identity([name])
