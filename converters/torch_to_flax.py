@@ -1,21 +1,25 @@
 """PyTorch `.pt` state dict → converted model directory (Orbax variables + model_config.json).
 
   python -m converters.torch_to_flax --checkpoint=vitfiqa_token.pt --out=ckpt/vitfiqa_token \
-      [--num_heads=8] [--family=vit]
+      [--num_heads=8] [--family=vit] [--overwrite]
 
 The family is detected from the keys unless --family names it; the architecture comes from the
 shapes; --num_heads is the one thing no shape records (default 8; CVLFace ViT-B uses 16).
 Strict: a missing, unexpected or mis-shaped key stops the conversion with a list of all of them.
 The result is converted back and compared bit for bit with the input before anything is written
-(exfiqa_jax.checkpoints.pt_to_directory; docs/checkpoints.md).
+(exfiqa_jax.checkpoints.pt_to_directory; docs/checkpoints.md). Nothing the converter did not
+write is deleted: an --out holding other files is refused unless --overwrite is passed, and an
+--out that is a file, or is or holds the input, always is; an earlier conversion is replaced.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
 from exfiqa_jax import checkpoints, convert
+from exfiqa_jax.convert.strict import CheckpointError
 
 
 def _main(argv: list[str]) -> None:
@@ -24,8 +28,11 @@ def _main(argv: list[str]) -> None:
   f = flags.FLAGS
   if not f.checkpoint or not f.out:
     raise app.UsageError("pass --checkpoint=X.pt and --out=DIR")
-  config = checkpoints.pt_to_directory(f.checkpoint, f.out, num_heads=f.num_heads,
-                                   family=f.family or None)
+  try:
+    config = checkpoints.pt_to_directory(f.checkpoint, f.out, num_heads=f.num_heads,
+                                         family=f.family or None, overwrite=f.overwrite)
+  except (CheckpointError, FileExistsError, FileNotFoundError) as e:   # the message says it all
+    sys.exit(f"error: {e}")
   print(f"wrote {os.path.abspath(f.out)} ({config['family']}, "
         f"{config.get('mode', config.get('layout'))})")
 
@@ -36,4 +43,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_heads", 8, "Attention heads (not recorded in any weight shape).")
   flags.DEFINE_string("family", "", f"Model family; empty = detect from the keys. Known: "
                       f"{convert.families.names()}")
+  flags.DEFINE_bool("overwrite", False, "Replace --out even when it holds files that no "
+                    "conversion wrote (never the input).")
   app.run(_main)

@@ -37,6 +37,7 @@ from exfiqa_jax.convert.strict import CheckpointError
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
+SAVED = (CONFIG_FILE, VARIABLES_DIR)     # what save_model writes: all a conversion may replace
 INTEGRITY_KEY = "integrity"       # {"variables_sha256": ...} in model_config.json
 
 
@@ -53,9 +54,13 @@ def save_model(directory: str | os.PathLike, variables: Any, model_config: dict[
                ) -> str:
   """Writes `variables` and `model_config` to `directory` atomically (replacing an old one)."""
   directory = os.path.abspath(os.fspath(directory))
-  partial = directory + ".partial"
-  if parallel.is_writer() and os.path.exists(partial):
-    shutil.rmtree(partial)      # left by an interrupted save
+  partial, old = directory + ".partial", directory + ".old"
+  for leftover in (partial, old):       # left by an interrupted save
+    if parallel.is_writer() and os.path.lexists(leftover):
+      if not files.holds_only(leftover, SAVED):
+        raise FileExistsError(f"{leftover} is in the way of saving {directory} and holds files "
+                              "a save does not write; move it away")
+      shutil.rmtree(leftover)
   _sync("save_model:clean")
   variables = flax.core.unfreeze(variables)
   checkpointer = ocp.StandardCheckpointer()
@@ -68,7 +73,6 @@ def save_model(directory: str | os.PathLike, variables: Any, model_config: dict[
     recorded = {k: v for k, v in model_config.items() if k != INTEGRITY_KEY}
     recorded[INTEGRITY_KEY] = {"variables_sha256": variables_digest(variables)}
     files.write_json(os.path.join(partial, CONFIG_FILE), recorded)
-    old = directory + ".old"
     if os.path.exists(directory):
       os.replace(directory, old)
     os.replace(partial, directory)
@@ -238,9 +242,13 @@ def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- PyTorch files
-def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str | None = None
-                    ) -> dict[str, Any]:
-  """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config."""
+def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
+  """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config.
+  `out` is replaced only when it is empty or an earlier conversion, or with `overwrite`; never
+  when it is or holds the input (files.check_replaceable: checked before any work)."""
+  files.check_replaceable(out, folder=True, ours=SAVED, inputs=[checkpoint], overwrite=overwrite,
+                          example=_free(os.path.splitext(os.path.abspath(checkpoint))[0]))
   sd = convert.torch_io.load_state_dict(checkpoint)
   variables, config = convert.convert_state_dict(sd, num_heads=num_heads, family=family,
                                                  source=checkpoint)
@@ -252,12 +260,24 @@ def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str |
   return config
 
 
-def directory_to_pt(checkpoint: str, out: str) -> dict[str, np.ndarray]:
+def directory_to_pt(checkpoint: str, out: str, overwrite: bool = False
+                    ) -> dict[str, np.ndarray]:
   """Reads the converted directory `checkpoint`, writes `out` (.pt) that the official module
-  loads strictly; returns the state dict written."""
+  loads strictly; returns the state dict written. An existing `out` file is replaced only with
+  `overwrite`; a folder never is."""
+  files.check_replaceable(out, folder=False, inputs=[checkpoint], overwrite=overwrite,
+                          example=_free(os.path.abspath(checkpoint).rstrip(os.sep), ".pt"))
   variables, config = load_model(checkpoint)
   family = convert.families.family_of_config(config)
   sd = family.to_torch(to_numpy(variables), config)
   convert.torch_io.save_state_dict(sd, out)
   logging.info("wrote %s: %d tensors (%s)", os.path.abspath(out), len(sd), family.name)
   return sd
+
+
+def _free(stem: str, suffix: str = "") -> str:
+  """`stem + suffix`, or the first `stem_<k> + suffix` that does not exist: a name to suggest."""
+  name, k = stem + suffix, 1
+  while os.path.lexists(name):
+    name, k = f"{stem}_{k}{suffix}", k + 1
+  return name

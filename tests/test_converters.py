@@ -7,6 +7,7 @@ and the embedding (every exit is tested by the model's own tests).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -255,11 +256,11 @@ def test_check_state_dict_accepts_an_exact_match():
                    {"a": np.ones((2, 3)), "n.num_batches_tracked": np.int64(5)})
 
 
-def _run_cli(module: str, *args: str) -> str:
+def _run_cli(module: str, *args: str, returncode: int = 0) -> subprocess.CompletedProcess:
   proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc.stdout
+  assert proc.returncode == returncode, proc.stderr[-4000:]
+  return proc
 
 
 def test_cli_round_trip(tmp_path):
@@ -268,9 +269,99 @@ def test_cli_round_trip(tmp_path):
              tmp_path / "in.pt")
   _run_cli("converters.torch_to_flax", f"--checkpoint={tmp_path / 'in.pt'}",
            f"--out={tmp_path / 'ckpt'}", f"--num_heads={cfg.num_heads}")
+  (tmp_path / "out.pt").write_bytes(b"an older file")       # replaced: --overwrite
   _run_cli("converters.flax_to_torch", f"--checkpoint={tmp_path / 'ckpt'}",
-           f"--out={tmp_path / 'out.pt'}")
+           f"--out={tmp_path / 'out.pt'}", "--overwrite")
   back = torch.load(tmp_path / "out.pt", weights_only=True)
   for k, v in model.state_dict().items():
     assert back[k].dtype == v.dtype and torch.equal(back[k], v) or \
         k.endswith("num_batches_tracked"), k
+  # a typo --out=<the input> is refused in one line, before any work, the input untouched
+  before = (tmp_path / "in.pt").read_bytes()
+  refused = _run_cli("converters.torch_to_flax", f"--checkpoint={tmp_path / 'in.pt'}",
+                     f"--out={tmp_path / 'in.pt'}", "--overwrite", returncode=1)
+  assert refused.stderr.startswith("error: --out=") and "Traceback" not in refused.stderr
+  assert f"e.g. --out={tmp_path / 'in'}" in refused.stderr
+  assert (tmp_path / "in.pt").read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == ["ckpt", "in.pt", "out.pt"]
+
+
+# ----------------------------------------------- the converters never delete what they did not write
+CONVERTED = ["model_config.json", "variables"]
+
+
+@pytest.fixture(scope="module")
+def small_pt(tmp_path_factory):
+  """(a tiny token-mode .pt, its num_heads), written once for the --out cases."""
+  cfg, model = _twin("token", seed=5)
+  path = tmp_path_factory.mktemp("small") / "m.pt"
+  torch.save(model.state_dict(), path)
+  return str(path), cfg.num_heads
+
+
+def test_out_holding_other_files_is_refused_unless_overwrite(small_pt, tmp_path):
+  pt, heads = small_pt
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="--overwrite") as e:
+    checkpoints.pt_to_directory(pt, str(out), num_heads=heads)
+  assert "notes.txt" in str(e.value) and "--out=" in str(e.value)
+  assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+  checkpoints.pt_to_directory(pt, str(out), num_heads=heads, overwrite=True)
+  assert sorted(os.listdir(out)) == CONVERTED
+
+
+def test_a_previous_conversion_is_replaced_even_after_a_killed_save(small_pt, tmp_path):
+  """A conversion's own folder is replaced without --overwrite; the `.old` and `.partial`
+  folders a killed save leaves beside it do not stop the next one."""
+  pt, heads = small_pt
+  out = tmp_path / "ckpt"
+  checkpoints.pt_to_directory(pt, str(out), num_heads=heads)
+  shutil.copytree(out, tmp_path / "ckpt.old")          # killed after its first rename
+  shutil.copytree(out / "variables", tmp_path / "ckpt.partial" / "variables")
+  checkpoints.pt_to_directory(pt, str(out), num_heads=heads)
+  assert sorted(os.listdir(out)) == CONVERTED
+  assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+  checkpoints.load_model(out)
+
+
+@pytest.mark.parametrize("where", ["the input's folder", "the input file", "another file",
+                                   "a folder above the input"])
+def test_out_that_is_a_file_or_holds_the_input_is_refused(small_pt, tmp_path, where):
+  pt, heads = small_pt
+  folder = tmp_path / "weights"
+  (folder / "sub").mkdir(parents=True)
+  src = folder / "sub" / "m.pt"
+  shutil.copyfile(pt, src)
+  (folder / "other.pt").write_bytes(b"not mine to delete")
+  out = {"the input's folder": src.parent, "the input file": src,
+         "another file": folder / "other.pt", "a folder above the input": folder}[where]
+  before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+  for overwrite in (False, True):
+    if where == "another file" and overwrite:
+      continue
+    with pytest.raises(FileExistsError, match="--out=") as e:
+      checkpoints.pt_to_directory(str(src), str(out), num_heads=heads, overwrite=overwrite)
+    assert str(out) in str(e.value)
+  assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+  assert sorted(os.listdir(tmp_path)) == ["weights"]
+
+
+def test_reverse_converter_never_replaces_what_it_did_not_write(small_pt, tmp_path):
+  pt, heads = small_pt
+  ckpt = tmp_path / "ckpt"
+  checkpoints.pt_to_directory(pt, str(ckpt), num_heads=heads)
+  mine = tmp_path / "mine.pt"
+  mine.write_bytes(b"the original")
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    checkpoints.directory_to_pt(str(ckpt), str(mine))
+  assert mine.read_bytes() == b"the original"
+  (tmp_path / "elsewhere").mkdir()
+  for folder in (ckpt, tmp_path, tmp_path / "elsewhere"):     # the input, above it, any folder
+    with pytest.raises(FileExistsError, match=r"(the input|a folder).*pass --out=.*\.pt"):
+      checkpoints.directory_to_pt(str(ckpt), str(folder), overwrite=True)
+  assert sorted(os.listdir(ckpt)) == CONVERTED and sorted(os.listdir(tmp_path)) == [
+      "ckpt", "elsewhere", "mine.pt"]
+  sd = checkpoints.directory_to_pt(str(ckpt), str(mine), overwrite=True)
+  assert set(torch.load(mine, weights_only=True)) == set(sd)

@@ -1,7 +1,9 @@
 """Atomic writes: a file exists complete or not at all; no temporary file is left behind."""
 from __future__ import annotations
 
+import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -35,3 +37,92 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 def test_slug():
   assert files.slug("precomputed:a/b c.npy") == "precomputed_a_b_c.npy"
   assert files.slug("///") == "x"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
+  """Not mkstemp's 0o600: colleagues on shared storage read results as any file the user
+  writes."""
+  old = os.umask(umask)
+  try:
+    files.write_text(tmp_path / "a.txt", "x")
+    files.save_npy(tmp_path / "b.npy", np.ones(2))
+    with open(tmp_path / "plain.txt", "w") as f:
+      f.write("x")
+  finally:
+    os.umask(old)
+  for name in ("a.txt", "b.npy", "plain.txt"):
+    assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask, name
+
+
+def test_json_is_strict_non_finite_floats_are_null(tmp_path):
+  files.write_json(tmp_path / "s.json", {"pauc": float("nan"), "ratio": np.float32(np.inf),
+                                         "ci": np.array([-np.inf, 0.25]), "n": np.int64(3),
+                                         "rows": ({"x": np.float64("nan"), "y": 1.5},)})
+  text = (tmp_path / "s.json").read_text()
+  assert json.loads(text, parse_constant=pytest.fail) == {
+      "pauc": None, "ratio": None, "ci": [None, 0.25], "n": 3, "rows": [{"x": None, "y": 1.5}]}
+  with pytest.raises(TypeError):
+    files.write_json(tmp_path / "t.json", {"x": object()})
+  assert sorted(os.listdir(tmp_path)) == ["s.json"]
+
+
+@pytest.mark.parametrize("output", ["", "  "])
+def test_an_empty_output_is_refused_naming_its_flag(tmp_path, monkeypatch, output):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="--config.output is empty.*--config.output=<a folder>"):
+    files.check_output_dir(output)
+  assert os.listdir(tmp_path) == []
+  assert files.check_output_dir(".") == str(tmp_path)
+
+
+def _tree(root):
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("case,overwrite,refused", [
+    ("missing", False, None), ("empty folder", False, None), ("earlier run", False, None),
+    ("other files", False, "already holds what this command does not write.*--overwrite"),
+    ("other files", True, None),
+    ("input's folder", True, "holds the input"), ("input", True, "is the input"),
+    ("a file", True, "is a file, not a folder"), ("link", True, "symbolic link"),
+])
+def test_check_replaceable_folder(tmp_path, case, overwrite, refused):
+  src = tmp_path / "in" / "m.pt"
+  src.parent.mkdir()
+  src.write_bytes(b"input")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text("{}")
+  (tmp_path / "mixed").mkdir()
+  (tmp_path / "mixed" / "notes.txt").write_text("mine")
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "file").write_text("x")
+  os.symlink(tmp_path / "run", tmp_path / "link")
+  target = {"missing": tmp_path / "new", "empty folder": tmp_path / "empty",
+            "earlier run": tmp_path / "run", "other files": tmp_path / "mixed",
+            "input's folder": src.parent, "input": src, "a file": tmp_path / "file",
+            "link": tmp_path / "link"}[case]
+  before = _tree(tmp_path)
+  call = lambda: files.check_replaceable(target, folder=True, ours=("config.json", "vars"),
+                                         inputs=[src], overwrite=overwrite, example="ex")
+  if refused is None:
+    assert call() == str(target)
+  else:
+    with pytest.raises(FileExistsError, match=f"--out={target}.*{refused}") as e:
+      call()
+    assert "--out=" in str(e.value).split(str(target), 1)[1]    # says what to pass instead
+  assert _tree(tmp_path) == before                               # it only looks
+
+
+def test_check_replaceable_file(tmp_path):
+  (tmp_path / "old.pt").write_bytes(b"x")
+  (tmp_path / "dir").mkdir()
+  check = lambda p, **kw: files.check_replaceable(tmp_path / p, folder=False, **kw)
+  assert check("new.pt") == str(tmp_path / "new.pt")
+  with pytest.raises(FileExistsError, match="already exists; add --overwrite"):
+    check("old.pt")
+  assert check("old.pt", overwrite=True) == str(tmp_path / "old.pt")
+  with pytest.raises(FileExistsError, match="is a folder, not a file; pass --out=<a new file>"):
+    check("dir", overwrite=True)
+  with pytest.raises(FileExistsError, match="holds the input"):
+    check("dir", inputs=[tmp_path / "dir" / "x"], overwrite=True)
