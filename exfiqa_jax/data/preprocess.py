@@ -4,21 +4,35 @@ Decode to uint8 (PIL) → bilinear resize to 112 when needed → channel order �
 (x/255 − 0.5)/0.5. `channel_order="rgb"` feeds RGB, what the networks were trained on;
 `"bgr"` feeds the file's pixels in B,G,R order — exactly what the
 official evaluation scripts feed, right for CR-FIQA-prepared (channel-swapped) folders.
+Every decode turns a picture upright by its EXIF orientation, as cv2.imread and the detection
+path do (docs/data.md). Only regular files with an image extension are images: a folder listing
+skips everything else with one log line, and a listed special file is an ImageError, never
+opened (docs/data.md, "Folders and list files").
 """
 from __future__ import annotations
 
+import collections
 import io
 import os
 import re
+import stat
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from PIL import Image, UnidentifiedImageError
+
+from exfiqa_jax import identity
 
 IMAGE_SIZE = 112
 CHANNEL_ORDERS = ("rgb", "bgr")
 INPUT_SCALES = ("minus1_1", "0_1")   # (x/255 − 0.5)/0.5 | x/255: the FR families' input scales
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# pictures the toolkit does not read: skipped with a warning that says to convert them
+OTHER_PICTURES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico",
+                  ".psd", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2")
+SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
 
 
 class ImageError(ValueError):
@@ -36,7 +50,11 @@ def decode_image(source: bytes | str | os.PathLike, channel_order: str = "rgb",
   """Decodes encoded bytes or a file to uint8 [size, size, 3] in the requested channel order."""
   check_channel_order(channel_order)
   label = name or (os.fspath(source) if not isinstance(source, bytes) else "<bytes>")
-  image = open_rgb(source, label)
+  image, stored = _open_upright(source, label)
+  if stored != 1:          # a crop stored turned is unusual: say so once per process
+    logging.log_first_n(logging.WARNING, "image %s carries EXIF orientation %d: decoded "
+                        "upright, as cv2.imread and the detection path do (docs/data.md); "
+                        "later such images are turned without a word", 1, label, stored)
   if min(image.size) < 8:
     raise ImageError(f"image {label} is {image.size[0]}x{image.size[1]}: too small for a face "
                      f"crop (expected {size}x{size} aligned faces)")
@@ -70,12 +88,46 @@ def to_rgb(image: Image.Image, label: str = "<image>") -> Image.Image:
 
 
 def open_rgb(source: bytes | str | os.PathLike, label: str) -> Image.Image:
-  """Encoded bytes or a file → decoded 8-bit RGB PIL image; anything that cannot be decoded
-  (truncated, not an image, a header claiming more pixels than PIL's decompression-bomb limit)
-  is an ImageError naming `label`, which the skip options can skip."""
+  """Encoded bytes or a regular file → decoded 8-bit RGB PIL image, upright by its EXIF
+  orientation; anything that cannot be decoded (truncated, not an image, a named pipe or a
+  folder, a header claiming more pixels than PIL's decompression-bomb limit) is an ImageError
+  naming `label`, which the skip options can skip."""
+  return _open_upright(source, label)[0]
+
+
+# EXIF orientation → the transpose that makes the picture upright (PIL's ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def orientation(image: Image.Image) -> int:
+  """The EXIF orientation of an opened image (1 = stored upright; also when the EXIF block is
+  damaged: the stored orientation is kept)."""
   try:
-    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    return to_rgb(image, label)
+    value = int(image.getexif().get(0x0112, 1))
+  except Exception:  # noqa: BLE001  PIL raises assorted types for damaged EXIF blocks
+    return 1
+  return value if value in _UPRIGHT else 1
+
+
+def upright_rgb(image: Image.Image, label: str = "<image>") -> Image.Image:
+  """An opened PIL image → 8-bit RGB (to_rgb), turned upright by its EXIF orientation."""
+  turn = _UPRIGHT.get(orientation(image))
+  rgb = to_rgb(image, label)
+  return rgb.transpose(turn) if turn is not None else rgb
+
+
+def _open_upright(source: bytes | str | os.PathLike, label: str) -> tuple[Image.Image, int]:
+  try:
+    if isinstance(source, bytes):
+      image = Image.open(io.BytesIO(source))
+      return upright_rgb(image, label), orientation(image)
+    with identity.open_regular(source) as f:    # stat first: a pipe is refused, not opened
+      image = Image.open(f)
+      image.load()
+      return upright_rgb(image, label), orientation(image)
   except ImageError:
     raise
   except Image.DecompressionBombError as e:
@@ -101,30 +153,150 @@ def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
   raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
 
 
+# --------------------------------------------------------------------- folders and lists
+class Skipped(NamedTuple):
+  path: str     # the entry as os.scandir names it (a name that is not UTF-8 holds surrogates)
+  reason: str
+
+
+_QUIET = ("hidden", "a macOS", "a system folder", "not an image", "a link to a folder")
+
+
+def skip_reason(name: str) -> str | None:
+  """Why a folder entry's name alone rules it out (hidden, macOS `._` metadata, a system
+  folder, not UTF-8), or None."""
+  if name.startswith("._"):
+    return "a macOS '._' metadata file"
+  if name.startswith("."):
+    return "hidden (a name starting with '.')"
+  if name in SYSTEM_FOLDERS:
+    return "a system folder (macOS archive residue, NAS thumbnails, recycle bin)"
+  try:
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    return "a name that is not UTF-8 (rename it)"
+  return None
+
+
+def _file_reason(entry: os.DirEntry) -> str | None:
+  """Why a non-folder entry is not an image, or None when it is a regular image file."""
+  extension = os.path.splitext(entry.name)[1].lower()
+  if extension not in IMAGE_EXTENSIONS:
+    if extension in OTHER_PICTURES:
+      return f"{extension} pictures (not read: convert them to JPEG or PNG)"
+    return f"not an image ({extension or 'no'} extension)"
+  if entry.is_file():                 # follows links; d_type only, no stat for plain files
+    return None
+  try:
+    st = os.stat(entry.path)
+  except OSError:
+    return "a broken symbolic link" if entry.is_symlink() else "a file that cannot be read"
+  return f"{identity.kind_of(st)}, not a regular file" if not stat.S_ISREG(st.st_mode) else None
+
+
+def scan_images(directory: str | os.PathLike) -> tuple[list[str], list[Skipped]]:
+  """(every regular image file under `directory`, recursive, sorted by relative path; every
+  entry left out, with the reason). Nothing is opened: a named pipe named like an image is
+  a skipped entry, not a hang."""
+  directory = os.fspath(directory)
+  found, skipped = [], []
+  pending = [directory]
+  while pending:
+    folder = pending.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      skipped.append(Skipped(folder, f"a folder that cannot be read ({e.strerror})"))
+      continue
+    for entry in entries:
+      reason = skip_reason(entry.name)
+      if reason is None and entry.is_dir():
+        if entry.is_symlink():           # as os.walk: links to folders are not followed
+          reason = "a link to a folder (not followed)"
+        else:
+          pending.append(entry.path)
+          continue
+      reason = reason or _file_reason(entry)
+      if reason is None:
+        found.append(entry.path)
+      else:
+        skipped.append(Skipped(entry.path, reason))
+  def relative(path: str) -> str:
+    return os.path.relpath(path, directory)
+  return sorted(found, key=relative), sorted(skipped, key=lambda s: relative(s.path))
+
+
+def printable(path: str) -> str:
+  """A path for a log line or an error: bytes that are not UTF-8 shown as \\xNN escapes."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def log_skipped(directory: str | os.PathLike, skipped: list[Skipped], examples: int = 3) -> None:
+  """One log line for everything a listing left out: the count, then each reason with its
+  count and the first few paths; a warning when anything but hidden or non-image files (which
+  every folder holds) was left out."""
+  if not skipped:
+    return
+  by_reason: dict[str, list[str]] = collections.defaultdict(list)
+  for entry in skipped:
+    by_reason[entry.reason].append(printable(os.path.relpath(entry.path, directory)))
+  parts = [f"{len(paths)} × {reason}: {', '.join(paths[:examples])}"
+           + (", ..." if len(paths) > examples else "") for reason, paths in by_reason.items()]
+  quiet = all(reason.startswith(_QUIET) for reason in by_reason)
+  logging.log(logging.INFO if quiet else logging.WARNING,
+              "%s: skipped %d entries that are not images (only regular %s files are): %s",
+              printable(os.fspath(directory)), len(skipped), "/".join(IMAGE_EXTENSIONS),
+              "; ".join(parts))
+
+
 def list_images(directory: str | os.PathLike) -> list[str]:
-  """Every image file under `directory`, recursive, sorted by relative path."""
-  found = []
-  for root, _, files in os.walk(directory):
-    for f in files:
-      if f.lower().endswith(IMAGE_EXTENSIONS):
-        found.append(os.path.join(root, f))
-  return sorted(found, key=lambda p: os.path.relpath(p, directory))
+  """Every regular image file under `directory` (scan_images), logging what was left out."""
+  found, skipped = scan_images(directory)
+  log_skipped(directory, skipped)
+  return found
 
 
 def read_image_list(images: str, image_root: str | None = None) -> tuple[list[str], list[str]]:
-  """A folder (recursive, sorted) or a list file (one path per line, optionally followed by
-  numbers such as a CR-FIQA `<path> <score>` line; relative paths resolve against `image_root`
-  or the list file's folder) → (paths, names as listed)."""
+  """A folder (recursive, sorted; list_images) or a list file (one path per line, optionally
+  followed by numbers such as a CR-FIQA `<path> <score>` line; relative paths resolve against
+  `image_root` or the list file's folder) → (paths, names as listed). A list file is read as
+  UTF-8 (with or without a byte-order mark), UTF-16 with its mark, or else Windows-1252 with a
+  warning; any line ends."""
   if os.path.isdir(images):
     paths = list_images(images)
     return paths, [os.path.relpath(p, images) for p in paths]
-  if not os.path.isfile(images):
+  if not os.path.lexists(images):
     raise FileNotFoundError(f"{images} is neither an image folder nor a list file; pass a folder "
                             "of face crops or a text file with one image path per line")
+  with identity.open_regular(images) as f:    # a pipe or a device: refused by name
+    text = _decode_list(f.read(), images)
   root = image_root or os.path.dirname(os.path.abspath(images))
-  with open(images, encoding="utf-8") as f:
-    names = [_path_of_line(line) for line in f if line.strip()]
+  names = [_path_of_line(line) for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
   return [n if os.path.isabs(n) else os.path.join(root, n) for n in names], names
+
+
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"),
+         (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _decode_list(data: bytes, label: str) -> str:
+  """A list file's text: by its byte-order mark, else UTF-8, else (a guess, said) Windows-1252
+  or Latin-1, the encodings of lists written on Windows and older systems."""
+  for mark, encoding in _BOMS:
+    if data.startswith(mark):
+      return data.decode(encoding)
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    position = e.start
+  encoding = "cp1252"
+  try:
+    text = data.decode(encoding)
+  except UnicodeDecodeError:
+    encoding, text = "latin-1", data.decode("latin-1")
+  logging.warning("%s is not UTF-8 (byte %d): read as %s; if names with accents are not "
+                  "found, save the list as UTF-8", label, position, encoding)
+  return text
 
 
 _TRAILING_NUMBERS = re.compile(r"(\s+[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)+$")

@@ -20,16 +20,11 @@ from exfiqa_jax.detection.faces import FaceRecord
 
 
 def read_photo(path: str | os.PathLike, label: str | None = None) -> np.ndarray:
-  """A photo file → uint8 [H, W, 3] RGB at its own size, turned upright by its EXIF
-  orientation (phone photos are stored sideways; MTCNN finds upright faces). ImageError when
-  undecodable."""
-  from PIL import ImageOps
+  """A photo file → uint8 [H, W, 3] RGB at its own size, upright by its EXIF orientation as
+  every decode is (phone photos are stored sideways; MTCNN finds upright faces; docs/data.md).
+  ImageError when undecodable."""
   label = label or os.fspath(path)
   image = preprocess.open_rgb(path, label)
-  try:
-    image = ImageOps.exif_transpose(image)
-  except Exception:  # noqa: BLE001  a damaged EXIF block: keep the stored orientation
-    pass
   if min(image.size) < 12:
     raise preprocess.ImageError(f"image {label} is {image.size[0]}x{image.size[1]}: too small "
                                 "to hold a detectable face")
