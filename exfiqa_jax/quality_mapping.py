@@ -14,12 +14,15 @@ comparable.
 Stored with a model as `quality_mapping.json` in its converted directory (`save_mapping`,
 `load_mapping`, `store`); the score task then adds the columns q100_<column> to scores.csv, and
 the early_exit job fits it on its calibration split. Plain NumPy: loading a model's mapping
-needs nothing else.
+needs nothing else. A file is checked field by field when it is read (`from_dict`): finite
+numbers, strictly increasing knots and values within [0, 100], matching lengths, known kinds,
+columns and fields; an error names the file and the field.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -27,11 +30,13 @@ import numpy as np
 from absl import logging
 
 from exfiqa_jax import files
-from exfiqa_jax.columns import EXIT_PREFIX, FUSIONS, exit_name, q100_name
+from exfiqa_jax.columns import EXIT_PREFIX, FUSIONS, exit_name, exit_of, q100_name
 
 MAPPING_FILE = "quality_mapping.json"
 MAPPING_FORMAT = "exfiqa_quality_mapping"
 MAPPING_KINDS = ("quantile", "logistic")
+MAPPING_VERSION = 1
+COLUMN_FIELDS = {"quantile": ("kind", "x", "y"), "logistic": ("kind", "loc", "scale")}
 DEFAULT_KNOTS = 101            # quantile mapping: knots at 0, 1, .., 100 %
 
 
@@ -67,17 +72,57 @@ class ColumnMapping:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "ColumnMapping":
-    kind = d["kind"]
-    if kind == "quantile":
-      x, y = tuple(float(v) for v in d["x"]), tuple(float(v) for v in d["y"])
-      if not x or len(x) != len(y) or np.any(np.diff(x) <= 0) or np.any(np.diff(y) <= 0):
-        raise ValueError("a quantile mapping needs strictly increasing knots x and values y")
-      return cls(kind, x, y)
+    """Checks every field (module docstring); a ValueError says which one is wrong."""
+    if not isinstance(d, Mapping):
+      raise ValueError(f"must be an object, got {_shown(d)}")
+    kind = d.get("kind")
+    if kind not in MAPPING_KINDS:
+      raise ValueError(f"kind {kind!r} is not one of {MAPPING_KINDS}")
+    fields = COLUMN_FIELDS[kind]
+    unknown = sorted(set(d) - set(fields), key=str)
+    if unknown:
+      raise ValueError(f"unknown field(s) {unknown}: a {kind} mapping has {', '.join(fields)}")
+    missing = [f for f in fields if f not in d]
+    if missing:
+      raise ValueError(f"has no {missing[0]!r} (a {kind} mapping has {', '.join(fields)})")
     if kind == "logistic":
-      if not float(d["scale"]) > 0:
-        raise ValueError(f"logistic scale must be > 0, got {d['scale']}")
-      return cls(kind, loc=float(d["loc"]), scale=float(d["scale"]))
-    raise ValueError(f"unknown mapping kind {kind!r}; use one of {MAPPING_KINDS}")
+      scale = _number(d["scale"], "scale")
+      if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+      return cls(kind, loc=_number(d["loc"], "loc"), scale=scale)
+    x, y = _increasing(d["x"], "x"), _increasing(d["y"], "y")
+    if len(x) != len(y):
+      raise ValueError(f"{len(x)} knots x but {len(y)} values y: one value per knot")
+    outside = next((i for i, v in enumerate(y) if not 0.0 <= v <= 100.0), None)
+    if outside is not None:
+      raise ValueError(f"y[{outside}] must be within [0, 100], got {y[outside]!r}")
+    return cls(kind, x, y)
+
+
+def _shown(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any, what: str) -> float:
+  """`value` as a float: a finite JSON number (not a bool, not text)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{what} must be a number, got {_shown(value)}")
+  if not math.isfinite(value):
+    raise ValueError(f"{what} must be finite, got {value!r}")
+  return float(value)
+
+
+def _increasing(values: Any, what: str) -> tuple[float, ...]:
+  """A non-empty list of finite, strictly increasing numbers, as a tuple of floats."""
+  if not isinstance(values, (list, tuple)) or not values:
+    raise ValueError(f"{what} must be a non-empty list of numbers, got {_shown(values)}")
+  out = tuple(_number(v, f"{what}[{i}]") for i, v in enumerate(values))
+  for i in range(1, len(out)):
+    if not out[i] > out[i - 1]:
+      raise ValueError(f"{what} must be strictly increasing: {what}[{i}] = {out[i]!r} after "
+                       f"{what}[{i - 1}] = {out[i - 1]!r}")
+  return out
 
 
 def fit_column(raw: np.ndarray, kind: str = "quantile", knots: int = DEFAULT_KNOTS
@@ -130,11 +175,52 @@ class QualityMapping:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "QualityMapping":
+    """Checks every field a file can carry (module docstring); a ValueError names the field."""
+    if not isinstance(d, Mapping):
+      raise ValueError(f"not a quality mapping: a JSON {type(d).__name__}, not an object")
     if d.get("format") != MAPPING_FORMAT:
       raise ValueError(f"not a quality mapping (format {d.get('format')!r}, expected "
                        f"{MAPPING_FORMAT!r})")
-    return cls(str(d["kind"]), {k: ColumnMapping.from_dict(v) for k, v in d["columns"].items()},
-               dict(d.get("meta", {})))
+    if d.get("version", MAPPING_VERSION) != MAPPING_VERSION:
+      raise ValueError(f"version {d['version']!r}: this toolkit reads version {MAPPING_VERSION}")
+    if "scale" in d and d["scale"] != [0, 100]:
+      raise ValueError(f"scale {_shown(d['scale'])}: a mapping's scale is [0, 100]")
+    kind = d.get("kind")
+    if kind not in MAPPING_KINDS:
+      raise ValueError(f"kind {kind!r} is not one of {MAPPING_KINDS}")
+    meta = d.get("meta", {})
+    if not isinstance(meta, Mapping):
+      raise ValueError(f"meta must be an object, got {_shown(meta)}")
+    for key in ("num_exits", "reference_images"):
+      value = meta.get(key, 1)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"meta.{key} must be a whole number ≥ 1, got {_shown(value)}")
+    columns = d.get("columns")
+    if not isinstance(columns, Mapping) or not columns:
+      raise ValueError(f"columns must be a non-empty object, got {_shown(columns)}")
+    parsed = {}
+    for name, column in columns.items():
+      _check_name(name, meta.get("num_exits"))
+      try:
+        parsed[name] = ColumnMapping.from_dict(column)
+      except ValueError as e:
+        raise ValueError(f"column {name!r}: {e}") from None
+      if parsed[name].kind != kind:
+        raise ValueError(f"column {name!r}: kind {parsed[name].kind!r} differs from the file's "
+                         f"kind {kind!r}")
+    return cls(kind, parsed, dict(meta))
+
+
+def _check_name(name: str, num_exits: int | None) -> None:
+  """A column a mapping can map: exit_<k> (k ≤ meta.num_exits when recorded) or a fusion."""
+  k = exit_of(name)
+  if name in FUSIONS or (k is not None and k >= 1 and name == exit_name(k)):
+    if k is not None and num_exits is not None and k > num_exits:
+      raise ValueError(f"column {name!r}: the mapping was fitted on meta.num_exits = "
+                       f"{num_exits} exits")
+    return
+  raise ValueError(f"column {name!r} is none a mapping can map: exit_<k>, "
+                   f"{', '.join(FUSIONS)}")
 
 
 def score_columns(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -155,6 +241,8 @@ def fit_mapping(reference: Mapping[str, np.ndarray], kind: str = "quantile",
   if kind not in MAPPING_KINDS:
     raise ValueError(f"mapping kind must be one of {MAPPING_KINDS}, got {kind!r}")
   flat = score_columns(reference) if "exit_scores" in reference else dict(reference)
+  for name in flat:
+    _check_name(name, None)
   cols = {name: fit_column(v, kind, knots) for name, v in flat.items()}
   n = len(next(iter(flat.values()))) if flat else 0
   info: dict[str, Any] = {"reference_images": int(n)}
@@ -174,9 +262,14 @@ def save_mapping(path: str | os.PathLike, mapping: QualityMapping) -> str:
 
 def store_with_model(model_dir: str | os.PathLike, mapping: QualityMapping) -> str:
   """Writes `mapping` into a model directory unless the same one is there already (the file's
-  time stamp then stays); returns its path."""
-  old = load_mapping(model_dir)
+  time stamp then stays; a file that does not load is replaced, with a warning); returns its
+  path."""
   target = os.path.join(os.fspath(model_dir), MAPPING_FILE)
+  try:
+    old = load_mapping(model_dir)
+  except ValueError as e:
+    logging.warning("replacing the quality mapping that does not load: %s", e)
+    old = None
   if old is None or old.to_dict() != mapping.to_dict():
     logging.info("0–100 quality mapping stored with the model: %s", target)
     return save_mapping(model_dir, mapping)
@@ -192,8 +285,15 @@ def load_mapping(path: str | os.PathLike | None) -> QualityMapping | None:
   target = os.path.join(path, MAPPING_FILE) if os.path.isdir(path) else path
   if not target.endswith(".json") or not os.path.isfile(target):
     return None
-  with open(target, encoding="utf-8") as f:
-    return QualityMapping.from_dict(json.load(f))
+  try:
+    with open(target, encoding="utf-8") as f:
+      return QualityMapping.from_dict(json.load(f))
+  except ValueError as e:      # JSON, UTF-8 and field errors alike
+    detail = str(e) if not isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else \
+        f"not a valid quality mapping ({e})"
+    raise ValueError(f"{target}: {detail}. Fit it again (the early_exit task stores it with the "
+                     "model), or pass --config.quality_mapping=none to score without the q100_* "
+                     "columns.") from None
 
 
 def mapping_for(model_path: str | os.PathLike | None, override: str = "") -> QualityMapping | None:
