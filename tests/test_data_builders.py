@@ -484,6 +484,59 @@ def test_image_folder_labels_pairs_and_errors(tmp_path):
     builders.load("image_folder", empty, tmp_path / "data_empty", overwrite=True)
 
 
+@pytest.mark.skipif(not (hasattr(os, "mkfifo") and os.path.exists("/dev/zero")),
+                    reason="needs named pipes and /dev/zero")
+def test_image_folder_skips_what_is_not_an_image_and_says_so(tmp_path, special_opens, caplog):
+  rng = np.random.default_rng(13)
+  faces = {name: _encode(_face_like(rng, 16, 16)) for name in
+           ("alice/0.jpg", "alice/1.jpg", "bob/0.jpg")}
+  clean, messy = tmp_path / "clean", tmp_path / "messy"
+  for root in (clean, messy):
+    for name, data in faces.items():
+      (root / name).parent.mkdir(parents=True, exist_ok=True)
+      (root / name).write_bytes(data)
+  junk = b"\x00\x05\x16\x07 AppleDouble"
+  for name in ("._root.jpg", "alice/._0.jpg", "__MACOSX/alice/._0.jpg", ".thumbnails/0.jpg",
+               "alice/x.heic", "bob/notes.txt"):
+    (messy / name).parent.mkdir(parents=True, exist_ok=True)
+    (messy / name).write_bytes(junk)
+  os.mkfifo(messy / "alice" / "pipe.jpg")
+  os.symlink("/dev/zero", messy / "bob" / "zero.png")
+  for bad in (b"bob/bad\xff.jpg", b"carol\xfe/0.jpg"):      # names that are not UTF-8
+    path = os.fsencode(messy) + b"/" + bad
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(faces["bob/0.jpg"])
+  want, want_info = builders.load("image_folder", clean, tmp_path / "data_clean")
+  with caplog.at_level("INFO"):
+    got, info = builders.load("image_folder", messy, tmp_path / "data_messy")
+  assert [(r["name"], r["identity"], r["label"]) for r in got] == [
+      (r["name"], r["identity"], r["label"]) for r in want]
+  assert info.metadata["identities"] == want_info.metadata["identities"] == ["alice", "bob"]
+  lines = [r.getMessage() for r in caplog.records if "not images" in r.getMessage()]
+  assert len(lines) == 1 and "10 entries" in lines[0] and "pipe.jpg" in lines[0]
+  assert "carol\\xfe" in lines[0] and "__MACOSX" in lines[0] and ".heic" in lines[0]
+
+
+def test_image_folder_records_are_upright_by_their_exif_orientation(tmp_path):
+  # the one policy (docs/data.md): a stored JPEG keeps its tag and is turned when decoded; a
+  # re-encoded one (greyscale → RGB PNG) is turned before it is stored
+  rng = np.random.default_rng(14)
+  root = tmp_path / "ids"
+  expected = {}
+  for name, mode, orientation in (("alice/rgb.jpg", "RGB", 6), ("bob/grey.jpg", "L", 8)):
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_face_like(rng, 16, 24)).convert(mode).save(root / name, exif=exif)
+    upright = Image.open(root / name).convert("RGB").transpose(
+        Image.Transpose.ROTATE_270 if orientation == 6 else Image.Transpose.ROTATE_90)
+    expected[name] = np.asarray(upright.resize((112, 112), Image.BILINEAR))
+  source, _ = builders.load("image_folder", root, tmp_path / "data", decode=True)
+  for record in source:
+    np.testing.assert_array_equal(record["image"], expected[record["name"]])
+
+
 def test_threaded_image_preparation_keeps_order_and_reports_errors():
   from exfiqa_jax.data.builders import base
   rng = np.random.default_rng(12)

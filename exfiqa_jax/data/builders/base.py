@@ -112,7 +112,7 @@ def validated_image_bytes(data: bytes, name: str) -> bytes:
       image.load()
       if image.format in ("JPEG", "PNG") and image.mode == "RGB":
         return data
-      return encode_png(np.asarray(preprocess.to_rgb(image, name)))   # 16-bit scaled, not clipped
+      return encode_png(np.asarray(preprocess.upright_rgb(image, name)))   # 16-bit scaled; EXIF
   except preprocess.ImageError:
     raise
   except Image.DecompressionBombError as e:
@@ -350,7 +350,7 @@ def _read_source(source: str | bytes | Callable[[], bytes], name: str) -> bytes:
   if callable(source):
     return source()
   try:
-    with open(source, "rb") as f:
+    with identity.open_regular(source) as f:   # a pipe or a device: refused, never opened
       return f.read()
   except FileNotFoundError as e:
     raise preprocess.ImageError(f"image {name} is missing: {source} does not exist") from e

@@ -2,7 +2,9 @@
 
 Records carry the relative path as name, the identity folder name, and an integer label
 (identity folders in sorted order). An optional pair list (`name_a name_b label`, names are
-relative paths with or without extension) makes it a pair benchmark. Option align="detect"
+relative paths with or without extension) makes it a pair benchmark. Only regular image files
+are records: hidden and system folders, macOS `._` files, names that are not UTF-8, pipes and
+other formats are skipped with one log line (data/preprocess.py). Option align="detect"
 takes raw photos: each record is the aligned crop of the photo's primary face, with
 record_det_score/box/landmarks.npy beside it; photos without a face are left out and listed in
 no_face.txt (docs/data.md, "Raw photos: detection and alignment"). data/ holds no networks: the
@@ -69,24 +71,42 @@ class ImageFolder(base.Builder):
       paths["pair_list"] = base.require_file(cls.name, pair_list, LAYOUT)
     return paths
 
+  @staticmethod
+  def _top_level(root: str) -> tuple[list[str], list[str], list[preprocess.Skipped]]:
+    """(identity folders, image files lying loose in `root`, entries skipped by name: hidden,
+    macOS metadata, system folders, names that are not UTF-8), each sorted."""
+    identities, loose, skipped = [], [], []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+      reason = preprocess.skip_reason(entry.name)
+      if reason is not None:
+        skipped.append(preprocess.Skipped(entry.path, reason))
+      elif entry.is_dir():
+        identities.append(entry.name)
+      elif entry.is_file() and entry.name.lower().endswith(preprocess.IMAGE_EXTENSIONS):
+        loose.append(entry.name)
+    return identities, loose, skipped
+
   def plan(self, paths: dict[str, str], options: dict) -> base.Plan:
     root = paths["root"]
-    loose = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f))
-                   and f.lower().endswith(preprocess.IMAGE_EXTENSIONS))
+    identities, loose, skipped = self._top_level(root)
     if loose:
       raise base.DataError(f"image_folder: {len(loose)} images lie directly in {root} (first: "
                            f"{loose[:3]}); put every image in its identity's sub-folder")
-    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     entries, labels = [], []
     for label, identity in enumerate(identities):
-      for file in preprocess.list_images(os.path.join(root, identity)):
+      files, left_out = preprocess.scan_images(os.path.join(root, identity))
+      skipped.extend(left_out)
+      for file in files:
         name = os.path.relpath(file, root).replace(os.sep, "/")
         entries.append(base.ImageEntry(len(entries), name, file,
                                        {"identity": identity, "label": label}))
         labels.append(label)
+    preprocess.log_skipped(root, skipped)       # one line for the whole tree
     if not entries:
       raise base.DataError(f"image_folder: no images under {root} (expected one sub-folder per "
-                           f"identity holding {', '.join(preprocess.IMAGE_EXTENSIONS[:3])}, ...)")
+                           f"identity holding {', '.join(preprocess.IMAGE_EXTENSIONS[:3])}, ...)"
+                           + (f"; {len(skipped)} entries that are not images were skipped (see "
+                              "the log)" if skipped else ""))
     plan = base.Plan(entries, record_arrays={"label": np.asarray(labels, dtype=np.int64)},
                      metadata={"num_identities": len(identities), "identities": identities})
     if options.get("align", "none") != "none":   # detect → align; docs/data.md
