@@ -1,10 +1,11 @@
 """PyTorch `.pt` state dict → converted model directory (Orbax variables + model_config.json).
 
   python -m converters.torch_to_flax --checkpoint=vitfiqa_token.pt --out=ckpt/vitfiqa_token \
-      [--num_heads=8] [--family=vit] [--overwrite]
+      [--num_heads=16] [--family=vit] [--overwrite]
 
 The family is detected from the keys unless --family names it; the architecture comes from the
-shapes; --num_heads is the one thing no shape records (default 8; CVLFace ViT-B uses 16).
+shapes; --num_heads is the one thing no shape records (0, the default: a published
+architecture's own count, e.g. 16 for the CVLFace ViT-B; else 8, with a warning).
 Strict: a missing, unexpected or mis-shaped key stops the conversion with a list of all of them.
 The result is converted back and compared bit for bit with the input before anything is written
 (exfiqa_jax.checkpoints.pt_to_directory; docs/checkpoints.md). Nothing the converter did not
@@ -40,7 +41,8 @@ def _main(argv: list[str]) -> None:
 if __name__ == "__main__":
   flags.DEFINE_string("checkpoint", None, "PyTorch .pt/.pth state dict to convert.")
   flags.DEFINE_string("out", None, "Output directory (Orbax variables + model_config.json).")
-  flags.DEFINE_integer("num_heads", 8, "Attention heads (not recorded in any weight shape).")
+  flags.DEFINE_integer("num_heads", 0, "Attention heads (not recorded in any weight shape); "
+                       "0 = the published architecture's own count, else 8.")
   flags.DEFINE_string("family", "", f"Model family; empty = detect from the keys. Known: "
                       f"{convert.families.names()}")
   flags.DEFINE_bool("overwrite", False, "Replace --out even when it holds files that no "

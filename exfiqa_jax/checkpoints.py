@@ -156,6 +156,7 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
   """(variables replicated over the mesh, model_config) from a directory `save_model` wrote."""
   directory = os.path.abspath(os.fspath(directory))
   model_config = read_config(directory)
+  convert.families.check_recorded(model_config, os.path.join(directory, CONFIG_FILE))
   sharding = parallel.replicated()
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         flax.core.unfreeze(abstract_variables(model_config)))
@@ -242,8 +243,8 @@ def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- PyTorch files
-def pt_to_directory(checkpoint: str, out: str, num_heads: int = 8, family: str | None = None,
-                    overwrite: bool = False) -> dict[str, Any]:
+def pt_to_directory(checkpoint: str, out: str, num_heads: int | None = None,
+                    family: str | None = None, overwrite: bool = False) -> dict[str, Any]:
   """Reads the `.pt` `checkpoint`, writes the converted directory `out`; returns its config.
   `out` is replaced only when it is empty or an earlier conversion, or with `overwrite`; never
   when it is or holds the input (files.check_replaceable: checked before any work)."""

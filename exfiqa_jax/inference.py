@@ -1,7 +1,7 @@
 """Loading every model (one loader) and scoring uint8 face crops at every exit in one call.
 
     import exfiqa_jax as fx
-    model = fx.load("vitfiqa_token.pt", num_heads=8)   # or a converted directory
+    model = fx.load("vitfiqa_token.pt")   # or a converted directory
     out = model.score(images)    # uint8 [B, H, W, 3] RGB, any B
     out["exit_scores"] [B, L]  out["ex_fiqa_f"] [B]  out["ex_fiqa_fw"] [B]
     out["attn_scores"] [B, L]  out["embedding"] [B, E]  (+ out["attn_maps"] [B, L, N])
@@ -314,21 +314,24 @@ def load_variables(path: str | os.PathLike, num_heads: int | None = None,
 
   The one loader of every model (quality ViTs and FR networks): a directory is restored against
   its model_config.json; a `.pt`/`.pth` is read safely, converted strictly and verified by the
-  round trip (exfiqa_jax.convert). `num_heads` is for a ViT `.pt` (no shape records it;
-  default 8, CVLFace ViT-B needs 16); `family` names a family the keys cannot tell apart.
+  round trip (exfiqa_jax.convert). `num_heads` is for a ViT `.pt` (no shape records it): None
+  or 0 = the architecture's own count (a published one's, else 8 with a warning; convert/
+  vit_keys.py RELEASES); a directory has its count in model_config.json, and a different one
+  passed here is ignored with a warning. `family` names a family the keys cannot tell apart.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
-    variables, config = checkpoints.load_model(path)
-    if num_heads and "num_heads" in config and num_heads != config["num_heads"]:
-      logging.info("%s records num_heads=%d; ignoring num_heads=%d", path,
-                      config["num_heads"], num_heads)
-    return variables, config
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
-                            "or a PyTorch .pt file)")
   # errors name the API's arguments, unless a main.py task already named its --config flags
   with strict.flags_named(outer_wins=True, family="family=", num_heads="num_heads="):
+    if os.path.isdir(path):
+      variables, config = checkpoints.load_model(path)
+      if num_heads and "num_heads" in config and num_heads != config["num_heads"]:
+        logging.warning("%s was converted with num_heads=%d (its %s); ignoring %s%d. Leave it "
+                        "at 0 for a converted directory.", path, config["num_heads"],
+                        checkpoints.CONFIG_FILE, strict.flag("num_heads"), num_heads)
+      return variables, config
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
+                              "or a PyTorch .pt file)")
     return convert.convert_state_dict(convert.torch_io.load_state_dict(path),
                                       num_heads=num_heads or None, family=family, source=path)
 
@@ -350,7 +353,7 @@ def implied_method(model_config: Mapping[str, Any]) -> str:
                         "(configs/embed.py)")
 
 
-def load(path: str | os.PathLike, method: str = "", num_heads: int | None = 8,
+def load(path: str | os.PathLike, method: str = "", num_heads: int | None = None,
          family: str | None = None, batch_size: int = 64, dtype: str | None = None,
          method_options: Mapping[str, Mapping[str, Any]] | None = None,
          **options: Any) -> QualityModel | MethodModel:

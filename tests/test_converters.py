@@ -6,6 +6,7 @@ and the embedding (every exit is tested by the model's own tests).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import torch
 
 from exfiqa_jax import convert
 from exfiqa_jax import models
-from exfiqa_jax.convert import families, torch_io, vit_keys
+from exfiqa_jax.convert import families, strict, torch_io, vit_keys
 from exfiqa_jax.convert.strict import CheckpointError, check_state_dict
 from exfiqa_jax import checkpoints
 from exfiqa_jax.models import vit
@@ -194,14 +195,107 @@ def test_pickled_objects_are_refused(tmp_path):
     torch_io.load_state_dict(tmp_path / "list.pt")
 
 
-def test_heads_flag_is_validated():
+def test_heads_flag_is_validated(caplog):
   cfg, model = _twin("token")
   sd = _sd(model)
-  for bad in (0, 7 if cfg.width % 7 else 5, -2):
+  for bad in (7 if cfg.width % 7 else 5, -2, True, 2.0):
     with pytest.raises(CheckpointError, match="--num_heads"):
       vit_keys.VIT.infer_config(sd, num_heads=bad)
   heads = next(h for h in (1, 2, 4) if h != cfg.num_heads)
   assert vit_keys.VIT.infer_config(sd, num_heads=heads)["num_heads"] == heads
+  # 0 and None = the architecture's own count: no published ViT has these shapes, so the
+  # default 8 is assumed, with a warning that says how to pass another count
+  for unset in (0, None):
+    caplog.clear()
+    config = vit_keys.VIT.infer_config(sd, num_heads=unset, source="tiny.pt")
+    assert config["num_heads"] == vit_keys.DEFAULT_HEADS
+    assert vit_keys.HEADS_OVERRIDE not in config
+    assert "tiny.pt: assuming 8 attention heads" in caplog.text and "--num_heads=<n>" in caplog.text
+
+
+def test_published_architectures_know_their_head_count():
+  """No weight shape records the heads: the official code's architectures are known by the
+  shapes that do (ViT-FIQA ViT-S 8; CVLFace / ATTN-FIQA ViT-S 8, ViT-B 16)."""
+  def heads(width, depth, patch_size, mlp_dim):
+    found = vit_keys.release_of(dict(width=width, depth=depth, patch_size=patch_size,
+                                     mlp_dim=mlp_dim))
+    return found and found.num_heads
+  assert heads(512, 12, 9, 2048) == 8         # ViT-FIQA's released checkpoints
+  assert heads(512, 12, 8, 2560) == 8         # CVLFace ViT-S (mlp_ratio 5)
+  assert heads(512, 24, 8, 1536) == 16        # CVLFace ViT-B (mlp_ratio 3)
+  assert heads(32, 3, 28, 64) is None
+  keys = [(r.width, r.depth, r.patch_size, r.mlp_dim) for r in vit_keys.RELEASES]
+  assert len(set(keys)) == len(keys)
+  assert all(r.width % r.num_heads == 0 for r in vit_keys.RELEASES)
+
+
+@pytest.fixture
+def tiny_release(monkeypatch):
+  """The tiny token twin registered as a published architecture with its 4 heads (the real
+  releases are 76 M parameters and more)."""
+  cfg, model = _twin("token")
+  release = vit_keys.Release("tiny release", cfg.width, cfg.depth, cfg.patch_size, cfg.mlp_dim,
+                             cfg.num_heads)
+  monkeypatch.setattr(vit_keys, "RELEASES", vit_keys.RELEASES + (release,))
+  return cfg, model
+
+
+def test_a_published_architecture_loads_with_its_heads_and_warns_on_another(tiny_release,
+                                                                             caplog):
+  cfg, model = tiny_release
+  sd = _sd(model)
+  for unset in (None, 0):
+    config = vit_keys.VIT.infer_config(sd, num_heads=unset)
+    assert config["num_heads"] == cfg.num_heads and vit_keys.HEADS_OVERRIDE not in config
+  assert not caplog.records
+  # the issue's case: a 4-head model loaded with 8 (divisible, so nothing else objects)
+  with strict.flags_named(num_heads="--config.quality_model.num_heads="):
+    config = vit_keys.VIT.infer_config(sd, num_heads=8, source="m.pt")
+  assert config["num_heads"] == 8 and config[vit_keys.HEADS_OVERRIDE] is True
+  warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+  assert "m.pt has the shapes of the tiny release" in warning
+  assert f"uses {cfg.num_heads} attention heads" in warning
+  assert "--config.quality_model.num_heads=0" in warning
+
+
+def _edit_config(directory, **fields):
+  path = os.path.join(directory, checkpoints.CONFIG_FILE)
+  with open(path) as f:
+    config = json.load(f)
+  config.update(fields)
+  config = {k: v for k, v in config.items() if v is not None}
+  with open(path, "w") as f:
+    json.dump(config, f)
+  return path
+
+
+def test_model_config_heads_must_agree_with_the_architecture(tiny_release, tmp_path):
+  """The converted directory records its head count; a hand-edited one that the variables or
+  the published architecture contradict is an error naming the file."""
+  cfg, model = tiny_release
+  torch.save(model.state_dict(), tmp_path / "m.pt")
+  directory = str(tmp_path / "ckpt")
+  checkpoints.pt_to_directory(str(tmp_path / "m.pt"), directory)
+  with open(os.path.join(directory, checkpoints.CONFIG_FILE)) as f:
+    recorded = json.load(f)
+  assert recorded["num_heads"] == cfg.num_heads and vit_keys.HEADS_OVERRIDE not in recorded
+  clean = open(os.path.join(directory, checkpoints.CONFIG_FILE)).read()
+  other = next(h for h in (2, 1) if h != cfg.num_heads)
+  cases = {"num_heads": (dict(num_heads=other), "tiny release, which uses 4 heads"),
+           "not dividing": (dict(num_heads=cfg.width - 1), "does not divide the width"),
+           "string": (dict(width=str(cfg.width)), "whole numbers"),
+           "float": (dict(num_heads=float(cfg.num_heads)), "whole numbers"),
+           "override type": (dict(num_heads_override="yes"), "true or false")}
+  for name, (fields, message) in cases.items():
+    path = _edit_config(directory, **fields)
+    with pytest.raises(CheckpointError, match=message) as e:
+      checkpoints.load_model(directory)
+    assert path in str(e.value), name
+    with open(path, "w") as f:
+      f.write(clean)
+  # an override on purpose (a model trained with that count) is recorded and loads
+  _edit_config(directory, num_heads=other, num_heads_override=True)
+  assert checkpoints.load_model(directory)[1]["num_heads"] == other
 
 
 def test_mode_inference_errors_and_unknown_family():

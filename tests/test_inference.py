@@ -154,3 +154,20 @@ def test_registry_defaults_are_the_scorers():
   assert set(registry.FAMILY_METHODS) == {quality_head_keys.CRFIQA.name,
                                           quality_head_keys.EDIFFIQA.name,
                                           iresnet_keys.MAGFACE.name}
+
+
+def test_a_directory_keeps_its_recorded_heads(ckpts, caplog):
+  """A converted directory records its head count: loading it without num_heads (None or 0:
+  the checkpoint's own) says nothing; a different count passed is ignored with a warning that
+  names the flag of the entry point."""
+  recorded = inference.load_variables(ckpts["token"])[1]["num_heads"]
+  inference.load_variables(ckpts["token"], num_heads=0)
+  assert "ignoring" not in caplog.text
+  other = 2 * recorded
+  _, config = inference.load_variables(ckpts["token"], num_heads=other)
+  assert config["num_heads"] == recorded
+  assert f"ignoring num_heads={other}" in caplog.text
+  caplog.clear()
+  with strict.flags_named(num_heads="--config.quality_model.num_heads="):
+    inference.load_variables(ckpts["token"], num_heads=other)
+  assert f"ignoring --config.quality_model.num_heads={other}" in caplog.text

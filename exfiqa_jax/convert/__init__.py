@@ -1,7 +1,7 @@
 """PyTorch checkpoints ⇄ Flax variables, strictly: key maps per family, detection, torch I/O.
 
     from exfiqa_jax import convert
-    variables, model_config = convert.convert_state_dict(state_dict, num_heads=8)
+    variables, model_config = convert.convert_state_dict(state_dict)
 
 Every conversion is verified by converting back and comparing bit for bit (docs/checkpoints.md).
 Files in, directories out (pt_to_directory, directory_to_pt) are exfiqa_jax/checkpoints.py's.
@@ -19,14 +19,15 @@ __all__ = ["CheckpointError", "convert_state_dict", "check_finite", "check_round
            "families", "torch_io"]
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], num_heads: int | None = 8,
+def convert_state_dict(sd: Mapping[str, np.ndarray], num_heads: int | None = None,
                        family: str | None = None, source: str = "the state dict", **flags: Any
                        ) -> tuple[dict, dict[str, Any]]:
   """Unwrapped state dict → ({"params", "batch_stats"}, model_config); strict, verified.
-  `source` names the checkpoint in errors (NaN/inf weights are refused as such)."""
+  `source` names the checkpoint in errors (NaN/inf weights are refused as such); `num_heads`
+  None or 0 = the architecture's own count (convert/vit_keys.py, choose_heads)."""
   check_finite(sd, source)
   fam = families.detect_family(sd, family)
-  config = fam.infer_config(sd, num_heads=num_heads, **flags)
+  config = fam.infer_config(sd, num_heads=num_heads, source=source, **flags)
   variables = fam.to_flax(sd, config)
   check_round_trip(sd, fam.to_torch(variables, config))
   return variables, config

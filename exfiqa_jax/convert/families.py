@@ -5,7 +5,8 @@ A family knows one checkpoint layout (key names) and the Flax module it becomes:
   name                      stable id, recorded as "family" in model_config.json
   matches(sd) -> bool       does this (unwrapped) state dict look like ours?
   infer_config(sd, **flags) -> dict        JSON model_config (architecture from the shapes,
-                                           a "family" field; flags such as num_heads)
+                                           a "family" field; flags such as num_heads, None
+                                           or 0 = the architecture's own: vit_keys.RELEASES)
   expected_shapes(config) -> {key: shape}  every torch key the strict check demands
   to_flax(sd, config) -> {"params": ..., "batch_stats": ...}     strict
   to_torch(variables, config) -> {key: np.ndarray}              loads with strict=True
@@ -73,3 +74,10 @@ def family_of_config(model_config: Mapping[str, Any]) -> Family:
                           f"add \"family\": one of {names()}")
   return family_by_name(name)
 
+
+
+def check_recorded(model_config: Mapping[str, Any], where: str) -> None:
+  """CheckpointError naming `where` (a model_config.json) for a field the variable shapes cannot
+  check: a ViT's sizes and num_heads (vit_keys.check_recorded)."""
+  if "mode" in model_config:
+    vit_keys.check_recorded(model_config, where)

@@ -5,7 +5,8 @@ Covers the official ViT-FIQA / EX-FIQA checkpoints (docs/methods.md) and, as mod
 token, no `head_qs`, `mask_token` only when trained with masking). Wrappers and `module.`/`net.`
 prefixes are undone by exfiqa_jax/convert/torch_io.py before a state dict gets here.
 
-Architecture from the shapes (heads cannot be seen in any shape: a flag, default 8):
+Architecture from the shapes (heads cannot be seen in any shape: a published architecture's
+count from RELEASES, else a flag, default 8):
   width D, patch p     patch_embed.proj.weight [D, 3, p, p]
   tokens T             pos_embed [1, T, D]; a qs_token adds one token in front
   depth L              number of blocks.{i}.norm1.weight
@@ -24,6 +25,7 @@ import re
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from exfiqa_jax.convert import layout
 from exfiqa_jax.convert.strict import CheckpointError, check_state_dict, flag
@@ -157,9 +159,9 @@ def _img_size(grid: int, patch: int) -> int:
       else grid * patch
 
 
-def infer_architecture(sd: Mapping[str, np.ndarray], num_heads: int = DEFAULT_HEADS
-                       ) -> dict[str, Any]:
-  """ViTConfig fields read from the shapes; `num_heads` must divide the width."""
+def infer_architecture(sd: Mapping[str, np.ndarray], num_heads: int | None = None,
+                       source: str = "the checkpoint") -> dict[str, Any]:
+  """ViTConfig fields read from the shapes, and the heads `choose_heads` settles on."""
   width, in_ch, patch, patch_w = _shape(sd, "patch_embed.proj.weight")
   if in_ch != 3 or patch != patch_w:
     raise CheckpointError(f"patch_embed.proj.weight is {[width, in_ch, patch, patch_w]}: "
@@ -186,11 +188,12 @@ def infer_architecture(sd: Mapping[str, np.ndarray], num_heads: int = DEFAULT_HE
     mode = by_f[f_in]
   else:
     mode = "crfiqa" if any(k.startswith("head_qs.") for k in sd) else "fr"
-  num_heads = check_heads(width, num_heads)
-  return dict(mode=mode, width=int(width), depth=int(depth), num_heads=num_heads,
-              patch_size=int(patch), img_size=_img_size(grid, patch), mlp_dim=int(mlp_dim),
-              embed_dim=int(embed_dim), has_mask_token="mask_token" in sd,
+  arch = dict(mode=mode, width=int(width), depth=int(depth), patch_size=int(patch),
+              img_size=_img_size(grid, patch), mlp_dim=int(mlp_dim), embed_dim=int(embed_dim),
+              has_mask_token="mask_token" in sd,
               mask_ratio=0.1 if "mask_token" in sd else 0.0)   # training only
+  heads, override = choose_heads(arch, num_heads, source)
+  return {**arch, "num_heads": heads, **({HEADS_OVERRIDE: True} if override else {})}
 
 
 def check_heads(width: int, num_heads: int) -> int:
@@ -198,9 +201,116 @@ def check_heads(width: int, num_heads: int) -> int:
       or num_heads < 1 or width % num_heads:
     raise CheckpointError(
         f"num_heads={num_heads!r} does not divide the width {width}. The number of heads is not "
-        f"stored in any weight shape: pass it with {flag('num_heads')}<n> (ViT-FIQA and CVLFace "
-        "ViT-S use 8, CVLFace ViT-B 16).")
+        f"stored in any weight shape: pass it with {flag('num_heads')}<n>, or 0 for a published "
+        f"architecture's own count ({_releases_text()}).")
   return int(num_heads)
+
+
+# ------------------------------------------------------------------------ attention heads
+
+class Release(NamedTuple):
+  """A published ViT architecture. No weight shape records the head count, so it is known here
+  by the shapes that do (docs/checkpoints.md, "Attention heads")."""
+  name: str
+  width: int
+  depth: int
+  patch_size: int
+  mlp_dim: int
+  num_heads: int
+
+
+# From the official code: ViT-FIQA backbones/__init__.py and evaluation/QualityModel.py
+# ("vit_FC": the released checkpoints), insightface recognition/arcface_torch/backbones,
+# CVLFace models/vit/__init__.py ("small", "base") = ATTN-FIQA evaluation/QualityModel.py
+# ("vits", "vitb").
+RELEASES: tuple[Release, ...] = (
+    Release("ViT-FIQA ViT-S (the released checkpoints) / arcface_torch vit_s", 512, 12, 9,
+            2048, 8),
+    Release("arcface_torch vit_t", 256, 12, 9, 1024, 8),
+    Release("ViT-FIQA vit_b_qs / arcface_torch vit_b", 512, 24, 9, 2048, 8),
+    Release("arcface_torch vit_l", 768, 24, 9, 3072, 8),
+    Release("arcface_torch vit_h", 1024, 48, 9, 4096, 8),
+    Release("ViT-FIQA vit_s_qs (width 384)", 384, 12, 9, 1536, 6),
+    Release("CVLFace ViT-S (ATTN-FIQA vits)", 512, 12, 8, 2560, 8),
+    Release("CVLFace ViT-B (ATTN-FIQA vitb)", 512, 24, 8, 1536, 16),
+)
+# model_config.json: true when a published architecture was converted with another head count
+# on purpose (a model trained with it); without it such a count is an error at load.
+HEADS_OVERRIDE = "num_heads_override"
+
+
+def _releases_text() -> str:
+  return "; ".join(f"{r.name}: {r.num_heads}" for r in RELEASES
+                   if r.name.startswith(("ViT-FIQA ViT-S", "CVLFace")))
+
+
+def _describe(arch: Mapping[str, Any]) -> str:
+  return (f"width {arch['width']}, depth {arch['depth']}, patch {arch['patch_size']}, "
+          f"MLP {arch['mlp_dim']}")
+
+
+def release_of(arch: Mapping[str, Any]) -> Release | None:
+  """The published architecture with these shapes (width, depth, patch, MLP width), or None."""
+  key = tuple(arch.get(k) for k in ("width", "depth", "patch_size", "mlp_dim"))
+  return next((r for r in RELEASES if (r.width, r.depth, r.patch_size, r.mlp_dim) == key), None)
+
+
+def choose_heads(arch: Mapping[str, Any], num_heads: int | None, source: str
+                 ) -> tuple[int, bool]:
+  """(heads, override) for a `.pt`: `num_heads` None or 0 = what the architecture says (a
+  release's count; 8, with a warning, for one no release has); a count that a release does not
+  use is taken, loudly (override True, recorded in model_config.json)."""
+  release = release_of(arch)
+  if num_heads is None or (not isinstance(num_heads, bool) and num_heads == 0):
+    if release is not None:
+      return release.num_heads, False
+    logging.warning(
+        "%s: assuming %d attention heads. No weight records the head count and this "
+        "architecture (%s) is no published one; if it was trained with another count, pass "
+        "%s<n> (a wrong count gives wrong scores without an error).", source, DEFAULT_HEADS,
+        _describe(arch), flag("num_heads"))
+    return check_heads(arch["width"], DEFAULT_HEADS), False
+  heads = check_heads(arch["width"], num_heads)
+  if release is None or heads == release.num_heads:
+    return heads, False
+  logging.warning(
+      "%s has the shapes of the %s (%s), which uses %d attention heads, but is loaded with "
+      "%s%d. No weight records the head count: unless this model was trained with %d heads, "
+      "its exit and ATTN scores are wrong. Pass %s0 (or %d) for the published count.",
+      source, release.name, _describe(arch), release.num_heads, flag("num_heads"), heads, heads,
+      flag("num_heads"), release.num_heads)
+  return heads, True
+
+
+_ARCH_INTS = ("width", "depth", "num_heads", "patch_size", "img_size", "mlp_dim", "embed_dim")
+
+
+def check_recorded(config: Mapping[str, Any], where: str) -> None:
+  """The fields of a ViT model_config.json that no variable shape checks (`where` names the
+  file): whole-number sizes, a `num_heads` that divides the width and, for a converted
+  published architecture, is its count unless the file records an override."""
+  bad = [f"{k}={config.get(k)!r}" for k in _ARCH_INTS
+         if isinstance(config.get(k), bool) or not isinstance(config.get(k), int)
+         or config[k] < 1]
+  if bad:
+    raise CheckpointError(f"{where}: {', '.join(bad)} must be whole numbers >= 1; the file was "
+                          "edited or damaged. Re-convert from the .pt.")
+  heads, width = config["num_heads"], config["width"]
+  if width % heads:
+    raise CheckpointError(f"{where}: num_heads={heads} does not divide the width {width}; the "
+                          "file was edited. Re-convert from the .pt (no weight records the head "
+                          "count).")
+  override = config.get(HEADS_OVERRIDE, False)
+  if not isinstance(override, bool):
+    raise CheckpointError(f"{where}: {HEADS_OVERRIDE}={override!r} must be true or false")
+  release = release_of(config)
+  if ("family" in config and release is not None and heads != release.num_heads
+      and not override):
+    raise CheckpointError(
+        f"{where}: num_heads={heads}, but these shapes ({_describe(config)}) are the "
+        f"{release.name}, which uses {release.num_heads} heads; with {heads} its scores are "
+        f"wrong. Re-convert the .pt with --num_heads=0 (the published count), or, if this "
+        f"model was trained with {heads} heads, add \"{HEADS_OVERRIDE}\": true to the file.")
 
 
 # ------------------------------------------------------------------------ conversion
@@ -279,10 +389,13 @@ class ViTFamily:
     return "patch_embed.proj.weight" in sd and "pos_embed" in sd
 
   def infer_config(self, sd: Mapping[str, np.ndarray], num_heads: int | None = None,
-                   **unused: Any) -> dict[str, Any]:
-    arch = infer_architecture(sd, DEFAULT_HEADS if num_heads is None else num_heads)
+                   source: str = "the checkpoint", **unused: Any) -> dict[str, Any]:
+    """model_config from the shapes; `num_heads` None or 0 = the architecture's (choose_heads)."""
+    arch = infer_architecture(sd, num_heads, source)
     cfg = vit_config(arch).to_dict()
-    return {"family": self.name, "kind": self.kind, "input_scale": self.input_scale, **cfg}
+    override = {HEADS_OVERRIDE: True} if arch.get(HEADS_OVERRIDE) else {}
+    return {"family": self.name, "kind": self.kind, "input_scale": self.input_scale, **cfg,
+            **override}
 
   def expected_shapes(self, config: Mapping[str, Any]) -> dict[str, tuple]:
     return expected_shapes(config)
