@@ -29,6 +29,8 @@ from exfiqa_jax.testing import worlds
 from exfiqa_jax.testing.subproc import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_fifo = pytest.mark.skipif(not (hasattr(os, "mkfifo") and os.path.exists("/dev/zero")),
+                                reason="needs named pipes and /dev/zero")
 # (relative name, height, width): 11 files, not a multiple of the tiny batch (8)
 FILES = [("a/001.png", 112, 112), ("a/002.jpg", 120, 100), ("a/sub/003.png", 112, 112),
          ("b/004.jpeg", 96, 96), ("b/005.png", 130, 130), ("c.png", 112, 112),
@@ -171,10 +173,11 @@ def test_eight_devices_give_the_same_scores(data, tmp_path):
   np.testing.assert_allclose(v8, v1, atol=1e-5)
 
 
-def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path):
+@needs_fifo
+def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path, special_opens):
   (tmp_path / "broken.png").write_bytes(b"this is not an image")
   abs_path = str(data["faces"] / "b/005.png")
-  listed = ["a/002.jpg", "broken.png", abs_path, "missing.png", "c.png"]
+  listed = ["a/002.jpg", "broken.png", abs_path, "missing.png", "pipe.jpg", "dir.jpg", "c.png"]
   # relative entries resolve against the list file's folder: link the faces next to it
   list_dir = tmp_path / "lists"
   list_dir.mkdir()
@@ -182,6 +185,8 @@ def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path):
     (list_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     os.link(data["faces"] / rel, list_dir / rel)
   os.replace(tmp_path / "broken.png", list_dir / "broken.png")
+  os.mkfifo(list_dir / "pipe.jpg")              # listed special files: unreadable, never opened
+  (list_dir / "dir.jpg").mkdir()
   (list_dir / "list.txt").write_text("\n".join(listed) + "\n")
   common = dict(**{"quality_model.path": data["ckpt"]}, images=str(list_dir / "list.txt"),
                 **{"quality_model.num_heads": data["cfg"].num_heads})
@@ -190,14 +195,48 @@ def test_list_file_skip_unreadable_and_corrupt_error(data, tmp_path):
   assert "skip_unreadable" in str(e.value)
   assert not os.path.exists(tmp_path / "strict" / "scores.csv")
   result = score.run(_config(output=str(tmp_path / "skip"), skip_unreadable=True, **common))
-  assert result["skipped"] == ["broken.png", "missing.png"]
+  assert result["skipped"] == ["broken.png", "missing.png", "pipe.jpg", "dir.jpg"]
   skipped = (tmp_path / "skip" / "skipped.txt").read_text().splitlines()
-  assert [line.split("\t")[0] for line in skipped] == ["broken.png", "missing.png"]
+  assert [line.split("\t")[0] for line in skipped] == result["skipped"]
+  assert "named pipe" in skipped[2] and "folder" in skipped[3]
   order = [n for n, _, _ in FILES]
   idx = [order.index(n) for n in ("a/002.jpg", "b/005.png", "c.png")]
   ref_scores = {k: v[idx] for k, v in data["ref"].items()}
   _check_against_twin(tmp_path / "skip" / "scores.csv", ref_scores,
                       ["a/002.jpg", abs_path, "c.png"], data["cfg"].depth)
+
+
+@needs_fifo
+def test_a_folder_scores_only_its_regular_image_files(data, tmp_path, special_opens, caplog):
+  folder = tmp_path / "faces"
+  kept = ["a/001.png", "c.png", "e/010.jpg"]
+  for rel in kept:
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.link(data["faces"] / rel, folder / rel)
+  for rel in ("._c.png", "a/._001.png", ".thumbnails/c.png", "__MACOSX/a/._001.png", "e/x.heic"):
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    (folder / rel).write_bytes(b"\x00\x05\x16\x07 not a face")
+  os.mkfifo(folder / "a" / "pipe.jpg")
+  os.symlink("/dev/zero", folder / "zero.png")
+  with open(os.fsencode(folder) + b"/bad\xff.png", "wb") as f:     # a name that is not UTF-8
+    f.write((folder / "c.png").read_bytes())
+  common = {"quality_model.path": data["ckpt"], "quality_model.num_heads": data["cfg"].num_heads}
+  with caplog.at_level("INFO"):
+    result = score.run(_config(images=str(folder), output=str(tmp_path / "out"), **common))
+  order = [n for n, _, _ in FILES]
+  ref_scores = {k: v[[order.index(n) for n in kept]] for k, v in data["ref"].items()}
+  _check_against_twin(result["scores"], ref_scores, kept, data["cfg"].depth)
+  assert not result["skipped"]                  # not images: logged, not "unreadable images"
+  line = next(r.getMessage() for r in caplog.records if "not images" in r.getMessage())
+  assert "8 entries" in line and "pipe.jpg" in line and "bad\\xff.png" in line
+  # a special file given as the model or the image list: refused by name, with its flag
+  os.mkfifo(tmp_path / "model.pt")
+  os.mkfifo(tmp_path / "list.txt")
+  for flag, kwargs in (("quality_model.path", dict(common, **{"quality_model.path": str(
+      tmp_path / "model.pt")}, images=str(folder))), ("images", dict(
+          common, images=str(tmp_path / "list.txt")))):
+    with pytest.raises(OSError, match=f"named pipe.*--config.{flag}="):
+      score.run(_config(output=str(tmp_path / "refused"), **kwargs))
 
 
 def test_empty_input_is_a_clear_error(tmp_path, data):

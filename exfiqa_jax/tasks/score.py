@@ -13,6 +13,7 @@ the same inputs (docs/caching.md) is not recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -54,13 +55,23 @@ def _unreadable(error: str) -> preprocess.ImageError:
       "unreadable images (listed in skipped.txt)")
 
 
+@contextlib.contextmanager
+def _naming_flag(flag: str):
+  """A special file (a named pipe, a device) where a file is needed: the error names the flag."""
+  try:
+    yield
+  except identity.SpecialFileError as e:
+    raise identity.SpecialFileError(f"{e}; pass {flag}") from None
+
+
 def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   """(channel order, image paths, names): every input problem before any work."""
   if not path or not config.images:
     raise ValueError("pass --config.quality_model.path=<converted dir or .pt> and "
                      "--config.images=<image folder or list file>")
   channel_order = preprocess.check_channel_order(config.data.channel_order)
-  paths, names = preprocess.read_image_list(config.images, config.image_root or None)
+  with _naming_flag("--config.images=<image folder or list file>"):   # a pipe, a device
+    paths, names = preprocess.read_image_list(config.images, config.image_root or None)
   if not paths:
     raise ValueError(f"no images in {config.images}: a folder needs image files "
                      f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) somewhere below it, a list "
@@ -70,6 +81,9 @@ def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist; pass "
                             "--config.quality_model.path=<converted dir or .pt>")
+  if not os.path.isdir(path):
+    with _naming_flag("--config.quality_model.path=<converted dir or .pt>"):
+      identity.regular_stat(path)            # a pipe or a device is never opened
   if parallel.is_writer():
     files.check_output_dir(config.output)    # before any compute
   return channel_order, paths, names
