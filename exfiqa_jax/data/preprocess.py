@@ -7,7 +7,7 @@ official evaluation scripts feed, right for CR-FIQA-prepared (channel-swapped) f
 Every decode turns a picture upright by its EXIF orientation, as cv2.imread and the detection
 path do (docs/data.md). Only regular files with an image extension are images: a folder listing
 skips everything else with one log line, and a listed special file is an ImageError, never
-opened (docs/data.md, "Folders and list files").
+opened (docs/data.md, "Image folders and lists").
 """
 from __future__ import annotations
 
