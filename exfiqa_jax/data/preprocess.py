@@ -114,20 +114,23 @@ def orientation(image: Image.Image) -> int:
 
 def upright_rgb(image: Image.Image, label: str = "<image>") -> Image.Image:
   """An opened PIL image → 8-bit RGB (to_rgb), turned upright by its EXIF orientation."""
-  turn = _UPRIGHT.get(orientation(image))
+  return _upright(image, label)[0]
+
+
+def _upright(image: Image.Image, label: str) -> tuple[Image.Image, int]:
+  stored = orientation(image)
   rgb = to_rgb(image, label)
-  return rgb.transpose(turn) if turn is not None else rgb
+  return (rgb.transpose(_UPRIGHT[stored]) if stored != 1 else rgb), stored
 
 
 def _open_upright(source: bytes | str | os.PathLike, label: str) -> tuple[Image.Image, int]:
   try:
     if isinstance(source, bytes):
-      image = Image.open(io.BytesIO(source))
-      return upright_rgb(image, label), orientation(image)
+      return _upright(Image.open(io.BytesIO(source)), label)
     with identity.open_regular(source) as f:    # stat first: a pipe is refused, not opened
       image = Image.open(f)
       image.load()
-      return upright_rgb(image, label), orientation(image)
+      return _upright(image, label)
   except ImageError:
     raise
   except Image.DecompressionBombError as e:
