@@ -229,6 +229,22 @@ def scan_images(directory: str | os.PathLike) -> tuple[list[str], list[Skipped]]
   return sorted(found, key=relative), sorted(skipped, key=lambda s: relative(s.path))
 
 
+def scan_identities(root: str | os.PathLike) -> tuple[list[str], list[str], list[Skipped]]:
+  """The top level of an identity-folder tree (one sub-folder per identity): (identity folder
+  names, image files lying loose in `root`, entries skipped by name: hidden, macOS metadata,
+  system folders, names that are not UTF-8), each sorted."""
+  identities, loose, skipped = [], [], []
+  for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    reason = skip_reason(entry.name)
+    if reason is not None:
+      skipped.append(Skipped(entry.path, reason))
+    elif entry.is_dir():
+      identities.append(entry.name)
+    elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+      loose.append(entry.name)
+  return identities, loose, skipped
+
+
 def printable(path: str) -> str:
   """A path for a log line or an error: bytes that are not UTF-8 shown as \\xNN escapes."""
   return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -71,24 +71,9 @@ class ImageFolder(base.Builder):
       paths["pair_list"] = base.require_file(cls.name, pair_list, LAYOUT)
     return paths
 
-  @staticmethod
-  def _top_level(root: str) -> tuple[list[str], list[str], list[preprocess.Skipped]]:
-    """(identity folders, image files lying loose in `root`, entries skipped by name: hidden,
-    macOS metadata, system folders, names that are not UTF-8), each sorted."""
-    identities, loose, skipped = [], [], []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-      reason = preprocess.skip_reason(entry.name)
-      if reason is not None:
-        skipped.append(preprocess.Skipped(entry.path, reason))
-      elif entry.is_dir():
-        identities.append(entry.name)
-      elif entry.is_file() and entry.name.lower().endswith(preprocess.IMAGE_EXTENSIONS):
-        loose.append(entry.name)
-    return identities, loose, skipped
-
   def plan(self, paths: dict[str, str], options: dict) -> base.Plan:
     root = paths["root"]
-    identities, loose, skipped = self._top_level(root)
+    identities, loose, skipped = preprocess.scan_identities(root)
     if loose:
       raise base.DataError(f"image_folder: {len(loose)} images lie directly in {root} (first: "
                            f"{loose[:3]}); put every image in its identity's sub-folder")
