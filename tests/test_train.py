@@ -352,3 +352,56 @@ def test_export_scores_and_converts_to_official_pt(tmp_path):
   with torch.no_grad():
     _, final = twin(x)                                    # (embedding, quality)
   np.testing.assert_allclose(final.reshape(-1).numpy(), expected["exit_scores"][:, -1], atol=1e-4)
+
+
+# --------------------------------------------------------------------- settings, before any work
+TRAIN_COUNTS = [   # (field, a value it must refuse): each was a division by zero or a silent no-op
+    ("batch_size", 0), ("batch_size", -8), ("log_every", 0), ("checkpointing.every", 0),
+    ("checkpointing.keep", 0), ("eval.every", -1), ("eval.batch_size", 0), ("total_steps", -1),
+    ("stop_after", -2), ("optim.warmup_steps", -1), ("epochs", 0), ("warmup_epochs", -1),
+    ("log_every", 2.5), ("checkpointing.every", True)]
+
+
+def _train_config(name: str, size: str, field: str, value):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config(f"size={size}")
+  *parents, leaf = field.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  if leaf not in node:
+    return None
+  with config.unlocked(), node.ignore_type():
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("name", ["train_tiny", "train_vitfiqa"])
+@pytest.mark.parametrize("field,value", TRAIN_COUNTS)
+def test_train_settings_fail_naming_their_flag(name, field, value):
+  """The task refuses each before it builds any data (a table over every count the loop uses)."""
+  from exfiqa_jax.tasks import train as train_task
+  config = _train_config(name, "default", field, value)
+  if config is None:
+    pytest.skip(f"{name} has no {field}")
+  with pytest.raises(ValueError, match=rf"^--config\.{field} must be a whole number ≥ \d") as e:
+    train_task.run(config)
+  assert repr(value) in str(e.value)
+
+
+def test_epochs_are_checked_only_when_they_count():
+  config = _train_config("train_vitfiqa", "default", "epochs", 0)
+  with pytest.raises(ValueError, match="--config.epochs must be .* ≥ 1 .*total_steps=0"):
+    trainer.check_config(config)
+  with config.unlocked():
+    config.total_steps = 100
+  trainer.check_config(config)
+  for name in ("train_tiny", "train_vitfiqa"):
+    for size in ("default", "smoke"):
+      trainer.check_config(_train_config(name, size, "seed", 0))
+
+
+def test_the_loop_itself_checks_its_settings(tmp_path):
+  with pytest.raises(ValueError, match=r"--config\.log_every"):
+    trainer.train(tiny_train_config(str(tmp_path), log_every=0), tiny_data())
+  assert os.listdir(tmp_path) == []

@@ -11,6 +11,7 @@ from exfiqa_jax.train import data, trainer
 
 
 def run(config) -> dict[str, Any]:
+  trainer.check_config(config)             # before the data are built
   train_data, pairs = data.build_data(config)
   state = trainer.train(config, train_data, pairs)
   return {"step": int(state.step), "output": config.output}

@@ -32,7 +32,7 @@ class _StepSampler:
                transform=None):
     if global_batch > len(labels):
       raise ValueError(f"batch {global_batch} is larger than the training set ({len(labels)} "
-                       "images); lower config.batch_size.")
+                       "images); lower --config.batch_size")
     self.labels = np.asarray(labels, np.int32)
     self.global_batch, self.seed, self.transform = global_batch, seed, transform
     self.num_classes = int(num_classes or self.labels.max() + 1)
@@ -87,8 +87,9 @@ class FolderData(_StepSampler):
                threads: int = 16):
     from exfiqa_jax.data import preprocess
     if not os.path.isdir(root):
-      raise FileNotFoundError(f"training folder {root!r} does not exist; set config.data.root to "
-                              "a folder with one sub-folder of face crops per identity.")
+      raise FileNotFoundError(f"training folder {root!r} does not exist; pass "
+                              "--config.data.root=<a folder with one sub-folder of face crops "
+                              "per identity>")
     identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     paths, labels = [], []
     for label, ident in enumerate(identities):
@@ -96,7 +97,8 @@ class FolderData(_StepSampler):
       paths += files
       labels += [label] * len(files)
     if not paths:
-      raise ValueError(f"no images under {root!r}: expected <root>/<identity>/<image>.jpg|png")
+      raise ValueError(f"no images under {root!r}: expected <root>/<identity>/<image>.jpg|png; "
+                       "pass --config.data.root=<such a folder>")
     super().__init__(np.asarray(labels), global_batch, seed, len(identities))
     self.paths, self.identities, self.channel_order = paths, identities, channel_order
     self._decode = preprocess.decode_image
@@ -172,6 +174,6 @@ def build_data(config) -> tuple[TrainData, PairSet | None]:
     return data, pairs
   if kind == "synthetic":
     return synthetic_data(config)
-  raise ValueError(f"config.data.kind must be 'image_folder' or 'synthetic', got {kind!r}")
+  raise ValueError(f"--config.data.kind must be 'image_folder' or 'synthetic', got {kind!r}")
 
 

@@ -130,6 +130,45 @@ def check_resume_config(config, output: str, latest: int | None) -> None:
     files.write_json(path, current)
 
 
+# ----------------------------------------------------------------------------- settings
+# Every count the loop uses: (field, least value, what its least value means). A 0 batch, log or
+# checkpoint interval divided by zero deep inside the loop; a negative one did nothing, silently.
+COUNTS = (("batch_size", 1, ""), ("log_every", 1, ""), ("checkpointing.every", 1, ""),
+          ("checkpointing.keep", 1, ""), ("eval.every", 0, " (0: no evaluation)"),
+          ("eval.batch_size", 1, ""), ("total_steps", 0, " (0: epochs × images // batch_size)"),
+          ("stop_after", 0, " (0: run to total_steps)"), ("optim.warmup_steps", 0, ""),
+          ("warmup_epochs", 0, ""))
+
+
+def check_config(config) -> None:
+  """The training settings, before any data is built: every count in COUNTS is a whole number
+  at least its least value, and epochs ≥ 1 where they set the length (total_steps = 0). Each
+  error names its --config flag."""
+  for field, least, meaning in COUNTS:
+    value = _field(config, field)
+    if value is not None:
+      _check_count(field, value, least, meaning)
+  if "epochs" in config and not _field(config, "total_steps"):
+    _check_count("epochs", config.epochs, 1, " when --config.total_steps=0 (steps = epochs × "
+                 "images // batch_size)")
+
+
+def _field(config, dotted: str) -> Any:
+  node = config
+  for key in dotted.split("."):
+    if key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def _check_count(field: str, value: Any, least: int, meaning: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+      or value < least:
+    raise ValueError(f"--config.{field} must be a whole number ≥ {least}{meaning}, got "
+                     f"{value!r}")
+
+
 # --------------------------------------------------------------------------------- loop
 def resolve_steps(config, num_images: int) -> tuple[int, int]:
   """(total, warm-up) steps: config.total_steps / optim.warmup_steps, or, when total_steps is 0,
@@ -138,7 +177,8 @@ def resolve_steps(config, num_images: int) -> tuple[int, int]:
     return int(config.total_steps), int(config.optim.warmup_steps)
   per_epoch = num_images // config.batch_size
   if per_epoch == 0:
-    raise ValueError(f"{num_images} images cannot fill one batch of {config.batch_size}")
+    raise ValueError(f"{num_images} images cannot fill one batch of {config.batch_size}; lower "
+                     "--config.batch_size")
   return per_epoch * int(config.epochs), per_epoch * int(config.warmup_epochs)
 
 
@@ -146,13 +186,15 @@ def resolve_steps(config, num_images: int) -> tuple[int, int]:
 def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None = None, model=None,
           model_cfg=None) -> step_lib.TrainState:
   """Runs (or resumes) training to config.total_steps (or config.stop_after); returns the state."""
+  check_config(config)
   if model is None:
     model, model_cfg = build_model(config.architecture, config.get("compute_dtype", "float32"))
   mesh = parallel.mesh(max(int(config.get("shard_centres", 0)), 1))
   n_data = mesh.shape[step_lib.DATA]
   if config.batch_size % n_data:
-    raise ValueError(f"config.batch_size {config.batch_size} is not a multiple of the {n_data} "
-                     f"data-parallel devices; use {parallel.round_up_to_devices(config.batch_size)}.")
+    raise ValueError(f"--config.batch_size={config.batch_size} is not a multiple of the {n_data} "
+                     f"data-parallel devices; use --config.batch_size="
+                     f"{parallel.round_up_to_devices(config.batch_size)}")
   total, warmup = resolve_steps(config, data.num_images)
   tx, schedule = optim.make_optimizer(
       config.optim.lr, warmup, total, weight_decay=config.optim.weight_decay,
