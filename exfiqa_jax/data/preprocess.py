@@ -284,7 +284,7 @@ def read_image_list(images: str, image_root: str | None = None) -> tuple[list[st
   if os.path.isdir(images):
     paths = list_images(images)
     return paths, [os.path.relpath(p, images) for p in paths]
-  if not os.path.lexists(images):
+  if not os.path.exists(images):
     raise FileNotFoundError(f"{images} is neither an image folder nor a list file; pass a folder "
                             "of face crops or a text file with one image path per line")
   with identity.open_regular(images) as f:    # a pipe or a device: refused by name
