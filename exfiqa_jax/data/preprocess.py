@@ -158,6 +158,7 @@ def scale_input(images_uint8: jnp.ndarray, input_scale: str) -> jnp.ndarray:
 
 # --------------------------------------------------------------------- folders and lists
 class Skipped(NamedTuple):
+  """An entry of a folder that is not an image, and why."""
   path: str     # the entry as os.scandir names it (a name that is not UTF-8 holds surrogates)
   reason: str
 
@@ -224,9 +225,9 @@ def scan_images(directory: str | os.PathLike) -> tuple[list[str], list[Skipped]]
         found.append(entry.path)
       else:
         skipped.append(Skipped(entry.path, reason))
-  def relative(path: str) -> str:
-    return os.path.relpath(path, directory)
-  return sorted(found, key=relative), sorted(skipped, key=lambda s: relative(s.path))
+  found.sort(key=lambda p: os.path.relpath(p, directory))
+  skipped.sort(key=lambda s: os.path.relpath(s.path, directory))
+  return found, skipped
 
 
 def scan_identities(root: str | os.PathLike) -> tuple[list[str], list[str], list[Skipped]]:
@@ -303,7 +304,11 @@ def _decode_list(data: bytes, label: str) -> str:
   or Latin-1, the encodings of lists written on Windows and older systems."""
   for mark, encoding in _BOMS:
     if data.startswith(mark):
-      return data.decode(encoding)
+      try:
+        return data.decode(encoding)
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{label} starts with a {encoding} byte-order mark but is not "
+                         f"{encoding} text ({e}); save it as UTF-8") from None
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
