@@ -105,6 +105,12 @@ def test_list_files_as_users_systems_write_them(tmp_path, encoding, newline, cap
     assert not warned
 
 
+def test_a_list_whose_byte_order_mark_lies_is_named(tmp_path):
+  (tmp_path / "list.txt").write_bytes(b"\xff\xfea/1.png\n")     # UTF-16 mark, odd length
+  with pytest.raises(ValueError, match="list.txt starts with a utf-16 byte-order mark"):
+    preprocess.read_image_list(str(tmp_path / "list.txt"))
+
+
 @needs_fifo
 def test_listed_special_files_are_refused_by_name_never_opened(tmp_path, special_opens):
   os.mkfifo(tmp_path / "pipe.jpg")
