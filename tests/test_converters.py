@@ -459,3 +459,17 @@ def test_reverse_converter_never_replaces_what_it_did_not_write(small_pt, tmp_pa
       "ckpt", "elsewhere", "mine.pt"]
   sd = checkpoints.directory_to_pt(str(ckpt), str(mine), overwrite=True)
   assert set(torch.load(mine, weights_only=True)) == set(sd)
+
+
+def test_a_safetensors_file_is_named_as_such(tmp_path):
+  """Not 'load it with weights_only=False' (wrong and unsafe advice): what the toolkit reads
+  instead, and the two lines that make it."""
+  header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+  path = tmp_path / "model.safetensors"
+  path.write_bytes(len(header).to_bytes(8, "little") + header + np.ones(2, "<f4").tobytes())
+  for name in ("model.safetensors", "model.pt"):        # the contents decide, not the name
+    path = path.rename(tmp_path / name)
+    with pytest.raises(CheckpointError, match="is a safetensors file") as e:
+      torch_io.load_state_dict(path)
+    assert "weights_only" not in str(e.value) and "safetensors.torch import load_file" in str(
+        e.value) and ".pt" in str(e.value)

@@ -5,6 +5,7 @@ Python objects is refused with instructions to re-save it. Wrappers used by the 
 checkpoints are undone here, once for every family:
   {"state_dict": sd} | {"model": sd} | sd, and a `module.` / `net.` prefix shared by every key
   (DataParallel / DDP and CVLFace's model wrapper).
+A safetensors file that torch cannot read is named as such, with how to re-save it as a `.pt`.
 """
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ def _refusal(path: str, error: Exception) -> CheckpointError:
       "then convert plain.pt.")
 
 
+def is_safetensors(path: str) -> bool:
+  """Whether `path` holds a safetensors file: an 8-byte little-endian header length, then that
+  many bytes of JSON header."""
+  with open(path, "rb") as f:
+    head = f.read(9)
+  size = int.from_bytes(head[:8], "little")
+  return len(head) == 9 and head[8:] == b"{" and 2 <= size <= os.path.getsize(path) - 8
+
+
 def check_archive(path: str) -> None:
   """A zip-format `.pt` (torch >= 1.6) is read member by member against its CRC-32s; torch
   itself does not check them, so flipped bytes would load as changed weights. Legacy (pickle
@@ -96,10 +106,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   check_archive(path)
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    raise _refusal(path, e) from None
   except Exception as e:   # torch wraps the refusal in other types in some versions
-    if "weights_only" in str(e) or "Unsupported global" in str(e):
+    if is_safetensors(path):      # torch reads one only when named .safetensors, via that package
+      raise CheckpointError(
+          f"{path} is a safetensors file, not a PyTorch pickle: the toolkit reads .pt/.pth state "
+          "dicts. Re-save it as one (tensors only, nothing to trust): pip install safetensors, "
+          f"then `from safetensors.torch import load_file; torch.save(load_file({path!r}), "
+          "'model.pt')`, and pass model.pt") from None
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e) \
+        or "Unsupported global" in str(e):
       raise _refusal(path, e) from None
     raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
   sd = unwrap(obj, path)
