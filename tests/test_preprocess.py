@@ -106,7 +106,7 @@ def test_list_files_as_users_systems_write_them(tmp_path, encoding, newline, cap
 
 
 def test_a_list_whose_byte_order_mark_lies_is_named(tmp_path):
-  (tmp_path / "list.txt").write_bytes(b"\xff\xfea/1.png\n")     # UTF-16 mark, odd length
+  (tmp_path / "list.txt").write_bytes(b"\xff\xfea/1.png")     # a UTF-16 mark, odd length
   with pytest.raises(ValueError, match="list.txt starts with a utf-16 byte-order mark"):
     preprocess.read_image_list(str(tmp_path / "list.txt"))
 
