@@ -393,6 +393,8 @@ def test_epochs_are_checked_only_when_they_count():
   config = _train_config("train_vitfiqa", "default", "epochs", 0)
   with pytest.raises(ValueError, match="--config.epochs must be .* ≥ 1 .*total_steps=0"):
     trainer.check_config(config)
+  with pytest.raises(ValueError, match=r"^--config\.train\.epochs .*--config\.train\.total_"):
+    trainer.check_config(config, "--config.train.")     # the demo nests them under train
   with config.unlocked():
     config.total_steps = 100
   trainer.check_config(config)

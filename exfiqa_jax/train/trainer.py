@@ -140,17 +140,17 @@ COUNTS = (("batch_size", 1, ""), ("log_every", 1, ""), ("checkpointing.every", 1
           ("warmup_epochs", 0, ""))
 
 
-def check_config(config) -> None:
+def check_config(config, prefix: str = "--config.") -> None:
   """The training settings, before any data is built: every count in COUNTS is a whole number
   at least its least value, and epochs ≥ 1 where they set the length (total_steps = 0). Each
-  error names its --config flag."""
+  error names its flag: `prefix` + the field (the demo nests these under --config.train.)."""
   for field, least, meaning in COUNTS:
     value = _field(config, field)
     if value is not None:
-      _check_count(field, value, least, meaning)
+      _check_count(prefix + field, value, least, meaning)
   if "epochs" in config and not _field(config, "total_steps"):
-    _check_count("epochs", config.epochs, 1, " when --config.total_steps=0 (steps = epochs × "
-                 "images // batch_size)")
+    _check_count(prefix + "epochs", config.epochs, 1, f" when {prefix}total_steps=0 (steps = "
+                 "epochs × images // batch_size)")
 
 
 def _field(config, dotted: str) -> Any:
@@ -162,11 +162,10 @@ def _field(config, dotted: str) -> Any:
   return node
 
 
-def _check_count(field: str, value: Any, least: int, meaning: str) -> None:
+def _check_count(flag: str, value: Any, least: int, meaning: str) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
       or value < least:
-    raise ValueError(f"--config.{field} must be a whole number ≥ {least}{meaning}, got "
-                     f"{value!r}")
+    raise ValueError(f"{flag} must be a whole number ≥ {least}{meaning}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------- loop
