@@ -33,6 +33,7 @@ from configs import common, train_tiny
 from configs.eval_common import eval_config
 
 TARGETS = (0.9, 0.95, 0.99, 0.995, 0.999)
+SIZES = ("default", "smoke")    # get_config's size= argument
 
 
 def settings(size: str = "default") -> ml_collections.ConfigDict:
@@ -64,6 +65,8 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default", benchmark="synthetic_faces")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   smoke = args.size == "smoke"
   config = eval_config([args.benchmark], task="early_exit", output="out/early_exit")
   config.quality_model.path = "out/demo/train/model"   # the demo's trained model

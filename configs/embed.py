@@ -18,8 +18,13 @@ import ml_collections
 from configs import common
 
 
+SIZES = ("default", "tiny")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   config = common.base_config("embed", "out/embed")
   config.fr = common.fr_model(batch_size=32)
   config.images = ""                # image folder (recursive) or list file

@@ -26,8 +26,13 @@ from configs import common
 from configs.eval_common import eval_config
 
 
+SIZES = ("default", "tiny")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None):
   args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   config = eval_config(["ijbc"], output="out/eval_ijbc")
   config.eval.bootstrap = 20
   config.eval.chunk_images = 16384

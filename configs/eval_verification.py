@@ -24,8 +24,13 @@ from configs.eval_common import eval_config
 from exfiqa_jax.data.benchmark_names import VERIFICATION_BINS
 
 
+SIZES = ("default", "tiny")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None):
   args = common.parse_arg(arg, benchmarks="+".join(VERIFICATION_BINS), size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   names = [b.strip() for b in args.benchmarks.split("+") if b.strip()]
   output = "out/eval_" + ("_".join(n.replace(".bin", "") for n in names)
                           if len(names) <= 3 else "verification")

@@ -29,8 +29,13 @@ from configs import common
 from exfiqa_jax.detection import settings as detection_settings
 
 
+SIZES = ("default", "tiny")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   config = common.base_config("score", "out/score")
   config.quality_model = common.quality_model()
   config.images = ""                # image folder (recursive) or list file

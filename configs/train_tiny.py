@@ -26,7 +26,7 @@ SIZES = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default")
   if args.size not in SIZES:
-    raise ValueError(f"train_tiny size must be one of {sorted(SIZES)}, got {args.size!r}")
+    raise ValueError(f"size={args.size!r} is not one of {tuple(SIZES)}")
   size, smoke = SIZES[args.size], args.size == "smoke"
   config = common.base_config("train", "out/train_tiny")
   config.batch_size = size["batch"]

@@ -17,8 +17,13 @@ import ml_collections
 from configs import common
 
 
+SIZES = ("default", "smoke")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   config = common.base_config("train", "out/train_vitfiqa")
   config.seed = 2048
   config.batch_size = 1024

@@ -157,8 +157,14 @@ class QualityModel(BatchedModel):
     return {} if self.vitnt is None else {"method": self.method, "options": dict(self.vitnt)}
 
   def resolve_exit(self, exit: int | None) -> int:
-    """Blocks the program runs for `exit`: k in 1..L, 0 or None = all L (clear error else)."""
-    return exits_lib.check_exit(exit, self.num_exits)
+    """Blocks the program runs for `exit`: k in 1..L, 0 or None = all L; else a ValueError
+    naming the entry point's setting (`exit=`, a job's `--config.exit=`)."""
+    try:
+      return exits_lib.check_exit(exit, self.num_exits)
+    except ValueError:
+      raise ValueError(f"{strict.flag('exit')}{exit!r}: this model has {self.num_exits} "
+                       f"blocks; a fixed exit is one of 1..{self.num_exits} (the block after "
+                       f"which the program stops), 0 = all {self.num_exits} exits") from None
 
   def variables_at(self, exit: int | None) -> Any:
     """The variables of the program truncated after block k (cached on the devices)."""
@@ -289,8 +295,8 @@ class MethodModel(BatchedModel):
   def resolve_exit(self, exit: int | None) -> int:
     """0: a method has no exits; any other `exit` is an error naming the setting."""
     if exit:
-      raise ValueError(f"exit={exit}: {strict.flag('method')}{self.method} has no early exits "
-                       "(exits are the ViT-FIQA models'); leave exit at 0")
+      raise ValueError(f"{strict.flag('exit')}{exit}: {strict.flag('method')}{self.method} has "
+                       "no early exits (exits are the ViT-FIQA models'); leave it at 0")
     return 0
 
   def run_batch(self, local_images: np.ndarray, exit: int | None = None

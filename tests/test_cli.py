@@ -2,7 +2,9 @@
 call says which flag fixes it."""
 from __future__ import annotations
 
+import importlib
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -61,3 +63,117 @@ def test_third_party_info_stays_out_unless_asked(tmp_path):
 
   assert len(foreign_info(loud.stderr)) >= 5
   assert foreign_info(quiet.stderr) == []
+
+
+# ------------------------------------------------------------------ every setting names its flag
+CONFIGS = sorted(p.stem for p in (pathlib.Path(ROOT) / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "common", "eval_common"))
+# A value each validated setting refuses, by its path in the job configs (every config that has
+# the setting is tried): batch sizes anywhere, decode threads, exit, dtype, channel order, the
+# detection options, the head counts.
+BAD = {
+    "batch_size": [0, -3, 10 ** 15],        # the last: petabytes for one batch
+    "fr.batch_size": [0],
+    "eval.batch_size": [0],
+    "data.decode_threads": [-1],
+    "exit": [-1],
+    "compute_dtype": ["f16"],
+    "data.channel_order": ["xyz"],
+    "data.align": ["detected"],
+    "data.face": ["biggest"],
+    "data.detect_batch_size": [0],
+    "data.detector.min_face_size": [0.0],
+    "data.detector.factor": [1.5],
+    "data.detector.thresholds": [(0.6, 0.7), (0.6, 0.7, 7.0)],
+    "data.detector.max_faces": [0],
+    "quality_model.num_heads": [-8],
+    "fr.num_heads": [-8],
+}
+
+
+def _has(config, path: str) -> bool:
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def test_the_bad_values_cover_every_checked_setting():
+  from exfiqa_jax import cli
+  from exfiqa_jax.detection import settings
+  names = {p.rsplit(".", 1)[-1] for p in BAD}
+  assert set(cli.BY_NAME) <= names
+  assert all(any(p == q or p.startswith(q + ".") for p in BAD) for q in cli.BY_PATH)
+  job_flags = {f[len("--config."):] for k, f in settings.CONFIG_FLAGS.items() if k != "weights"}
+  assert all(any(p == f or p.startswith(f + ".") for p in BAD) for f in job_flags)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_checked_setting_names_its_flag(name):
+  """The defaults pass; each bad value is a ValueError that names `--config.<path>=`."""
+  from exfiqa_jax import cli
+  from exfiqa_jax.testing import worlds
+  module = importlib.import_module(f"configs.{name}")
+  cli.check_config(module.get_config())
+  tried = 0
+  for path, values in BAD.items():
+    if not _has(module.get_config(), path):
+      continue
+    for value in values:
+      config = worlds.override(module.get_config(), **{path: value})
+      with pytest.raises(ValueError) as e:
+        cli.check_config(config)
+      assert f"--config.{path}=" in str(e.value), (path, value, str(e.value))
+      tried += 1
+  assert tried >= 3, name
+
+
+def _parse(monkeypatch, *argv):
+  """cli.parse_flags on a fresh flag set (the config flag reads its overrides from sys.argv)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from exfiqa_jax import cli
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+  argv = ["main.py", *argv]
+  monkeypatch.setattr(sys, "argv", argv)
+  with pytest.raises(flags.Error) as e:
+    cli.parse_flags(argv, values)
+  return str(e.value)
+
+
+def test_an_unknown_override_says_which_settings_exist(monkeypatch):
+  message = _parse(monkeypatch, "--config=configs/eval_verification.py:size=tiny",
+                   "--config.eval.fmr=0.1")
+  assert message.startswith("--config.eval.fmr: --config.eval has no setting 'fmr'.")
+  assert "Did you mean --config.eval.fmrs?" in message and "bootstrap_unit" in message
+  assert "Traceback" not in message
+  message = _parse(monkeypatch, "--config=configs/score.py", "--config.data.detector.factr=0.5")
+  assert "Did you mean --config.data.detector.factor?" in message
+  message = _parse(monkeypatch, "--config=configs/score.py", "--config.qualty_model.path=x")
+  assert "the config has no setting 'qualty_model'" in message
+  assert "Did you mean --config.quality_model?" in message
+
+
+def test_a_config_argument_typo_is_refused_in_one_line(monkeypatch):
+  message = _parse(monkeypatch, "--config=configs/score.py:size=tiyn")
+  assert message == ("--config=configs/score.py:size=tiyn: size='tiyn' is not one of "
+                     "('default', 'tiny')")
+
+
+def test_an_exit_beyond_the_model_names_the_flag(tmp_path):
+  """Only the loaded model knows its depth: the task's error names --config.exit."""
+  import numpy as np
+  from PIL import Image
+  from configs import score
+  from exfiqa_jax import cli
+  from exfiqa_jax.testing import worlds
+  (tmp_path / "faces").mkdir()
+  Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(tmp_path / "faces" / "a.png")
+  config = worlds.override(score.get_config("size=tiny"), images=str(tmp_path / "faces"),
+                           output=str(tmp_path / "out"), exit=99, **{
+                               "quality_model.path": worlds.save_vit(tmp_path / "m", "token", 0)})
+  with pytest.raises(ValueError, match=r"^--config\.exit=99: this model has \d+ blocks"):
+    cli.run_task(config)

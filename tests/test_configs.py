@@ -50,6 +50,14 @@ def test_arguments_are_key_value():
   assert (parsed.n, parsed.x, parsed.flag, parsed.name) == (3, 0.5, True, "a+b")
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_config_argument_value_is_checked(name):
+  """size=tiyn is an error listing the sizes, never silently the default."""
+  module = importlib.import_module(f"configs.{name}")
+  with pytest.raises(ValueError, match=r"size='tiyn' is not one of \('default', '(tiny|smoke)'\)"):
+    module.get_config("size=tiyn")
+
+
 def test_importing_the_configs_does_not_import_jax():
   out = run_python(f"""
     import importlib, sys

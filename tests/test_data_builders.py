@@ -171,7 +171,7 @@ def test_corrupt_image_error_then_skip(tmp_path):
   images[3] = images[3][:200]           # truncated JPEG
   (tmp_path / "bins").mkdir()
   _write_bin(tmp_path / "bins" / "cplfw.bin", images, [True, False, True])
-  with pytest.raises(ImageError, match="00003.*skip_corrupt=True"):
+  with pytest.raises(ImageError, match=r"00003.*--config\.data\.skip_corrupt=True"):
     builders.load("cplfw", tmp_path / "bins", tmp_path / "data")
   source, info = builders.load("cplfw", tmp_path / "bins", tmp_path / "data", skip_corrupt=True)
   assert len(source) == 5 and info.skipped == ["00003"]

@@ -172,8 +172,9 @@ def test_fr_mode_attention_up_to_block_k():
 def test_exit_outside_the_model_is_a_clear_error(model_and_full):
   model, images, _, _ = model_and_full
   for bad in (-1, DEPTH + 1, 2.5, True, "3"):
-    with pytest.raises(ValueError, match=rf"exit must be an integer in 1\.\.{DEPTH}"):
+    with pytest.raises(ValueError, match=rf"a fixed exit is one of 1\.\.{DEPTH}") as e:
       model.score(images, exit=bad)
+    assert str(e.value).startswith(f"exit={bad!r}: ")       # the API's argument
 
 
 # ------------------------------------------------------------------------------------------
@@ -332,5 +333,5 @@ def test_eval_quality_stage_runs_the_truncated_program(model_dir, tmp_path):
     np.testing.assert_allclose(fuse, models.gflops(spec.model.model_config, exit=k)[1])
   assert fingerprints[0] != fingerprints[1]
   config.exit = DEPTH + 1
-  with pytest.raises(ValueError, match="exit must be an integer"):
+  with pytest.raises(ValueError, match=rf"exit={DEPTH + 1}: .*one of 1\.\.{DEPTH}"):
     pipeline.load_quality_models(config)

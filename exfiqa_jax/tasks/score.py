@@ -91,10 +91,7 @@ def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
 
 def _photo_settings(data) -> detection_settings.PhotoSettings:
   """config.data's detection keys (configs/score.py) as plain settings for detection/."""
-  return detection_settings.PhotoSettings.from_fields(
-      detector=data.get("detector", None), face=data.get("face", None),
-      weights=data.get("detector_weights", None), batch_size=data.get("detect_batch_size", None),
-      decode_threads=data.get("decode_threads", None))
+  return detection_settings.PhotoSettings.from_config(data)
 
 
 def _detect_photos(config, photo_settings, paths, names, channel_order, image_size: int):
@@ -163,7 +160,8 @@ def run(config) -> dict[str, Any]:
   mapping = quality_mapping.mapping_for(path, config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
-  align = detection_settings.check_align_mode(config.data.get("align", "none"))
+  align = detection_settings.check_align_mode(config.data.get("align", "none"),
+                                              "--config.data.align")
   if align == "detect":                    # raw photos: rows are detected faces
     photo_settings = _photo_settings(config.data)
     ident["align"] = detection_rows.align_identity(photo_settings)

@@ -208,7 +208,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._sources = source_identity(paths, plan, exclude=[os.fspath(self._data_dir_root)])
     if not plan.images:
       raise DataError(f"{self.name}: the data set under {manual_dir} has no images; an empty "
-                      f"data set cannot be evaluated. Check manual_dir and the list files.")
+                      f"data set cannot be evaluated. Check --config.data.manual_dir and the "
+                      f"list files.")
     return {SPLIT: self._generate_examples(plan, manual_dir, options)}
 
   def _generate_examples(self, plan: Plan, manual_dir: str, options: dict
@@ -222,8 +223,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           no_face.append(entry.name)
         elif not options["skip_corrupt"]:
           raise preprocess.ImageError(
-              f"{self.name}: {data}. Fix or remove the file, or build with skip_corrupt=True "
-              f"to leave it out (it is then listed in {SKIPPED_FILE}).") from data
+              f"{self.name}: {data}. Fix or remove the file, or pass "
+              f"--config.data.skip_corrupt=True (skip_corrupt=True to builders.load) to leave "
+              f"it out (it is then listed in {SKIPPED_FILE}).") from data
         logging.warning("skipping %s: %s", entry.name, data)
         skipped.append((entry.name, str(data).replace("\n", " ")))
         continue

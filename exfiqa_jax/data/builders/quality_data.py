@@ -79,8 +79,9 @@ class QualityData(base.Builder):
       entries.append(base.ImageEntry(len(entries), name, file, {"path": line}))
     if missing and not options["skip_corrupt"]:
       raise base.DataError(f"quality_data: {len(missing)} listed images are missing (first: "
-                           f"{missing[:3]}). Fix image_path_list.txt or build with "
-                           f"skip_corrupt=True.")
+                           f"{missing[:3]}). Fix image_path_list.txt or pass "
+                           f"--config.data.skip_corrupt=True (skip_corrupt=True to "
+                           f"builders.load).")
     if "pair_list" not in paths:
       return base.Plan(entries)
     names_a, names_b, labels = pairs_lib.read_pair_file(paths["pair_list"])

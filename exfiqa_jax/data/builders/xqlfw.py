@@ -89,8 +89,9 @@ class Xqlfw(base.Builder):
           entries.append(base.ImageEntry(ids[key], name, source, {"identity": key[0]}))
     if missing and not options["skip_corrupt"]:
       raise base.DataError(f"xqlfw: {len(missing)} images named by {paths['pairs']} are missing "
-                           f"(first: {missing[:3]}). Check the aligned folder, or build with "
-                           f"skip_corrupt=True to drop them and their pairs.")
+                           f"(first: {missing[:3]}). Check the aligned folder, or pass "
+                           f"--config.data.skip_corrupt=True (skip_corrupt=True to builders."
+                           f"load) to drop them and their pairs.")
     a = np.array([ids[(r[0], r[1])] for r in rows], dtype=np.int64)
     b = np.array([ids[(r[2], r[3])] for r in rows], dtype=np.int64)
     g = np.array([r[4] for r in rows], dtype=bool)
