@@ -18,8 +18,13 @@ from configs import common, early_exit, train_tiny
 from configs.eval_common import eval_config
 
 
+SIZES = ("default", "smoke")    # get_config's size= argument
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, size="default")
+  if args.size not in SIZES:
+    raise ValueError(f"size={args.size!r} is not one of {SIZES}")
   smoke = args.size == "smoke"
   config = eval_config(["synthetic_faces"], task="demo", output="out/demo")
   config.train = train_tiny.get_config(f"size={args.size}")
