@@ -289,13 +289,14 @@ def check_recorded(config: Mapping[str, Any], where: str) -> None:
   """The fields of a ViT model_config.json that no variable shape checks (`where` names the
   file): whole-number sizes, a `num_heads` that divides the width and, for a converted
   published architecture, is its count unless the file records an override."""
-  bad = [f"{k}={config.get(k)!r}" for k in _ARCH_INTS
-         if isinstance(config.get(k), bool) or not isinstance(config.get(k), int)
-         or config[k] < 1]
+  bad = [f"{k}={config[k]!r}" for k in _ARCH_INTS if k in config and (
+      isinstance(config[k], bool) or not isinstance(config[k], int) or config[k] < 1)]
   if bad:
     raise CheckpointError(f"{where}: {', '.join(bad)} must be whole numbers >= 1; the file was "
                           "edited or damaged. Re-convert from the .pt.")
-  heads, width = config["num_heads"], config["width"]
+  heads, width = config.get("num_heads"), config.get("width")
+  if heads is None or width is None:
+    return                                    # the architecture's defaults (models/vit.py)
   if width % heads:
     raise CheckpointError(f"{where}: num_heads={heads} does not divide the width {width}; the "
                           "file was edited. Re-convert from the .pt (no weight records the head "
