@@ -17,7 +17,10 @@ import ml_collections
 
 from exfiqa_jax.methods import registry
 
-NUM_HEADS = 8          # not recorded in any weight shape; CVLFace ViT-B uses 16
+# 0 = the checkpoint's own count: a converted directory's recorded one, a published ViT's known
+# one (ViT-FIQA / CVLFace ViT-S 8, CVLFace ViT-B 16; docs/checkpoints.md), else 8 with a warning.
+# No weight shape records it: set it for a .pt of another architecture.
+NUM_HEADS = 0
 
 
 def base_config(task: str, output: str | None = None) -> ml_collections.ConfigDict:

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.output = ""            # "" = <output>/train
   config.quality_model.path = ""      # the trained model (the demo sets it)
   config.fr.path = "quality_model"    # the ViT-FIQA model's own feature head
+  # The field's methods that apply to the trained ViT, run on it beside ViT-FIQA and compared
+  # in summary.md and comparison.md (docs/methods.md, Baselines): ViTNT-FIQA (training-free)
+  config.baselines = ("vitnt",)
   config.batch_size = 128
   config.test = ml_collections.ConfigDict(dict(
       per_identity=4 if smoke else 10,        # images per test identity

@@ -20,6 +20,11 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
   # (e.g. vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa); a baseline method per
   # entry as name=method:path (ours=ckpt/vitfiqa_token,cr=crfiqa:cr.pth,gq=grafiqs:r100.pth).
   config.quality_model = common.quality_model()
+  # Another method's scores as a quality column: name=scores:<file>[#column][?lower] in
+  # quality_model.path (text "path score", OFIQ CSV, CSV, .npy, eDifFIQA pickle; docs/
+  # evaluation.md, "Compare with other methods"); lower_is_better: comma list of such names whose
+  # values are lower-is-better (the same as `?lower`)
+  config.quality_model.lower_is_better = ""
   # FR model(s) in fr.path, comma list: a converted FR directory or .pt (iResNet / ViT families),
   # "precomputed:<embeddings.npy>" (one row per image, in image order), or "quality_model"
   # (the ViT-FIQA model's own feature head; "quality_model:<name>" with several).
@@ -59,5 +64,11 @@ def eval_config(benchmarks: Sequence[str], task: str = "eval",
       # gender are used whenever its fold files are found (docs/evaluation.md, Per-group EDC)
       groups="",
       chunk_images=4096))     # images per resumable chunk of the scoring stages
-  config.report = ml_collections.ConfigDict(dict(plots=True, attention_examples=4))
+  config.report = ml_collections.ConfigDict(dict(
+      plots=True, attention_examples=4,
+      # comparison.md/.csv and plots/comparison_edc.png (docs/evaluation.md, "Compare with other
+      # methods"): rows = quality columns, comma list ("" = each model's headline columns and
+      # every score file); reference = the row the others are compared with ("" = the first);
+      # fmrs = comma list of the evaluated FMRs to show ("" = all)
+      comparison=ml_collections.ConfigDict(dict(rows="", reference="", fmrs=""))))
   return config

@@ -232,18 +232,20 @@ def test_a_quality_method_beside_a_vitfiqa_model(world, tmp_path):
     ref = edc.edc_curves(scores, info.pairs["is_genuine"], pq, fmrs, edc.FIQA_DISCARD, mode,
                          pauc_limit=limit)
     for f, fmr in enumerate(fmrs):
-      row = rows[("sf/serfiq", mode, fmr)]
+      row = rows[("serfiq", mode, fmr)]
       assert float(row["pauc"]) == pytest.approx(ref.pauc[0, f], abs=1e-6)
       assert float(row["ci_low"]) <= float(row["ci_high"])
       ours = {k[0]: float(r["pauc"]) for k, r in rows.items() if k[1:] == (mode, fmr)
-              and k[0].startswith("ours/") and float(r["pauc"]) == float(r["pauc"])}
+              and k[0].split("_")[0] in ("exit", "ex", "attn")
+              and float(r["pauc"]) == float(r["pauc"])}
       best = min(ours, key=lambda name: ours[name])
       assert [(r["quality_a"], r["quality_b"]) for r in tables.read_csv(output / "pauc_diff.csv")
               if r["mode"] == mode and float(r["fmr"]) == fmr
-              and r["quality_b"] == "sf/serfiq"] == [(best, "sf/serfiq")]
+              and r["quality_b"] == "serfiq"] == [(best, "serfiq")]
   assert _read(output / "mini" / "scores_sf.csv").splitlines()[0] == "image,serfiq"
-  assert "| sf/serfiq |" in _read(output / "summary.md")
-  assert {r["quality"] for r in tables.read_csv(output / "pauc_groups.csv")} >= {"sf/serfiq"}
+  # No column name is shared, so none is prefixed with its model.
+  assert "| serfiq |" in _read(output / "summary.md")
+  assert {r["quality"] for r in tables.read_csv(output / "pauc_groups.csv")} >= {"serfiq"}
   assert (output / "plots" / "attention_mini_ours.png").exists()
   assert not (output / "plots" / "attention_mini_sf.png").exists()
   again = evaluate.run(_bin_config(world, output, **{**over, "quality_model.serfiq.passes": 4}))
@@ -270,3 +272,65 @@ def test_quality_entries_and_their_errors(world, tmp_path):
   with pytest.raises(ValueError, match=r"no ViT quality model named 'sf'"):
     evaluate.run(_bin_config(world, tmp_path / "o", **{
         "quality_model.path": f"sf=grafiqs:{world['fr']}", "fr.path": "quality_model"}))
+
+
+def test_score_files_as_columns_and_the_comparison(world, bin_run, tmp_path):
+  """Another method's score file (`name=scores:<file>`) holding our own exit_2 scores gives
+  exit_2's pAUC and CIs bit for bit; `?lower` on the negated file gives the same; a changed file
+  recomputes the EDC stages only; comparison.csv's cells are pauc.csv's rows."""
+  output = tmp_path / "out"
+  shutil.copytree(bin_run[0] / "cache", output / "cache")      # the stages of bin_run, reused
+  scores = tables.read_csv(bin_run[0] / "mini" / "scores_q_token.csv")
+  text = "".join(f"/data/lfw/{r['image']}.jpg {r['exit_2']}\n" for r in scores)
+  (tmp_path / "ours.txt").write_text(text)
+  (tmp_path / "neg.csv").write_text("filename,score\r\n" + "".join(
+      f"{r['image']},{-float(r['exit_2'])!r}\r\n" for r in scores), encoding="utf-8-sig")
+  over = {"quality_model.path": f"{world['token']},mine=scores:{tmp_path / 'ours.txt'},"
+                                f"neg=scores:{tmp_path / 'neg.csv'}?lower",
+          "report.comparison.rows": "exit_3,mine,neg", "report.comparison.reference": "mine"}
+  result = evaluate.run(_bin_config(world, output, **over))
+  assert not {"quality/mini/q_token", "embed/mini/fr", "compare/mini/fr"} & set(
+      result["computed"])
+  rows = {(r["quality"], r["mode"], r["fmr"]): r for r in tables.read_csv(output / "pauc.csv")}
+  for (quality, mode, fmr), row in rows.items():
+    if quality == "exit_2":
+      for other in ("mine", "neg"):
+        assert {k: rows[(other, mode, fmr)][k] for k in ("pauc", "ci_low", "ci_high")} == {
+            k: row[k] for k in ("pauc", "ci_low", "ci_high")}
+  compared = tables.read_csv(output / "comparison.csv")
+  assert {r["quality"] for r in compared} == {"exit_3", "mine", "neg"}
+  assert len(compared) == 3 * 2 * 3                       # rows × modes × FMRs
+  for r in compared:
+    source = rows[(r["quality"], r["mode"], r["fmr"])]
+    assert (r["pauc"], r["ci_low"], r["ci_high"]) == (source["pauc"], source["ci_low"],
+                                                     source["ci_high"])
+    assert r["reference"] == "mine"
+  assert {r["delta_pauc"] for r in compared if r["quality"] == "neg"} == {"0.0"}
+  summary = (output / "summary.md").read_text()
+  assert "## Comparison" in summary and "`mine` (reference)" in summary
+  assert "| `neg` |" in (output / "comparison.md").read_text()
+  assert (output / "plots" / "comparison_edc.png").stat().st_size > 0
+  import json
+  info = json.loads((output / "summary.json").read_text())["score_files"]
+  assert info["neg"]["lower_is_better"] and info["mine"]["format"] == "text"
+  # A changed file recomputes the EDC stages, nothing upstream; the same bytes recompute nothing.
+  (tmp_path / "ours.txt").write_text(text.replace(f"{scores[0]['exit_2']}\n", "0.5\n", 1))
+  changed = evaluate.run(_bin_config(world, output, **over))
+  assert set(changed["computed"]) == {"edc/mini/fr/fiqa", "edc/mini/fr/iso"}
+  assert evaluate.run(_bin_config(world, output, **over))["computed"] == []
+
+
+def test_score_file_errors_before_any_stage(world, tmp_path):
+  (tmp_path / "short.txt").write_text("00001.jpg 0.5\n00002.jpg nan\n")
+  config = _bin_config(world, tmp_path / "out", **{
+      "quality_model.path": f"{world['token']},s=scores:{tmp_path / 'short.txt'}"})
+  with pytest.raises(ValueError, match=r"--config\.quality_model\.path=s=scores:.*mini.*missing"):
+    evaluate.run(config)
+  assert not (tmp_path / "out" / "cache").exists()
+  with pytest.raises(ValueError, match=r"'random' cannot name a score file"):
+    evaluate.run(_bin_config(world, tmp_path / "out", **{
+        "quality_model.path": f"{world['token']},random=scores:{tmp_path / 'short.txt'}"}))
+  with pytest.raises(ValueError, match=r"--config\.quality_model\.lower_is_better=.*\['x'\]"):
+    evaluate.run(_bin_config(world, tmp_path / "out", **{
+        "quality_model.path": f"{world['token']},s=scores:{tmp_path / 'short.txt'}",
+        "quality_model.lower_is_better": "x"}))

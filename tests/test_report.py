@@ -193,7 +193,9 @@ def test_report_sections(tmp_path):
   assert "1 comparisons, 1 significantly better" in md
   line = report.sanity_markdown([{"benchmark": "lfw", "fr_model": "arc", "kind": "accuracy",
                                   "accuracy_10fold": 0.9975},
+                                 {"benchmark": "lfw", "fr_model": "elastic", "kind": "accuracy",
+                                  "accuracy_10fold": 0.9981},
                                  {"benchmark": "ijbc", "fr_model": "arc", "kind": "tar_at_far",
                                   "tar@far=1e-04": 0.961, "tar@far=1e-05": 0.93}])[0]
-  assert "lfw/arc 10-fold accuracy 99.75 %" in line
-  assert "ijbc/arc TAR@FAR=1e-04 96.10 %, TAR@FAR=1e-05 93.00 %" in line
+  assert ("`arc`: lfw (10-fold accuracy 99.75 %), ijbc (TAR@FAR=1e-04 96.10 %, TAR@FAR=1e-05 "
+          "93.00 %); `elastic`: lfw (10-fold accuracy 99.81 %).") in line     # per FR model

@@ -112,3 +112,23 @@ def test_a_quality_method_is_refused(run, tmp_path, method, kind):
                         output=str(tmp_path / "out"), progress=False)
   with pytest.raises(ValueError, match=f"--config.quality_model.method={method} has none"):
     early_exit.run(bad)
+
+
+def test_a_score_file_beside_the_baselines(run, tmp_path):
+  """`name=scores:<file>` in the early_exit job: matched to the evaluation split's images, its
+  pAUC reported beside random and the oracle — equal to the exit whose scores the file holds."""
+  root, config, first = run
+  with np.load(root / "out" / "cache" / "quality" / "synthetic_faces" / "model.npz") as stage:
+    names, exit_2 = stage["name"], stage["exit_scores"][:, 1]
+  (tmp_path / "ext.txt").write_text("".join(f"/data/{n} {float(v)!r}\n"
+                                            for n, v in zip(names, exit_2)))
+  cfg = worlds.override(early_exit_config.get_config("size=smoke"), **{
+      "quality_model.path": f"{config.quality_model.path},ext=scores:{tmp_path / 'ext.txt'}",
+      "output": config.output, "progress": False})
+  again = early_exit.run(cfg)
+  assert not [s for s in again["computed"] if s.startswith(("quality/", "embed/"))]
+  summary = json.loads((root / "out" / "early_exit.json").read_text())
+  pauc = {r["method"]: r["pauc"] for r in summary["rows"]}
+  assert summary["baselines"]["ext"] == pauc["exit_2"]
+  assert "| ext |" in (root / "out" / "early_exit.md").read_text()
+  early_exit.run(config)                   # the module's other tests read the plain run's files

@@ -455,6 +455,8 @@ def match_names(file_names: Sequence[str], image_names: Sequence[str], what: str
   too), an image no entry names is "missing". Entries that score no image are fine (a file may
   cover a larger set): they are counted in the log.
   """
+  image_names = [str(n) for n in image_names]        # numpy strings print as np.str_('…')
+  file_names = [str(n) for n in file_names]
   index = _SuffixIndex([name_parts(n) for n in image_names])
   strength = [0] * len(image_names)               # of each image's best entry so far
   best = [-1] * len(image_names)

@@ -32,7 +32,7 @@ from exfiqa_jax import columns, files, models, quality_mapping
 from exfiqa_jax.calibrate import early_exit as study
 from exfiqa_jax.calibrate import cascade, splits, thresholds
 from exfiqa_jax.data import synthetic
-from exfiqa_jax.evaluation import benchmarks, pipeline, stages
+from exfiqa_jax.evaluation import benchmarks, external, pipeline, stages
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.metrics import comparisons, edc
 from exfiqa_jax.models import exits as exits_lib
@@ -100,11 +100,14 @@ def split_benchmark(bench: Benchmark, fraction: float = 0.5, seed: int = 0
 # ------------------------------------------------------------------------------------------
 def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
             cache: stages.StageCache, quality: Sequence[pipeline.QualitySpec] | None = None,
-            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            extra: Mapping[str, Any] | None = None,
+            scores: Sequence[external.ExternalScores] = ()) -> dict[str, Any]:
   """Calibrate on `cal`, evaluate on `ev` (module docstring): {"summary", "rows", "headline",
   "mapping"}. Reuses the cached stages of `cache` (the demo passes its own: nothing is scored
   twice) and is itself a cached stage (`early_exit/<benchmark>/<model>`; images/s are those
-  measured when it was computed). `extra` goes into the summary."""
+  measured when it was computed). `extra` goes into the summary. `scores`: other methods' score
+  files, matched to the evaluation split's images before any stage and reported beside the
+  baselines."""
   s = config.early_exit
   quality = list(quality or [spec])
   model = spec.model
@@ -115,6 +118,8 @@ def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
     raise ValueError(f"early_exit compares every exit with full depth; leave --config.exit at 0 "
                      f"(got {spec.exit})")
   fr_name, fr_path = pipeline.fr_items(config, quality)[0]
+  names = benchmarks.image_names(ev, 0, ev.num_images) if scores else []
+  scored = {e.name: e.image_quality(ev.name, names) for e in scores}
   q_cal = pipeline.quality_stage(cache, cal, spec, config)
   q_ev = pipeline.quality_stage(cache, ev, spec, config)
   emb = pipeline.embed_stage(cache, ev, fr_name, fr_path, quality, config)
@@ -127,10 +132,13 @@ def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
           "compare_calibration": cmp_cal, "settings": s.to_dict(), "fr_model": fr_name,
           "seed": int(config.seed), "pauc_limit": float(config.eval.pauc_limit.get("fiqa", 0.3)),
           "model_config": model.model_config, "splits": [cal.name, ev.name],
-          "extra": dict(extra or {})}
+          "extra": dict(extra or {}),
+          **({"score_files": {e.name: {**e.identity(), "values": scored[e.name]}
+                              for e in scores}} if scores else {})}
 
   def compute():
-    summary, mapping = _compute(config, cal, ev, spec, q_cal, q_ev, cmp, cmp_cal, fr_name)
+    summary, mapping = _compute(config, cal, ev, spec, q_cal, q_ev, cmp, cmp_cal, fr_name,
+                                scored)
     summary.update(dict(extra or {}))
     return {"summary": np.asarray(json.dumps(summary, default=_plain)),
             "mapping": np.asarray(json.dumps(mapping.to_dict()))}
@@ -152,11 +160,13 @@ def _plain(obj: Any) -> Any:
 
 def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
              q_cal: stages.Stage, q_ev: stages.Stage, cmp: stages.Stage,
-             cmp_cal: stages.Stage | None, fr_name: str
+             cmp_cal: stages.Stage | None, fr_name: str,
+             scored: Mapping[str, np.ndarray] | None = None
              ) -> tuple[dict[str, Any], quality_mapping.QualityMapping]:
   """The numbers of `analyse`, in order: τ and the threshold table, the 0–100 mapping (both on
   the calibration split), the fixed exits and fusions, the cascades, their pAUC on the
-  evaluation split, measured speed. Returns (summary, mapping)."""
+  evaluation split (and the score files' `scored`, quality per evaluation image), measured
+  speed. Returns (summary, mapping)."""
   started = time.time()
   s = config.early_exit
   model = spec.model
@@ -190,7 +200,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       prune_exits=bool(s.cascade.prune_exits), seed=seed)
   cols += cascade_cols
   rows = [row for _, row in cols]
-  baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed)
+  baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed, scored)
   timing = _measure(model, ev, s, rows, cascades, s_ev, depth)   # real programs, a subset
   headline = study.headline(rows, float(s.cascade.headline), timing)
   summary = {
@@ -255,12 +265,13 @@ def _threshold_table(s, full: np.ndarray, cal: Benchmark, cmp_cal: stages.Stage 
 
 
 def _pauc(ev: Benchmark, cmp: stages.Stage, cols: list[study.Column], fmr: float, limit: float,
-          seed: int) -> dict[str, float]:
+          seed: int, scored: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
   """Sets each row's "pauc" (fiqa mode, evaluation split); returns the baselines' pAUC
-  (random, and the oracle where the data set knows each image's severity)."""
+  (random, the oracle where the data set knows each image's severity, every score file)."""
   baselines = {columns.RANDOM: comparisons.random_quality(ev.num_images, seed)}
   if "severity" in ev.extra:
     baselines[columns.ORACLE] = -np.asarray(ev.extra["severity"], np.float32)
+  baselines.update(scored or {})
   all_q = np.stack([q for q, _ in cols] + list(baselines.values())).astype(np.float32)
   pq = pipeline.pair_quality_fn(ev, cmp)(all_q)
   curves = edc.edc_curves(cmp["scores"], cmp["is_genuine"], pq, (fmr,), edc.FIQA_DISCARD,

@@ -4,7 +4,7 @@ exfiqa_jax/metrics/paired.py.
 
 Default comparisons (`default_pairs`): per quality model, each fusion and the best exit against
 the last exit, and every exit against `random`; then our best column (exits, fusions, ATTN)
-against each quality method's column (the baselines). Δ < 0 means quality_a discards better.
+against each quality method's column and score file (the baselines). Δ < 0 means quality_a discards better.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from exfiqa_jax import columns as columns_lib
+from exfiqa_jax.evaluation import results
 from exfiqa_jax.evaluation.results import QualityColumn
 from exfiqa_jax.metrics.paired import paired_difference
 
@@ -25,7 +26,7 @@ def default_pairs(columns: Sequence[QualityColumn], pauc: np.ndarray) -> list[tu
   pAUC, if not the last) against the last exit; every exit against `random`. Models without
   exit heads (mode "fr") use their attn_* columns as exits. Then our best (lowest pAUC among
   every model's exit, fusion and attn columns) against each method column (crfiqa, serfiq,
-  vitnt, ...)."""
+  vitnt, ...) and each score file's column."""
   pairs: list[tuple[int, int]] = []
   rnd = next((i for i, c in enumerate(columns) if c.name == columns_lib.RANDOM), None)
   for model in dict.fromkeys(c.model for c in columns if not c.is_baseline):
@@ -50,7 +51,8 @@ def default_pairs(columns: Sequence[QualityColumn], pauc: np.ndarray) -> list[tu
   ours = [(float(pauc[i]), i) for i, c in enumerate(columns)
           if c.kind in ("exit", "fusion", "attn") and np.isfinite(pauc[i])]
   if ours:
-    pairs += [(min(ours)[1], i) for i, c in enumerate(columns) if c.kind == "method"]
+    pairs += [(min(ours)[1], i) for i, c in enumerate(columns)
+              if c.kind in results.OTHER_METHODS]
   return list(dict.fromkeys(pairs))
 
 

@@ -32,7 +32,7 @@ from exfiqa_jax import (checkpoints, columns, embedding, files, identity, infere
                         parallel)
 from exfiqa_jax.convert import families, strict
 from exfiqa_jax.metrics import comparisons, edc
-from exfiqa_jax.evaluation import checks, stages
+from exfiqa_jax.evaluation import checks, external, stages
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.evaluation import groups as groups_lib
 from exfiqa_jax.metrics import bootstrap, verification
@@ -75,12 +75,26 @@ def parse_named_list(value: str, path_of: Callable[[str], str] = str) -> list[tu
   return out
 
 
-def load_quality_models(config) -> list[QualitySpec]:
-  """Every `name=[method:]path` of config.quality_model.path, loaded (methods/registry.py)."""
-  items = parse_named_list(config.quality_model.path, lambda e: registry.split_method(e)[1])
+def quality_entries(config) -> list[tuple[str, str]]:
+  """(name, entry) of every item of config.quality_model.path: models `[method:]path` and score
+  files `scores:<file>[#column][?lower]` (unnamed: named after the file)."""
+  items = parse_named_list(config.quality_model.path,
+                           lambda e: registry.split_method(e)[1].split("#")[0].split("?")[0])
   if not items:
     raise ValueError("no quality model: pass --config.quality_model.path=<converted dir or .pt> "
-                     "(several as name1=[method:]path1,name2=...)")
+                     "(several as name1=[method:]path1,name2=...; another method's score file "
+                     "as name=scores:<file>)")
+  return items
+
+
+def _is_score_file(entry: str) -> bool:
+  return registry.split_method(entry)[0] == registry.SCORES
+
+
+def load_quality_models(config) -> list[QualitySpec]:
+  """Every model `name=[method:]path` of config.quality_model.path, loaded (methods/
+  registry.py); score files are `load_external_scores`'."""
+  items = [(n, e) for n, e in quality_entries(config) if not _is_score_file(e)]
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
   specs = []
@@ -103,6 +117,16 @@ def load_quality_models(config) -> list[QualitySpec]:
   return specs
 
 
+def load_external_scores(config) -> list[external.ExternalScores]:
+  """Every score file `name=scores:<file>[#column][?lower]` of config.quality_model.path, read
+  once (evaluation/external.py)."""
+  items = [(n, registry.split_method(e)[1]) for n, e in quality_entries(config)
+           if _is_score_file(e)]
+  lower = external.lower_names(config.quality_model.get("lower_is_better", ""),
+                               [n for n, _ in items])
+  return [external.read(name, text, lower) for name, text in items]
+
+
 def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
   value = config.fr.path
   if not value:
@@ -117,12 +141,14 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
   out = []
   for name, path in parse_named_list(value):
     if path == SELF_FR or path.startswith(SELF_FR + ":"):
-      which = path.split(":", 1)[1] if ":" in path else quality[0].name
+      which = path.split(":", 1)[1] if ":" in path else (quality[0].name if quality else "")
       if which not in [q.name for q in quality if isinstance(q.model, inference.QualityModel)]:
         raise ValueError(f"--config.fr.path={path!r}: no ViT quality model named {which!r} "
                          f"(have {[q.name for q in quality]}; a method's checkpoint is an FR "
                          "model as --config.fr.path=<its path>)")
-      out.append((SELF_FR if len(quality) == 1 else f"{SELF_FR}:{which}", path))
+      vits = [q for q in quality                    # ViT-FIQA models, not a method on one
+              if isinstance(q.model, inference.QualityModel) and not q.model.method]
+      out.append((SELF_FR if len(vits) == 1 else f"{SELF_FR}:{which}", path))
     elif path.startswith(checks.PRECOMPUTED):
       file = os.path.expanduser(path[len(checks.PRECOMPUTED):])
       if not os.path.isfile(file):
@@ -152,7 +178,8 @@ def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec,
   model = spec.model
   batch = model.batch_size
   deps = {"benchmark": bench.identity, "checkpoint": checkpoints.checkpoint_identity(spec.path),
-          "model_config": model.model_config, "num_heads": config.quality_model.num_heads,
+          "model_config": model.model_config,     # the count used (stamps of 8 stay valid):
+          "num_heads": model.model_config.get("num_heads", config.quality_model.num_heads),
           **({"exit": spec.exit} if spec.exit else {}),   # every-exit caches stay valid
           **({"compute_dtype": model.dtype} if model.dtype != "float32" else {}),
           **model.method_identity()}          # {} for the ViT-FIQA pass (caches stay valid)
@@ -226,11 +253,16 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
 
 
 def check_same_images(bench: Benchmark, quality: Mapping[str, stages.Stage],
-                      fr: Mapping[str, stages.Stage]) -> np.ndarray:
-  """The image names every quality and FR stage saw; any disagreement is an error."""
-  ref_name, ref = next(iter(quality.items()))
-  names = ref["name"]
-  for label, stage in list(quality.items())[1:] + list(fr.items()):
+                      fr: Mapping[str, stages.Stage], names: np.ndarray | None = None
+                      ) -> np.ndarray:
+  """The image names every quality and FR stage saw (`names`: the benchmark's, where no quality
+  model ran); any disagreement is an error."""
+  if names is None:
+    ref_name, ref = next(iter(quality.items()))
+    names, others = ref["name"], list(quality.items())[1:]
+  else:
+    ref_name, others = "the benchmark", list(quality.items())
+  for label, stage in others + list(fr.items()):
     if "name" not in stage.arrays:
       continue
     other = stage["name"]
@@ -272,15 +304,32 @@ def quality_columns(quality: Sequence[QualitySpec], qstages: Mapping[str, stages
                     extra: Mapping[str, tuple[str, np.ndarray]], num_images: int, seed: int
                     ) -> tuple[list[results.QualityColumn], np.ndarray]:
   """Every quality column and its image qualities [S, I]: per model exit_1..L, fusions,
-  attn_1..L, its method columns; the caller's extra columns; and `random` (seeded)."""
-  prefix = len(quality) > 1
+  attn_1..L, its method columns (named <model>/<column> when two models share a column name;
+  a checkpoint evaluated twice, e.g. as itself and as `vitnt:` for its ViTNT columns, shows the
+  columns both passes compute once, under the first); the caller's extra columns (score files,
+  the demo's oracle); and `random` (seeded)."""
+  def column_set(spec: QualitySpec, prefix: bool) -> list[results.QualityColumn]:
+    st = qstages[spec.name]
+    num_exits = st["attn_scores"].shape[1] if "attn_scores" in st.arrays else 0
+    return results.column_set(spec.name, num_exits, prefix, "exit_scores" in st.arrays,
+                              columns.method_names(st.arrays))
+
+  shown: dict[str, set[str]] = {}               # spec → its columns that are not repeats
+  computed: dict[str, set[str]] = {}            # one checkpoint pass → the columns shown
+  for spec in quality:
+    same = stages.fingerprint({"path": spec.path, "config": spec.model.model_config,
+                               "exit": spec.exit, "dtype": spec.model.dtype})
+    done = computed.setdefault(same, set())
+    shown[spec.name] = {c.name for c in column_set(spec, False)} - done
+    done |= shown[spec.name]
+  plain = [name for names in shown.values() for name in names]
+  prefix = len(set(plain)) < len(plain)
   cols, values = [], []
   for spec in quality:
     st = qstages[spec.name]
-    has_exits = "exit_scores" in st.arrays
-    num_exits = st["attn_scores"].shape[1] if "attn_scores" in st.arrays else 0
-    for col in results.column_set(spec.name, num_exits, prefix, has_exits,
-                                  columns.method_names(st.arrays)):
+    for col in column_set(spec, prefix):
+      if columns.base_name(col.name) not in shown[spec.name]:
+        continue
       cols.append(col)
       if col.kind == "exit":
         values.append(st["exit_scores"][:, col.exit - 1])
@@ -289,6 +338,9 @@ def quality_columns(quality: Sequence[QualitySpec], qstages: Mapping[str, stages
       else:
         values.append(st[columns.base_name(col.name)])
   for name, (kind, v) in extra.items():
+    if name in [c.name for c in cols]:
+      raise ValueError(f"the extra quality column {name!r} is also a column of a quality model "
+                       f"({external.FLAG}: name it differently)")
     cols.append(results.QualityColumn(name, kind))
     values.append(np.asarray(v, np.float32))
   cols.append(results.QualityColumn(columns.RANDOM, "random"))
@@ -401,12 +453,17 @@ class EvalRun:
   bootstrap_units: dict[str, str] = dataclasses.field(default_factory=dict)  # bench → unit
   gflops: dict[str, tuple[np.ndarray, float]] = dataclasses.field(
       default_factory=dict)                          # quality model → (per exit [L], fusion)
+  samples: dict[tuple[str, str, str], np.ndarray] = dataclasses.field(
+      default_factory=dict)                          # (bench, fr, mode) → bootstrap pAUC [S, B, F]
+  score_files: list[external.ExternalScores] = dataclasses.field(default_factory=list)
 
 
 def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualitySpec],
              extra_columns: Callable[[Benchmark], Mapping[str, tuple[str, np.ndarray]]]
-             | None = None) -> EvalRun:
-  """Runs every stage for every benchmark × FR model × mode; returns what the report needs."""
+             | None = None, scores: Sequence[external.ExternalScores] = ()) -> EvalRun:
+  """Runs every stage for every benchmark × FR model × mode; returns what the report needs.
+  `scores`: other methods' score files (evaluation/external.py), matched to every benchmark's
+  images before the first stage."""
   frs = fr_items(config, quality)
   for mode in config.eval.modes:
     if mode not in edc.MODES:
@@ -414,16 +471,25 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
   checks.check_eval_config(config)
   if config.eval.get("groups", ""):          # a bad CSV fails before the first stage
     groups_lib.read_groups_csv(config.eval.groups)
-  units = {}
+  if not quality and not scores:
+    raise ValueError(f"nothing to evaluate: pass a quality model or a score file in "
+                     f"{external.FLAG}")
+  units, listed, scored = {}, {}, {}
   for bench in benchmarks:       # every protocol problem before the first expensive stage
     checks.check_protocol(bench)
     checks.check_precomputed(bench, frs)
     units[bench.name] = checks.bootstrap_unit(bench, config)
+    if scores:                   # every score file against every benchmark's image names
+      listed[bench.name] = image_names(bench, 0, bench.num_images)
+      scored[bench.name] = {e.name: (external.KIND, e.image_quality(bench.name,
+                                                                    listed[bench.name]))
+                            for e in scores}
   if parallel.is_writer():
     files.check_output_dir(config.output)
   cache = stages.StageCache(os.path.join(config.output, "cache"),
                             progress=config.get("progress", True))
-  run = EvalRun([], {}, {}, {}, cache, {}, bootstrap_units=units, gflops=gflops_table(quality))
+  run = EvalRun([], {}, {}, {}, cache, {}, bootstrap_units=units, gflops=gflops_table(quality),
+                score_files=list(scores))
   for bench in benchmarks:
     t0 = time.time()
     logging.info("benchmark %s: %d images, %d comparisons (%s pairs)", bench.name,
@@ -431,11 +497,13 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
     qst = {q.name: quality_stage(cache, bench, q, config) for q in quality}
     fst = {fr: embed_stage(cache, bench, fr, path, quality, config) for fr, path in frs}
     names = check_same_images(bench, {f"quality model {k}": v for k, v in qst.items()},
-                              {f"FR model {k}": v for k, v in fst.items()})
-    extra = dict(extra_columns(bench)) if extra_columns else {}
+                              {f"FR model {k}": v for k, v in fst.items()},
+                              None if qst else listed[bench.name])
+    extra = {**scored.get(bench.name, {}), **(extra_columns(bench) if extra_columns else {})}
     cols, image_q = quality_columns(quality, qst, extra, bench.num_images, config.seed)
     deps_q = {"stages": {k: v for k, v in qst.items()},
-              "extra": {k: np.asarray(v[1]) for k, v in extra.items()}}
+              "extra": {k: np.asarray(v[1]) for k, v in extra.items()},
+              **({"score_files": {e.name: e.identity() for e in scores}} if scores else {})}
     labels = groups_lib.image_labels(bench, names, config.eval.get("groups", "") or "")
     for fr, _ in frs:
       _evaluate_fr(run, bench, fr, fst[fr], cols, image_q, deps_q, labels, config)
@@ -458,6 +526,7 @@ def _evaluate_fr(run: EvalRun, bench: Benchmark, fr: str, emb: stages.Stage,
                    run.bootstrap_units[bench.name])
     modes_eval[mode] = mode_eval(st, mode, float(config.eval.pauc_limit[mode]))
     run.bands[(bench.name, fr, mode)] = (st["band_low"], st["band_high"])
+    run.samples[(bench.name, fr, mode)] = st["samples"]
     if config.eval.get("paired", True) and st["samples"].shape[1] > 0:
       run.paired += paired_columns.compare_columns(bench.name, fr, mode, cols, config.eval.fmrs,
                                                    st["pauc"], np.moveaxis(st["samples"], 1, 0),

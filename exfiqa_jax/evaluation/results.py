@@ -10,8 +10,10 @@ import numpy as np
 from exfiqa_jax import columns
 from exfiqa_jax.metrics import edc
 
-KINDS = ("exit", "fusion", "attn", "method", columns.RANDOM, columns.ORACLE)   # method: a
-#   quality method's column (crfiqa, serfiq, grafiqs_block1, vitnt, ...; methods/registry.py)
+KINDS = ("exit", "fusion", "attn", "method", "external", columns.RANDOM, columns.ORACLE)
+# method: a quality method's column (crfiqa, serfiq, grafiqs_block1, vitnt, ...; methods/
+# registry.py); external: another method's score file (evaluation/external.py)
+OTHER_METHODS = ("method", "external")     # the baselines a paper compares against
 BASELINE_KINDS = (columns.RANDOM, columns.ORACLE)     # references, never marked best
 
 

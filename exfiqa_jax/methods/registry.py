@@ -14,6 +14,9 @@ CRFIQA, EDIFFIQA, MAGFACE, SERFIQ, GRAFIQS, VITNT = (
     "crfiqa", "ediffiqa", "magface", "serfiq", "grafiqs", "vitnt")
 METHODS = (CRFIQA, EDIFFIQA, MAGFACE, SERFIQ, GRAFIQS, VITNT)
 IMPLIED = ""          # what the checkpoint's family implies (ViT-FIQA: exits, fusions, ATTN)
+# Not a method but an entry kind: `name=scores:<file>[#column][?lower]` brings another lab's
+# quality scores as a column (exfiqa_jax/data/score_files.py; docs/evaluation.md).
+SCORES = "scores"
 
 # Every option of every method, with its official default (methods/<name>.py says what each
 # means). Methods not listed take none.
@@ -58,16 +61,18 @@ def options(method: str, given: Mapping[str, Any] | None = None,
 
 
 def split_method(entry: str) -> tuple[str, str]:
-  """"method:path" → (method, path); a plain path (a Windows drive "C:\\..." included) →
-  ("", path). A prefix that names no method is a ValueError listing the methods."""
+  """"method:path" → (method, path), "scores:file" → (SCORES, file); a plain path (a Windows
+  drive "C:\\..." included) → ("", path). A prefix that names no method is a ValueError listing
+  the methods."""
   entry = str(entry).strip()
   match = None if _DRIVE.match(entry) else _PREFIX.match(entry)
   if match is None:
     return "", entry
   method, path = match.group(1), match.group(2).strip()
-  if method not in METHODS:
+  if method not in METHODS + (SCORES,):
     raise ValueError(f"{entry!r}: {method!r} is not a quality method; write [name=][method:]path "
-                     f"with a method of {list(METHODS)} (a path containing ':' as ./{entry})")
+                     f"with a method of {list(METHODS)}, or name={SCORES}:<file> for a score "
+                     f"file (a path containing ':' as ./{entry})")
   return method, path
 
 
@@ -75,6 +80,9 @@ def resolve_entry(entry: str, method: str = "", flag: str = "method=") -> tuple[
   """A checkpoint entry "[method:]path" and the default method → (method, path); the entry's
   own method wins; either is checked (errors name `flag`)."""
   entry_method, path = split_method(entry)
+  if entry_method == SCORES:
+    raise ValueError(f"{entry!r}: a score file is an evaluation column (the eval and early_exit "
+                     "jobs' --config.quality_model.path=name=scores:<file>), not a model to load")
   return check_method(entry_method or method, flag), path
 
 

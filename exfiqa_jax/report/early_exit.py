@@ -102,8 +102,8 @@ def plot_pauc_vs_gflops(path: str, rows: Sequence[Mapping[str, Any]],
       ax.annotate(f"{r['target']:g}", (r["mean_gflops"], r["pauc"]), fontsize=6,
                   xytext=(2, -8), textcoords="offset points", color="C3")
   for i, (k, v) in enumerate(baselines.items()):
-    ax.axhline(v, color="k" if k == columns.RANDOM else "0.5", ls="--" if k == columns.RANDOM
-               else ":", lw=0.8, label=k)
+    color = {columns.RANDOM: "k", columns.ORACLE: "0.5"}.get(k, f"C{(i + 4) % 10}")  # files
+    ax.axhline(v, color=color, ls="--" if k == columns.RANDOM else ":", lw=0.8, label=k)
   ax.set_xlabel("mean GFLOPs per image")
   ax.set_ylabel("pAUC-EDC")
   ax.set_title(f"pAUC-EDC (FMR {fmr:.0e}, fiqa) vs compute", fontsize=9)

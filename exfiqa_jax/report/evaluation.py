@@ -34,7 +34,9 @@ from exfiqa_jax.evaluation.attention import AttentionExample
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.evaluation.pipeline import EvalRun, QualitySpec
 from exfiqa_jax.evaluation.results import BenchmarkEval, QualityColumn, best_index
+from exfiqa_jax.evaluation import comparison as comparison_lib
 from exfiqa_jax.evaluation import paired_columns as paired_lib
+from exfiqa_jax.report import comparison as comparison_report
 from exfiqa_jax.report import groups as groups_report
 from exfiqa_jax.report import plots, tables
 
@@ -43,6 +45,7 @@ EDC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "discard", "fn
 PAUC_COLUMNS = ("benchmark", "fr_model", "quality", "mode", "fmr", "limit", "pauc", "ci_low",
                 "ci_high")
 METHOD_COLORS = ("C4", "C5", "C6", "C8", "C9")     # the quality methods' curves, by column
+EXTERNAL_COLORS = ("tab:olive", "tab:brown", "tab:pink", "tab:cyan", "navy", "teal")  # score files
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,20 +177,21 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def sanity_markdown(sanity: Sequence[Mapping[str, Any]]) -> list[str]:
-  """One "FR sanity" line: 10-fold accuracy per pair set, TAR@FAR per template set."""
+  """One "FR sanity" line, per FR model: 10-fold accuracy per pair set, TAR@FAR per template
+  set."""
   if not sanity:
     return []
-  parts = []
+  per_fr: dict[str, list[str]] = {}
   for s in sanity:
     if s.get("kind") == "tar_at_far":
       tars = ", ".join(f"TAR@FAR={k.split('=', 1)[1]} {100 * v:.2f} %"
                        for k, v in s.items() if k.startswith("tar@far="))
-      parts.append(f"{s['benchmark']}/{s['fr_model']} {tars}")
+      per_fr.setdefault(s["fr_model"], []).append(f"{s['benchmark']} ({tars})")
     else:
-      parts.append(f"{s['benchmark']}/{s['fr_model']} 10-fold accuracy "
-                   f"{100 * s['accuracy_10fold']:.2f} %")
-  return ["FR sanity (is the FR model, the data and the channel order right?): "
-          + "; ".join(parts) + ".", ""]
+      per_fr.setdefault(s["fr_model"], []).append(
+          f"{s['benchmark']} (10-fold accuracy {100 * s['accuracy_10fold']:.2f} %)")
+  return ["FR sanity (is each FR model, the data and the channel order right?): "
+          + "; ".join(f"`{fr}`: {', '.join(parts)}" for fr, parts in per_fr.items()) + ".", ""]
 
 
 def gflops_markdown(gflops: Mapping[str, tuple[np.ndarray, float]]) -> list[str]:
@@ -204,7 +208,8 @@ def gflops_markdown(gflops: Mapping[str, tuple[np.ndarray, float]]) -> list[str]
 # ------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------
-def _style(col: QualityColumn, num_exits: int) -> dict[str, Any]:
+def _style(col: QualityColumn, num_exits: int, order: int = 0) -> dict[str, Any]:
+  """How a column's curve is drawn; `order` = its place among the score-file columns."""
   if col.kind == "exit":
     return dict(lw=0.9, alpha=0.25 + 0.45 * (col.exit or 1) / max(num_exits, 1), color="C0")
   if col.kind == "attn":
@@ -216,12 +221,15 @@ def _style(col: QualityColumn, num_exits: int) -> dict[str, Any]:
   if col.kind == "method":
     index = columns.METHOD_COLUMNS.index(columns.base_name(col.name))
     return dict(lw=1.8, alpha=1.0, color=METHOD_COLORS[index % len(METHOD_COLORS)], ls="-.")
+  if col.kind == "external":            # score files: dashed, a colour of their own each
+    return dict(lw=1.8, alpha=1.0, color=EXTERNAL_COLORS[order % len(EXTERNAL_COLORS)],
+                ls=(0, (5, 1.5)))
   if col.kind == columns.RANDOM:
     return dict(lw=1.6, alpha=0.9, color="k", ls="--")
   return dict(lw=1.6, alpha=0.9, color="C7", ls=":")
 
 
-_BANDED = ("fusion", "method", columns.RANDOM, columns.ORACLE)   # drawn with their CI band
+_BANDED = ("fusion", "method", "external", columns.RANDOM, columns.ORACLE)   # drawn with their CI band
 
 
 def _labelled(col: QualityColumn, num_exits: int) -> bool:
@@ -239,11 +247,12 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str,
   depth = {c.model: max([x.exit or 0 for x in result.columns if x.model == c.model] + [1])
            for c in result.columns}
   x = np.asarray(m.curves.discard)
+  order = {c.name: k for k, c in enumerate(c for c in result.columns if c.kind == "external")}
   for f, fmr in enumerate(fmrs):
     ax = fig.add_subplot(1, len(fmrs), f + 1)
     for s, col in enumerate(result.columns):
       L = depth.get(col.model, 1)
-      style = _style(col, L)
+      style = _style(col, L, order.get(col.name, 0))
       ax.plot(x, m.curves.fnmr[s, f], label=col.name if _labelled(col, L) else None, **style)
       if band is not None and (col.kind in _BANDED or (col.kind == "exit" and col.exit == L)):
         lo, hi = band[0][s, f], band[1][s, f]
@@ -380,6 +389,14 @@ def attention_count(config) -> int:
   return int(config.report.get("attention_examples", 4))
 
 
+def comparison(config, run: EvalRun) -> comparison_lib.Comparison:
+  """The comparison of `run` as config.report.comparison asks (rows, reference, fmrs)."""
+  c = config.report.get("comparison", {})
+  return comparison_lib.build(run.results, run.samples, c.get("rows", ""),
+                              c.get("reference", ""), c.get("fmrs", ""),
+                              float(config.eval.get("alpha", 0.05)))
+
+
 def write(config, run: EvalRun, benchmarks: Sequence[Benchmark], quality: Sequence[QualitySpec],
           examples: Sequence[AttentionExample] = (), extra: Mapping[str, Any] | None = None,
           title: str = "EDC evaluation", notes: Sequence[str] = (),
@@ -393,6 +410,8 @@ def write(config, run: EvalRun, benchmarks: Sequence[Benchmark], quality: Sequen
                    "pauc_limit": {m: float(config.eval.pauc_limit[m]) for m in config.eval.modes},
                    "bootstrap": int(config.eval.get("bootstrap", 0)),
                    "quality_models": {q.name: q.path for q in quality},
+                   **({"score_files": {e.name: e.summary() for e in run.score_files}}
+                      if run.score_files else {}),
                    "gflops_per_exit": {k: [round(float(x), 4) for x in v[0]]
                                        for k, v in gflops.items()},
                    "gflops_fusion": {k: round(v[1], 4) for k, v in gflops.items()},
@@ -403,17 +422,26 @@ def write(config, run: EvalRun, benchmarks: Sequence[Benchmark], quality: Sequen
                    **({"groups": groups_report.summary(run.groups)} if run.groups else {}),
                    **(extra or {})}
   notes = sanity_markdown(run.sanity) + list(notes)
+  with_plots = bool(config.report.get("plots", True))
+  comp = comparison(config, run)
+  summary_extra["comparison"] = {
+      "rows": comp.rows, "reference": comp.reference,
+      "mean_rank": {mode: dict(zip(comp.rows, map(float, comp.mean_rank[mi])))
+                    for mi, mode in enumerate(comp.modes)}}
   paths = write_tables(output, run.results, summary_extra, title, notes,
-                       paired_markdown(run.paired) + gflops_markdown(gflops)
+                       comparison_report.markdown(comp, level=2, with_deltas=False)
+                       + ["The Δ against the reference and its p-values: comparison.md.", ""]
+                       + paired_markdown(run.paired) + gflops_markdown(gflops)
                        + protocol_markdown(benchmarks)
                        + groups_report.markdown(run.groups, run.results) + list(footer))
+  compared = comparison_report.write(output, comp, run.results, run.sanity, with_plots)
+  paths.update({k: v for k, v in compared.items() if k != "comparison_plots"})
   if config.eval.get("paired", True):
     paths["paired"] = write_paired(output, run.paired)
   write_scores(output, run, quality)
-  with_plots = bool(config.report.get("plots", True))
   group_paths = groups_report.write(output, run.groups, run.results, with_plots=with_plots)
   paths.update({k: v for k, v in group_paths.items() if k != "group_plots"})
-  written = list(group_paths.get("group_plots", []))
+  written = list(group_paths.get("group_plots", [])) + compared["comparison_plots"]
   if with_plots:
     written += write_plots(output, run.results, gflops, run.bands)
     written += write_attention(output, examples)

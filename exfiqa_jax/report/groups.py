@@ -12,7 +12,7 @@ import numpy as np
 
 from exfiqa_jax import columns, files
 from exfiqa_jax.evaluation.groups import GroupEval
-from exfiqa_jax.evaluation.results import BenchmarkEval
+from exfiqa_jax.evaluation.results import OTHER_METHODS, BenchmarkEval
 from exfiqa_jax.report import plots, tables
 
 GAP = "gap"                # the group name of the gap rows in edc_groups.csv / pauc_groups.csv
@@ -86,7 +86,7 @@ def best_and_last_exit(ge: GroupEval, results: Sequence[BenchmarkEval]) -> list[
 
 def markdown(evals: Sequence[GroupEval], results: Sequence[BenchmarkEval]) -> list[str]:
   """summary.md lines: per benchmark × FR × mode × grouping, pAUC ×1e3 per group of the best
-  and last exit (and every method column, and random) at every FMR, and the gap row."""
+  and last exit (and every method and score-file column, and random) at every FMR, and the gap row."""
   if not evals:
     return []
   lines = ["## Per-group EDC", "",
@@ -95,7 +95,7 @@ def markdown(evals: Sequence[GroupEval], results: Sequence[BenchmarkEval]) -> li
            "over the groups (docs/evaluation.md, Per-group EDC).", ""]
   for ge in evals:
     show = best_and_last_exit(ge, results) + [s for s, c in enumerate(ge.columns)
-                                              if c.kind in ("method", columns.RANDOM)]
+                                              if c.kind in OTHER_METHODS + (columns.RANDOM,)]
     if not show:
       show = list(range(len(ge.columns)))
     lines.append(f"### {ge.benchmark} by {ge.grouping} (FR `{ge.fr_model}`, mode `{ge.mode}`, "

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from exfiqa_jax import columns, files
+from exfiqa_jax import columns, files, parallel
 from exfiqa_jax.evaluation import attention, early_exit, pipeline, severity, stages
 from exfiqa_jax.report import demo as demo_report
 from exfiqa_jax.report import early_exit as early_exit_report
@@ -58,6 +58,9 @@ def run(config) -> dict[str, Any]:
   started = time.time()
   config = ml_collections.ConfigDict(config.to_dict())     # a copy: the caller's stays as given
   output = config.output
+  if parallel.is_writer():
+    files.check_output_dir(output)
+  trainer.check_config(config.train, "--config.train.")   # before any data is rendered
   train_cfg = config.train
   train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
   train_cfg.seed = config.seed
@@ -69,7 +72,8 @@ def run(config) -> dict[str, Any]:
   bench = early_exit.synthetic_split(config, "test")   # identity-disjoint, degraded
   true_severity, kind = bench.extra["severity"], bench.extra["kind"]
   seconds["test_data"] = round(time.time() - t0, 1)
-  config.quality_model.path = f"vitfiqa_tiny={model_dir}"
+  config.quality_model.path = ",".join(   # the trained model, and the baselines run on it
+      [f"vitfiqa_tiny={model_dir}"] + [f"{m}={m}:{model_dir}" for m in config.get("baselines", ())])
   quality = pipeline.load_quality_models(config)
   t0 = time.time()
   ev = pipeline.evaluate(config, [bench], quality, extra_columns=lambda b: {

@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 
+from exfiqa_jax import files, parallel
 from exfiqa_jax.evaluation import benchmarks, pipeline, stages
 from exfiqa_jax.evaluation import early_exit as study
 from exfiqa_jax.report import early_exit as report
@@ -26,6 +27,8 @@ from exfiqa_jax.report import early_exit as report
 def run(config) -> dict[str, Any]:
   """Task "early_exit" (configs/early_exit.py)."""
   started = time.time()
+  if parallel.is_writer():
+    files.check_output_dir(config.output)
   quality = pipeline.load_quality_models(config)
   if len(quality) != 1:
     raise ValueError("early_exit analyses one quality model; pass one "
@@ -34,6 +37,7 @@ def run(config) -> dict[str, Any]:
     raise ValueError(f"early_exit studies a ViT-FIQA model's exits; {quality[0].path} with "
                      f"{pipeline.METHOD_FLAG}{quality[0].model.method} has none (leave the method "
                      "empty and pass a ViT-FIQA checkpoint)")
+  scores = pipeline.load_external_scores(config)    # other methods' score files, read once
   pipeline.fr_items(config, quality)        # a bad FR input fails before any data work
   names = benchmarks.benchmark_names(config)
   if len(names) != 1:
@@ -50,7 +54,7 @@ def run(config) -> dict[str, Any]:
   cache = stages.StageCache(os.path.join(config.output, "cache"),
                             progress=config.get("progress", True))
   spec = quality[0]
-  out = study.analyse(config, cal, ev, spec, cache, quality, extra={"split": how})
+  out = study.analyse(config, cal, ev, spec, cache, quality, extra={"split": how}, scores=scores)
   written = report.write_study(config, config.output, out, spec.path)
   logging.info("early-exit analysis written to %s (%.1f s)", config.output, time.time() - started)
   return {**written, **out, "computed": cache.computed()}

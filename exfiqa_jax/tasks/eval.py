@@ -1,7 +1,8 @@
 """Task "eval": quality at every exit → FR comparisons → EDC / pAUC → reports (configs/eval_*.py).
 
-The stages and their caching are in exfiqa_jax/evaluation/pipeline.py, the files written in
-exfiqa_jax/report/evaluation.py: edc.csv, pauc.csv, summary.json/.md, plots/ and
+The stages and their caching are in exfiqa_jax/evaluation/pipeline.py (other methods' score
+files: evaluation/external.py), the files written in exfiqa_jax/report/evaluation.py: edc.csv,
+pauc.csv, summary.json/.md, comparison.md/.csv (report/comparison.py), plots/ and
 <benchmark>/scores_<model>.csv (process 0 only).
 """
 from __future__ import annotations
@@ -26,10 +27,11 @@ def run(config) -> dict[str, Any]:
   if parallel.is_writer():
     files.check_output_dir(config.output)
   quality = pipeline.load_quality_models(config)
+  scores = pipeline.load_external_scores(config)         # other methods' score files, read once
   pipeline.fr_items(config, quality)                     # bad FR input fails before any data work
   benchmarks = [benchmarks_lib.open_benchmark(name, config)
                 for name in benchmarks_lib.benchmark_names(config)]
-  ev = pipeline.evaluate(config, benchmarks, quality)
+  ev = pipeline.evaluate(config, benchmarks, quality, scores=scores)
   examples = attention.examples(ev, benchmarks, quality, report.attention_count(config))
   out = report.write(config, ev, benchmarks, quality, examples,
                      extra={"seconds_total": round(time.time() - started, 1)})
