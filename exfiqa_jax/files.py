@@ -6,19 +6,26 @@ gets the mode a plain open() gives a new file (0o666 less the umask), so colleag
 storage read results as they read anything else the user writes. JSON is strict: no NaN or
 Infinity literals. `check_output_dir` and `check_replaceable` run before any compute: a writer
 never writes into the working directory by accident, nor deletes what it did not write.
+`folder_lock` gives a folder one owner while a job writes into it (docs/caching.md).
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
+import fcntl
 import json
 import math
 import os
 import re
 import secrets
+import socket
 import tempfile
+import time
 from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
+from absl import logging
 
 
 @contextlib.contextmanager
@@ -195,3 +202,118 @@ def clean_temporaries(directory: str | os.PathLike, names: Any = None) -> list[s
         os.remove(os.path.join(directory, entry))
         removed.append(entry)
   return removed
+
+
+LOCK_NAME = ".exfiqa.lock"
+
+
+class FolderLockedError(RuntimeError):
+  """Another live job owns the folder (see `folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(path: str, what: str, flag: str, *, wait: bool = False) -> Iterator[None]:
+  """Owns the folder `path` for the duration of the block: an advisory `flock` on
+  `<path>/.exfiqa.lock`, which holds one JSON line naming the holder (PID, host, `what`, start
+  time). Two jobs writing into one folder would interleave their files, and a completion stamp
+  would vouch for the other run's rows (docs/caching.md).
+
+  A second holder fails at once with a FolderLockedError naming the holder and `flag` (the
+  setting that picks another folder); with `wait`, it waits for the holder to finish instead
+  (a data-set build that a second job would otherwise build again). The kernel drops the lock
+  when its holder dies; a lock still held for a dead process of this host (a forked worker
+  that outlived it kept the file open) is taken over silently. The lock file is removed on
+  release. Reentry from the same process is a conflict too: one folder, one owner.
+  """
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(path, exist_ok=True)
+  lock_path = os.path.join(path, LOCK_NAME)
+  fd = _acquire(lock_path, what, flag, wait)
+  try:
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "job": what,
+              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      if _same_file(lock_path, fd):
+        os.remove(lock_path)
+    os.close(fd)      # closing drops the flock
+
+
+def _acquire(lock_path: str, what: str, flag: str, wait: bool) -> int:
+  """The fd of `lock_path` with an exclusive flock held, for the file the name points at now
+  (an earlier holder may have removed or replaced it between our open and our flock)."""
+  logged = False
+  while True:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        raise
+      holder = _holder(fd)
+      if _is_dead_here(holder) and _same_file(lock_path, fd):
+        logging.info("Taking over %s from process %s, which is no longer running.", lock_path,
+                     holder.get("pid"))
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(lock_path)
+        os.close(fd)
+        continue
+      os.close(fd)
+      if not wait:
+        raise FolderLockedError(
+            f"{what}: {os.path.dirname(lock_path)} is in use by another job "
+            f"({_describe(holder)}); wait for it to finish, or pass {flag}=<another folder>"
+        ) from None
+      if not logged:
+        logging.info("%s: waiting for %s (%s) to finish with %s.", what,
+                     holder.get("job", "another job"), _describe(holder),
+                     os.path.dirname(lock_path))
+        logged = True
+      time.sleep(1.0)
+      continue
+    if _same_file(lock_path, fd):
+      return fd
+    os.close(fd)      # we locked a file its holder removed on release: lock the new one
+
+
+def _same_file(path: str, fd: int) -> bool:
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return False
+  own = os.fstat(fd)
+  return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _holder(fd: int) -> dict:
+  """The holder line of a lock file; {} while it is being written or when it is not ours."""
+  try:
+    holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace").splitlines()[0])
+  except (OSError, ValueError, IndexError):
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
+def _is_dead_here(holder: dict) -> bool:
+  """Whether the holder ran on this host and its process is gone (its lock is stale)."""
+  pid = holder.get("pid")
+  if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False      # alive, another user's
+  return False
+
+
+def _describe(holder: dict) -> str:
+  if not holder:
+    return "holder not recorded yet"
+  return (f"{holder.get('job', 'a job')}, PID {holder.get('pid', '?')} on host "
+          f"{holder.get('host', '?')}, since {holder.get('since', '?')}")

@@ -1,9 +1,14 @@
 """Atomic writes: a file exists complete or not at all; no temporary file is left behind."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,3 +131,60 @@ def test_check_replaceable_file(tmp_path):
     check("dir", overwrite=True)
   with pytest.raises(FileExistsError, match="holds the input"):
     check("dir", inputs=[tmp_path / "dir" / "x"], overwrite=True)
+
+
+# folder_lock: one owner per output folder or data-set build while a job runs.
+
+
+def test_a_second_job_on_a_locked_folder_fails_at_once_naming_the_holder(tmp_path):
+  with files.folder_lock(str(tmp_path), "eval", "--config.output"):
+    line = json.loads((tmp_path / files.LOCK_NAME).read_text())
+    assert line["pid"] == os.getpid() and line["job"] == "eval"
+    with pytest.raises(files.FolderLockedError) as e:
+      with files.folder_lock(str(tmp_path), "score", "--config.output"):
+        pytest.fail("two owners")
+    message = str(e.value)
+    for part in (f"PID {os.getpid()}", socket.gethostname(), line["since"], str(tmp_path),
+                 "--config.output=<another folder>"):
+      assert part in message
+  assert not (tmp_path / files.LOCK_NAME).exists()       # released and removed
+  with files.folder_lock(str(tmp_path), "score", "--config.output"):
+    pass
+
+
+def _dead_pid() -> int:
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  return process.pid
+
+
+@pytest.mark.parametrize("host, taken_over", [("here", True), ("elsewhere", False)])
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, host, taken_over):
+  """The flock is still held (a forked worker that outlived its job kept the file open), but the
+  recorded holder is gone: taken over silently. A holder on another host cannot be checked."""
+  lock = tmp_path / files.LOCK_NAME
+  lock.write_text(json.dumps({"pid": _dead_pid(), "job": "eval", "since": "then",
+                              "host": socket.gethostname() if host == "here" else "other"}))
+  orphan = os.open(lock, os.O_RDWR)
+  fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  try:
+    if taken_over:
+      with files.folder_lock(str(tmp_path), "eval", "--config.output"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    else:
+      with pytest.raises(files.FolderLockedError, match="on host other"):
+        with files.folder_lock(str(tmp_path), "eval", "--config.output"):
+          pass
+  finally:
+    os.close(orphan)
+
+
+def test_a_waiting_job_takes_the_folder_when_its_holder_ends(tmp_path, monkeypatch):
+  """wait=True (a data-set build): B waits while A holds the folder; A ends inside B's wait."""
+  first = contextlib.ExitStack()
+  first.enter_context(files.folder_lock(str(tmp_path), "build A", "--config.data.data_dir"))
+  waits = []
+  monkeypatch.setattr(files.time, "sleep", lambda s: (waits.append(s), first.close()))
+  with files.folder_lock(str(tmp_path), "build B", "--config.data.data_dir", wait=True):
+    assert json.loads((tmp_path / files.LOCK_NAME).read_text())["job"] == "build B"
+  assert len(waits) == 1
