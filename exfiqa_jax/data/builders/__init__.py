@@ -33,6 +33,7 @@ Records carry their own ids (name, image_id, and template/media/identity where t
 | quality_data       | dataset="lfw", pairs=True                | index_a, index_b, is_genuine        |
 | image_folder       | pair_list=PATH                           | optional                            |
 | synthetic_faces    | split (train/val/test), seed, sizes, ... | val/test: index_a, index_b, is_gen. |
+| recordio_faces     | (insightface train.rec/.idx/property)    | none (its .bin sets: lfw, ...)      |
 IJB-C records also come as info.record_arrays["template_id" | "media_id" | "faceness"].
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from exfiqa_jax.data.builders import ijbc  # noqa: F401
 from exfiqa_jax.data.builders import quality_data  # noqa: F401
 from exfiqa_jax.data.builders import image_folder  # noqa: F401
 from exfiqa_jax.data.builders import synthetic_faces  # noqa: F401
+from exfiqa_jax.data.builders import recordio_faces  # noqa: F401
 
 __all__ = ["load", "build", "builder_for", "Source", "LoadedInfo", "REGISTRY", "ALIASES",
            "DataError", "ManualDirError"]
