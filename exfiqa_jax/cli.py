@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import logging as std_logging
 import os
 import re
 import sys
@@ -26,32 +25,16 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from exfiqa_jax import compile_cache, inference
+from exfiqa_jax import compile_cache, configs, console, inference
 from exfiqa_jax.convert import strict
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.detection import settings as detection_settings
 from exfiqa_jax.tasks import TASKS
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-class OwnInfoOnly(std_logging.Filter):
-  """Warnings and errors from everyone, INFO only from this package: Orbax alone logs a dozen
-  INFO lines for every checkpoint it reads, TFDS and JAX a few per data set and backend."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE)
-
-
-def quiet_third_party() -> None:
-  """Installs OwnInfoOnly on absl's handler unless --verbosity (-v) was given: asking for a
-  level shows every package's messages at it."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.get_absl_handler().addFilter(OwnInfoOnly())
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A packaged config's name (demo, score, ...: exfiqa --help lists them) or "
+    "the path of a config file, with an optional :key=value,... argument (score:size=tiny).",
+    lock_config=True)
 
 
 # ------------------------------------------------------------------------- parsing the flags
@@ -243,7 +226,7 @@ def run_task(config: Any) -> Any:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.<field>=")
-  quiet_third_party()
+  console.quiet_third_party()
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("pass --config=configs/<job>.py (e.g. configs/demo.py)")

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "exfiqa_jax"
 # The layer map, from the ground up. A part may import itself and any part in a LOWER row; never a
 # part in its own row or above. A part is a subpackage (models, data, ...) or a top-level module.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("files", "parallel", "compile_cache", "columns"),   # leaves: no networks, no formats
+    ("files", "parallel", "compile_cache", "columns", "console"),   # leaves: no networks, no formats
     ("identity",),                      # what a result was made from; canonical JSON
     ("data", "metrics", "fusion"),      # formats and pipelines; pure numerics
     ("models",),                        # networks only
@@ -23,11 +23,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("checkpoints", "quality_mapping"),  # converted directories; the 0–100 mapping beside them
     ("calibrate", "detection"),         # thresholds, cascade, splits; MTCNN detect → align
     ("embedding", "methods"),           # FR embeddings; the quality methods
+    ("configs",),                       # the job configs: ml_collections over pure-Python parts
     ("inference",),                     # the one loader and the QualityModel API
     ("evaluation", "train"),            # evaluation stages and pipeline; training
     ("report",),                        # tables and plots from results, never networks
     ("tasks",),                         # config → library → report
-    ("cli",),                           # the absl entry point
+    ("cli", "convert_cli"),             # the absl entry points: jobs, converters
 )
 TOP = "__init__"          # the package facade (lazy entry points): may import any part
 FREE = "testing"          # PyTorch twins and fixtures: may import anything; only tests import it
