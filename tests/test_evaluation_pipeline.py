@@ -174,6 +174,20 @@ def test_ijbc_two_quality_models_self_fr(world, tmp_path):
   got = {float(r["fmr"]): float(r["pauc"]) for r in rows
          if r["quality"] == "c/exit_3" and r["mode"] == "fiqa"}
   np.testing.assert_allclose([got[f] for f in (1e-2, 1e-3, 1e-4)], ref.pauc[0], atol=1e-6)
+  # A score file of per-image scores (c's exit_3, lower-is-better as written) becomes template
+  # and pair quality by the same rule: its pAUC is c/exit_3's, bit for bit.
+  scored = tables.read_csv(out / "ijbc" / "scores_c.csv")
+  (tmp_path / "c.txt").write_text("".join(f"IJBC/loose_crop/{r['image']} {-float(r['exit_3'])!r}\n"
+                                          for r in scored))
+  config.quality_model.path += f",ext=scores:{tmp_path / 'c.txt'}"
+  config.quality_model.lower_is_better = "ext"
+  again = evaluate.run(config)
+  assert not [s for s in again["computed"] if not s.startswith("edc/")]
+  rows = tables.read_csv(out / "pauc.csv")
+  pauc = {(r["quality"], r["mode"], r["fmr"]): r["pauc"] for r in rows}
+  for (quality, mode, fmr), value in pauc.items():
+    if quality == "c/exit_3":
+      assert pauc[("ext", mode, fmr)] == value
 
 
 def test_bad_inputs(world, tmp_path):
