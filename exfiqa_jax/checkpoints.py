@@ -15,6 +15,10 @@ truncated data file or missing Orbax metadata are a CheckpointError naming the d
   checkpoint_identity(path)  what a cached result records of its checkpoint: always a content
                              digest (a `.pt` is hashed, a converted directory gives the variables
                              digest recorded in its model_config.json)
+  read_pt / read_model       a checkpoint read ONCE, with the identity of exactly the bytes that
+                             were loaded: a file re-exported while a job runs can never be
+                             recorded by its new bytes for results of the old ones
+                             (docs/caching.md)
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -83,22 +87,45 @@ def save_model(directory: str | os.PathLike, variables: Any, model_config: dict[
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-  directory = os.fspath(directory)
+  return _parse_config(os.fspath(directory), _read_config_bytes(os.fspath(directory)))
+
+
+def _read_config_bytes(directory: str) -> bytes:
+  """The bytes of DIR/model_config.json, read once through identity.open_regular."""
   if not is_model_dir(directory):
+    if os.path.lexists(os.path.join(directory, CONFIG_FILE)):
+      identity.regular_stat(os.path.join(directory, CONFIG_FILE))   # a pipe: named, not read
     raise CheckpointError(
         f"{directory} is not a converted model directory (no {CONFIG_FILE}); convert a PyTorch "
         "file with `python -m converters.torch_to_flax --checkpoint=X.pt --out=DIR`, or pass "
         "the .pt itself")
   try:
-    config = files.read_json(os.path.join(directory, CONFIG_FILE))
-  except (OSError, ValueError) as e:
+    with identity.open_regular(os.path.join(directory, CONFIG_FILE)) as f:
+      return f.read()
+  except identity.SpecialFileError:
+    raise
+  except OSError as e:
+    raise CheckpointError(f"{directory} is damaged: {CONFIG_FILE} is unreadable ({e}); "
+                          "re-convert from the .pt") from e
+
+
+def _parse_config(directory: str, raw: bytes, keep_integrity: bool = False) -> dict[str, Any]:
+  try:
+    config = json.loads(raw.decode("utf-8"))
+  except ValueError as e:
     raise CheckpointError(f"{directory} is damaged: {CONFIG_FILE} is unreadable ({e}); "
                           "re-convert from the .pt") from e
   if not isinstance(config, dict):
     raise CheckpointError(f"{directory} is damaged: {CONFIG_FILE} holds no JSON object; "
                           "re-convert from the .pt")
-  config.pop(INTEGRITY_KEY, None)
+  if not keep_integrity:
+    config.pop(INTEGRITY_KEY, None)
   return config
+
+
+def _integrity(config: dict[str, Any]) -> str | None:
+  integrity = config.get(INTEGRITY_KEY)
+  return integrity.get("variables_sha256") if isinstance(integrity, dict) else None
 
 
 def recorded_digest(directory: str | os.PathLike) -> str | None:
@@ -107,8 +134,7 @@ def recorded_digest(directory: str | os.PathLike) -> str | None:
     config = files.read_json(os.path.join(os.fspath(directory), CONFIG_FILE))
   except (OSError, ValueError):
     return None
-  integrity = config.get(INTEGRITY_KEY) if isinstance(config, dict) else None
-  return integrity.get("variables_sha256") if isinstance(integrity, dict) else None
+  return _integrity(config) if isinstance(config, dict) else None
 
 
 def _host_leaf(x: Any) -> np.ndarray:
@@ -152,10 +178,52 @@ def abstract_variables(model_config: dict[str, Any]) -> Any:
   return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), images)
 
 
+class Loaded(NamedTuple):
+  """A checkpoint as loaded, with the identity of exactly what was loaded (docs/caching.md)."""
+  variables: Any
+  model_config: dict[str, Any]
+  identity: dict[str, Any]
+
+
 def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
   """(variables replicated over the mesh, model_config) from a directory `save_model` wrote."""
+  loaded = read_model(directory)
+  return loaded.variables, loaded.model_config
+
+
+def read_model(directory: str | os.PathLike) -> Loaded:
+  """A directory `save_model` wrote, loaded, with its identity: the SHA-256 of the
+  model_config.json bytes the load parsed and the variables digest those bytes record, which
+  the restored values are verified against (directories written before the digest was
+  recorded: the digest of the restored values). A directory replaced by a new export while
+  it loads (its variables no longer match the config read first) is loaded again."""
   directory = os.path.abspath(os.fspath(directory))
-  model_config = read_config(directory)
+  for attempt in range(3):
+    raw = _read_config_bytes(directory)
+    try:
+      variables, model_config, digest = _restore(directory, _parse_config(directory, raw, True))
+    except CheckpointError:
+      if attempt < 2 and _config_changed(directory, raw):
+        logging.warning("%s was replaced while it loaded; loading it again", directory)
+        continue
+      raise
+    return Loaded(variables, model_config,
+                  {"path": directory, "variables_sha256": digest,
+                   "config_sha256": hashlib.sha256(raw).hexdigest()})
+  raise AssertionError("unreachable")
+
+
+def _config_changed(directory: str, raw: bytes) -> bool:
+  try:
+    return _read_config_bytes(directory) != raw
+  except (OSError, CheckpointError):
+    return True
+
+
+def _restore(directory: str, model_config: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
+  """(variables, model_config, variables digest) restored against the config's architecture."""
+  recorded = _integrity(model_config)
+  model_config = {k: v for k, v in model_config.items() if k != INTEGRITY_KEY}
   convert.families.check_recorded(model_config, os.path.join(directory, CONFIG_FILE))
   sharding = parallel.replicated()
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
@@ -190,14 +258,14 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
                      "truncated or corrupt)", e) from e
   finally:
     checkpointer.close()
-  _verify(directory, variables)
-  return variables, model_config
+  return variables, model_config, _verify(directory, variables, recorded)
 
 
-def _verify(directory: str, variables: Any) -> None:
-  """The recorded digest matches the restored values, and every weight is finite."""
-  recorded = recorded_digest(directory)
-  if recorded is not None and variables_digest(variables) != recorded:
+def _verify(directory: str, variables: Any, recorded: str | None) -> str:
+  """The digest of the restored values, which must match the recorded one; every weight
+  finite."""
+  digest = variables_digest(variables)
+  if recorded is not None and digest != recorded:
     raise _damaged(directory, "its variables do not match the digest recorded when it was "
                    "written (bytes changed on disk)")
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
@@ -207,6 +275,7 @@ def _verify(directory: str, variables: Any) -> None:
     raise CheckpointError(f"{directory} holds NaN/inf weights in {len(bad)} variable(s): "
                           f"{bad[:10]}; the training that wrote it diverged or the file is "
                           "damaged. Use an earlier checkpoint.")
+  return digest
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -224,22 +293,42 @@ def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
   """A content identity of a checkpoint: the SHA-256 of a `.pt`; for a converted directory the
   variables digest recorded in its model_config.json and the digest of that file (a directory
   without a recorded digest, from an older version, is hashed file by file; a path that does
-  not exist is recorded as missing)."""
+  not exist is recorded as missing, and a named pipe or device is a SpecialFileError naming it).
+  What a job records of a model it LOADED is the identity `read_pt` / `read_model` return, of
+  the bytes the load read: this one hashes the path as it is now."""
   path = os.path.abspath(os.fspath(path))
-  if os.path.isfile(path):
-    return identity.file_identity(path, digest=True)
-  if not os.path.isdir(path):
+  if not os.path.lexists(path):
     return {"path": path, "missing": True}     # the loader then says so, in its own words
-  config_file = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_file):
+  if not os.path.isdir(path):
+    identity.regular_stat(path)                # a pipe, a device: named, never opened
     return identity.file_identity(path, digest=True)
-  recorded = recorded_digest(path)
+  if not os.path.lexists(os.path.join(path, CONFIG_FILE)):
+    return identity.file_identity(path, digest=True)
+  raw = _read_config_bytes(path)
+  try:
+    recorded = _integrity(_parse_config(path, raw, keep_integrity=True))
+  except CheckpointError:
+    recorded = None
   if recorded is None:      # only the weights and their config; sidecar files do not count
     variables = os.path.join(path, VARIABLES_DIR)
     recorded = (identity.file_identity(variables, digest=True)["sha256"]
                 if os.path.isdir(variables) else None)
   return {"path": path, "variables_sha256": recorded,
-          "config_sha256": identity.sha256_file(config_file)}
+          "config_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def read_pt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """({torch key: array}, identity) of a PyTorch file read once: the identity (path, size,
+  SHA-256: `identity.file_identity(path, digest=True)`'s form) is of the very bytes the state
+  dict is loaded from. A named pipe or device is a SpecialFileError naming it."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.lexists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
+                            "or a PyTorch .pt file)")
+  with identity.open_regular(path) as f:
+    data = f.read()
+  sd = convert.torch_io.load_state_dict(path, data=data)
+  return sd, {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 # ------------------------------------------------------------------------- PyTorch files
@@ -250,7 +339,7 @@ def pt_to_directory(checkpoint: str, out: str, num_heads: int | None = None,
   when it is or holds the input (files.check_replaceable: checked before any work)."""
   files.check_replaceable(out, folder=True, ours=SAVED, inputs=[checkpoint], overwrite=overwrite,
                           example=_free(os.path.splitext(os.path.abspath(checkpoint))[0]))
-  sd = convert.torch_io.load_state_dict(checkpoint)
+  sd, _ = read_pt(checkpoint)
   variables, config = convert.convert_state_dict(sd, num_heads=num_heads, family=family,
                                                  source=checkpoint)
   save_model(out, variables, config)

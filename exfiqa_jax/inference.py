@@ -67,9 +67,12 @@ def check_compute_dtype(name: str | None, flag: str = "dtype=") -> str:
 
 class BatchedModel:
   """What every loaded model shares: uint8 images in, chunks of `batch_size` rows padded to
-  powers of two, sharded over every device (`run_batch`), numpy columns out."""
+  powers of two, sharded over every device (`run_batch`), numpy columns out. `identity` is
+  what `load` read (checkpoints.read_pt / read_model: the digest of exactly the bytes loaded),
+  what every cached result of the model records; None for a model built in memory."""
   batch_size: int
   image_size: int
+  identity: dict[str, Any] | None = None
 
   def _set_batch_size(self, batch_size: int) -> None:
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -316,30 +319,39 @@ class MethodModel(BatchedModel):
 
 def load_variables(path: str | os.PathLike, num_heads: int | None = None,
                    family: str | None = None) -> tuple[Any, dict[str, Any]]:
-  """(variables, model_config) from a converted directory or a PyTorch file.
+  """(variables, model_config) from a converted directory or a PyTorch file (`read`)."""
+  loaded = read(path, num_heads=num_heads, family=family)
+  return loaded.variables, loaded.model_config
+
+
+def read(path: str | os.PathLike, num_heads: int | None = None,
+         family: str | None = None) -> checkpoints.Loaded:
+  """(variables, model_config, identity) from a converted directory or a PyTorch file.
 
   The one loader of every model (quality ViTs and FR networks): a directory is restored against
   its model_config.json; a `.pt`/`.pth` is read safely, converted strictly and verified by the
-  round trip (exfiqa_jax.convert). `num_heads` is for a ViT `.pt` (no shape records it): None
-  or 0 = the architecture's own count (a published one's, else 8 with a warning; convert/
-  vit_keys.py RELEASES); a directory has its count in model_config.json, and a different one
-  passed here is ignored with a warning. `family` names a family the keys cannot tell apart.
+  round trip (exfiqa_jax.convert). The checkpoint is read once and `identity` is of the bytes
+  that were loaded (checkpoints.read_pt / read_model). `num_heads` is for a ViT `.pt` (no shape
+  records it): None or 0 = the architecture's own count (a published one's, else 8 with a
+  warning; convert/vit_keys.py RELEASES); a directory has its count in model_config.json, and a
+  different one passed here is ignored with a warning. `family` names a family the keys cannot
+  tell apart.
   """
   path = os.fspath(path)
   # errors name the API's arguments, unless a main.py task already named its --config flags
   with strict.flags_named(outer_wins=True, family="family=", num_heads="num_heads="):
     if os.path.isdir(path):
-      variables, config = checkpoints.load_model(path)
+      loaded = checkpoints.read_model(path)
+      config = loaded.model_config
       if num_heads and "num_heads" in config and num_heads != config["num_heads"]:
         logging.warning("%s was converted with num_heads=%d (its %s); ignoring %s%d. Leave it "
                         "at 0 for a converted directory.", path, config["num_heads"],
                         checkpoints.CONFIG_FILE, strict.flag("num_heads"), num_heads)
-      return variables, config
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"checkpoint {path} does not exist (pass a converted directory "
-                              "or a PyTorch .pt file)")
-    return convert.convert_state_dict(convert.torch_io.load_state_dict(path),
-                                      num_heads=num_heads or None, family=family, source=path)
+      return loaded
+    sd, ident = checkpoints.read_pt(path)
+    variables, config = convert.convert_state_dict(sd, num_heads=num_heads or None,
+                                                   family=family, source=path)
+    return checkpoints.Loaded(variables, config, ident)
 
 
 def implied_method(model_config: Mapping[str, Any]) -> str:
@@ -379,28 +391,41 @@ def load(path: str | os.PathLike, method: str = "", num_heads: int | None = None
   with strict.flags_named(outer_wins=True, method="method="):
     flag = strict.flag("method")
     method = registry.check_method(method, flag)
-    variables, config = load_variables(path, num_heads=num_heads, family=family)
+    variables, config, ident = read(path, num_heads=num_heads, family=family)
     method = method or implied_method(config)
     opts = registry.options(method, {**(method_options or {}).get(method, {}), **options}, flag)
     if "mode" in config and method in (registry.IMPLIED, registry.VITNT):
       module = models.get_model(config, dtype=None if dtype == "float32" else jnp.dtype(dtype))
-      return QualityModel(module, variables, config, batch_size=batch_size,
-                          vitnt=opts if method == registry.VITNT else None)
+      model = QualityModel(module, variables, config, batch_size=batch_size,
+                           vitnt=opts if method == registry.VITNT else None)
+      model.identity = ident
+      return model
     if dtype != "float32":
       logging.info("%s%s runs in float32 (compute_dtype %s applies to ViTs)", flag, method,
                    dtype)
     scorer = SCORERS[method](models.get_model(config), variables, config, **opts)
-  return MethodModel(scorer, config, opts, batch_size=batch_size)
+  model = MethodModel(scorer, config, opts, batch_size=batch_size)
+  model.identity = ident
+  return model
 
 
 def load_fr_model(path: str, family: str | None = None, input_scale: str | None = None,
                   num_heads: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
-  """(module, variables, model_config) of an FR model for `embedding.embed_images`.
+  """(module, variables, model_config) of an FR model for `embedding.embed_images`
+  (`read_fr_model` without the identity)."""
+  return read_fr_model(path, family, input_scale, num_heads)[:3]
+
+
+def read_fr_model(path: str, family: str | None = None, input_scale: str | None = None,
+                  num_heads: int | None = None
+                  ) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+  """(module, variables, model_config, identity) of an FR model for `embedding.embed_images`;
+  `identity` is of the bytes that were loaded (`read`).
 
   `input_scale` overrides the family's ("minus1_1" | "0_1"); iResNets come back with their
   BatchNorms folded into the convolutions (inference only, same outputs).
   """
-  variables, model_config = load_variables(path, num_heads=num_heads, family=family)
+  variables, model_config, ident = read(path, num_heads=num_heads, family=family)
   if input_scale:
     if input_scale not in preprocess.INPUT_SCALES:
       raise ValueError(f"input_scale must be one of {preprocess.INPUT_SCALES}, got "
@@ -410,4 +435,4 @@ def load_fr_model(path: str, family: str | None = None, input_scale: str | None 
   module = models.get_model(model_config)
   if isinstance(module, iresnet.IResNet):   # inference only: BatchNorms folded into the convs
     module, variables = iresnet.fold_batchnorm(module.config, variables, module.dtype)
-  return module, variables, model_config
+  return module, variables, model_config, ident

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import files
+from exfiqa_jax import files, identity
 from exfiqa_jax.columns import EXIT_PREFIX, FUSIONS, exit_name, exit_of, q100_name
 
 MAPPING_FILE = "quality_mapping.json"
@@ -283,11 +283,15 @@ def load_mapping(path: str | os.PathLike | None) -> QualityMapping | None:
     return None
   path = os.path.expanduser(os.fspath(path))
   target = os.path.join(path, MAPPING_FILE) if os.path.isdir(path) else path
-  if not target.endswith(".json") or not os.path.isfile(target):
+  if not target.endswith(".json") or not os.path.exists(target):
     return None
   try:
-    with open(target, encoding="utf-8") as f:
-      return QualityMapping.from_dict(json.load(f))
+    with identity.open_regular(target) as f:     # a pipe or a device: named, never opened
+      return QualityMapping.from_dict(json.loads(f.read().decode("utf-8")))
+  except identity.SpecialFileError as e:
+    raise ValueError(f"{e}: a quality mapping is a quality_mapping.json file; pass "
+                     "--config.quality_mapping=<that file>, or none to score without the q100_* "
+                     "columns") from None
   except ValueError as e:      # JSON, UTF-8 and field errors alike
     detail = str(e) if not isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else \
         f"not a valid quality mapping ({e})"

@@ -615,3 +615,53 @@ def test_identity_helpers(tmp_path):
   assert identity.changes({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}}) == ["b.c: 2 → 3"]
   missing = identity.files_identity([f, tmp_path / "gone.png"])
   assert missing["missing"] == 1
+
+
+# --------------------------------------------- issue 21, item 1: what is hashed is what was loaded
+@pytest.mark.parametrize("kind", ["pt", "dir"])
+def test_a_checkpoint_re_exported_while_eval_runs_is_not_served_stale(assets, bins, monkeypatch,
+                                                                      kind):
+  """Eval loads the model, builds the data set (hours at IJB-C size), then runs the quality
+  stage: a re-export landing in that window was recorded by its new bytes for the old model's
+  scores, and a rerun (which loads the new model) said "cached" and returned the old scores."""
+  model = bins / ("q.pt" if kind == "pt" else "q")
+  if kind == "pt":
+    shutil.copyfile(assets["pt"], model)
+    export = lambda: shutil.copyfile(assets["other_pt"], model)                  # noqa: E731
+  else:
+    shutil.copytree(assets["dir"], model)
+    export = lambda: checkpoints.pt_to_directory(assets["other_pt"], str(model),  # noqa: E731
+                                                 num_heads=HEADS)
+  config = _eval_config(assets, bins, **{"quality_model.path": str(model)})
+  cache = stages.StageCache(str(bins / "cache"), progress=False)
+  real_open = benchmarks.open_benchmark
+
+  def open_while_re_exported(name, cfg):
+    bench = real_open(name, cfg)
+    export()                   # the re-export lands while the data set builds
+    return bench
+
+  spec = pipeline.load_quality_models(config)[0]
+  monkeypatch.setattr(benchmarks, "open_benchmark", open_while_re_exported)
+  first = pipeline.quality_stage(cache, benchmarks.open_benchmark("lfw", config), spec, config)
+  monkeypatch.undo()
+  rerun_spec = pipeline.load_quality_models(config)[0]                 # the new model
+  rerun = pipeline.quality_stage(cache, benchmarks.open_benchmark("lfw", config), rerun_spec,
+                                 config)
+  assert not rerun.cached
+  assert not np.allclose(rerun["exit_scores"], first["exit_scores"])
+  assert rerun_spec.model.identity == checkpoints.checkpoint_identity(model)
+  assert spec.model.identity != rerun_spec.model.identity
+
+
+def test_a_special_file_as_a_checkpoint_or_mapping_is_named_not_opened(tmp_path):
+  from exfiqa_jax import quality_mapping
+  fifo = tmp_path / "model.pt"
+  os.mkfifo(fifo)
+  with pytest.raises(identity.SpecialFileError, match=f"{fifo} is a named pipe"):
+    checkpoints.checkpoint_identity(fifo)
+  with pytest.raises(identity.SpecialFileError, match=f"{fifo} is a named pipe"):
+    checkpoints.read_pt(fifo)
+  os.mkfifo(tmp_path / "m.json")
+  with pytest.raises(ValueError, match="m.json is a named pipe.*--config.quality_mapping="):
+    quality_mapping.mapping_for(None, str(tmp_path / "m.json"))

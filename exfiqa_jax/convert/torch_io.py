@@ -9,6 +9,7 @@ A safetensors file that torch cannot read is named as such, with how to re-save 
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from exfiqa_jax.convert.strict import CheckpointError
-from exfiqa_jax import files
+from exfiqa_jax import files, identity
 
 WRAPPER_KEYS = ("state_dict", "model")
 PREFIXES = ("module.", "net.")
@@ -69,25 +70,21 @@ def _refusal(path: str, error: Exception) -> CheckpointError:
       "then convert plain.pt.")
 
 
-def is_safetensors(path: str) -> bool:
-  """Whether `path` holds a safetensors file: an 8-byte little-endian header length, then that
-  many bytes of JSON header."""
-  with open(path, "rb") as f:
-    head = f.read(9)
-  size = int.from_bytes(head[:8], "little")
-  return len(head) == 9 and head[8:] == b"{" and 2 <= size <= os.path.getsize(path) - 8
+def is_safetensors(data: bytes) -> bool:
+  """Whether `data` (a file's bytes) is a safetensors file: an 8-byte little-endian header
+  length, then that many bytes of JSON header."""
+  size = int.from_bytes(data[:8], "little")
+  return len(data) >= 9 and data[8:9] == b"{" and 2 <= size <= len(data) - 8
 
 
-def check_archive(path: str) -> None:
+def check_archive(data: bytes, path: str) -> None:
   """A zip-format `.pt` (torch >= 1.6) is read member by member against its CRC-32s; torch
   itself does not check them, so flipped bytes would load as changed weights. Legacy (pickle
   format) files carry no checksums and pass unchecked."""
-  with open(path, "rb") as f:
-    head = f.read(4)
-  if head[:2] != b"PK":
+  if data[:2] != b"PK":
     return
   try:
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
       bad = archive.testzip()
   except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
     raise CheckpointError(f"{path} is damaged: not a complete zip archive ({e}); download or "
@@ -97,17 +94,24 @@ def check_archive(path: str) -> None:
                           "truncated bytes); download or copy the checkpoint again")
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A `.pt`/`.pth` file → {torch key: numpy array} (float tensors keep their dtype)."""
+def load_state_dict(path: str | os.PathLike, data: bytes | None = None
+                    ) -> dict[str, np.ndarray]:
+  """A `.pt`/`.pth` file → {torch key: numpy array} (float tensors keep their dtype).
+
+  The file is read once (`data`: its bytes, already read by a caller that hashed them) and
+  everything is checked and loaded from those bytes: a file replaced meanwhile cannot mix in."""
   torch = import_torch()
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"checkpoint {path} does not exist")
-  check_archive(path)
+  if data is None:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with identity.open_regular(path) as f:      # a pipe or a folder: refused by name
+      data = f.read()
+  check_archive(data, path)
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
   except Exception as e:   # torch wraps the refusal in other types in some versions
-    if is_safetensors(path):      # torch reads one only when named .safetensors, via that package
+    if is_safetensors(data):      # torch reads one only when named .safetensors, via that package
       raise CheckpointError(
           f"{path} is a safetensors file, not a PyTorch pickle: the toolkit reads .pt/.pth state "
           "dicts. Re-save it as one (tensors only, nothing to trust): pip install safetensors, "

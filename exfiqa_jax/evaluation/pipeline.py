@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import (checkpoints, columns, embedding, files, identity, inference, models,
+from exfiqa_jax import (columns, embedding, files, identity, inference, models,
                         parallel)
 from exfiqa_jax.convert import families, strict
 from exfiqa_jax.metrics import comparisons, edc
@@ -173,11 +173,21 @@ def _chunk(config) -> int:
   return max(1, int(config.eval.get("chunk_images", 4096)) // batch) * batch
 
 
+def loaded_identity(spec: QualitySpec) -> dict[str, Any]:
+  """The identity of the checkpoint bytes `spec.model` was loaded from (set by inference.load):
+  hashing the path again when a stage runs, perhaps hours later, would record a file
+  re-exported since for results of the old one (docs/caching.md)."""
+  if spec.model.identity is None:
+    raise ValueError(f"quality model {spec.name!r} carries no identity of what it was loaded "
+                     "from; load it with exfiqa_jax.inference.load")
+  return spec.model.identity
+
+
 def quality_stage(cache: stages.StageCache, bench: Benchmark, spec: QualitySpec, config
                   ) -> stages.Stage:
   model = spec.model
   batch = model.batch_size
-  deps = {"benchmark": bench.identity, "checkpoint": checkpoints.checkpoint_identity(spec.path),
+  deps = {"benchmark": bench.identity, "checkpoint": loaded_identity(spec),
           "model_config": model.model_config,     # the count used (stamps of 8 stay valid):
           "num_heads": model.model_config.get("num_heads", config.quality_model.num_heads),
           **({"exit": spec.exit} if spec.exit else {}),   # every-exit caches stay valid
@@ -223,16 +233,16 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
     spec = next(q for q in quality if q.name == which)
     module, variables = spec.model.module, spec.model.variables
     input_scale = "minus1_1"
-    ident = {"quality_model": checkpoints.checkpoint_identity(spec.path),
+    ident = {"quality_model": loaded_identity(spec),
              "model_config": spec.model.model_config,
              **({"compute_dtype": spec.model.dtype} if spec.model.dtype != "float32" else {})}
   else:
     with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
-      module, variables, fr_config = inference.load_fr_model(
+      module, variables, fr_config, fr_identity = inference.read_fr_model(
           fr_path, config.fr.family or None, config.fr.input_scale or None, config.fr.num_heads)
     variables = embedding.replicate(variables)
     input_scale = fr_config["input_scale"]
-    ident = {"fr_model": checkpoints.checkpoint_identity(fr_path), "model_config": fr_config,
+    ident = {"fr_model": fr_identity, "model_config": fr_config,   # of the bytes just loaded
              "family": config.fr.family or ""}
   embed_fn = embedding.make_embed_fn(module, convention, input_scale)
   batch = parallel.round_up_to_devices(int(config.fr.batch_size))
