@@ -23,12 +23,12 @@ import io
 import os
 import pickle
 import re
-import stat
 from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 
+from exfiqa_jax import identity as identity_lib
 from exfiqa_jax.data import preprocess
 
 FORMATS = ("text", "ofiq", "csv", "npy", "pickle")
@@ -97,22 +97,16 @@ def identity(entry: ScoreEntry, file: ScoreFile) -> dict[str, Any]:
 
 
 def _read_bytes(path: str) -> bytes:
-  """The bytes of a regular file, read once. A FIFO, device or folder is refused before it is
-  opened (opening a FIFO blocks until a writer comes); the open is non-blocking and re-checked
-  in case the path changed in between."""
+  """The bytes of a regular file, read once (identity_lib.open_regular: a FIFO, device or folder is
+  refused before it is opened, as opening a FIFO blocks until a writer comes)."""
   try:
-    st = os.stat(path)
+    with identity_lib.open_regular(path) as f:
+      return f.read()
+  except identity_lib.SpecialFileError as e:
+    raise ScoreFileError(f"{e}; a score file is a regular file ({SYNTAX})") from e
   except OSError as e:
-    raise ScoreFileError(f"{path}: cannot read the score file ({e.strerror}); fix the path in "
-                         f"{SYNTAX}") from e
-  if not stat.S_ISREG(st.st_mode):
-    kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-    raise ScoreFileError(f"{path}: is {kind}; a score file is a regular file ({SYNTAX})")
-  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-  with os.fdopen(fd, "rb") as f:
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-      raise ScoreFileError(f"{path}: is not a regular file; a score file is one ({SYNTAX})")
-    return f.read()
+    raise ScoreFileError(f"{path}: cannot read the score file ({e.strerror or e}); fix the path "
+                         f"in {SYNTAX}") from e
 
 
 def read_score_file(path: str, column: str = "") -> ScoreFile:
