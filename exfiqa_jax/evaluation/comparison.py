@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from exfiqa_jax import columns
 from exfiqa_jax.evaluation.results import BenchmarkEval, QualityColumn
 from exfiqa_jax.metrics.paired import paired_difference
 
