@@ -11,11 +11,14 @@ level and a "did you mean"), a config argument get_config refuses, and every set
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
 import os
+import pathlib
 import re
+import shlex
 import sys
 import textwrap
 from typing import Any, Callable, Mapping
@@ -59,13 +62,49 @@ def unknown_setting(config: Any, path: str) -> str | None:
   return None
 
 
-def _config_argument(argv: list[str]) -> str | None:
+def resolve_config(value: str) -> str:
+  """A `--config=` value → the config file to load, its `:argument` kept: a file that exists
+  (a checkout's configs/demo.py, a config of the user's own) as given, else a packaged config's
+  name (`demo`, `score:size=tiny`: exfiqa_jax/configs/<name>.py, from any folder). Anything else
+  is a ValueError naming the packaged configs."""
+  file, sep, arg = value.partition(":")
+  if os.path.isfile(os.path.expanduser(file)):
+    return os.path.expanduser(file) + sep + arg
+  name = os.path.basename(file)
+  name, names = name[:-3] if name.endswith(".py") else name, configs.names()
+  if name in names and os.path.basename(file) == file:
+    return f"{configs.path(name)}{sep}{arg}"
+  if name in names:                   # configs/demo.py copied from a doc, outside a checkout
+    raise ValueError(f"--config={value}: no such file in {os.getcwd()}; the packaged config "
+                     f"of that name runs from any folder: --config={name}{sep}{arg}")
+  close = difflib.get_close_matches(name, names, n=1)
+  hint = f" Did you mean --config={close[0]}{sep}{arg}?" if close else ""
+  raise ValueError(f"--config={value}: neither a file in {os.getcwd()} nor a packaged config."
+                   f"{hint} Packaged configs (exfiqa --help): {', '.join(names)}.")
+
+
+def _config_index(argv: list[str]) -> int | None:
+  """Where argv holds the `--config` value: `--config=X` (the index of that word) or
+  `--config X` (the index of X)."""
   for i, arg in enumerate(argv):
     if arg.startswith(("--config=", "-config=")):
-      return arg.split("=", 1)[1]
+      return i
     if arg in ("--config", "-config") and i + 1 < len(argv):
-      return argv[i + 1]
+      return i + 1
   return None
+
+
+def _config_argument(argv: list[str]) -> str | None:
+  i = _config_index(argv)
+  return None if i is None else argv[i].split("=", 1)[1] if argv[i].startswith("-") else argv[i]
+
+
+def _with_config_resolved(argv: list[str]) -> list[str]:
+  i, value = _config_index(argv), _config_argument(argv)
+  if i is None:
+    return argv
+  resolved = resolve_config(value)
+  return argv[:i] + [argv[i][: len(argv[i]) - len(value)] + resolved] + argv[i + 1:]
 
 
 def _override_error(argv: list[str]) -> str | None:
@@ -84,12 +123,17 @@ def _override_error(argv: list[str]) -> str | None:
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """absl's parsing (app.run's `flags_parser`), with a config's errors in one line instead of
-  ml_collections' tracebacks: an override naming no setting, an argument get_config refuses."""
+  """absl's parsing (app.run's `flags_parser`) after `resolve_config` on the --config value,
+  with a config's errors in one line instead of ml_collections' tracebacks: an override naming
+  no setting, an argument get_config refuses, a config that is neither a file nor a name."""
   try:
-    return flag_values(argv)
+    resolved = _with_config_resolved(argv)
+  except ValueError as e:
+    raise flags.Error(str(e)) from None
+  try:
+    return flag_values(resolved)
   except (KeyError, AttributeError):
-    message = _override_error(argv)
+    message = _override_error(resolved)
     if message is None:
       raise
     raise flags.Error(message) from None
@@ -103,15 +147,79 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 
 
 def _parse_flags_or_exit(argv: list[str]) -> list[str]:
-  """`parse_flags` for app.run: a flag error is printed as absl prints it, without a traceback."""
+  """`parse_flags` for app.run: a flag error is printed as absl prints it, without a traceback;
+  --help prints `help_text` (the jobs, or the --config's fields) instead of absl's usage."""
+  wants_help = any(arg in HELP_FLAGS for arg in argv[1:])
   try:
-    return parse_flags(argv)
+    rest = parse_flags([arg for arg in argv if arg not in HELP_FLAGS])
   except flags.Error as e:
     message = str(e)
     message = f":\n{textwrap.indent(message, '  ')}" if "\n" in message else f" {message}"
     sys.stderr.write(f"FATAL Flags parsing error:{message}\n"
-                     "Pass --helpshort or --helpfull to see help on flags.\n")
+                     "Pass --help for the jobs, --helpfull for every flag.\n")
     sys.exit(1)
+  if wants_help:
+    value = _config_argument(argv)
+    sys.stdout.write(help_text(sys.modules["__main__"].__doc__, value,
+                               None if value is None else _CONFIG.value))
+    sys.exit(0)
+  return rest
+
+
+# -------------------------------------------------------------------------------------- help
+HELP_FLAGS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
+USAGE = """\
+usage: exfiqa --config=<config>[:key=value,...] [--config.<field>=<value> ...]
+
+<config> is a packaged config's name (below; e.g. --config=demo, --config=score:size=tiny) or the
+path of a config file of your own: a module with get_config(arg=None) returning an
+ml_collections.ConfigDict (start from a packaged one: `exfiqa --config=score --help` names its
+file). A checkout runs the same as `python main.py --config=configs/<name>.py`.
+"""
+
+
+def _summary(path: str, task: str) -> str:
+  """A task module's first docstring line without its `Task "x": ` label and config paths."""
+  doc = ast.get_docstring(ast.parse(pathlib.Path(path).read_text(encoding="utf-8"))) or ""
+  line = doc.splitlines()[0] if doc else ""
+  line = line.removeprefix(f'Task "{task}": ')
+  return re.sub(r"\s*\([^()]*configs/[^()]*\)", "", line).rstrip(".")
+
+
+def jobs_help() -> str:
+  """One line per job of tasks.TASKS: the packaged configs that run it and what it does."""
+  by_task: dict[str, list[str]] = {}
+  for name in configs.names():
+    task = importlib.import_module(f"{configs.__name__}.{name}").get_config().task
+    by_task.setdefault(task, []).append(name)
+  lines = [f"  {'job':<11} {'packaged configs':<30} what it does"]
+  for task, module in TASKS.items():
+    summary = _summary(importlib.util.find_spec(module).origin, task)
+    lines.append(f"  {task:<11} {', '.join(by_task.get(task, ['—'])):<30} {summary}")
+  return "\n".join(lines) + "\n"
+
+
+def config_help(value: str, config: Any) -> str:
+  """What `--config=<value> --help` prints: the config file and its docstring, then every field
+  with its value (the defaults after the overrides given), as flags to copy."""
+  file = resolve_config(value).partition(":")[0]
+  doc = ast.get_docstring(ast.parse(pathlib.Path(file).read_text(encoding="utf-8"))) or ""
+  fields = "\n".join(f"  --config.{path}={shlex.quote(str(v))}" for path, _, v in _leaves(config))
+  return (f"--config={value}: job {config.task!r}, file {file}\n\n{doc}\n\n"
+          f"Fields (defaults, after the overrides given); set any with --config.<field>=<value>:\n"
+          f"{fields}\n\ndocs/configs.md, section {config.task!r}, says what each field means; "
+          "settings are checked before any work (an unknown one gets a 'did you mean').\n")
+
+
+def help_text(main_doc: str | None, value: str | None = None, config: Any = None) -> str:
+  """--help: with a --config, `config_help`; else the usage (main.py's docstring as written, or
+  USAGE for the `exfiqa` script), the jobs, and where their fields are documented."""
+  if value is not None:
+    return config_help(value, config)
+  return (f"{main_doc.strip() if main_doc else USAGE}\n\nJobs (config.task), one per run:\n"
+          f"{jobs_help()}\nA config's fields and their defaults: exfiqa --config=<name> --help. "
+          "Each job's fields\nexplained: docs/configs.md (a section per job) in the source "
+          "repository. --helpfull: every absl flag.\n")
 
 
 # ---------------------------------------------------------------- settings checked up front
@@ -229,7 +337,8 @@ def main(argv: list[str]) -> None:
   console.quiet_third_party()
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("pass --config=configs/<job>.py (e.g. configs/demo.py)")
+    raise app.UsageError("pass --config=<config>: a packaged config's name (--config=demo; "
+                         "--help lists them) or a config file's path")
   try:
     config.get("task")        # ml_collections defers a missing config file to the first use
   except OSError as e:
@@ -244,7 +353,21 @@ def main(argv: list[str]) -> None:
   logging.info("task %s: process %d of %d, %d local / %d global devices (%s)", config.task,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
-  run_task(config)
+  try:
+    run_task(config)
+  except KeyboardInterrupt as e:      # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT
+    sys.stderr.write(interrupted(config, e) + "\n")
+    sys.exit(130)
+
+
+def interrupted(config: Any, error: KeyboardInterrupt) -> str:
+  """The line a job stopped by Ctrl-C ends with: what it kept, as the task noted on the
+  exception (PEP 678 `__notes__`; the score job counts its images), and how to go on."""
+  notes = getattr(error, "__notes__", None)
+  kept = notes[-1] if notes else (
+      f"run the same command again: it reuses what {config.get('output', '')} already holds "
+      "(finished stages, chunks and checkpoints; docs/caching.md)")
+  return f"{config.task} interrupted (Ctrl-C): {kept}"
 
 
 def run_main() -> None:

@@ -22,7 +22,7 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
 
 def test_main_without_config_is_a_usage_error():
   proc = _run(sys.executable, "main.py")
-  assert proc.returncode != 0 and "pass --config=configs/<job>.py" in proc.stderr
+  assert proc.returncode != 0 and "pass --config=<config>: a packaged config's name" in proc.stderr
 
 
 @pytest.mark.parametrize("entry", ["main.py", "exfiqa"])
@@ -177,3 +177,139 @@ def test_an_exit_beyond_the_model_names_the_flag(tmp_path):
                                "quality_model.path": worlds.save_vit(tmp_path / "m", "token", 0)})
   with pytest.raises(ValueError, match=r"^--config\.exit=99: this model has \d+ blocks"):
     cli.run_task(config)
+
+
+# ----------------------------------------------------------- configs by name, from any folder
+def test_a_packaged_config_resolves_by_name_from_any_folder(monkeypatch, tmp_path):
+  """Outside the checkout a bare name (with its :argument) is the packaged file; a file that
+  exists, e.g. the user's own, wins over a name; a doc's configs/demo.py names the fix."""
+  from exfiqa_jax import cli, configs
+  monkeypatch.chdir(tmp_path)
+  packaged = pathlib.Path(configs.__file__).parent
+  assert cli.resolve_config("demo") == str(packaged / "demo.py")
+  assert cli.resolve_config("score.py:size=tiny") == f"{packaged / 'score.py'}:size=tiny"
+  assert set(configs.names()) == {p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py")
+                                  } - {"__init__", "common", "eval_common"}
+  (tmp_path / "score").write_text("def get_config(arg=None): ...\n")
+  assert cli.resolve_config("score") == "score"                  # a file here is the user's
+  with pytest.raises(ValueError, match=r"^--config=configs/demo.py:size=smoke: no such file in "
+                     r".*runs from any folder: --config=demo:size=smoke$"):
+    cli.resolve_config("configs/demo.py:size=smoke")
+  with pytest.raises(ValueError, match=r"Did you mean --config=early_exit\?.* demo, early_exit"):
+    cli.resolve_config("early_exti")
+
+
+def test_a_config_name_parses_with_its_argument_and_overrides(monkeypatch, tmp_path):
+  from absl import flags
+  from ml_collections import config_flags
+  from exfiqa_jax import cli
+  monkeypatch.chdir(tmp_path)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+  argv = ["exfiqa", "--config", "score:size=tiny", "--config.exit=3"]
+  monkeypatch.setattr(sys, "argv", argv)
+  cli.parse_flags(argv, values)
+  assert (values.config.task, values.config.batch_size, values.config.exit) == ("score", 8, 3)
+  assert _parse(monkeypatch, "--config=scor").startswith("--config=scor: neither a file")
+
+
+def test_the_wheel_ships_the_configs_and_nothing_generic(tmp_path):
+  """A non-editable install into a fresh venv: exfiqa_jax.configs resolves and loads from a
+  folder outside the checkout; no top-level configs/converters; the console scripts exist.
+  (bench/install_check.sh runs the installed `exfiqa` and converters themselves.)"""
+  import zipfile
+  pip = [sys.executable, "-m", "pip"]
+  subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                  str(tmp_path / "dist"), ROOT], check=True, cwd=tmp_path, timeout=120)
+  wheel, = (tmp_path / "dist").glob("exfiqa_jax-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  info = wheel.name.split("-py3")[0] + ".dist-info"
+  assert {n.split("/")[0] for n in names} == {"exfiqa_jax", info}
+  assert "exfiqa_jax/configs/demo.py" in names
+  scripts = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
+  assert all(f"{s} =" in scripts for s in ("exfiqa", "exfiqa-torch-to-flax", "exfiqa-flax-to-torch"))
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+  python = venv / "bin" / "python"
+  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  deps = [p for p in sys.path if p.endswith("site-packages")]      # jax & co., not this checkout
+  pathlib.Path(site, "deps.pth").write_text("\n".join(deps) + "\n")
+  subprocess.run([*pip, "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                 check=True, timeout=120)
+  out = subprocess.run([python, "-c", """if True:
+    import importlib, importlib.util, sys
+    from exfiqa_jax import configs
+    for name in configs.names():
+      importlib.import_module("exfiqa_jax.configs." + name).get_config()
+    print(configs.path("demo"), importlib.util.find_spec("configs"), "jax" in sys.modules)"""],
+                       cwd=tmp_path, capture_output=True, text=True, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  path, spec, jax_loaded = out.stdout.split()
+  assert path == f"{site}/exfiqa_jax/configs/demo.py" and spec == "None" and jax_loaded == "False"
+
+
+# ------------------------------------------------------------------------------------- --help
+def test_help_lists_every_job_and_where_its_fields_are():
+  import runpy
+  from exfiqa_jax import cli, configs
+  from exfiqa_jax.tasks import TASKS
+  text = cli.help_text(None)
+  rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+  assert set(TASKS) <= set(rows), set(TASKS) - set(rows)
+  assert all(len(rows[task].split()) > 3 for task in TASKS)          # configs + what it does
+  assert "eval_ijbc, eval_verification" in rows["eval"]
+  listed = {c.strip(",") for task in TASKS for c in rows[task].split()}
+  assert set(configs.names()) <= listed
+  assert "exfiqa --config=<name> --help" in text and "docs/configs.md" in text
+  main_doc = runpy.run_path(os.path.join(ROOT, "main.py"))["__doc__"]
+  assert "--config.quality_model.path=X.pt \\\n      --config.images" in cli.help_text(main_doc)
+
+
+def test_config_help_prints_its_fields_from_outside_the_checkout(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--config=score:size=tiny",
+                         "--config.exit=2", "--help"], cwd=tmp_path, capture_output=True,
+                        text=True, env=ENV, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert out.startswith("--config=score:size=tiny: job 'score', file ")
+  assert "Score a folder of face crops" in out and "docs/configs.md" in out
+  assert "  --config.batch_size=8\n" in out and "  --config.exit=2\n" in out
+  assert "  --config.quality_model.path=''\n" in out
+
+
+# ------------------------------------------------------------------------------------ Ctrl-C
+@pytest.mark.parametrize("task", ["score", "eval", "demo", "train", "embed", "early_exit"])
+def test_ctrl_c_ends_every_job_with_one_line(task, monkeypatch, capsys, tmp_path):
+  """A KeyboardInterrupt inside a job: exit status 130 and one line saying what was kept (the
+  task's note, as the score job adds one) and how to go on; no traceback."""
+  from absl import flags
+  from exfiqa_jax import cli
+  from exfiqa_jax.tasks import TASKS
+  assert sorted(TASKS) == sorted(["score", "eval", "demo", "train", "embed", "early_exit"])
+  note = "8 of 11 images are scored and kept in OUT/score_chunks; the same command resumes there"
+
+  def pressed(config):
+    error = KeyboardInterrupt()
+    if task == "score":
+      error.__notes__ = [note]
+    raise error
+  monkeypatch.setattr(importlib.import_module(TASKS[task]), "run", pressed)
+  monkeypatch.setattr(cli.console, "quiet_third_party", lambda: None)   # absl's handler
+  argv = ["main.py", f"--config={ROOT}/configs/score.py:size=tiny", f"--config.task={task}",
+          f"--config.output={tmp_path}"]
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS(argv)
+  try:
+    with pytest.raises(SystemExit) as e:
+      cli.main(["main.py"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert e.value.code == 130
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and err.endswith("\n")
+  last = err.splitlines()[-1]
+  assert last == (f"score interrupted (Ctrl-C): {note}" if task == "score" else
+                  f"{task} interrupted (Ctrl-C): run the same command again: it reuses what "
+                  f"{tmp_path} already holds (finished stages, chunks and checkpoints; "
+                  "docs/caching.md)")

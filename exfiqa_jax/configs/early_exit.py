@@ -1,4 +1,4 @@
-"""Early exits: fixed exits, the adaptive cascade and calibrated thresholds, on a benchmark.
+r"""Early exits: fixed exits, the adaptive cascade and calibrated thresholds, on a benchmark.
 
   python main.py --config=configs/early_exit.py \
       --config.quality_model.path=out/demo/train/model --config.output=out/early_exit

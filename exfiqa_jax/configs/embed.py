@@ -1,4 +1,4 @@
-"""Embed a folder of aligned 112×112 face crops (or a list file) with an FR model.
+r"""Embed a folder of aligned 112×112 face crops (or a list file) with an FR model.
 
   python main.py --config=configs/embed.py --config.fr.path=ckpt/elasticface \
       --config.images=DIR --config.output=OUT

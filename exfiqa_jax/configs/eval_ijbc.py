@@ -1,4 +1,4 @@
-"""EDC evaluation on IJB-C (1:1 templates, the FIQA papers' protocol; docs/evaluation.md).
+r"""EDC evaluation on IJB-C (1:1 templates, the FIQA papers' protocol; docs/evaluation.md).
 
 Files you need (the insightface IJB-C release, `IJB_release/IJBC/`), passed as
 `--config.data.manual_dir=<that IJBC folder>`:

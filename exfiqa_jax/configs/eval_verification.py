@@ -1,4 +1,4 @@
-"""EDC evaluation on pair benchmarks: LFW, AgeDB-30, CFP-FP, CALFW, CPLFW, XQLFW, Adience, any .bin.
+r"""EDC evaluation on pair benchmarks: LFW, AgeDB-30, CFP-FP, CALFW, CPLFW, XQLFW, Adience, any .bin.
 
   python main.py --config=configs/eval_verification.py:benchmarks=lfw+agedb_30+cfp_fp \
       --config.data.manual_dir=~/faces/bins --config.quality_model.path=ckpt/vitfiqa_token \

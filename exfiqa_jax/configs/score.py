@@ -1,4 +1,4 @@
-"""Score a folder of face crops (or a list file) at every EX-FIQA exit, with ATTN-FIQA per block.
+r"""Score a folder of face crops (or a list file) at every EX-FIQA exit, with ATTN-FIQA per block.
 
   python main.py --config=configs/score.py --config.quality_model.path=vitfiqa_token.pt \
       --config.images=DIR_OR_LIST --config.output=OUT [--config.quality_model.num_heads=8] \
@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the reference's MTCNN settings and list sizes
   config.data.detector = ml_collections.ConfigDict(detection_settings.detector_defaults())
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
+  config.chunk_images = 4096        # images per stored chunk: a stopped run resumes there
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
   config.compute_dtype = "float32"  # "bfloat16": bf16 matmuls, f32 norms/heads/ATTN stats
   # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one

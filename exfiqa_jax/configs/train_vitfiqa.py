@@ -1,4 +1,4 @@
-"""ViT-FIQA (ViT-S, quality token) on an identity folder, as the official run (docs/methods.md).
+r"""ViT-FIQA (ViT-S, quality token) on an identity folder, as the official run (docs/methods.md).
 
   python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
       --config.data.root=/data/ms1mv2_images            # <root>/<identity>/<image>.jpg|png
