@@ -407,3 +407,75 @@ def test_the_loop_itself_checks_its_settings(tmp_path):
   with pytest.raises(ValueError, match=r"--config\.log_every"):
     trainer.train(tiny_train_config(str(tmp_path), log_every=0), tiny_data())
   assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------- RecordIO / LMDB sources (docs/data.md)
+def _same_faces_three_ways(root) -> tuple[str, str, str, list[int]]:
+  """The same JPEGs as an identity folder, an insightface RecordIO folder (tests/test_recordio.py's
+  packer, identity-major like the folder's rows) and a ViT-FIQA LMDB (when lmdb is installed)."""
+  from tests.test_recordio import write_faces
+  labels = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+  images = write_faces(str(root / "rec"), labels, 4, magic_in=(4,))
+  for k, (label, data) in enumerate(zip(labels, images)):
+    os.makedirs(root / "folder" / f"id{label}", exist_ok=True)
+    (root / "folder" / f"id{label}" / f"{k:02d}.jpg").write_bytes(data)
+  lmdb_path = ""
+  try:
+    import lmdb as lmdb_lib
+    import pickle
+    lmdb_path = str(root / "faces.lmdb")
+    env = lmdb_lib.open(lmdb_path, subdir=False, map_size=1 << 24)
+    with env.begin(write=True) as txn:
+      for k, data in enumerate(images):
+        txn.put(str(k).encode("ascii"), data)
+      txn.put(b"__keys__", pickle.dumps([str(k).encode("ascii") for k in range(len(images))]))
+      txn.put(b"__labels__", pickle.dumps(labels))
+      txn.put(b"__len__", pickle.dumps(len(images)))
+    env.close()
+  except ImportError:
+    pass
+  return str(root / "folder"), str(root / "rec"), lmdb_path, labels
+
+
+def test_recordio_and_lmdb_give_the_folder_batches(tmp_path):
+  """Through build_data: RecordIO and LMDB sources give the same batches, step for step, as an
+  identity folder holding the same images; the .bin beside train.rec monitors by default."""
+  import pickle
+  folder, rec, lmdb_path, labels = _same_faces_three_ways(tmp_path)
+  with open(os.path.join(rec, "lfw.bin"), "wb") as f:
+    pickle.dump(([open(os.path.join(folder, "id0", "00.jpg"), "rb").read()] * 2, [True]), f)
+  sources = {"image_folder": folder, "recordio": rec, **({"lmdb": lmdb_path} if lmdb_path
+                                                          else {})}
+  batches, pairs = {}, {}
+  for kind, root in sources.items():
+    config = tiny_train_config(str(tmp_path / "out"))
+    with config.unlocked():
+      config.batch_size, config.eval.every = 4, 10
+      config.data = dict(kind=kind, root=root, channel_order="rgb", decode_threads=2)
+    data, pairs[kind] = train_data.build_data(config)
+    assert data.num_images == 12 and data.num_classes == 4, kind
+    batches[kind] = [data.host_batch(s) for s in (0, 4, 2)]
+  for kind in sources:
+    for got, want in zip(batches[kind], batches["image_folder"]):
+      np.testing.assert_array_equal(got["image"], want["image"], err_msg=kind)
+      np.testing.assert_array_equal(got["label"], want["label"], err_msg=kind)
+  assert pairs["image_folder"] is None and pairs["recordio"].images.shape == (2, 112, 112, 3)
+  with pytest.raises(ValueError, match="--config.data.kind must be one of"):
+    config.data.kind = "mxnet"
+    train_data.build_data(config)
+
+
+def test_recordio_source_resumes_where_it_stopped(tmp_path):
+  """What a resumed run relies on (trainer: step s trains on data.host_batch(s)): a RecordIO
+  source opened afresh, as by the resumed process, gives the batches of steps 3.. (the second
+  epoch) that the uninterrupted source gave after it had read steps 0..2."""
+  _, rec, _, _ = _same_faces_three_ways(tmp_path)
+  running = train_data.RecordData(rec, 4, seed=5, threads=2)
+  uninterrupted = [running.host_batch(s) for s in range(6)]
+  resumed = train_data.RecordData(rec, 4, seed=5, threads=0)
+  for s in range(3, 6):
+    got = resumed.host_batch(s)
+    np.testing.assert_array_equal(got["image"], uninterrupted[s]["image"])
+    np.testing.assert_array_equal(got["label"], uninterrupted[s]["label"])
+  assert not np.array_equal(uninterrupted[3]["label"], uninterrupted[0]["label"]) or \
+      not np.array_equal(uninterrupted[3]["image"], uninterrupted[0]["image"])   # new epoch

@@ -1,8 +1,9 @@
 """Training data: random access by step (so a resumed run draws the same rows), per process.
 
 `ArrayData` (arrays in memory, optionally re-degraded every batch), `FolderData` (an identity
-folder <root>/<identity>/<image>), the synthetic faces split, and the verification pair sets
-used for monitoring (`ArrayPairs`, an insightface `.bin`).
+folder <root>/<identity>/<image>), `RecordData` (insightface RecordIO: train.rec/.idx/property),
+`LmdbData` (ViT-FIQA's LMDB), the synthetic faces split, and the verification pair sets used for
+monitoring (`ArrayPairs`, an insightface `.bin`). docs/data.md, "Training data".
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, Protocol
 
 import jax
 import numpy as np
+from absl import logging
 
 
 class TrainData(Protocol):
@@ -79,7 +81,33 @@ class ArrayData(_StepSampler):
     return self.images[rows]
 
 
-class FolderData(_StepSampler):
+class _EncodedData(_StepSampler):
+  """Rows stored encoded (files, RecordIO records, LMDB values), decoded per step by a thread
+  pool (`threads` = 0: in the calling thread) with the one decode path of data/preprocess.py."""
+
+  def __init__(self, labels: np.ndarray, global_batch: int, seed: int, num_classes: int | None,
+               channel_order: str, threads: int):
+    from exfiqa_jax.data import preprocess
+    super().__init__(labels, global_batch, seed, num_classes)
+    self.channel_order = preprocess.check_channel_order(channel_order)
+    self._decode = preprocess.decode_image
+    from concurrent.futures import ThreadPoolExecutor
+    self._pool = ThreadPoolExecutor(threads) if threads > 0 else None
+
+  def _encoded(self, row: int) -> tuple[bytes | str, str]:
+    """(encoded bytes or a file path, the name an error shows) of row `row`."""
+    raise NotImplementedError
+
+  def _decoded(self, row: int) -> np.ndarray:
+    data, name = self._encoded(int(row))
+    return self._decode(data, self.channel_order, name=name)
+
+  def _load(self, rows):
+    return np.stack(list(self._pool.map(self._decoded, rows) if self._pool is not None
+                         else map(self._decoded, rows)))
+
+
+class FolderData(_EncodedData):
   """An identity folder `<root>/<identity>/**/<image>` (e.g. MS1MV2 exported to images); labels
   are the sorted identity folder names' indices. Images are decoded per step by a thread pool."""
 
@@ -99,15 +127,43 @@ class FolderData(_StepSampler):
     if not paths:
       raise ValueError(f"no images under {root!r}: expected <root>/<identity>/<image>.jpg|png; "
                        "pass --config.data.root=<such a folder>")
-    super().__init__(np.asarray(labels), global_batch, seed, len(identities))
-    self.paths, self.identities, self.channel_order = paths, identities, channel_order
-    self._decode = preprocess.decode_image
-    from concurrent.futures import ThreadPoolExecutor
-    self._pool = ThreadPoolExecutor(threads)
+    super().__init__(np.asarray(labels), global_batch, seed, len(identities), channel_order,
+                     threads)
+    self.paths, self.identities = paths, identities
 
-  def _load(self, rows):
-    return np.stack(list(self._pool.map(
-        lambda r: self._decode(self.paths[r], self.channel_order), rows)))
+  def _encoded(self, row):
+    return self.paths[row], self.paths[row]
+
+
+class RecordData(_EncodedData):
+  """insightface RecordIO (`<root>/train.rec`, `train.idx`, `property`; data/recordio.py):
+  random access through the index, each process reading only its own rows; labels from the
+  records, the class count from `property`."""
+
+  def __init__(self, root: str, global_batch: int, seed: int = 0, channel_order: str = "rgb",
+               threads: int = 16):
+    from exfiqa_jax.data import recordio
+    self.records = recordio.FaceRecords(root)
+    super().__init__(self.records.labels, global_batch, seed, self.records.num_classes,
+                     channel_order, threads)
+
+  def _encoded(self, row):
+    return self.records.image(row), f"{self.records.file.rec_path} record " \
+                                    f"{int(self.records.keys[row])}"
+
+
+class LmdbData(_EncodedData):
+  """ViT-FIQA's LMDB (data/lmdb_faces.py), read-only and shared by every decoding thread."""
+
+  def __init__(self, path: str, global_batch: int, seed: int = 0, channel_order: str = "rgb",
+               threads: int = 16):
+    from exfiqa_jax.data import lmdb_faces
+    self.faces = lmdb_faces.LmdbFaces(path)
+    super().__init__(self.faces.labels, global_batch, seed, self.faces.num_classes,
+                     channel_order, threads)
+
+  def _encoded(self, row):
+    return self.faces.image(row), f"{self.faces.path} key {self.faces.key(row)!r}"
 
 
 class PairSet(Protocol):
@@ -163,17 +219,42 @@ def synthetic_data(config) -> tuple[TrainData, PairSet]:
   return data, ArrayPairs(val.images, pairs, genuine)
 
 
+SOURCES = {"image_folder": FolderData, "recordio": RecordData, "lmdb": LmdbData}
+KINDS = (*SOURCES, "synthetic")
+
+
+def pairs_bin_path(config) -> str:
+  """The monitoring pair set: eval.pairs_bin; a bare name ("agedb_30") is looked up beside a
+  RecordIO training set, and with kind=recordio an empty one means the first of lfw / cfp_fp /
+  agedb_30.bin that ships in data.root (none found: no monitoring)."""
+  from exfiqa_jax.data import recordio
+  path = config.eval.get("pairs_bin", "") or ""
+  if config.data.kind != "recordio" or os.path.isfile(path):
+    return path
+  root = config.data.root
+  if path:
+    beside = os.path.join(root, path if path.endswith(".bin") else f"{path}.bin")
+    return beside if os.path.isfile(beside) else path
+  found = recordio.verification_bins(root) if config.eval.get("every", 0) else []
+  if found:
+    logging.info("monitoring on %s (beside train.rec; --config.eval.pairs_bin picks another)",
+                 found[0])
+  return found[0] if found else ""
+
+
 def build_data(config) -> tuple[TrainData, PairSet | None]:
   """The training set and the verification pair set named by config.data / config.eval."""
   kind = config.data.kind
-  if kind == "image_folder":
-    data = FolderData(config.data.root, config.batch_size, config.seed,
-                      config.data.get("channel_order", "rgb"))
-    bin_path = config.eval.get("pairs_bin", "")
-    pairs = load_bin_pairs(bin_path, config.data.get("channel_order", "rgb")) if bin_path else None
-    return data, pairs
   if kind == "synthetic":
     return synthetic_data(config)
-  raise ValueError(f"--config.data.kind must be 'image_folder' or 'synthetic', got {kind!r}")
-
-
+  if kind not in SOURCES:
+    raise ValueError(f"--config.data.kind must be one of {KINDS}, got {kind!r}")
+  if not config.data.get("root", ""):
+    raise ValueError(f"--config.data.kind={kind} reads --config.data.root, which is not set; "
+                     "pass --config.data.root=<an identity folder | an insightface RecordIO "
+                     "folder (train.rec) | a ViT-FIQA LMDB file>")
+  order = config.data.get("channel_order", "rgb")
+  data = SOURCES[kind](config.data.root, config.batch_size, config.seed, order,
+                       int(config.data.get("decode_threads", 16)))
+  bin_path = pairs_bin_path(config)
+  return data, load_bin_pairs(bin_path, order) if bin_path else None
