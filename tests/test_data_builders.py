@@ -251,6 +251,8 @@ def test_adience_all_pairs_and_cap(tmp_path):
   files = ["p_7_img_0", "p_7_img_1", "p_12_img_2", "p_12_img_3", "p_12_img_4", "p_3_img_5"]
   for f in files:
     (folder / f"{f}.jpg").write_bytes(_encode(_face_like(rng)))
+  (folder / "._p_7_img_0.jpg").write_bytes(b"\x00\x05\x16\x07")   # macOS metadata: no face
+  (folder / "p_9_img_9.jpg").mkdir()                                # a folder named like one
   source, info = builders.load("adience", folder, tmp_path / "data")
   names = [source[k]["name"] for k in range(len(source))]
   person = {n: n.split("_")[1] for n in names}

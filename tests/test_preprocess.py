@@ -111,6 +111,16 @@ def test_a_list_whose_byte_order_mark_lies_is_named(tmp_path):
     preprocess.read_image_list(str(tmp_path / "list.txt"))
 
 
+def test_an_image_or_a_binary_file_given_as_the_list_is_named(tmp_path):
+  """--config.images=<one .png> was read as a list file ("embedded null byte")."""
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "face.png")
+  with pytest.raises(ValueError, match="face.png is an image, not a list file"):
+    preprocess.read_image_list(str(tmp_path / "face.png"))
+  (tmp_path / "faces").write_bytes((tmp_path / "face.png").read_bytes())
+  with pytest.raises(ValueError, match="faces holds binary data, not a list of image paths"):
+    preprocess.read_image_list(str(tmp_path / "faces"))
+
+
 @needs_fifo
 def test_listed_special_files_are_refused_by_name_never_opened(tmp_path, special_opens):
   os.mkfifo(tmp_path / "pipe.jpg")

@@ -288,8 +288,15 @@ def read_image_list(images: str, image_root: str | None = None) -> tuple[list[st
   if not os.path.exists(images):
     raise FileNotFoundError(f"{images} is neither an image folder nor a list file; pass a folder "
                             "of face crops or a text file with one image path per line")
+  if images.lower().endswith(IMAGE_EXTENSIONS + tuple(OTHER_PICTURES)):
+    raise ValueError(f"{images} is an image, not a list file: pass its folder, or a text file "
+                     "with one image path per line")
   with identity.open_regular(images) as f:    # a pipe or a device: refused by name
-    text = _decode_list(f.read(), images)
+    data = f.read()
+  if b"\x00" in data[:4096] and not data.startswith(tuple(mark for mark, _ in _BOMS)):
+    raise ValueError(f"{images} holds binary data, not a list of image paths: pass a folder of "
+                     "face crops or a text file with one image path per line")
+  text = _decode_list(data, images)
   root = image_root or os.path.dirname(os.path.abspath(images))
   names = [_path_of_line(line) for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
   return [n if os.path.isabs(n) else os.path.join(root, n) for n in names], names

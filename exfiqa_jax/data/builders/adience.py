@@ -15,6 +15,7 @@ import os
 import re
 
 import numpy as np
+from absl import logging
 import tensorflow_datasets as tfds
 
 from exfiqa_jax.data import demographics
@@ -65,7 +66,13 @@ class Adience(base.Builder):
 
   def plan(self, paths: dict[str, str], options: dict) -> base.Plan:
     folder = paths["images"]
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(preprocess.IMAGE_EXTENSIONS))
+    listed = sorted(f for f in os.listdir(folder) if f.lower().endswith(preprocess.IMAGE_EXTENSIONS))
+    files = [f for f in listed      # regular image files only: no '._' metadata, pipes, folders
+             if preprocess.skip_reason(f) is None and os.path.isfile(os.path.join(folder, f))]
+    if len(files) < len(listed):
+      logging.info("adience: %d entries of %s named like images are skipped (hidden, macOS '._' "
+                   "metadata, or not regular files): %s", len(listed) - len(files), folder,
+                   sorted(set(listed) - set(files))[:3])
     bad = [f for f in files if not _NAME.match(os.path.splitext(f)[0])]
     if bad:
       raise base.DataError(f"adience: {len(bad)} images in {folder} are not named "
