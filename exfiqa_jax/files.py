@@ -60,15 +60,27 @@ def _new_file(directory: str, prefix: str, suffix: str) -> str:
   raise FileExistsError(f"no free temporary name for {prefix}*{suffix} in {directory}")
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+def output_identity(path: str | os.PathLike) -> dict[str, int]:
+  """What a completion stamp records of one output file: size, mtime_ns and inode. Every
+  writer here returns it for the file IT wrote (taken from its private temporary, whose inode,
+  size and mtime the rename keeps), so a stamp vouches for its own run's files even when
+  another job replaced them since (identity.write_stamp)."""
+  st = os.stat(path)
+  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_text(path: str | os.PathLike, text: str) -> dict[str, int]:
+  """Writes `text` (UTF-8) atomically; returns the written file's `output_identity`."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    return output_identity(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> dict[str, int]:
   """Strict JSON (RFC 8259, which has no NaN or Infinity): a non-finite float is written as
   null, as pandas' to_json does; numpy scalars and arrays as numbers and lists."""
-  write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n")
+  return write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n")
 
 
 def _strict(obj: Any) -> Any:
@@ -90,14 +102,16 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.load(f)
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> dict[str, int]:
   with atomic_path(path) as tmp:
     np.save(tmp, np.asarray(array))
+    return output_identity(tmp)
 
 
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> dict[str, int]:
   with atomic_path(path) as tmp:
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    return output_identity(tmp)
 
 
 def slug(text: str) -> str:

@@ -260,19 +260,39 @@ STAMP_FORMAT = 1
 
 
 def write_stamp(path: str | os.PathLike, identity: Mapping[str, Any],
-                outputs: Sequence[str | os.PathLike], **extra: Any) -> None:
-  """Writes the completion stamp (atomically) LAST, after every output in `outputs`."""
+                outputs: Sequence[str | os.PathLike] | Mapping[str | os.PathLike, Any],
+                **extra: Any) -> None:
+  """Writes the completion stamp (atomically) LAST, after every output in `outputs`.
+
+  `outputs` maps each output to what the files.* writer returned when this run wrote it
+  (files.output_identity): the stamp then describes the files its own run wrote, and a file
+  another job put in their place since is "replaced" to check_stamp. A plain list of paths
+  records the files as they are now."""
   directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-  files.write_json(path, {
-      "stamp_format": STAMP_FORMAT, "identity": canonical(identity),
-      "outputs": {os.path.relpath(os.path.abspath(os.fspath(p)), directory): _output_identity(p)
-                  for p in outputs},
-      **canonical(extra)})
+  written = (dict(outputs) if isinstance(outputs, Mapping)
+             else {p: files.output_identity(p) for p in outputs})
+  recorded = {}
+  for p, ident in written.items():
+    rel = os.path.relpath(os.path.abspath(os.fspath(p)), directory)
+    recorded[rel] = dict(ident)
+    if not _same_output(_current(p), recorded[rel]):
+      logging.warning("%s was replaced by another job after this run wrote it; the stamp "
+                      "records this run's file, so the next run recomputes", p)
+  files.write_json(path, {"stamp_format": STAMP_FORMAT, "identity": canonical(identity),
+                          "outputs": recorded, **canonical(extra)})
 
 
-def _output_identity(path: str | os.PathLike) -> dict[str, int]:
-  st = os.stat(path)
-  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _current(path: str | os.PathLike) -> dict[str, int] | None:
+  try:
+    return files.output_identity(path)
+  except OSError:
+    return None
+
+
+def _same_output(current: Mapping[str, int] | None, recorded: Mapping[str, Any]) -> bool:
+  """Whether the file now at an output's path is the one recorded (every field the stamp has:
+  stamps written before the inode was recorded compare size and mtime_ns)."""
+  return current is not None and all(current.get(k) == v for k, v in recorded.items())
 
 
 def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -297,12 +317,10 @@ def check_stamp(path: str | os.PathLike, identity: Mapping[str, Any]) -> tuple[b
     return False, "inputs changed since the last run: " + describe(diff)
   directory = os.path.dirname(path)
   for rel, recorded in stamp.get("outputs", {}).items():
-    full = os.path.join(directory, rel)
-    try:
-      current = _output_identity(full)
-    except OSError:
+    current = _current(os.path.join(directory, rel))
+    if current is None:
       return False, f"{rel} is missing"
-    if current != recorded:
+    if not isinstance(recorded, Mapping) or not _same_output(current, recorded):
       return False, f"{rel} was replaced after the run that wrote it"
   return True, "complete"
 

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from exfiqa_jax import identity
+from exfiqa_jax import files, identity
 from exfiqa_jax.evaluation import stages
 
 
@@ -110,3 +110,39 @@ def test_names_that_are_not_utf8_have_an_identity():
   name = os.fsdecode(b"bad\xff.png")
   assert identity.names_identity([name]) != identity.names_identity(["bad.png"])
   assert identity.names_identity([name]) == identity.names_identity([name])
+
+
+# Completion stamps describe what their own run wrote (issue 21, item 2).
+def _run(out, ident, rows, during=lambda: None):
+  """A job's writing end: its output, then (after `during`) the stamp LAST."""
+  written = {out / "scores.csv": files.write_text(out / "scores.csv", rows)}
+  during()
+  identity.write_stamp(out / "stamp.json", ident, written)
+
+
+def test_a_stamp_does_not_vouch_for_another_runs_files(tmp_path, caplog):
+  """Run A writes its rows, run B (other images, same length, same mtime: only the inode
+  tells) writes its own in between, A writes its stamp: the stamp records A's file, so a rerun
+  of A recomputes instead of returning B's rows as "already complete"."""
+  a, b = {"images": "A"}, {"images": "B"}
+
+  def run_b():
+    mtime = os.stat(tmp_path / "scores.csv").st_mtime_ns        # A's file, still there
+    _run(tmp_path, b, "rows B\n")
+    os.utime(tmp_path / "scores.csv", ns=(mtime, mtime))
+
+  _run(tmp_path, a, "rows A\n", during=run_b)
+  assert "replaced by another job" in caplog.text
+  done, why = identity.check_stamp(tmp_path / "stamp.json", a)
+  assert not done and why == "scores.csv was replaced after the run that wrote it"
+  _run(tmp_path, a, "rows A\n")                         # A alone: complete
+  assert identity.check_stamp(tmp_path / "stamp.json", a) == (True, "complete")
+
+
+def test_stamps_written_before_inodes_were_recorded_stay_valid(tmp_path):
+  files.write_text(tmp_path / "scores.csv", "rows\n")
+  st = os.stat(tmp_path / "scores.csv")
+  files.write_json(tmp_path / "stamp.json", {
+      "stamp_format": identity.STAMP_FORMAT, "identity": {"x": 1},
+      "outputs": {"scores.csv": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}})
+  assert identity.check_stamp(tmp_path / "stamp.json", {"x": 1}) == (True, "complete")
