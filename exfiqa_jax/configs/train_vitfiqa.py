@@ -1,5 +1,10 @@
-r"""ViT-FIQA (ViT-S, quality token) on an identity folder, as the official run (docs/methods.md).
+r"""ViT-FIQA (ViT-S, quality token) on MS1MV2 as the field ships it, as the official run
+(docs/methods.md; the training data formats: docs/data.md, "Training data").
 
+  python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
+      --config.data.kind=recordio --config.data.root=/data/faces_emore   # insightface train.rec
+  python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
+      --config.data.kind=lmdb --config.data.root=/data/ms1mv2.lmdb       # ViT-FIQA's LMDB
   python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
       --config.data.root=/data/ms1mv2_images            # <root>/<identity>/<image>.jpg|png
   # on every host of a TPU pod slice:  ... --config.distributed=True
@@ -47,10 +52,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.augment = ml_collections.ConfigDict(dict(enabled=True, gridsample_prob=0.6))
 
   config.data = ml_collections.ConfigDict(dict(
-      kind="image_folder", root="", channel_order="rgb", num_images=0))  # 0: counted from root
+      kind="image_folder",            # image_folder | recordio (train.rec/.idx) | lmdb (ViT-FIQA)
+      root="", channel_order="rgb", num_images=0,   # 0: counted from root
+      decode_threads=16))             # JPEG/WebP decoding threads per host (0: main thread)
   config.eval = ml_collections.ConfigDict(dict(
       every=2000, batch_size=256, fmr=1e-3, limit=0.3,
-      pairs_bin=""))                  # an insightface .bin pair set (lfw.bin); "" = none
+      pairs_bin=""))                  # an insightface .bin pair set (lfw.bin); "" = none, or
+  #                                     with kind=recordio the lfw/cfp_fp/agedb_30.bin beside it
   config.checkpointing = ml_collections.ConfigDict(dict(every=2000, keep=3, best_metric="",
                                                      best_mode="max"))
   if args.size == "smoke":
