@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from exfiqa_jax import convert, inference, models
 from exfiqa_jax.methods import vitnt
 from exfiqa_jax.tasks import score
 from exfiqa_jax.data import preprocess
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.models import vit
 from exfiqa_jax.testing import baselines_torch as bt
 from exfiqa_jax.testing import fr_torch_reference as ref_fr
@@ -319,3 +321,70 @@ def test_a_method_writes_its_columns_and_its_options_recompute(tmp_path, data):
   with pytest.raises(ValueError, match="'cr' is not a quality method"):
     score.run(_config(**{"quality_model.path": f"cr:{pth}"}, images=str(listing),
                       output=str(tmp_path / "bad")))
+
+
+# ------------------------------------------------------- resumable runs, unreadable images
+def _chunked(data, output, **overrides):
+  """The tiny model in chunks of one batch of 4: the 11 faces are chunks [0,4) [4,8) [8,11)."""
+  return score.run(_config(**{"quality_model.path": data["ckpt"],
+                              "quality_model.num_heads": data["cfg"].num_heads},
+                           images=overrides.pop("images", str(data["faces"])),
+                           output=str(output), batch_size=4, chunk_images=4, **overrides))
+
+
+def test_a_run_stopped_after_chunk_k_resumes_to_the_same_bytes(data, tmp_path, monkeypatch):
+  whole = _chunked(data, tmp_path / "whole")
+  stored = []
+
+  def ctrl_c_after_two(name):          # the user presses Ctrl-C once chunk 2 is stored
+    stored.append(name)
+    if len(stored) == 2:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(stages.StageCache, "after_stage", ctrl_c_after_two)
+  out = tmp_path / "stopped"
+  with pytest.raises(KeyboardInterrupt) as e:
+    _chunked(data, out)
+  assert e.value.__notes__ == [f"8 of 11 images are scored and kept in {out / 'score_chunks'}; "
+                               "the same command resumes there"]
+  assert not (out / "scores.csv").exists() and not (out / "score_stamp.json").exists()
+  stored.clear()
+  monkeypatch.setattr(stages.StageCache, "after_stage", stored.append)
+  again = _chunked(data, out)
+  assert again["resumed"] == 8 and len(stored) == 3          # chunks 1, 2 loaded; 3 scored
+  assert (out / "scores.csv").read_bytes() == (tmp_path / "whole" / "scores.csv").read_bytes()
+  a, b = np.load(whole["npz"]), np.load(again["npz"])
+  assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+  assert not (out / "score_chunks").exists()                  # scores.npz holds every row now
+
+
+def test_unreadable_images_are_all_listed_in_one_pass(data, tmp_path, monkeypatch):
+  folder = tmp_path / "faces"
+  shutil.copytree(data["faces"], folder)
+  bad = ["a/bad1.jpg", "d/bad2.png", "e/zbad3.jpg"]       # rows 2, 10, 13: chunks 1, 3, 4
+  (folder / bad[0]).write_bytes(b"\xff\xd8\xff\xe0 a truncated JPEG")
+  (folder / bad[1]).write_bytes(b"not an image at all")
+  (folder / bad[2]).write_bytes(b"")
+  out = tmp_path / "out"
+  monkeypatch.setattr(score, "SHOWN", 2)
+  with pytest.raises(preprocess.ImageError) as e:
+    _chunked(data, out, images=str(folder))
+  message = str(e.value)
+  assert message.startswith("3 of 14 images cannot be read:")
+  assert bad[0] in message and bad[1] in message and "... and 1 more" in message
+  assert f"All 3 are listed in {out / 'unreadable.txt'}" in message
+  assert "--config.skip_unreadable=True" in message
+  listed = (out / "unreadable.txt").read_text().splitlines()
+  assert [line.split("\t")[0] for line in listed] == bad
+  assert not (out / "scores.csv").exists()
+  # the first is fixed; the others are skipped: only the fixed file's chunk is scored again
+  Image.fromarray(data["images"][0]).save(folder / bad[0])
+  result = _chunked(data, out, images=str(folder), skip_unreadable=True)
+  assert result["skipped"] == bad[1:] and result["resumed"] == 10
+  assert (out / "skipped.txt").read_text().splitlines()[1].startswith(bad[2] + "\t")
+  assert not (out / "unreadable.txt").exists() and not (out / "score_chunks").exists()
+  header, names, values = _read_csv(result["scores"])
+  order = [n for n, _, _ in FILES]
+  assert names == sorted(order + bad[:1])
+  rows = [names.index(n) for n in order]
+  np.testing.assert_allclose(values[rows, :data["cfg"].depth], data["ref"]["exit_scores"],
+                             atol=1e-4)

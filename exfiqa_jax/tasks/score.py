@@ -10,10 +10,20 @@ method (quality_model.method, or `method:path`; docs/methods.md, Baselines) writ
 columns instead (crfiqa, serfiq, grafiqs_image.., vitnt..; exfiqa_jax/columns.py). Batches are
 decoded ahead in threads, padded to one shape and sharded over all devices; a finished run with
 the same inputs (docs/caching.md) is not recomputed.
+
+Rows are scored in chunks of `chunk_images` (a multiple of the batch, so the batches and the
+numbers are those of one pass): each finished chunk is stored at once in score_chunks/, keyed by
+the model, the settings and its own images, so a killed or interrupted run (Ctrl-C says how many
+images it kept) resumes at the first chunk it had not finished, and fixing one image rescores
+only its chunk. Unreadable images are collected over the whole run: without skip_unreadable the
+run scores every other image, then stops once, listing all of them (unreadable.txt); a rerun
+with --config.skip_unreadable=True then takes every chunk from score_chunks/.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -28,11 +38,15 @@ from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
+from exfiqa_jax.evaluation import stages
 from exfiqa_jax.methods import registry
 from exfiqa_jax.report import score as score_report
 
 FORMAT = 3   # 3: "" no longer means only the ViT-FIQA pass (an FR ViT adds ViTNT columns)
 METHOD_FLAG = "--config.quality_model.method="
+CHUNK_IMAGES = 4096    # rows per stored chunk when the config has no chunk_images
+SHOWN = 10             # unreadable images named in the error (all of them in unreadable.txt)
+KEPT, ERROR = "__kept__", "__error__"    # a chunk's rows read, and why a row was not
 
 
 def _identity(config, path, method, paths, names, channel_order, exit: int,
@@ -49,10 +63,19 @@ def _identity(config, path, method, paths, names, channel_order, exit: int,
           **asked}                              # {} for the ViT-FIQA pass: old stamps stay valid
 
 
-def _unreadable(error: str) -> preprocess.ImageError:
+def _unreadable(out: dict[str, str], problems: list[tuple[str, str]], total: int
+                ) -> preprocess.ImageError:
+  """The one error of a run that met unreadable images: how many, the first SHOWN, and where
+  the full list is (written here, on the writing process)."""
+  if parallel.is_writer():
+    score_report.write_unreadable(out, problems)
+  shown = "".join(f"\n  {error}" for _, error in problems[:SHOWN])
+  more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
   return preprocess.ImageError(
-      f"{error}\nFix or remove the file, or pass --config.skip_unreadable=True to skip "
-      "unreadable images (listed in skipped.txt)")
+      f"{len(problems)} of {total} images cannot be read:{shown}{more}\n"
+      f"All {len(problems)} are listed in {out['unreadable']}. Fix or remove the files, or pass "
+      "--config.skip_unreadable=True to skip them (listed in skipped.txt); the images scored "
+      f"are kept in {out['chunks']}, so the rerun scores only the chunks that changed")
 
 
 @contextlib.contextmanager
@@ -84,6 +107,7 @@ def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   if not os.path.isdir(path):
     with _naming_flag("--config.quality_model.path=<converted dir or .pt>"):
       identity.regular_stat(path)            # a pipe or a device is never opened
+  _check_chunk_images(config)
   if parallel.is_writer():
     files.check_output_dir(config.output)    # before any compute
   return channel_order, paths, names
@@ -94,15 +118,19 @@ def _photo_settings(data) -> detection_settings.PhotoSettings:
   return detection_settings.PhotoSettings.from_config(data)
 
 
-def _detect_photos(config, photo_settings, paths, names, channel_order, image_size: int):
+def _detect_photos(config, out, photo_settings, paths, names, channel_order, image_size: int):
   """Raw photos → the detected faces to score (detection/rows.py; docs/data.md)."""
   with tqdm(total=len(paths), unit="photo", desc="detect", smoothing=0.1,
             disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
     photos = detection_rows.photo_rows(paths, names, photo_settings, channel_order,
                                        image_size, progress=bar.update)
-  if photos.unreadable and not config.skip_unreadable:
-    raise _unreadable(next(iter(photos.unreadable.values())))
+  if photos.unreadable:                  # listed with the rows' at the end (_problems)
+    logging.warning("%d of %d photos cannot be read, e.g. %s", len(photos.unreadable),
+                    len(paths), next(iter(photos.unreadable.values())))
   if not photos.records:
+    if photos.unreadable and not config.skip_unreadable:
+      raise _unreadable(out, [(names[i], e) for i, e in sorted(photos.unreadable.items())],
+                        len(paths))
     raise preprocess.ImageError(f"no face found in any of the {len(paths)} photos of "
                                 f"{config.images} (--config.data.align=detect)")
   logging.info("%d faces to score from %d photos (%d without a face)", len(photos.records),
@@ -110,30 +138,106 @@ def _detect_photos(config, photo_settings, paths, names, channel_order, image_si
   return photos
 
 
-def _score_rows(config, model, reader, rows: int, row_names: list[str], exit: int):
-  """Every row through the model, sharded; (scores of the readable rows, keep mask [rows],
-  this host's decode errors by row, images/s)."""
-  chunks, keep, local_errors = [], [], {}
-  started = time.time()
-  with tqdm(total=rows, unit="img", desc="score", smoothing=0.1,
+@dataclasses.dataclass
+class _Rows:
+  """What the chunks score: each row's name and the file it is read from, the pipeline reader,
+  and for detected faces their detection columns (a chunk depends on its rows' faces too)."""
+  names: list[str]
+  files: list[str]
+  reader: Any
+  faces: dict[str, np.ndarray] | None = None
+
+  def chunk_identity(self, lo: int, hi: int, digest: bool) -> dict[str, Any]:
+    """What rows [lo, hi) are made from (with the run's model and settings: _score_chunks)."""
+    return {"rows": [lo, hi], "names": identity.names_identity(self.names[lo:hi]),
+            "images": identity.files_identity(self.files[lo:hi], digest=digest),
+            **({"faces": {k: v[lo:hi] for k, v in self.faces.items()}}
+               if self.faces is not None else {})}
+
+
+def _check_chunk_images(config) -> None:
+  size = config.get("chunk_images", CHUNK_IMAGES)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"--config.chunk_images={size!r}: must be a whole number >= 1 (images "
+                     "per stored chunk of a resumable run)")
+
+
+def _compute_chunk(config, model, reader, lo: int, hi: int, exit: int, bar
+                   ) -> dict[str, np.ndarray]:
+  """Rows [lo, hi) through the model, sharded: every score array, KEPT (the row was read) and
+  ERROR (why not, on the process that read it; "" elsewhere)."""
+  parts, kept, errors = [], [], [""] * (hi - lo)
+  for host in pipeline.host_batches(reader, hi, model.batch_size, start=lo,
+                                    image_size=model.image_size,
+                                    workers=config.data.get("decode_threads", 4)):
+    for row, error in host.errors.items():
+      errors[row - lo] = error
+    result = model.run_batch(host.images, exit=exit)
+    valid = parallel.global_to_host(parallel.host_batch_to_global(host.valid))
+    parts.append({k: v[:host.num_rows] for k, v in result.items() if k != "embedding"})
+    kept.append(valid[:host.num_rows])
+    bar.update(host.num_rows)
+  return {**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
+          KEPT: np.concatenate(kept), ERROR: np.asarray(errors, dtype=str)}
+
+
+def _interrupted(error: KeyboardInterrupt, text: str) -> None:
+  """Adds what an interrupted run kept to the KeyboardInterrupt (PEP 678 notes: the traceback
+  shows it, the command line prints it as its one line; exfiqa_jax/cli.py)."""
+  error.__notes__ = [*getattr(error, "__notes__", []), text]
+
+
+def _score_chunks(config, model, rows: _Rows, base: dict[str, Any], digest: bool,
+                  out: dict[str, str], exit: int
+                  ) -> tuple[dict[str, np.ndarray], int, float | None]:
+  """Every row through the model, one stored chunk at a time (score_chunks/; a chunk of an
+  earlier run made from the same model, settings and images is loaded instead): (every row's
+  arrays, rows taken from an earlier run, images/s of the rows scored now: None if none)."""
+  total = len(rows.names)
+  size = max(1, int(config.get("chunk_images", CHUNK_IMAGES)) // model.batch_size
+             ) * model.batch_size                     # whole batches: the batches of one pass
+  cache = stages.StageCache(out["chunks"], progress=False)
+  pieces, sizes, resumed, seconds, warned = [], {}, 0, 0.0, config.skip_unreadable
+  with tqdm(total=total, unit="img", desc="score", smoothing=0.1,
             disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
-    for host in pipeline.host_batches(reader, rows, model.batch_size, image_size=model.image_size,
-                                      workers=config.data.get("decode_threads", 4)):
-      if host.errors and not config.skip_unreadable:
-        raise _unreadable(next(iter(host.errors.values())))
-      for row, error in host.errors.items():
-        logging.warning("skipping unreadable image %s: %s", row_names[row], error)
-      local_errors.update(host.errors)
-      result = model.run_batch(host.images, exit=exit)
-      valid = parallel.global_to_host(parallel.host_batch_to_global(host.valid))
-      chunks.append({k: v[:host.num_rows] for k, v in result.items()})
-      keep.append(valid[:host.num_rows])
-      bar.update(host.num_rows)
-  rate = rows / max(time.time() - started, 1e-9)
-  keep = np.concatenate(keep)
-  scores = {k: np.concatenate([c[k] for c in chunks])[keep] for k in chunks[0]
-            if k != "embedding"}
-  return scores, keep, local_errors, rate
+    try:
+      for lo in range(0, total, size):
+        hi, started, name = min(total, lo + size), time.time(), f"rows_{lo:010d}"
+        sizes[name] = hi - lo
+        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)},
+                          functools.partial(_compute_chunk, config, model, rows.reader, lo, hi,
+                                            exit, bar))
+        if stage.cached:
+          resumed += hi - lo
+          bar.update(hi - lo)
+        else:
+          seconds += time.time() - started
+        if not warned and not stage[KEPT].all():
+          warned = True
+          logging.warning("unreadable: %s; the run scores every other image, then lists all "
+                          "that cannot be read (--config.skip_unreadable=True skips them)",
+                          next((e for e in stage[ERROR] if e), "(read by another process)"))
+        pieces.append(stage.arrays)
+    except KeyboardInterrupt as e:
+      kept = sum(sizes[event["stage"]] for event in cache.events     # stored or loaded
+                 if event["event"] in ("computed", "cached"))
+      _interrupted(e, f"{kept} of {total} images are scored and kept in {out['chunks']}; the "
+                      "same command resumes there")
+      raise
+  if resumed:
+    logging.info("%d of %d images from the chunks of an earlier run in %s", resumed, total,
+                 out["chunks"])
+  arrays = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+  return arrays, resumed, (total - resumed) / max(seconds, 1e-9) if total > resumed else None
+
+
+def _problems(rows: _Rows, arrays: dict[str, np.ndarray], photos, names: list[str]
+              ) -> list[tuple[str, str]]:
+  """(name, why) of every input that could not be read: unreadable photos, then rows."""
+  found = [(names[i], e) for i, e in sorted(photos.unreadable.items())] if photos else []
+  return found + [(rows.names[i], str(arrays[ERROR][i]) or
+                   "unreadable (reported by another host)")
+                  for i in np.flatnonzero(~arrays[KEPT])]
 
 
 def _load_model(config, path: str, method: str, dtype: str
@@ -147,11 +251,28 @@ def _load_model(config, path: str, method: str, dtype: str
                           method_options=registry.config_options(config.quality_model))
 
 
+@contextlib.contextmanager
+def _owning(output: str):
+  """The output folder has one owner while a run writes into it (files.folder_lock): two runs
+  into one folder would interleave their chunks and files under one stamp."""
+  if not parallel.is_writer():
+    yield
+    return
+  with files.folder_lock(output, "score", "--config.output"):
+    yield
+
+
 def run(config) -> dict[str, Any]:
   """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
   method, path = registry.resolve_entry(config.quality_model.path,   # [method:]path
                                         config.quality_model.get("method", ""), METHOD_FLAG)
   channel_order, paths, names = _check_inputs(config, path)
+  with _owning(config.output):
+    return _run(config, method, path, channel_order, paths, names)
+
+
+def _run(config, method: str, path: str, channel_order: str, paths: list[str],
+         names: list[str]) -> dict[str, Any]:
   out = score_report.paths(config.output)
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
@@ -165,8 +286,8 @@ def run(config) -> dict[str, Any]:
   if align == "detect":                    # raw photos: rows are detected faces
     photo_settings = _photo_settings(config.data)
     ident["align"] = detection_rows.align_identity(photo_settings)
-  if identity.begin_run(out["stamp"], ident, (out["csv"], out["npz"], out["skipped"],
-                                              out["no_face"]), "scores"):
+  if identity.begin_run(out["stamp"], ident, [out[k] for k in score_report.OUTPUTS
+                                              if k != "stamp"], "scores"):
     return {"scores": out["csv"], "npz": out["npz"], "cached": True}
 
   model = _load_model(config, path, method, dtype)
@@ -175,32 +296,51 @@ def run(config) -> dict[str, Any]:
                len(paths), config.images, model.method or f"mode {model.mode}", num_exits,
                model.num_exits, model.batch_size, jax.device_count())
   photos = None
-  rows, row_names = len(paths), list(names)
-  reader = pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True)
+  rows = _Rows(list(names), list(paths),
+               pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True))
   if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
-    photos = _detect_photos(config, photo_settings, paths, names, channel_order,
+    photos = _detect_photos(config, out, photo_settings, paths, names, channel_order,
                             model.image_size)
-    rows, row_names, reader = len(photos.records), photos.names, photos.reader
-  scores, keep, local_errors, rate = _score_rows(config, model, reader, rows, row_names, exit)
-  kept = [n for n, k in zip(row_names, keep) if k]
-  skipped = [(row_names[i], local_errors.get(i, "unreadable (reported by another host)"))
-             for i in np.flatnonzero(~keep)]
-  found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
-  if photos is not None:
-    skipped = [(names[i], e) for i, e in sorted(photos.unreadable.items())] + skipped
+    rows = _Rows(photos.names, [paths[r.image] for r in photos.records], photos.reader,
+                 photos.columns())
+  base = {k: v for k, v in ident.items()    # what every chunk depends on, with its own rows
+          if k not in ("images", "names", "skip_unreadable", "quality_mapping")}
+  base.update(batch_size=model.batch_size, devices=jax.device_count())   # the same bits
+  arrays, resumed, rate = _score_chunks(config, model, rows, base, "sha256" in ident["images"],
+                                        out, exit)
+  return _finish(config, out, ident, model, rows, arrays, photos, names, mapping,
+                 channel_order, exit, path, resumed, rate)
+
+
+def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mapping,
+            channel_order: str, exit: int, path: str, resumed: int, rate: float | None
+            ) -> dict[str, Any]:
+  """The scored rows → the job's files, or one error listing every unreadable input."""
+  keep = arrays[KEPT]
+  skipped = _problems(rows, arrays, photos, names)
+  if skipped and not config.skip_unreadable:
+    raise _unreadable(out, skipped, len(names))
+  if skipped:
+    logging.warning("skipping %d unreadable images (listed in %s), e.g. %s", len(skipped),
+                    out["skipped"], skipped[0][1])
+  kept = [n for n, k in zip(rows.names, keep) if k]
   if not kept:
-    raise preprocess.ImageError(f"none of the {len(paths)} images could be decoded; see "
-                                "the skipped files in the log")
+    raise preprocess.ImageError(f"none of the {len(names)} images could be decoded; see "
+                                f"{out['skipped']}")
+  scores = {k: v[keep] for k, v in arrays.items() if k not in (KEPT, ERROR)}
+  found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
   if parallel.is_writer():
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
     score_report.write(out, ident, names, kept, scores, model.has_exits, model.method,
                        {**q100, **found}, skipped, photos.no_face if photos is not None else None,
                        channel_order, exit, path)
-  logging.info("scored %d images (%d skipped, %.1f images/s) into %s", len(kept), len(skipped),
-               rate, config.output)
+  now = (f"{len(rows.names) - resumed} scored now, {rate:.1f} images/s" if rate is not None
+         else "none scored now")
+  logging.info("scored %d images (%d skipped; %s, %d from an earlier run) into %s", len(kept),
+               len(skipped), now, resumed, config.output)
   if photos is not None and photos.overflow:
     logging.warning("detector list caps hit on %d photos (a face may be missed; raise "
                     "config.data.detector.max_*): %s", len(photos.overflow), photos.overflow[:5])
   return {"scores": out["csv"], "npz": out["npz"], "cached": False, "count": len(kept),
           **({"no_face": photos.no_face} if photos is not None else {}),
-          "skipped": [n for n, _ in skipped], "images_per_second": rate}
+          "skipped": [n for n, _ in skipped], "resumed": resumed, "images_per_second": rate}
