@@ -4,14 +4,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from exfiqa_jax import files
 from exfiqa_jax.data import align, builders
 from exfiqa_jax.data import pairs as pairs_lib
-from exfiqa_jax.data.builders import verification_bin
+from exfiqa_jax.data.builders import base, verification_bin
 from exfiqa_jax.data.preprocess import ImageError
 
 
@@ -553,3 +555,40 @@ def test_threaded_image_preparation_keeps_order_and_reports_errors():
       assert isinstance(data, ImageError) and "im9" in str(data)
     else:
       assert data == raw[k]
+
+
+# --- one build per data set at a time (issue 21, item 2) -----------------------------------------
+def test_a_second_build_into_the_same_data_dir_waits_and_reuses_the_first(bin_dir, tmp_path,
+                                                                          monkeypatch):
+  """Job B asks for the same data set while job A's build is live (its `incomplete.*` folder
+  exists, A holds the lock): B waits, never removes A's folder as "left by a killed build",
+  and reuses A's build instead of building it again."""
+  manual, _, _ = bin_dir
+  real_side_files, real_sleep = base.Builder._write_side_files, files.time.sleep
+  b_waits, outcome, built = threading.Event(), {}, []
+
+  def job_b():
+    try:
+      outcome["directory"] = builders.build("lfw", manual, tmp_path / "data")
+    except BaseException as e:      # noqa: BLE001  reported by the main thread
+      outcome["error"] = e
+
+  def side_files_then_b_arrives(self, *args, **kwargs):
+    real_side_files(self, *args, **kwargs)
+    built.append(os.fspath(self.data_path))       # A's live incomplete.* folder
+    thread = threading.Thread(target=job_b)
+    thread.start()
+    assert b_waits.wait(timeout=20), "job B did not wait for job A's build"
+    assert os.path.isdir(built[-1])                # B removed nothing of A's
+    outcome["thread"] = thread
+
+  monkeypatch.setattr(base.Builder, "_write_side_files", side_files_then_b_arrives)
+  monkeypatch.setattr(files.time, "sleep", lambda s: (b_waits.set(), real_sleep(0.01)))
+  directory = builders.build("lfw", manual, tmp_path / "data")      # job A
+  outcome["thread"].join(timeout=20)
+  assert "error" not in outcome, outcome.get("error")
+  assert outcome["directory"] == directory and len(built) == 1      # built once, reused
+  assert "incomplete." in os.path.basename(built[0])
+  source, info = builders.load("lfw", None, tmp_path / "data")
+  assert len(source) == 8 and info.directory == directory
+  assert not os.path.exists(os.path.join(os.path.dirname(directory), files.LOCK_NAME))

@@ -124,22 +124,51 @@ def builder_for(name: str, data_dir: str | None = None, **options) -> base.Build
 
 def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike | None
           = None, *, overwrite: bool = False, **options) -> str:
-  """Builds the data set (once; later calls reuse it) and returns its directory."""
+  """Builds the data set (once; later calls reuse it) and returns its directory.
+
+  A build owns its data set's folder while it runs (files.folder_lock, waiting): a second job
+  building the same set into the same data_dir waits for the first and reuses its build,
+  instead of building it again or deleting the first one's live `incomplete.*` folder as left
+  by a killed build. A set already built and current is opened without the lock (a read-only
+  data_dir works)."""
   builder = builder_for(name, None if data_dir is None else os.fspath(data_dir), **options)
   directory = os.fspath(builder.data_path)
-  built = os.path.exists(os.path.join(directory, base.INFO_FILE)) and builder.is_prepared()
-  if built and not overwrite:
-    meta = files.read_json(os.path.join(directory, base.INFO_FILE))
-    stored = meta["manual_dir"]
-    if manual_dir is not None and os.path.abspath(os.fspath(manual_dir)) != stored:
-      raise ValueError(f"{directory} already holds {builder.name} built from {stored}, not "
-                       f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
-                       f"overwrite=True to rebuild it.")
-    changed = _changed_sources(builder, meta, directory)
-    if changed is None:
+  if not overwrite and _reusable(builder, directory, manual_dir)[0]:
+    return directory
+  with files.folder_lock(os.path.dirname(os.path.normpath(directory)),
+                         f"building {builder.name}/{builder.builder_config.name}",
+                         "--config.data.data_dir", wait=True):
+    return _build_owned(builder, directory, manual_dir, overwrite)
+
+
+def _reusable(builder: base.Builder, directory: str, manual_dir: str | os.PathLike | None
+              ) -> tuple[bool, str | None]:
+  """(whether the built set in `directory` can be used as it is, why not: None when it is
+  not built, else what changed). Built from another manual_dir is an error."""
+  if not (os.path.exists(os.path.join(directory, base.INFO_FILE)) and builder.is_prepared()):
+    return False, None
+  meta = files.read_json(os.path.join(directory, base.INFO_FILE))
+  stored = meta["manual_dir"]
+  if manual_dir is not None and os.path.abspath(os.fspath(manual_dir)) != stored:
+    raise ValueError(f"{directory} already holds {builder.name} built from {stored}, not "
+                     f"{os.path.abspath(os.fspath(manual_dir))}. Use another data_dir, or "
+                     f"overwrite=True to rebuild it.")
+  changed = _changed_sources(builder, meta, directory)
+  return changed is None, changed
+
+
+def _build_owned(builder: base.Builder, directory: str, manual_dir: str | os.PathLike | None,
+                 overwrite: bool) -> str:
+  """`build` while this job owns the data set's folder: a build another job finished while
+  this one waited is reused."""
+  if not overwrite:
+    reusable, changed = _reusable(builder, directory, manual_dir)
+    if reusable:
       return directory
-    logging.warning("%s: rebuilding %s: %s", builder.name, directory, changed)
-    overwrite, manual_dir = True, manual_dir if manual_dir is not None else stored
+    if changed is not None:
+      logging.warning("%s: rebuilding %s: %s", builder.name, directory, changed)
+      stored = files.read_json(os.path.join(directory, base.INFO_FILE))["manual_dir"]
+      overwrite, manual_dir = True, manual_dir if manual_dir is not None else stored
   if manual_dir is None and not builder.NEEDS_MANUAL_DIR:
     manual_dir = os.path.dirname(directory)       # unused by the builder; TFDS wants a folder
     os.makedirs(manual_dir, exist_ok=True)
@@ -163,7 +192,8 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
 def remove_killed_builds(directory: str) -> list[str]:
   """Removes what a killed build of `directory` left: TFDS builds into a sibling
   `incomplete.XXXXXX_<version>/` and renames it when done, so a killed build leaves that folder
-  (at IJB-C size, gigabytes). A build restarts from the beginning; one writer per data_dir."""
+  (at IJB-C size, gigabytes). A build restarts from the beginning. Called only by the job that
+  owns the data set's folder (`build`): a live build of another job is never removed."""
   parent, version = os.path.split(os.path.normpath(directory))
   if not os.path.isdir(parent):
     return []
