@@ -143,6 +143,12 @@ def test_an_index_of_another_rec_is_refused(tmp_path):
     f.write("\n".join(lines) + "\n")
   with pytest.raises(recordio.RecordIOError, match=r"not a 4-byte aligned position inside"):
     recordio.FaceRecords(root)
+  lines[2] += " 5"                               # even field count, odd fields on two lines
+  lines[3] = f"{key} {offset} 7"
+  with open(idx, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with pytest.raises(recordio.RecordIOError, match=r"train\.idx, line 3: .* not a RecordIO index"):
+    recordio.FaceRecords(root)
 
 
 def test_missing_files_and_bad_property_name_the_flag(tmp_path):

@@ -71,23 +71,30 @@ def unpack(record: bytes, where: str = "<record>") -> ImageRecord:
 
 def read_index(path: str) -> tuple[np.ndarray, np.ndarray]:
   """A `.idx` file → (keys int64 [R], byte offsets int64 [R]) in file order."""
-  keys, offsets = [], []
-  with open(path, encoding="ascii", errors="replace") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.split("\t")
-      try:
-        key, offset = int(fields[0]), int(fields[1])
-      except (ValueError, IndexError):
-        raise RecordIOError(f"{path}, line {number}: {line.strip()[:60]!r} is not "
-                            "'<key>\\t<offset>'; not a RecordIO index") from None
-      keys.append(key)
-      offsets.append(offset)
-  if not keys:
+  with open(path, "rb") as f:
+    raw = f.read()
+  fields = raw.split()
+  try:
+    table = np.asarray(fields, dtype="S24").astype(np.int64).reshape(-1, 2)
+    if len(table) != sum(1 for line in raw.splitlines() if line.strip()):
+      raise ValueError("not two fields a line")
+  except ValueError:                 # find the line that says what is wrong
+    _check_index_lines(path)
+    raise RecordIOError(f"{path} is not '<key>\\t<offset>' lines; not a RecordIO index") \
+        from None
+  if not len(table):
     raise RecordIOError(f"{path} lists no record; re-create the index or point {FIX} at the "
                         "folder that holds the right train.idx")
-  return np.asarray(keys, np.int64), np.asarray(offsets, np.int64)
+  return table[:, 0].copy(), table[:, 1].copy()
+
+
+def _check_index_lines(path: str) -> None:
+  with open(path, encoding="ascii", errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      fields = line.split()
+      if fields and (len(fields) != 2 or not all(x.lstrip("-").isdigit() for x in fields)):
+        raise RecordIOError(f"{path}, line {number}: {line.strip()[:60]!r} is not "
+                            "'<key>\\t<offset>'; not a RecordIO index")
 
 
 class RecordFile:
@@ -103,8 +110,9 @@ class RecordFile:
       raise self._mismatch(int(keys[k]), int(offsets[k]),
                            f"which is not a 4-byte aligned position inside its {self.size} bytes")
     self.keys = keys
-    self._offset = dict(zip(keys.tolist(), offsets.tolist()))
-    if len(self._offset) != len(keys):
+    order = np.argsort(keys, kind="stable")
+    self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
+    if (np.diff(self._sorted_keys) == 0).any():
       raise RecordIOError(f"{idx_path} lists a key twice; re-create the index")
     self._fd = os.open(rec_path, os.O_RDONLY)
 
@@ -116,14 +124,23 @@ class RecordFile:
   def __len__(self) -> int:
     return len(self.keys)
 
+  def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    at = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
+    return at, self._sorted_keys[at] == keys
+
   def __contains__(self, key: int) -> bool:
-    return int(key) in self._offset
+    return bool(self._find(np.asarray([key], np.int64))[1][0])
+
+  def offsets_of(self, keys: np.ndarray) -> np.ndarray:
+    """Byte offsets int64 [n] of records `keys`; a key the index lacks is an error."""
+    keys = np.asarray(keys, np.int64)
+    at, found = self._find(keys)
+    if not found.all():
+      raise RecordIOError(f"{self.idx_path} has no record {int(keys[~found][0])}")
+    return self._sorted_offsets[at]
 
   def offset(self, key: int) -> int:
-    try:
-      return self._offset[int(key)]
-    except KeyError:
-      raise RecordIOError(f"{self.idx_path} has no record {key}") from None
+    return int(self.offsets_of(np.asarray([key], np.int64))[0])
 
   def _mismatch(self, key: int, offset: int, problem: str) -> RecordIOError:
     return RecordIOError(
@@ -170,7 +187,7 @@ class RecordFile:
     writer split the record within its first 28 bytes (the magic word there): such records,
     and any that do not frame as the index says (then the error), are read one by one."""
     keys = np.asarray(keys, np.int64)
-    offsets = np.fromiter((self.offset(k) for k in keys.tolist()), np.int64, len(keys))
+    offsets = self.offsets_of(keys)
     mapped = np.memmap(self.rec_path, np.uint8, "r")
     out = np.empty(len(keys), np.float64)
     need = 8 + HEADER.size + 4
