@@ -1,4 +1,4 @@
-"""insightface's MXNet RecordIO face sets (`train.rec`, `train.idx`, `property`), read without MXNet.
+"""insightface's MXNet RecordIO face sets (`train.rec`, `train.idx`, `property`), without MXNet.
 
 insightface distributes MS1MV2 (`faces_emore`), MS1MV3, Glint360K and the community re-packs of
 WebFace42M as one folder:
@@ -113,7 +113,8 @@ class RecordFile:
     order = np.argsort(keys, kind="stable")
     self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
     if (np.diff(self._sorted_keys) == 0).any():
-      raise RecordIOError(f"{idx_path} lists a key twice; re-create the index")
+      raise RecordIOError(f"{idx_path} lists a key twice; re-create the index or point {FIX} "
+                          "at a folder with a sound train.idx")
     self._fd = os.open(rec_path, os.O_RDONLY)
 
   def __del__(self):
@@ -265,11 +266,13 @@ class FaceRecords:
       if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise RecordIOError(f"{self.file.rec_path} record {int(self.keys[k])} has label "
-                            f"{raw[k]!r}, not an identity index (a whole number >= 0)")
+                            f"{raw[k]!r}, not an identity index (a whole number >= 0); "
+                            f"{FIX} must name a face-recognition training set")
       if self.property_classes is not None and labels.max() >= self.property_classes:
         raise RecordIOError(f"{self.file.rec_path} has label {int(labels.max())} but "
                             f"{os.path.join(self.root, 'property')} says "
-                            f"{self.property_classes} identities")
+                            f"{self.property_classes} identities; fix property (or remove it: "
+                            "the count is then the largest label + 1)")
       logging.info("read %d labels of %s in %.1f s", len(labels), self.file.rec_path,
                    time.time() - t0)
       self._labels = labels
@@ -295,7 +298,8 @@ def read_property(path: str) -> int | None:
     raise RecordIOError(f"{path} reads {text[:40]!r}, not '<identities>,112,112'; fix or "
                         "remove it (the identity count is then the largest label + 1)") from None
   if classes < 1:
-    raise RecordIOError(f"{path} says {classes} identities")
+    raise RecordIOError(f"{path} says {classes} identities; fix or remove it (the identity "
+                        "count is then the largest label + 1)")
   return classes
 
 

@@ -19,7 +19,7 @@ from exfiqa_jax.data.builders import base
 from exfiqa_jax.data.builders.loader import register
 
 LAYOUT = """\
-  <manual_dir>/                    insightface faces_emore (MS1MV2), ms1m-retinaface-t1, glint360k, ...
+  <manual_dir>/                    insightface faces_emore (MS1MV2), glint360k, ...
     train.rec                      MXNet RecordIO: header record 0, then one record per image
     train.idx                      <key>\\t<byte offset> per record
     property                       <identities>,112,112  (optional: else the largest label + 1)"""
