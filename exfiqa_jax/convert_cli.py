@@ -73,22 +73,31 @@ def _run(main: Callable[[list[str]], None]) -> None:
   app.run(main)
 
 
+def _here() -> dict[str, str]:
+  """Flags declared for the running script, so that absl's --help lists them."""
+  return dict(module_name=sys.argv[0])
+
+
 def torch_to_flax_main() -> None:
   """Console script `exfiqa-torch-to-flax` (and converters/torch_to_flax.py)."""
-  flags.DEFINE_string("checkpoint", None, "PyTorch .pt/.pth state dict to convert.")
-  flags.DEFINE_string("out", None, "Output directory (Orbax variables + model_config.json).")
+  here = _here()
+  flags.DEFINE_string("checkpoint", None, "PyTorch .pt/.pth state dict to convert.", **here)
+  flags.DEFINE_string("out", None, "Output directory (Orbax variables + model_config.json).",
+                      **here)
   flags.DEFINE_integer("num_heads", 0, "Attention heads (not recorded in any weight shape); "
-                       "0 = the published architecture's own count, else 8.")
+                       "0 = the published architecture's own count, else 8.", **here)
   flags.DEFINE_string("family", "", f"Model family; empty = detect from the keys. Known: "
-                      f"{convert.families.names()}")
+                      f"{convert.families.names()}", **here)
   flags.DEFINE_bool("overwrite", False, "Replace --out even when it holds files that no "
-                    "conversion wrote (never the input).")
+                    "conversion wrote (never the input).", **here)
   _run(torch_to_flax)
 
 
 def flax_to_torch_main() -> None:
   """Console script `exfiqa-flax-to-torch` (and converters/flax_to_torch.py)."""
-  flags.DEFINE_string("checkpoint", None, "Converted model directory (model_config.json).")
-  flags.DEFINE_string("out", None, "Output PyTorch file (.pt).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
+  here = _here()
+  flags.DEFINE_string("checkpoint", None, "Converted model directory (model_config.json).",
+                      **here)
+  flags.DEFINE_string("out", None, "Output PyTorch file (.pt).", **here)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.", **here)
   _run(flax_to_torch)

@@ -354,6 +354,7 @@ def _run_cli(module: str, *args: str, returncode: int = 0) -> subprocess.Complet
   proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == returncode, proc.stderr[-4000:]
+  assert "orbax" not in proc.stderr.lower(), proc.stderr[-4000:]   # INFO: ours only (console.py)
   return proc
 
 
