@@ -226,7 +226,8 @@ class FolderLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def folder_lock(path: str, what: str, flag: str, *, wait: bool = False) -> Iterator[None]:
+def folder_lock(path: str, what: str, flag: str, *, wait: bool = False, enabled: bool = True
+                ) -> Iterator[None]:
   """Owns the folder `path` for the duration of the block: an advisory `flock` on
   `<path>/.exfiqa.lock`, which holds one JSON line naming the holder (PID, host, `what`, start
   time). Two jobs writing into one folder would interleave their files, and a completion stamp
@@ -238,7 +239,12 @@ def folder_lock(path: str, what: str, flag: str, *, wait: bool = False) -> Itera
   when its holder dies; a lock still held for a dead process of this host (a forked worker
   that outlived it kept the file open) is taken over silently. The lock file is removed on
   release. Reentry from the same process is a conflict too: one folder, one owner.
+  `enabled=False` takes no lock: on several hosts only process 0 writes the outputs, so only
+  it owns the folder (`enabled=parallel.is_writer()`).
   """
+  if not enabled:
+    yield
+    return
   path = os.path.abspath(os.fspath(path))
   os.makedirs(path, exist_ok=True)
   lock_path = os.path.join(path, LOCK_NAME)

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import struct
 import zipfile
 import zlib
@@ -188,8 +189,12 @@ def test_score_outputs_are_one_set_disk_full(assets, tmp_path, monkeypatch):
   for name in ("000.png", "001.png"):
     shutil.copy(assets["faces"] / name, few / name)
 
-  def full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
+  save_npz = files.save_npz
+
+  def full(path, *args, **kwargs):         # the run's chunks are stored; scores.npz is not
+    if os.path.basename(path) == "scores.npz":
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return save_npz(path, *args, **kwargs)
   monkeypatch.setattr(files, "save_npz", full)
   with pytest.raises(OSError, match="No space"):
     score.run(_score_config(assets, out, images=str(few)))
@@ -665,3 +670,49 @@ def test_a_special_file_as_a_checkpoint_or_mapping_is_named_not_opened(tmp_path)
   os.mkfifo(tmp_path / "m.json")
   with pytest.raises(ValueError, match="m.json is a named pipe.*--config.quality_mapping="):
     quality_mapping.mapping_for(None, str(tmp_path / "m.json"))
+
+
+# ------------------------------------ issue 21, item 2: one run per output folder (eval, early_exit, demo)
+def _task_and_window(job):
+  """(run, config of a fresh output folder, the module and name of a function the task calls
+  after taking its output folder: the window in which a second run lands)."""
+  from configs import demo as demo_config
+  from configs import early_exit as early_exit_config
+  from exfiqa_jax.tasks import demo, early_exit
+  from exfiqa_jax.tasks import eval as eval_task
+  if job == "eval":
+    return eval_task.run, lambda out: eval_config(["lfw"], output=out), pipeline, \
+        "load_quality_models"
+  if job == "early_exit":
+    return early_exit.run, lambda out: worlds.override(early_exit_config.get_config("size=smoke"),
+                                                       output=out), \
+        pipeline, "load_quality_models"
+  return demo.run, lambda out: worlds.override(demo_config.get_config(), output=out), demo, \
+      "train_model"
+
+
+@pytest.mark.parametrize("job", ["eval", "early_exit", "demo"])
+def test_a_second_run_into_a_busy_output_folder_fails_at_once(tmp_path, monkeypatch, job):
+  """Run B (other images) starts while run A works in the same --config.output: B fails before
+  any work, naming A (PID, host, start) and the flag that picks another folder; A's folder is
+  free again once A ends."""
+  run, config_for, module, window = _task_and_window(job)
+  out = str(tmp_path / "out")
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def run_b_inside_a(*args, **kwargs):
+    with pytest.raises(files.FolderLockedError) as e:
+      run(config_for(out))
+    seen["message"] = str(e.value)
+    raise Stop()                              # the rest of A is not this test's concern
+
+  monkeypatch.setattr(module, window, run_b_inside_a)
+  with pytest.raises(Stop):
+    run(config_for(out))
+  for part in (f"PID {os.getpid()}", socket.gethostname(), f"{job},", "since",
+               "--config.output=<another folder>"):
+    assert part in seen["message"], (part, seen["message"])
+  assert not os.path.exists(os.path.join(out, files.LOCK_NAME))     # released when A ended

@@ -61,6 +61,12 @@ def run(config) -> dict[str, Any]:
   if parallel.is_writer():
     files.check_output_dir(output)
   trainer.check_config(config.train, "--config.train.")   # before any data is rendered
+  with files.folder_lock(output, "demo", "--config.output",       # one run per folder
+                         enabled=parallel.is_writer()):
+    return _run(config, output, started)
+
+
+def _run(config, output: str, started: float) -> dict[str, Any]:
   train_cfg = config.train
   train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
   train_cfg.seed = config.seed

@@ -29,6 +29,12 @@ def run(config) -> dict[str, Any]:
   started = time.time()
   if parallel.is_writer():
     files.check_output_dir(config.output)
+  with files.folder_lock(config.output, "early_exit", "--config.output",  # one run per folder
+                         enabled=parallel.is_writer()):
+    return _run(config, started)
+
+
+def _run(config, started: float) -> dict[str, Any]:
   quality = pipeline.load_quality_models(config)
   if len(quality) != 1:
     raise ValueError("early_exit analyses one quality model; pass one "

@@ -26,6 +26,12 @@ def run(config) -> dict[str, Any]:
   protocols.check_protocol(config.data.get("protocol", "published"))   # before any model loads
   if parallel.is_writer():
     files.check_output_dir(config.output)
+  with files.folder_lock(config.output, "eval", "--config.output",   # one run per folder
+                         enabled=parallel.is_writer()):
+    return _run(config, started)
+
+
+def _run(config, started: float) -> dict[str, Any]:
   quality = pipeline.load_quality_models(config)
   scores = pipeline.load_external_scores(config)         # other methods' score files, read once
   pipeline.fr_items(config, quality)                     # bad FR input fails before any data work
