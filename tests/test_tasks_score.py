@@ -388,3 +388,75 @@ def test_unreadable_images_are_all_listed_in_one_pass(data, tmp_path, monkeypatc
   rows = [names.index(n) for n in order]
   np.testing.assert_allclose(values[rows, :data["cfg"].depth], data["ref"]["exit_scores"],
                              atol=1e-4)
+
+
+def test_the_scores_record_the_checkpoint_that_was_loaded(data, tmp_path, monkeypatch, caplog):
+  """Issue 21, item 1: the score job hashed the path, then loaded it; a file re-exported in
+  between was recorded by the bytes it did not load, and once the old file was back a rerun
+  said "already complete" with the other model's scores."""
+  ckpt = tmp_path / "model.pt"
+  shutil.copyfile(data["ckpt"], ckpt)
+  _, other = _twin("token", seed=12)
+  torch.save(other.state_dict(), tmp_path / "other.pt")
+  real_load = inference.load
+
+  def reexported_in_the_window(path, **kwargs):
+    shutil.copyfile(tmp_path / "other.pt", ckpt)
+    return real_load(path, **kwargs)
+  monkeypatch.setattr(inference, "load", reexported_in_the_window)
+  common = {"quality_model.path": str(ckpt), "quality_model.num_heads": data["cfg"].num_heads}
+  with caplog.at_level("WARNING"):
+    first = score.run(_config(images=str(data["faces"]), output=str(tmp_path / "o"), **common))
+  assert any("changed between the completion-stamp check and its load" in r.getMessage()
+             for r in caplog.records)
+  _, names, values = _read_csv(first["scores"])       # the other model's scores
+  order = [n for n, _, _ in FILES]
+  perm = [order.index(n) for n in names]
+  assert not np.allclose(values[:, :data["cfg"].depth], data["ref"]["exit_scores"][perm],
+                         atol=1e-3)
+  monkeypatch.setattr(inference, "load", real_load)
+  shutil.copyfile(data["ckpt"], ckpt)                    # the first model is back
+  again = score.run(_config(images=str(data["faces"]), output=str(tmp_path / "o"), **common))
+  assert not again["cached"]
+  ref_scores = {k: v[perm] for k, v in data["ref"].items()}
+  _check_against_twin(again["scores"], ref_scores, names, data["cfg"].depth)
+
+
+def test_a_directory_without_a_recorded_digest_is_still_cached(data, tmp_path, caplog):
+  """Its loaded identity (the digest of the restored values) has another form than the stamp
+  check's hash of its files: an unchanged hash after the load keeps the stamp valid."""
+  import json
+  from exfiqa_jax import checkpoints
+  model = worlds.save_vit(tmp_path / "m", "token", 0)
+  config_file = os.path.join(model, checkpoints.CONFIG_FILE)
+  with open(config_file) as f:
+    recorded = json.load(f)
+  del recorded[checkpoints.INTEGRITY_KEY]                # as an older version wrote it
+  with open(config_file, "w") as f:
+    json.dump(recorded, f)
+  common = dict(images=str(data["faces"]), output=str(tmp_path / "o"),
+                **{"quality_model.path": model})
+  with caplog.at_level("WARNING"):
+    assert not score.run(_config(**common))["cached"]
+  assert not any("changed between" in r.getMessage() for r in caplog.records)
+  assert score.run(_config(**common))["cached"]
+
+
+def test_a_second_run_into_a_busy_output_folder_fails_at_once(data, tmp_path, monkeypatch):
+  """Issue 21, item 2: run B (other images) lands inside run A in one --config.output: B fails
+  before any work, naming A and the flag; A's folder is free again once A ends."""
+  from exfiqa_jax import files
+  out = str(tmp_path / "out")
+  common = {"quality_model.path": data["ckpt"], "quality_model.num_heads": data["cfg"].num_heads}
+  seen = {}
+
+  def run_b_inside_a(*args, **kwargs):
+    with pytest.raises(files.FolderLockedError) as e:
+      score.run(_config(images=str(data["swapped"]), output=out, **common))
+    seen["message"] = str(e.value)
+    raise KeyboardInterrupt                   # the rest of A is not this test's concern
+  monkeypatch.setattr(inference, "load", run_b_inside_a)
+  with pytest.raises(KeyboardInterrupt):
+    score.run(_config(images=str(data["faces"]), output=out, **common))
+  assert f"PID {os.getpid()}" in seen["message"] and "--config.output=" in seen["message"]
+  assert not os.path.exists(os.path.join(out, files.LOCK_NAME))       # released when A ended

@@ -51,7 +51,9 @@ KEPT, ERROR = "__kept__", "__error__"    # a chunk's rows read, and why a row wa
 
 def _identity(config, path, method, paths, names, channel_order, exit: int,
               dtype: str = "float32") -> dict[str, Any]:
-  """What the scores are made from (docs/caching.md): any change recomputes them."""
+  """What the scores are made from (docs/caching.md): any change recomputes them. The
+  checkpoint as its path is now, for the stamp check; a run records what it loaded
+  (_loaded_checkpoint)."""
   asked = registry.identity(method, registry.config_options(config.quality_model))
   return {"format": FORMAT,
           "checkpoint": checkpoints.checkpoint_identity(path),
@@ -251,15 +253,22 @@ def _load_model(config, path: str, method: str, dtype: str
                           method_options=registry.config_options(config.quality_model))
 
 
-@contextlib.contextmanager
-def _owning(output: str):
-  """The output folder has one owner while a run writes into it (files.folder_lock): two runs
-  into one folder would interleave their chunks and files under one stamp."""
-  if not parallel.is_writer():
-    yield
-    return
-  with files.folder_lock(output, "score", "--config.output"):
-    yield
+def _loaded_checkpoint(path: str, before: dict[str, Any], model) -> dict[str, Any]:
+  """The checkpoint identity the scores record: that of the bytes the model was loaded from
+  (model.identity: checkpoints.read_pt / read_model), not of the path hashed `before` the load
+  for the completion-stamp check, which a file re-exported in between would misname. A
+  directory written before its variables digest was recorded identifies its loaded values in
+  another form than checkpoint_identity: it keeps `before` when hashing it again after the
+  load gives the same, so that its stamp can match the next run's check."""
+  loaded = model.identity
+  if loaded == before:
+    return loaded
+  if os.path.isdir(path) and checkpoints.recorded_digest(path) is None and (
+      checkpoints.checkpoint_identity(path) == before):
+    return before
+  logging.warning("%s changed between the completion-stamp check and its load; the scores "
+                  "record the checkpoint that was loaded", path)
+  return loaded
 
 
 def run(config) -> dict[str, Any]:
@@ -267,7 +276,9 @@ def run(config) -> dict[str, Any]:
   method, path = registry.resolve_entry(config.quality_model.path,   # [method:]path
                                         config.quality_model.get("method", ""), METHOD_FLAG)
   channel_order, paths, names = _check_inputs(config, path)
-  with _owning(config.output):
+  # one run per output folder: two would interleave their chunks and files under one stamp
+  with files.folder_lock(config.output, "score", "--config.output",
+                         enabled=parallel.is_writer()):
     return _run(config, method, path, channel_order, paths, names)
 
 
@@ -291,6 +302,7 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
     return {"scores": out["csv"], "npz": out["npz"], "cached": True}
 
   model = _load_model(config, path, method, dtype)
+  ident["checkpoint"] = _loaded_checkpoint(path, ident["checkpoint"], model)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
   logging.info("scoring %d images from %s: %s, %d of %d exits, batch %d on %d devices",
                len(paths), config.images, model.method or f"mode {model.mode}", num_exits,
