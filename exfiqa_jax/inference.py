@@ -5,7 +5,10 @@
     out = model.score(images)    # uint8 [B, H, W, 3] RGB, any B
     out["exit_scores"] [B, L]  out["ex_fiqa_f"] [B]  out["ex_fiqa_fw"] [B]
     out["attn_scores"] [B, L]  out["embedding"] [B, E]  (+ out["attn_maps"] [B, L, N])
-    out = model.score(images, exit=7)   # the program truncated after block 7: exits 1..7 only
+    out["q100_exit_1"] .. out["q100_ex_fiqa_fw"] [B]   # 0–100, when the model directory has a
+                                 # quality_mapping.json (the early_exit job stores it there)
+    out = model.score(images, exit=7)   # the program truncated after block 7: exits 1..7 only,
+                                        # ex_fiqa_f/fw then fuse exits 1..7 (docs/methods.md)
     result = model.cascade(images, thresholds)   # adaptive early exits (models/exits.py)
 
 Mode "fr" models (insightface/CVLFace ViTs) have no quality head: their result holds
@@ -31,7 +34,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from exfiqa_jax import checkpoints, columns, convert, fusion, models, parallel
+from exfiqa_jax import checkpoints, columns, convert, fusion, models, parallel, quality_mapping
 from exfiqa_jax.convert import strict
 from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
@@ -142,6 +145,21 @@ class QualityModel(BatchedModel):
     self._truncated: dict[int, Any] = {self.num_exits: self.variables}   # on device, per exit
     self._cascades: dict[tuple[int, ...], exits_lib.Cascade] = {}
     self._vitnt_scorer: scorer_lib.Scorer | None = None
+    self._mapping: quality_mapping.QualityMapping | None = None
+    self._mapping_from: tuple[str, str] | None = None     # load's (path, mapping=), read lazily
+
+  @property
+  def mapping(self) -> quality_mapping.QualityMapping | None:
+    """The 0–100 mapping `score` applies: load's `mapping=` (by default the one stored with the
+    model directory), read at first use, so jobs that never call `score` never read it."""
+    if self._mapping_from is not None:
+      self._mapping = quality_mapping.mapping_for(*self._mapping_from)
+      self._mapping_from = None
+    return self._mapping
+
+  @mapping.setter
+  def mapping(self, value: quality_mapping.QualityMapping | None) -> None:
+    self._mapping, self._mapping_from = value, None
 
   @property
   def has_exits(self) -> bool:
@@ -249,9 +267,14 @@ class QualityModel(BatchedModel):
     aligned face (detection/faces.py; `face` "primary" per photo or "all"), and the result also
     holds image (its photo's index), face, num_faces, det_score, box [N, 4], landmarks
     [N, 5, 2] and no_face (indices of photos without a face); docs/data.md.
+    With a 0–100 mapping (`mapping`: load's, the model directory's quality_mapping.json) the
+    result also holds q100_<column> [N] for each mapped column, as the score job's scores.csv
+    (quality_mapping.QualityMapping.apply; under exit=k only q100_exit_1..k: the fusions there
+    fuse exits 1..k, not the L exits the mapping was fitted on).
     """
     self.resolve_exit(exit)
-    return self._score(images, align, face, lambda batch: self.run_batch(batch, attn_maps, exit))
+    out = self._score(images, align, face, lambda batch: self.run_batch(batch, attn_maps, exit))
+    return {**out, **self.mapping.apply(out)} if self.mapping is not None else out
 
   def cascade(self, images: np.ndarray, thresholds: exits_lib.CascadeThresholds,
               ladder: Sequence[int] | None = None) -> exits_lib.CascadeResult:
@@ -373,7 +396,7 @@ def implied_method(model_config: Mapping[str, Any]) -> str:
 
 def load(path: str | os.PathLike, method: str = "", num_heads: int | None = None,
          family: str | None = None, batch_size: int = 64, dtype: str | None = None,
-         method_options: Mapping[str, Mapping[str, Any]] | None = None,
+         method_options: Mapping[str, Mapping[str, Any]] | None = None, mapping: str = "",
          **options: Any) -> QualityModel | MethodModel:
   """A loaded quality model from a converted directory or a `.pt` file (converted in memory).
 
@@ -384,6 +407,9 @@ def load(path: str | os.PathLike, method: str = "", num_heads: int | None = None
   A ViT-FIQA or FR ViT comes back as a QualityModel (vitnt: ATTN + ViTNT in the same pass;
   for a ViT-FIQA model the toolkit's extension), anything else as a MethodModel. A method that
   cannot apply is a ValueError naming `method=` (the task's flag inside a task).
+  `mapping` (ViT-FIQA models): the 0–100 mapping whose q100_* columns `score` adds, as the
+  score job's --config.quality_mapping: "" = the model directory's quality_mapping.json when it
+  has one, "none" = no q100_* columns, or a quality_mapping.json (quality_mapping.mapping_for).
   `dtype` "bfloat16" runs a ViT's matmuls in bfloat16 (variables stay float32; LayerNorms,
   exit heads and ATTN statistics float32; docs/accelerators.md); methods run float32.
   """
@@ -399,6 +425,8 @@ def load(path: str | os.PathLike, method: str = "", num_heads: int | None = None
       model = QualityModel(module, variables, config, batch_size=batch_size,
                            vitnt=opts if method == registry.VITNT else None)
       model.identity = ident
+      if model.has_exits:
+        model._mapping_from = (path, mapping)
       return model
     if dtype != "float32":
       logging.info("%s%s runs in float32 (compute_dtype %s applies to ViTs)", flag, method,

@@ -171,3 +171,29 @@ def test_a_directory_keeps_its_recorded_heads(ckpts, caplog):
   with strict.flags_named(num_heads="--config.quality_model.num_heads="):
     inference.load_variables(ckpts["token"], num_heads=other)
   assert f"ignoring --config.quality_model.num_heads={other}" in caplog.text
+
+
+
+def test_score_adds_the_models_q100_columns(tmp_path):
+  """A model directory with a quality_mapping.json: score adds its q100_* columns, as the score
+  job's scores.csv (QualityMapping.apply, which under exit=k maps exit_1..k only:
+  tests/test_quality_mapping.py); mapping="none" leaves them out."""
+  from exfiqa_jax import quality_mapping
+  path = worlds.save_vit(tmp_path / "m", "token", 3)
+  model = fx.load(path)
+  assert model.mapping is None                          # no file: no q100_* columns
+  depth = model.num_exits
+  raw = np.random.default_rng(1).normal(size=(50, depth)).astype(np.float32)
+  mapping = quality_mapping.fit_mapping({"exit_scores": raw, "ex_fiqa_f": raw.mean(1),
+                                         "ex_fiqa_fw": raw[:, -1]}, knots=5)
+  quality_mapping.store_with_model(path, mapping)
+  model = fx.load(path)
+  images = np.random.default_rng(0).integers(0, 255, (5, 112, 112, 3), np.uint8)
+  out = model.score(images)
+  names = [columns.exit_name(k) for k in range(1, depth + 1)] + ["ex_fiqa_f", "ex_fiqa_fw"]
+  assert [k for k in out if k.startswith("q100_")] == [columns.q100_name(n) for n in names]
+  for key, want in mapping.apply(out).items():
+    np.testing.assert_array_equal(out[key], want)
+    assert want.shape == (5,) and 0 <= want.min() and want.max() <= 100
+  assert fx.load(path, mapping="none").mapping is None
+  assert fx.load(path, mapping=str(tmp_path / "m" / "quality_mapping.json")).mapping == mapping
