@@ -716,3 +716,27 @@ def test_a_second_run_into_a_busy_output_folder_fails_at_once(tmp_path, monkeypa
                "--config.output=<another folder>"):
     assert part in seen["message"], (part, seen["message"])
   assert not os.path.exists(os.path.join(out, files.LOCK_NAME))     # released when A ended
+
+
+def test_precomputed_embeddings_rewritten_while_read_are_refused(tmp_path, monkeypatch):
+  """The embeddings file is identified, then read when the stage computes: a rewrite landing
+  in between was cached (the new rows) under the old file's identity."""
+  rng = np.random.default_rng(0)
+  bench = benchmarks.array_benchmark("b", np.zeros((4, 8, 8, 3), np.uint8), list("abcd"),
+                                     np.array([[0, 1], [2, 3]]), np.array([True, False]))
+  file = tmp_path / "embeddings.npy"
+  np.save(file, rng.normal(size=(4, 8)).astype(np.float32))
+  config = eval_config(["b"], output=str(tmp_path / "out"))
+  real = pipeline.checks.precomputed_embeddings
+
+  def rewritten_then_read(path, b):
+    np.save(file, rng.normal(size=(4, 8)).astype(np.float32))     # same size, new rows
+    return real(path, b)
+
+  monkeypatch.setattr(pipeline.checks, "precomputed_embeddings", rewritten_then_read)
+  cache = stages.StageCache(str(tmp_path / "cache"), progress=False)
+  with pytest.raises(RuntimeError, match="embeddings.npy .*changed while this run read it"):
+    pipeline.embed_stage(cache, bench, "precomputed:e", f"precomputed:{file}", [], config)
+  monkeypatch.undo()
+  stage = pipeline.embed_stage(cache, bench, "precomputed:e", f"precomputed:{file}", [], config)
+  np.testing.assert_array_equal(stage["embedding"], np.load(file))

@@ -214,17 +214,23 @@ def embed_stage(cache: stages.StageCache, bench: Benchmark, fr_name: str, fr_pat
   convention = embedding.check_convention(config.fr.convention)
   if fr_path.startswith(checks.PRECOMPUTED):
     file = fr_path[len(checks.PRECOMPUTED):]
-    deps = {"benchmark": bench.identity, "file": identity.file_identity(file)}
+    listed = os.path.join(os.path.dirname(file), "image_list.txt")   # the embed task's
+    deps = {"benchmark": bench.identity, "file": identity.file_identity(file),
+            **({"image_list": identity.file_identity(listed)} if os.path.exists(listed) else {})}
 
     def load_precomputed():
-      emb = checks.precomputed_embeddings(file, bench)
-      listed = os.path.join(os.path.dirname(file), "image_list.txt")
+      emb = np.array(checks.precomputed_embeddings(file, bench), np.float32)   # read in full
       names = None
-      if os.path.exists(listed):       # written by the embed task beside embeddings.npy
-        with open(listed, encoding="utf-8") as f:
-          names = np.asarray([line.split()[0] for line in f if line.strip()], dtype=str)
-      return {"embedding": np.asarray(emb, np.float32),
-              **({"name": names} if names is not None else {})}
+      if "image_list" in deps:          # written by the embed task beside embeddings.npy
+        with identity.open_regular(listed) as f:
+          names = np.asarray([line.split()[0] for line in f.read().decode("utf-8").splitlines()
+                              if line.strip()], dtype=str)
+      now = {"file": identity.file_identity(file),
+             **({"image_list": identity.file_identity(listed)} if names is not None else {})}
+      if any(now[k] != deps[k] for k in now):       # what was read is what was identified
+        raise RuntimeError(f"{file} (or its image_list.txt) changed while this run read it; "
+                           "run again once it is written")
+      return {"embedding": emb, **({"name": names} if names is not None else {})}
 
     return cache.run(f"embed/{bench.name}/{files.slug(fr_name)}", deps, load_precomputed)
 
