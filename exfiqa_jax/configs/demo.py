@@ -1,7 +1,7 @@
 """The embedded default: train a tiny ViT-FIQA on synthetic faces, evaluate it, write the report.
 
-  python main.py --config=configs/demo.py                       # ≈ 5-10 min on a 2-core CPU
-  python main.py --config=configs/demo.py:size=smoke            # seconds (tests)
+  exfiqa --config=demo                       # ≈ 5-10 min on a 2-core CPU
+  exfiqa --config=demo:size=smoke            # seconds (tests)
 
 No downloads: the synthetic-faces benchmark (exfiqa_jax/data/synthetic.py) is rendered on the
 fly. Outputs in `output` (default out/demo): summary.md (pAUC tables ×1e3, the demo's targets,

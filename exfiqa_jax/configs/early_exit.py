@@ -1,10 +1,10 @@
 r"""Early exits: fixed exits, the adaptive cascade and calibrated thresholds, on a benchmark.
 
-  python main.py --config=configs/early_exit.py \
+  exfiqa --config=early_exit \
       --config.quality_model.path=out/demo/train/model --config.output=out/early_exit
-  python main.py --config=configs/early_exit.py:benchmark=lfw --config.data.manual_dir=DIR \
+  exfiqa --config=early_exit:benchmark=lfw --config.data.manual_dir=DIR \
       --config.quality_model.path=vitfiqa_token.pt --config.fr.path=r100.pt
-  python main.py --config=configs/early_exit.py:size=smoke     # tests (a model path is needed)
+  exfiqa --config=early_exit:size=smoke     # tests (a model path is needed)
 
 Calibrates on one split and evaluates on another, identity-disjoint (exfiqa_jax/evaluation/
 early_exit.py): synthetic faces (default) use the "val" and "test" splits, other benchmarks are

@@ -1,8 +1,8 @@
 r"""Embed a folder of aligned 112×112 face crops (or a list file) with an FR model.
 
-  python main.py --config=configs/embed.py --config.fr.path=ckpt/elasticface \
+  exfiqa --config=embed --config.fr.path=ckpt/elasticface \
       --config.images=DIR --config.output=OUT
-  python main.py --config=configs/embed.py --config.fr.path=backbone.pth \
+  exfiqa --config=embed --config.fr.path=backbone.pth \
       --config.fr.family=elasticface --config.images=list.txt --config.image_root=ROOT
 
 Writes OUT/embeddings.npy [N, D] (L2-normalised; D = 2·512 for the "concat" convention),

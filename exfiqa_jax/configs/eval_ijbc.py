@@ -10,7 +10,7 @@ plus a quality model (a converted directory or the official .pt, e.g. vitfiqa_to
 FR model (a converted iResNet/ViT checkpoint or .pt, e.g. ElasticFace-Arc `295672backbone.pth`
 with --config.fr.family=elasticface; or precomputed embeddings in image order).
 
-  python main.py --config=configs/eval_ijbc.py --config.data.manual_dir=~/IJB_release/IJBC \
+  exfiqa --config=eval_ijbc --config.data.manual_dir=~/IJB_release/IJBC \
       --config.quality_model.path=vitfiqa_t=ckpt/vitfiqa_token,vitfiqa_c=ckpt/vitfiqa_crfiqa \
       --config.fr.path=ckpt/elasticface --config.output=out/eval_ijbc
 

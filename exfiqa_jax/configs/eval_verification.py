@@ -1,9 +1,9 @@
 r"""EDC evaluation on pair benchmarks: LFW, AgeDB-30, CFP-FP, CALFW, CPLFW, XQLFW, Adience, any .bin.
 
-  python main.py --config=configs/eval_verification.py:benchmarks=lfw+agedb_30+cfp_fp \
+  exfiqa --config=eval_verification:benchmarks=lfw+agedb_30+cfp_fp \
       --config.data.manual_dir=~/faces/bins --config.quality_model.path=ckpt/vitfiqa_token \
       --config.fr.path=ckpt/elasticface --config.output=out/eval_bins
-  python main.py --config=configs/eval_verification.py:benchmarks=xqlfw \
+  exfiqa --config=eval_verification:benchmarks=xqlfw \
       --config.data.manual_dirs.xqlfw=~/faces/xqlfw --config.quality_model.path=vitfiqa_token.pt \
       --config.fr.path=precomputed:emb/xqlfw/embeddings.npy
 

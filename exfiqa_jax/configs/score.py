@@ -1,6 +1,6 @@
 r"""Score a folder of face crops (or a list file) at every EX-FIQA exit, with ATTN-FIQA per block.
 
-  python main.py --config=configs/score.py --config.quality_model.path=vitfiqa_token.pt \
+  exfiqa --config=score --config.quality_model.path=vitfiqa_token.pt \
       --config.images=DIR_OR_LIST --config.output=OUT [--config.quality_model.num_heads=8] \
       [--config.data.channel_order=rgb|bgr] [--config.batch_size=64] \
       [--config.skip_unreadable=True] [--config.exit=7]

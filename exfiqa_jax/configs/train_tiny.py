@@ -1,7 +1,7 @@
 """Tiny ViT-FIQA trained on synthetic faces (the demo's model; the tests use the "smoke" size).
 
-  python main.py --config=configs/train_tiny.py --config.output=out/train_tiny
-  python main.py --config=configs/train_tiny.py:size=smoke      # seconds, for tests / CI
+  exfiqa --config=train_tiny --config.output=out/train_tiny
+  exfiqa --config=train_tiny:size=smoke      # seconds, for tests / CI
 
 Lessons from the CPU feasibility runs (docs/demo.md): CosFace s=32 m=0.35 (s=64 plateaus on a tiny
 model), lr 2e-3 with a warm-up, and clean training images re-degraded afresh every batch with a

@@ -1,11 +1,11 @@
 r"""ViT-FIQA (ViT-S, quality token) on MS1MV2 as the field ships it, as the official run
 (docs/methods.md; the training data formats: docs/data.md, "Training data").
 
-  python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
+  exfiqa --config=train_vitfiqa --config.output=OUT \
       --config.data.kind=recordio --config.data.root=/data/faces_emore   # insightface train.rec
-  python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
+  exfiqa --config=train_vitfiqa --config.output=OUT \
       --config.data.kind=lmdb --config.data.root=/data/ms1mv2.lmdb       # ViT-FIQA's LMDB
-  python main.py --config=configs/train_vitfiqa.py --config.output=OUT \
+  exfiqa --config=train_vitfiqa --config.output=OUT \
       --config.data.root=/data/ms1mv2_images            # <root>/<identity>/<image>.jpg|png
   # on every host of a TPU pod slice:  ... --config.distributed=True
   # large class count on many devices: ... --config.shard_centres=4   (2-D data × model mesh)
