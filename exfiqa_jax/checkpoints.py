@@ -97,7 +97,7 @@ def _read_config_bytes(directory: str) -> bytes:
       identity.regular_stat(os.path.join(directory, CONFIG_FILE))   # a pipe: named, not read
     raise CheckpointError(
         f"{directory} is not a converted model directory (no {CONFIG_FILE}); convert a PyTorch "
-        "file with `python -m converters.torch_to_flax --checkpoint=X.pt --out=DIR`, or pass "
+        "file with `exfiqa-torch-to-flax --checkpoint=X.pt --out=DIR`, or pass "
         "the .pt itself")
   try:
     with identity.open_regular(os.path.join(directory, CONFIG_FILE)) as f:
@@ -167,7 +167,7 @@ def _damaged(directory: str, what: str, error: Exception | None = None) -> Check
     first = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
     detail = f" ({type(error).__name__}: {first[:160]}{'…' if len(first) > 160 else ''})"
   return CheckpointError(f"{directory} is damaged: {what}{detail}. Re-convert from the .pt "
-                         "(python -m converters.torch_to_flax), or copy the directory again.")
+                         "(exfiqa-torch-to-flax), or copy the directory again.")
 
 
 def abstract_variables(model_config: dict[str, Any]) -> Any:

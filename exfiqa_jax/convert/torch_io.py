@@ -24,7 +24,7 @@ WRAPPER_KEYS = ("state_dict", "model")
 PREFIXES = ("module.", "net.")
 INSTALL_HINT = ("reading/writing PyTorch checkpoints needs torch; install the CPU build with "
                 "`pip install torch==2.13.0` (see requirements-dev.txt), or convert the "
-                "checkpoint once on a machine that has it (python -m converters.torch_to_flax)")
+                "checkpoint once on a machine that has it (exfiqa-torch-to-flax)")
 
 
 def import_torch():
