@@ -119,6 +119,24 @@ def slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
+def with_user_paths(config: Any, fields: Sequence[str]) -> Any:
+  """A copy of the ConfigDict `config` with `~` expanded in each of `fields` it has ("a.b";
+  "a.*": every entry of the node a): `~/out` means the home folder for every path a job reads
+  or writes, never a folder named "~" for some."""
+  config = type(config)(config.to_dict())
+  for field in fields:
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part) if hasattr(node, "get") else None
+    if not hasattr(node, "get"):
+      continue
+    for key in (list(node.keys()) if leaf == "*" else [leaf] if leaf in node else []):
+      if isinstance(node[key], str) and node[key]:
+        node[key] = os.path.expanduser(node[key])
+  return config
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--config.output") -> str:
   """Creates `path` if needed and proves it is a writable folder, before any compute.
 
@@ -133,13 +151,19 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--config.output") -> 
     raise ValueError(f"output {path} is a file, not a folder; pass {flag}=<a folder>")
   try:
     os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path)
-    os.close(fd)
-    os.remove(probe)
+    probe_writable(path)
   except OSError as e:
     raise ValueError(f"cannot write into the output folder {path} ({e.strerror or e}); pass "
                      f"{flag}=<a writable folder>") from e
   return path
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+  """Creates and removes a file in `folder`: an OSError when this process cannot write there
+  (a read-only mount, another user's folder; os.access cannot tell on every filesystem)."""
+  fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=folder)
+  os.close(fd)
+  os.remove(probe)
 
 
 def check_replaceable(path: str | os.PathLike, *, folder: bool, ours: Collection[str] = (),

@@ -348,3 +348,91 @@ def test_score_file_errors_before_any_stage(world, tmp_path):
     evaluate.run(_bin_config(world, tmp_path / "out", **{
         "quality_model.path": f"{world['token']},s=scores:{tmp_path / 'short.txt'}",
         "quality_model.lower_is_better": "x"}))
+
+
+# ------------------------------------------------- outputs (issue 21, weak): no fixtures, fast
+def test_names_that_are_one_file_are_refused_naming_the_flag():
+  from exfiqa_jax.evaluation import pipeline
+  with pytest.raises(ValueError, match=r"--config.quality_model.path=.*'a b' and 'a_b' are "
+                                       r"one file name \(a_b\).*--config.quality_model.path="):
+    pipeline.parse_named_list("a b=x.pt,a_b=y.pt", flag="--config.quality_model.path")
+  with pytest.raises(ValueError, match=r"--config.fr.path=.*the name 'x' is used twice"):
+    pipeline.parse_named_list("x=a.pt,x=b.pt", flag="--config.fr.path")
+  with pytest.raises(ValueError, match=r"--config.fr.path=.*'r100' is used twice"):
+    pipeline.parse_named_list("/m/r100.pt,/n/r100.pt", flag="--config.fr.path")
+
+
+@pytest.mark.parametrize("value, what", [("lfw,agedb_30,lfw", "names 'lfw' twice"),
+                                         ("a b,a_b", "one output folder")])
+def test_a_benchmark_named_twice_is_refused_naming_the_flag(value, what):
+  from exfiqa_jax.evaluation import benchmarks
+  config = eval_verification.get_config()
+  config.benchmarks = value
+  with pytest.raises(ValueError, match=f"--config.benchmarks=.*{what}"):
+    benchmarks.benchmark_names(config)
+
+
+@pytest.mark.parametrize("field", ["manual_dir", "manual_dirs.lfw"])
+def test_a_manual_dir_that_is_a_file_is_called_a_file(tmp_path, field):
+  from exfiqa_jax.evaluation import benchmarks
+  (tmp_path / "bins").write_text("not a folder")
+  config = worlds.override(eval_verification.get_config("benchmarks=lfw"),
+                           **{f"data.{field}": str(tmp_path / "bins")})
+  with pytest.raises(FileNotFoundError, match=f"is a file, not a folder; pass "
+                                              f"--config.data.{field}="):
+    benchmarks.open_benchmark("lfw", config)
+
+
+def _leaves(node, prefix=""):
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("job", ["eval_verification", "eval_ijbc", "early_exit", "demo"])
+def test_every_path_field_of_a_config_has_its_tilde_expanded(job):
+  """The class: every string field that names a file or folder (by its name) is in
+  PATH_FIELDS (or a list of models, whose parsers expand each entry), and `~` there is the
+  home folder after with_user_paths."""
+  import importlib
+  from exfiqa_jax.evaluation import pipeline
+  module = importlib.import_module(f"exfiqa_jax.configs.{job}")
+  config = module.get_config("size=smoke") if job == "early_exit" else module.get_config()
+  listed = [f.replace(".*", "") for f in pipeline.PATH_FIELDS]
+  pathlike = ("output", "dir", "dirs", "folds", "groups", "path", "cache", "file", "root")
+  for key, value in _leaves(config):
+    if isinstance(value, str) and any(p in part for part in key.split(".")[-2:]
+                                      for p in pathlike):
+      assert key in pipeline.LIST_PATH_FIELDS or key in listed or any(
+          key.startswith(f + ".") for f in listed), f"{job}: {key} is not in PATH_FIELDS"
+  for key, _ in _leaves(config):
+    if key in listed or any(key.startswith(f + ".") for f in listed):
+      node, leaf = config, key.split(".")
+      for part in leaf[:-1]:
+        node = node[part]
+      node[leaf[-1]] = f"~/x/{leaf[-1]}"
+  expanded = pipeline.with_user_paths(config)
+  for key, value in _leaves(expanded):
+    if key in listed or any(key.startswith(f + ".") for f in listed):
+      assert value == os.path.expanduser(f"~/x/{key.split('.')[-1]}"), key
+  assert dict(_leaves(config))["output"] == "~/x/output"       # the caller's config unchanged
+
+
+def test_scores_of_a_model_no_longer_in_the_run_are_removed(tmp_path):
+  """An earlier run's scores_<old>.csv beside the new report would be read as this run's; other
+  files of the folder stay."""
+  import types
+  from exfiqa_jax.evaluation import pipeline
+  from exfiqa_jax.report import evaluation as report
+  stage = stages.Stage("q", "fp", {"name": np.array(["a", "b"]), "crfiqa": np.ones(2)}, False)
+  folder = tmp_path / "lfw"
+  folder.mkdir()
+  for name in ("scores_old.csv", "scores_new.csv", "notes.txt", "scores_old.csv.bak"):
+    (folder / name).write_text("x")
+  spec = pipeline.QualitySpec("new", "p", None)
+  report.write_scores(str(tmp_path), types.SimpleNamespace(quality={"lfw": {"new": stage}}),
+                      [spec])
+  assert sorted(os.listdir(folder)) == ["notes.txt", "scores_new.csv", "scores_old.csv.bak"]
+  assert (folder / "scores_new.csv").read_text().startswith("image,crfiqa")

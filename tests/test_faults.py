@@ -740,3 +740,36 @@ def test_precomputed_embeddings_rewritten_while_read_are_refused(tmp_path, monke
   monkeypatch.undo()
   stage = pipeline.embed_stage(cache, bench, "precomputed:e", f"precomputed:{file}", [], config)
   np.testing.assert_array_equal(stage["embedding"], np.load(file))
+
+
+def test_early_exit_refuses_a_read_only_model_directory_before_any_work(assets, tmp_path,
+                                                                         monkeypatch):
+  """The mapping and the cascades are stored with the model at the END of the study: a
+  directory that cannot be written failed only after everything was computed."""
+  from configs import early_exit as early_exit_config
+  from exfiqa_jax.evaluation import early_exit as study
+  from exfiqa_jax.tasks import early_exit
+  model = tmp_path / "model"
+  shutil.copytree(assets["dir"], model)
+  real = files.probe_writable
+
+  def read_only(folder):        # what a read-only mount does (root writes through chmod)
+    if os.path.abspath(folder) == str(model):
+      raise PermissionError(errno.EROFS, "Read-only file system")
+    real(folder)
+
+  monkeypatch.setattr(files, "probe_writable", read_only)
+  monkeypatch.setattr(study, "analyse", lambda *a, **k: pytest.fail("the study ran"))
+  config = worlds.override(early_exit_config.get_config("size=smoke"),
+                           output=str(tmp_path / "out"), **{"quality_model.path": str(model)})
+  config.quality_model.num_heads = HEADS
+  with pytest.raises(ValueError, match=r"cannot write into the model directory .*Read-only.*"
+                                       r"--config.early_exit.mapping.store_with_model=False and "
+                                       r"--config.early_exit.cascade.store_with_model=False"):
+    early_exit.run(config)
+  config.early_exit.mapping.store_with_model = False
+  config.early_exit.cascade.store_with_model = False
+  monkeypatch.setattr(early_exit.pipeline, "load_external_scores",    # past the check
+                      lambda *a, **k: (_ for _ in ()).throw(KeyError("went on")))
+  with pytest.raises(KeyError, match="went on"):       # nothing stored there: no check
+    early_exit.run(config)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from exfiqa_jax import identity
+from exfiqa_jax import files, identity
 from exfiqa_jax.data import pipeline
 from exfiqa_jax.data.benchmark_names import manual_dir_key
 
@@ -85,13 +85,22 @@ def _source_names(source) -> Callable[[np.ndarray], list[str]]:
 
 
 def _manual_dir(config, name: str) -> str | None:
+  """The folder of `name`'s source files: config.data.manual_dirs.<name>, else
+  config.data.manual_dir; an error names the one that was used."""
   per = config.data.get("manual_dirs", None)
-  value = (per.get(manual_dir_key(name), "") if per is not None else "") or config.data.get("manual_dir", "")
-  if value and not os.path.isdir(os.path.expanduser(value)):
+  own = per.get(manual_dir_key(name), "") if per is not None else ""
+  flag = (f"--config.data.manual_dirs.{manual_dir_key(name)}" if own
+          else "--config.data.manual_dir")
+  value = own or config.data.get("manual_dir", "")
+  if not value:
+    return None
+  path = os.path.expanduser(value)
+  if not os.path.isdir(path):
+    what = ("is a file, not a folder" if os.path.exists(path) else "does not exist")
     raise FileNotFoundError(
-        f"data folder {value} for {name} does not exist; pass --config.data.manual_dir=<folder "
-        f"with the {name} files> (or --config.data.manual_dirs.{manual_dir_key(name)}=...)")
-  return os.path.expanduser(value) if value else None
+        f"data folder {value} for {name} {what}; pass {flag}=<folder with the {name} files>"
+        + ("" if own else f" (or --config.data.manual_dirs.{manual_dir_key(name)}=...)"))
+  return path
 
 
 def open_benchmark(name: str, config) -> Benchmark:
@@ -160,8 +169,19 @@ def image_names(bench: Benchmark, lo: int, hi: int) -> np.ndarray:
 
 
 def benchmark_names(config) -> list[str]:
+  """The benchmarks of config.benchmarks, in order; one named twice (or two that are one
+  output folder, files.slug) is an error naming the flag: it would be evaluated and written
+  twice, the second over the first."""
   names = [b.strip() for b in str(config.benchmarks).split(",") if b.strip()]
   if not names:
     raise ValueError("no benchmark: pass e.g. "
                      "--config=configs/eval_verification.py:benchmarks=lfw+agedb_30")
+  seen: dict[str, str] = {}
+  for name in names:
+    other = seen.setdefault(files.slug(name), name)
+    if other != name or names.count(name) > 1:
+      what = (f"names {name!r} twice" if other == name
+              else f"names {other!r} and {name!r}, one output folder ({files.slug(name)})")
+      raise ValueError(f"--config.benchmarks={config.benchmarks!r} {what}; name each "
+                       "benchmark once")
   return names

@@ -57,9 +57,27 @@ class QualitySpec:
   exit: int = 0          # config.exit: the program stops after block k (0 = every exit)
 
 
-def parse_named_list(value: str, path_of: Callable[[str], str] = str) -> list[tuple[str, str]]:
+# Every path field the eval, early_exit and demo configs read, `~` expanded once by
+# `with_user_paths` ("x.*": every entry of the node x). The model lists ([name=][method:]path,
+# precomputed:, scores:) expand each entry where they are parsed (load_quality_models, fr_items,
+# data/score_files.py).
+PATH_FIELDS = ("output", "compile_cache", "data.manual_dir", "data.manual_dirs.*",
+               "data.data_dir", "data.adience_folds", "eval.groups", "train.output",
+               "train.compile_cache")
+LIST_PATH_FIELDS = ("quality_model.path", "fr.path")
+
+
+def with_user_paths(config):
+  """A copy of `config` whose PATH_FIELDS have `~` expanded (files.with_user_paths)."""
+  return files.with_user_paths(config, PATH_FIELDS)
+
+
+def parse_named_list(value: str, path_of: Callable[[str], str] = str, flag: str = ""
+                     ) -> list[tuple[str, str]]:
   """"a=path1,path2" → [("a", "path1"), (basename, "path2")]; `path_of` finds the path an
-  unnamed entry is named after (quality entries: [method:]path, registry.split_method)."""
+  unnamed entry is named after (quality entries: [method:]path, registry.split_method). Two
+  names that are one name, or one file name (files.slug: "a b" and "a_b" both write
+  scores_a_b.csv), are a ValueError naming `flag`."""
   out = []
   for item in [v.strip() for v in str(value or "").split(",") if v.strip()]:
     if "=" in item and not item.startswith(checks.PRECOMPUTED):
@@ -69,9 +87,15 @@ def parse_named_list(value: str, path_of: Callable[[str], str] = str) -> list[tu
       base = item[len(checks.PRECOMPUTED):] if item.startswith(checks.PRECOMPUTED) else path_of(item)
       name = os.path.splitext(os.path.basename(os.path.normpath(base)))[0] or base
     out.append((name.strip(), path.strip()))
-  names = [n for n, _ in out]
-  if len(set(names)) != len(names):
-    raise ValueError(f"duplicate model names in {value!r}; name them: name1=path1,name2=path2")
+  where = f"{flag}={value!r}" if flag else repr(value)
+  by_slug: dict[str, str] = {}
+  for name, _ in out:
+    other = by_slug.setdefault(files.slug(name), name)
+    if other != name or [n for n, _ in out].count(name) > 1:
+      what = (f"the name {name!r} is used twice" if other == name else
+              f"the names {other!r} and {name!r} are one file name ({files.slug(name)})")
+      raise ValueError(f"{where}: {what}; give each model a name of its own: "
+                       f"{flag or 'value'}=name1=path1,name2=path2")
   return out
 
 
@@ -79,7 +103,8 @@ def quality_entries(config) -> list[tuple[str, str]]:
   """(name, entry) of every item of config.quality_model.path: models `[method:]path` and score
   files `scores:<file>[#column][?lower]` (unnamed: named after the file)."""
   items = parse_named_list(config.quality_model.path,
-                           lambda e: registry.split_method(e)[1].split("#")[0].split("?")[0])
+                           lambda e: registry.split_method(e)[1].split("#")[0].split("?")[0],
+                           "--config.quality_model.path")
   if not items:
     raise ValueError("no quality model: pass --config.quality_model.path=<converted dir or .pt> "
                      "(several as name1=[method:]path1,name2=...; another method's score file "
@@ -139,7 +164,7 @@ def fr_items(config, quality: Sequence[QualitySpec]) -> list[tuple[str, str]]:
   if int(config.fr.batch_size) < 1:
     raise ValueError(f"--config.fr.batch_size must be at least 1, got {config.fr.batch_size}")
   out = []
-  for name, path in parse_named_list(value):
+  for name, path in parse_named_list(value, flag="--config.fr.path"):
     if path == SELF_FR or path.startswith(SELF_FR + ":"):
       which = path.split(":", 1)[1] if ":" in path else (quality[0].name if quality else "")
       if which not in [q.name for q in quality if isinstance(q.model, inference.QualityModel)]:

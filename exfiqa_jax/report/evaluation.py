@@ -25,9 +25,11 @@ The per-group files are exfiqa_jax/report/groups.py's.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 
 from exfiqa_jax import columns, files, parallel
 from exfiqa_jax.evaluation.attention import AttentionExample
@@ -208,119 +210,177 @@ def gflops_markdown(gflops: Mapping[str, tuple[np.ndarray, float]]) -> list[str]
 # ------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------
-def _style(col: QualityColumn, num_exits: int, order: int = 0) -> dict[str, Any]:
-  """How a column's curve is drawn; `order` = its place among the score-file columns."""
+EXIT_MAPS = ("Blues", "Greys", "Purples", "Greens")   # exits per quality model: darker = deeper
+ATTN_MAPS = ("Reds", "Oranges", "RdPu", "YlOrBr")    # attn_1..attn_L likewise
+
+
+def _shade(cmap: str, exit: int | None, depth: int):
+  """Colour of exit `exit` of `depth` in a sequential map: light (exit 1) to dark (exit L)."""
+  from matplotlib import colormaps
+  return colormaps[cmap](0.95 - 0.6 * (depth - (exit or depth)) / max(depth - 1, 1))
+
+
+def _style(col: QualityColumn, depth: int, order: int, model: int) -> dict[str, Any]:
+  """How a column's curve is drawn: `order` = its place among the score-file columns, `model`
+  = its quality model's place (exit and attn colour maps)."""
   if col.kind == "exit":
-    return dict(lw=0.9, alpha=0.25 + 0.45 * (col.exit or 1) / max(num_exits, 1), color="C0")
+    return dict(lw=0.9, color=_shade(EXIT_MAPS[model % len(EXIT_MAPS)], col.exit, depth))
   if col.kind == "attn":
-    bold = col.exit == num_exits
-    return dict(lw=2.2 if bold else 0.8, alpha=1.0 if bold else 0.2, color="C3")
+    return dict(lw=1.3 if col.exit == depth else 0.8,
+                color=_shade(ATTN_MAPS[model % len(ATTN_MAPS)], col.exit, depth))
   if col.kind == "fusion":
-    return dict(lw=2.2, alpha=1.0,
-                color="C2" if columns.base_name(col.name) == columns.EX_FIQA_F else "C1")
+    return dict(lw=1.6, color="C2" if columns.base_name(col.name) == columns.EX_FIQA_F else "C1")
   if col.kind == "method":
     index = columns.METHOD_COLUMNS.index(columns.base_name(col.name))
-    return dict(lw=1.8, alpha=1.0, color=METHOD_COLORS[index % len(METHOD_COLORS)], ls="-.")
+    return dict(lw=1.4, color=METHOD_COLORS[index % len(METHOD_COLORS)], ls="-.")
   if col.kind == "external":            # score files: dashed, a colour of their own each
-    return dict(lw=1.8, alpha=1.0, color=EXTERNAL_COLORS[order % len(EXTERNAL_COLORS)],
-                ls=(0, (5, 1.5)))
+    return dict(lw=1.4, color=EXTERNAL_COLORS[order % len(EXTERNAL_COLORS)], ls=(0, (5, 1.5)))
   if col.kind == columns.RANDOM:
-    return dict(lw=1.6, alpha=0.9, color="k", ls="--")
-  return dict(lw=1.6, alpha=0.9, color="C7", ls=":")
+    return dict(lw=1.2, color="k", ls="--")
+  return dict(lw=1.6, color="0.45", ls=":")
 
 
-_BANDED = ("fusion", "method", "external", columns.RANDOM, columns.ORACLE)   # drawn with their CI band
+def highlighted(result: BenchmarkEval, mode: str) -> list[int]:
+  """Column rows drawn bold with their bootstrap band: the fusions and the best non-baseline
+  column at the tables' FMR (1e-3 when evaluated)."""
+  m = result.modes[mode]
+  rows = [s for s, c in enumerate(result.columns) if c.kind == "fusion"]
+  best = best_index(m.pauc[:, groups_report.table_fmr_index(result.fmrs)], result.columns)
+  return rows + ([best] if best is not None and best not in rows else [])
 
 
-def _labelled(col: QualityColumn, num_exits: int) -> bool:
-  return col.kind in _BANDED or (col.exit in (1, num_exits))
+def _legend_entries(result: BenchmarkEval, lines: Mapping[int, Any], bold: Sequence[int],
+                    best_label: str, banded: bool) -> tuple[list[Any], list[str]]:
+  """The shared legend: one entry per exit range and per ATTN range (light to dark lines side
+  by side), one per other column, the band's meaning."""
+  from matplotlib.patches import Patch
+  handles, labels, ranges = [], [], {}
+  for s, col in enumerate(result.columns):
+    if col.kind in ("exit", "attn") and s not in bold:
+      ranges.setdefault((col.kind, col.model), []).append(s)
+      continue
+    handles.append(lines[s])
+    labels.append(col.name + (best_label if s in bold and col.kind != "fusion" else ""))
+  for rows in ranges.values():
+    first, last = result.names[rows[0]], result.names[rows[-1]]
+    picks = sorted({rows[0], rows[len(rows) // 2], rows[-1]})
+    handles.append(tuple(lines[s] for s in picks))
+    labels.append(first if len(rows) == 1 else f"{first} … {last} (darker = deeper)")
+  if banded:
+    handles.append(Patch(color="0.5", alpha=0.25, lw=0))
+    labels.append("bootstrap interval (bold curves)")
+  return handles, labels
 
 
 def plot_edc(path: str, result: BenchmarkEval, mode: str,
              band: tuple[np.ndarray, np.ndarray] | None = None) -> str:
-  """EDC curves of one benchmark and mode, one panel per FMR; band = bootstrap (low, high)
-  [S, F, R] FNMR per level, drawn around the fusions, the last exit, the methods and the
-  baselines."""
+  """EDC curves of one benchmark and mode, one panel per FMR, one legend below them all: exits
+  and ATTN thin (light to dark with depth), the fusions and the best column at the tables' FMR
+  bold with their bootstrap band (`band` = (low, high) [S, F, R]), methods dash-dotted, score
+  files dashed, random and oracle dashed/dotted; a curve that stops early is marked and said."""
   m = result.modes[mode]
   fmrs = list(result.fmrs)
-  fig = plots.figure(4.2 * len(fmrs), 3.6)
+  fig = plots.figure(4.2 * len(fmrs), 3.4)
   depth = {c.model: max([x.exit or 0 for x in result.columns if x.model == c.model] + [1])
            for c in result.columns}
-  x = np.asarray(m.curves.discard)
+  models = {k: i for i, k in enumerate(dict.fromkeys(
+      c.model for c in result.columns if c.kind in ("exit", "attn")))}
   order = {c.name: k for k, c in enumerate(c for c in result.columns if c.kind == "external")}
+  bold = highlighted(result, mode)
+  x = np.asarray(m.curves.discard)
+  lines: dict[int, Any] = {}
   for f, fmr in enumerate(fmrs):
     ax = fig.add_subplot(1, len(fmrs), f + 1)
+    ends = []
     for s, col in enumerate(result.columns):
-      L = depth.get(col.model, 1)
-      style = _style(col, L, order.get(col.name, 0))
-      ax.plot(x, m.curves.fnmr[s, f], label=col.name if _labelled(col, L) else None, **style)
-      if band is not None and (col.kind in _BANDED or (col.kind == "exit" and col.exit == L)):
+      style = _style(col, depth.get(col.model, 1), order.get(col.name, 0),
+                     models.get(col.model, 0))
+      if s in bold:
+        style.update(lw=2.2, zorder=4)
+      y = m.curves.fnmr[s, f]
+      lines[s], = ax.plot(x, y, **style)
+      end = plots.curve_end(x, y, m.curves.n_genuine[s])
+      if end is not None:
+        ends.append((col.name, style["color"], end))
+      if band is not None and s in bold:
         lo, hi = band[0][s, f], band[1][s, f]
         ok = np.isfinite(lo) & np.isfinite(hi)
         if ok.any():
           ax.fill_between(x, np.where(ok, lo, 0), np.where(ok, hi, 0), where=ok,
-                          color=style["color"], alpha=0.12, lw=0)
-    ax.axvline(m.limit, color="0.6", lw=0.6, ls=":")
-    ax.set_title(f"{result.benchmark}  FMR {float(fmr):.0e}  ({mode})", fontsize=9)
-    ax.set_xlabel("fraction of pairs discarded" if mode == "fiqa"
-                  else "fraction of genuine comparisons discarded", fontsize=8)
-    ax.set_ylabel("FNMR", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-    if f == len(fmrs) - 1:
-      ax.legend(fontsize=6, loc="upper right")
+                          color=style["color"], alpha=0.15, lw=0, zorder=2)
+    plots.limit_line(ax, m.limit)
+    plots.axes_text(ax, "fraction of pairs discarded" if mode == "fiqa"
+                    else "fraction of genuine comparisons discarded", "FNMR",
+                    f"{result.benchmark}, FMR {float(fmr):.0e} ({mode})", plots.mark_ends(ax, ends))
+  f_table = float(result.fmrs[groups_report.table_fmr_index(result.fmrs)])
+  handles, labels = _legend_entries(result, lines, bold, f" (best at FMR {f_table:.0e})",
+                                    band is not None)
+  plots.shared_legend(fig, handles, labels)
   return plots.save(fig, path)
 
 
 def plot_pauc_vs_gflops(path: str, results: Sequence[BenchmarkEval], mode: str,
-                        gflops: Mapping[str, tuple[np.ndarray, float]], fmr_index: int = -1
-                        ) -> str:
-  """pAUC per exit against that exit's GFLOPs (one line per benchmark × quality model);
-  the fusions are drawn as markers at the fusion's cost, random as a dashed level."""
-  fig = plots.figure(6.0, 4.2)
+                        gflops: Mapping[str, tuple[np.ndarray, float]],
+                        fmr_index: int | None = None) -> str:
+  """pAUC ×1e3 per exit against that exit's GFLOPs at the tables' FMR (1e-3 when evaluated;
+  `fmr_index` picks another), one line per benchmark × quality model with bootstrap error bars;
+  the fusions at the fusion's cost (EX-FIQA-F a small filled +, EX-FIQA-FW a large hollow
+  diamond, dodged ±1 % of the GFLOPs range so neither hides the other), random as a dashed
+  level in the line's colour."""
+  from matplotlib.lines import Line2D
+  fig = plots.figure(6.0, 4.0)
   ax = fig.add_subplot(1, 1, 1)
-  k, fmr = 0, float("nan")
+  span = max((float(g[-1]) for g, _ in gflops.values() if len(g)), default=1.0)
+  k, fmr, handles, labels = 0, float("nan"), [], []
   for r in results:
     if mode not in r.modes:
       continue
     m = r.modes[mode]
-    f = fmr_index % len(r.fmrs)
+    f = groups_report.table_fmr_index(r.fmrs) if fmr_index is None else fmr_index % len(r.fmrs)
+    fmr = float(r.fmrs[f])
     for model, (g, g_fuse) in gflops.items():
-      idx = [(c.exit, s) for s, c in enumerate(r.columns) if c.kind == "exit" and c.model == model]
+      idx = sorted((c.exit, s) for s, c in enumerate(r.columns)
+                   if c.kind == "exit" and c.model == model)
       if not idx:
         continue
-      idx.sort()
       color = f"C{k % 10}"
       k += 1
-      label = r.benchmark if len(gflops) == 1 else f"{r.benchmark} {model}"
-      xs, ys = [g[e - 1] for e, _ in idx], np.array([m.pauc[s, f] for _, s in idx])
-      lo = np.array([m.ci_low[s, f] for _, s in idx])
-      hi = np.array([m.ci_high[s, f] for _, s in idx])
-      if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):     # bootstrap error bars
-        ax.errorbar(xs, ys, yerr=[np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)], fmt="o-",
-                    ms=3, capsize=2, lw=1, color=color, label=label)
-      else:
-        ax.plot(xs, ys, "o-", ms=3, color=color, label=label)
+      xs = [g[e - 1] for e, _ in idx]
+      rows = [s for _, s in idx]
+      line = _errorbar(ax, xs, m, rows, f, color, "o-", ms=3, lw=1)
+      handles.append(line)
+      labels.append(r.benchmark if len(gflops) == 1 else f"{r.benchmark} {model}")
       for s, c in enumerate(r.columns):
         if c.kind == "fusion" and c.model == model:
-          y, lo, hi = m.pauc[s, f], m.ci_low[s, f], m.ci_high[s, f]
-          yerr = ([[max(y - lo, 0)], [max(hi - y, 0)]] if np.isfinite(lo) and np.isfinite(hi)
-                  else None)
           fw = columns.base_name(c.name) == columns.EX_FIQA_FW
-          ax.errorbar([g_fuse], [y], yerr=yerr, fmt="*" if fw else "P",
-                      ms=9, capsize=2, color=color)
+          _errorbar(ax, [g_fuse + (0.01 if fw else -0.01) * span], m, [s], f, color,
+                    "D" if fw else "P", ms=10 if fw else 7, mfc="none" if fw else color,
+                    mew=1.5 if fw else 1.0, lw=1)
       if columns.RANDOM in r.names:
-        ax.axhline(m.pauc[r.names.index(columns.RANDOM), f], color=color, ls="--", lw=0.8,
-                   alpha=0.6)
-    fmr = float(r.fmrs[f])
-  ax.set_xlabel("GFLOPs per image (exit l)")
-  ax.set_ylabel("pAUC-EDC")
-  ax.set_title(f"pAUC vs GFLOPs, FMR {fmr:.0e} ({mode}); ★ EX-FIQA-FW, + EX-FIQA-F, "
-               "-- random" if k else "pAUC vs GFLOPs (no exit columns)", fontsize=8)
-  ax.grid(alpha=0.3)
+        ax.axhline(1e3 * m.pauc[r.names.index(columns.RANDOM), f], color=color, ls="--",
+                   lw=0.8, alpha=0.7)
   if k:
-    ax.legend(fontsize=7)
+    handles += [Line2D([], [], ls="none", marker="P", ms=7, color="0.2"),
+                Line2D([], [], ls="none", marker="D", ms=9, mfc="none", mew=1.5, color="0.2"),
+                Line2D([], [], ls="--", lw=0.8, color="0.2")]
+    labels += [columns.EX_FIQA_F, columns.EX_FIQA_FW, f"{columns.RANDOM} (line's colour)"]
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False)
+  plots.axes_text(ax, "GFLOPs per image (exit l; fusions: all exits)", "pAUC-EDC ×1e3",
+                  f"pAUC-EDC vs GFLOPs, FMR {fmr:.0e} ({mode})" if k
+                  else "pAUC vs GFLOPs (no exit columns)")
   return plots.save(fig, path)
+
+
+def _errorbar(ax, xs: Sequence[float], m, rows: Sequence[int], f: int, color: str, fmt: str,
+              **kw):
+  """pAUC ×1e3 of `rows` at FMR index f, with bootstrap error bars when every CI is finite."""
+  ys = np.array([1e3 * m.pauc[s, f] for s in rows])
+  lo = np.array([1e3 * m.ci_low[s, f] for s in rows])
+  hi = np.array([1e3 * m.ci_high[s, f] for s in rows])
+  yerr = ([np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)]
+          if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) else None)
+  return ax.errorbar(xs, ys, yerr=yerr, fmt=fmt, capsize=2, color=color, **kw)
 
 
 def write_plots(output: str, results: Sequence[BenchmarkEval],
@@ -360,13 +420,22 @@ def write_attention(output: str, examples: Sequence[AttentionExample]) -> list[s
 # The whole report
 # ------------------------------------------------------------------------------------------
 def write_scores(output: str, run: EvalRun, quality: Sequence[QualitySpec]) -> None:
-  """<output>/<benchmark>/scores_<model>.csv in the scores.csv contract (docs/evaluation.md)."""
+  """<output>/<benchmark>/scores_<model>.csv in the scores.csv contract (docs/evaluation.md).
+  The scores_<name>.csv of a model an earlier run had and this one has not are removed: a
+  report's folder holds this run's models only (nothing else there is touched)."""
   for bench, per_model in run.quality.items():
+    folder = os.path.join(output, files.slug(bench))
+    written = set()
     for spec in quality:
       st = per_model[spec.name]
-      files.write_text(
-          os.path.join(output, files.slug(bench), f"scores_{files.slug(spec.name)}.csv"),
-          tables.score_table(list(st["name"]), st.arrays, "exit_scores" in st.arrays))
+      written.add(f"scores_{files.slug(spec.name)}.csv")
+      files.write_text(os.path.join(folder, f"scores_{files.slug(spec.name)}.csv"),
+                       tables.score_table(list(st["name"]), st.arrays, "exit_scores" in st.arrays))
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+      if re.fullmatch(r"scores_[A-Za-z0-9_.-]+\.csv", entry) and entry not in written:
+        logging.info("removing %s, the scores of a model this run does not have",
+                     os.path.join(folder, entry))
+        os.remove(os.path.join(folder, entry))
 
 
 def protocol_summary(config, benchmarks: Sequence[Benchmark]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import os
 import time
 from typing import Any
 
-import ml_collections
 from absl import logging
 
 from exfiqa_jax import columns, files, parallel
@@ -56,7 +55,7 @@ def train_model(train_cfg) -> str:
 
 def run(config) -> dict[str, Any]:
   started = time.time()
-  config = ml_collections.ConfigDict(config.to_dict())     # a copy: the caller's stays as given
+  config = pipeline.with_user_paths(config)   # a copy (the caller's stays as given), `~` expanded
   output = config.output
   if parallel.is_writer():
     files.check_output_dir(output)

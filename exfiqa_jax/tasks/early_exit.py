@@ -27,6 +27,7 @@ from exfiqa_jax.report import early_exit as report
 def run(config) -> dict[str, Any]:
   """Task "early_exit" (configs/early_exit.py)."""
   started = time.time()
+  config = pipeline.with_user_paths(config)         # `~` in every path field, once
   if parallel.is_writer():
     files.check_output_dir(config.output)
   with files.folder_lock(config.output, "early_exit", "--config.output",  # one run per folder
@@ -43,6 +44,7 @@ def _run(config, started: float) -> dict[str, Any]:
     raise ValueError(f"early_exit studies a ViT-FIQA model's exits; {quality[0].path} with "
                      f"{pipeline.METHOD_FLAG}{quality[0].model.method} has none (leave the method "
                      "empty and pass a ViT-FIQA checkpoint)")
+  _check_model_dir_writable(config, quality[0].path)
   scores = pipeline.load_external_scores(config)    # other methods' score files, read once
   pipeline.fr_items(config, quality)        # a bad FR input fails before any data work
   names = benchmarks.benchmark_names(config)
@@ -64,3 +66,19 @@ def _run(config, started: float) -> dict[str, Any]:
   written = report.write_study(config, config.output, out, spec.path)
   logging.info("early-exit analysis written to %s (%.1f s)", config.output, time.time() - started)
   return {**written, **out, "computed": cache.computed()}
+
+
+def _check_model_dir_writable(config, model_path: str) -> None:
+  """The mapping and the cascades go into the model directory at the END of the study: a
+  directory this process cannot write is an error now, naming the settings that skip them."""
+  stored = [f"--config.early_exit.{part}.store_with_model" for part in ("mapping", "cascade")
+            if config.early_exit.get(part, {}).get("store_with_model", True)]
+  if not stored or not parallel.is_writer() or not os.path.isdir(model_path):
+    return
+  try:
+    files.probe_writable(model_path)
+  except OSError as e:
+    raise ValueError(f"cannot write into the model directory {model_path} ({e.strerror or e}), "
+                     "where the study stores its quality_mapping.json and cascade.json; make it "
+                     f"writable, or pass {'=False and '.join(stored)}=False (the study's "
+                     "files in --config.output are written either way)") from e

@@ -22,6 +22,7 @@ from exfiqa_jax.report import evaluation as report
 def run(config) -> dict[str, Any]:
   """Task "eval" (configs/eval_ijbc.py, configs/eval_verification.py)."""
   started = time.time()
+  config = pipeline.with_user_paths(config)         # `~` in every path field, once
   checks.check_eval_config(config)
   protocols.check_protocol(config.data.get("protocol", "published"))   # before any model loads
   if parallel.is_writer():
