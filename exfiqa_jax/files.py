@@ -270,9 +270,11 @@ def folder_lock(path: str, what: str, flag: str, *, wait: bool = False, enabled:
     yield
     return
   path = os.path.abspath(os.fspath(path))
-  os.makedirs(path, exist_ok=True)
   lock_path = os.path.join(path, LOCK_NAME)
   fd = _acquire(lock_path, what, flag, wait)
+  if fd is None:               # a filesystem without locks: no owner, as before locks existed
+    yield
+    return
   try:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "job": what,
               "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -286,15 +288,32 @@ def folder_lock(path: str, what: str, flag: str, *, wait: bool = False, enabled:
     os.close(fd)      # closing drops the flock
 
 
-def _acquire(lock_path: str, what: str, flag: str, wait: bool) -> int:
+_NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS")
+             if hasattr(errno, n)}
+
+
+def _acquire(lock_path: str, what: str, flag: str, wait: bool) -> int | None:
   """The fd of `lock_path` with an exclusive flock held, for the file the name points at now
-  (an earlier holder may have removed or replaced it between our open and our flock)."""
+  (an earlier holder may have removed or replaced it between our open and our flock); None
+  on a filesystem that has no locks (a warning says so)."""
   logged = False
   while True:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+      fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+      raise PermissionError(e.errno, f"{what}: cannot create the lock file {lock_path} "
+                            f"({e.strerror or e}); pass {flag}=<a folder this job can write>"
+                            ) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+      if e.errno in _NO_LOCKS:
+        os.close(fd)
+        logging.warning("%s: the filesystem of %s has no file locks (%s); running without "
+                        "an owner for it: do not start a second job there", what,
+                        os.path.dirname(lock_path), e.strerror)
+        return None
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         os.close(fd)
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -188,3 +189,12 @@ def test_a_waiting_job_takes_the_folder_when_its_holder_ends(tmp_path, monkeypat
   with files.folder_lock(str(tmp_path), "build B", "--config.data.data_dir", wait=True):
     assert json.loads((tmp_path / files.LOCK_NAME).read_text())["job"] == "build B"
   assert len(waits) == 1
+
+
+def test_a_filesystem_without_locks_runs_without_an_owner(tmp_path, monkeypatch, caplog):
+  def no_locks(fd, op):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(files.fcntl, "flock", no_locks)
+  with files.folder_lock(str(tmp_path), "eval", "--config.output"):
+    pass
+  assert "has no file locks" in caplog.text
