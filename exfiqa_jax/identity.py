@@ -13,10 +13,13 @@ recomputes, and `changes(old, new)` says what changed for the log line (docs/cac
   canonical(value)           the one canonical JSON form of configs and identities (`exact=True`:
                              the stage-fingerprint form, floats as repr and arrays as digests)
   write_stamp / check_stamp  a completion stamp, written LAST, that records the identity and the
-                             output files it vouches for; a stamp that does not match (or whose
+                             output files it vouches for, as its own run wrote them (what the
+                             files.* writers return); a stamp that does not match (or whose
                              outputs were replaced since) is not "done"
   open_regular(path)         a file opened for reading only when it is a regular file
-A checkpoint's identity (a content digest) is exfiqa_jax/checkpoints.py's checkpoint_identity.
+A checkpoint's identity (a content digest) is exfiqa_jax/checkpoints.py's: of the bytes a load
+read (read_pt / read_model, what a loaded model carries as `identity`), or of a path as it is
+now (checkpoint_identity).
 Digests of unchanged files are memoised per process by (path, size, mtime_ns, ctime_ns, inode):
 any write, even one that restores the mtime, changes ctime.
 
