@@ -773,3 +773,26 @@ def test_early_exit_refuses_a_read_only_model_directory_before_any_work(assets, 
                       lambda *a, **k: (_ for _ in ()).throw(KeyError("went on")))
   with pytest.raises(KeyError, match="went on"):       # nothing stored there: no check
     early_exit.run(config)
+
+
+def test_a_directory_re_exported_while_it_loads_is_loaded_again(assets, tmp_path, monkeypatch,
+                                                                 caplog):
+  """The config is read first, the variables after: a re-export landing in between gave
+  variables of the new export under the config (and digest) of the old one."""
+  model = tmp_path / "model"
+  shutil.copytree(assets["dir"], model)
+  real, exported = checkpoints.abstract_variables, []
+
+  def re_exported_meanwhile(model_config):
+    if not exported:
+      exported.append(checkpoints.pt_to_directory(assets["other_pt"], str(model),
+                                                  num_heads=HEADS))
+    return real(model_config)
+
+  monkeypatch.setattr(checkpoints, "abstract_variables", re_exported_meanwhile)
+  loaded = checkpoints.read_model(model)
+  monkeypatch.undo()
+  assert exported and "replaced while it loaded" in caplog.text
+  assert loaded.identity == checkpoints.checkpoint_identity(model)
+  assert loaded.identity["variables_sha256"] == checkpoints.variables_digest(loaded.variables)
+  assert loaded.identity != checkpoints.checkpoint_identity(assets["dir"]) | {"path": str(model)}
