@@ -1,8 +1,12 @@
-"""The command line: parse a config file, set up devices and hosts, run `config.task`.
+r"""The command line: resolve and parse a config, set up devices and hosts, run `config.task`.
 
-  python main.py --config=configs/demo.py          (or the console script: exfiqa --config=...)
-  python main.py --config=configs/score.py --config.quality_model.path=X.pt \
-      --config.images=DIR --config.output=OUT
+  exfiqa --config=demo                     (a checkout: python main.py --config=configs/demo.py)
+  exfiqa --config=score --config.quality_model.path=X.pt --config.images=DIR \
+      --config.output=OUT
+  exfiqa --help                            the jobs; --config=score --help: that config's fields
+
+`--config` is a packaged config's name (exfiqa_jax/configs/) or a config file's path
+(`resolve_config`).
 
 Every task is a module of exfiqa_jax/tasks with `run(config) -> dict`, so tests call it directly.
 A bad call names the flag that fixes it: an override naming no setting (with the settings at its
@@ -95,8 +99,11 @@ def _config_index(argv: list[str]) -> int | None:
 
 
 def _config_argument(argv: list[str]) -> str | None:
+  """The `--config` value as given, or None."""
   i = _config_index(argv)
-  return None if i is None else argv[i].split("=", 1)[1] if argv[i].startswith("-") else argv[i]
+  if i is None:
+    return None
+  return argv[i].split("=", 1)[1] if argv[i].startswith("-") else argv[i]
 
 
 def _with_config_resolved(argv: list[str]) -> list[str]:
