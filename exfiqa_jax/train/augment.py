@@ -311,6 +311,8 @@ def augment_image(key: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.A
   img = image.astype(jnp.float32)
   n = img.shape[0]
   k = jax.random.split(key, 16)
+  if cfg.gridsample_prob <= 0:   # flip only (CR-FIQA): the same draw as below, no dead branch
+    return jnp.where(jax.random.uniform(k[13]) < 0.5, img[:, ::-1], img)
   # gridsample branch
   scale = jax.random.uniform(k[0], minval=cfg.scale_min, maxval=cfg.scale_max)
   angle = jnp.where(jax.random.uniform(k[1]) < cfg.rot_prob,

@@ -1,4 +1,5 @@
-"""Optimiser of the official run (docs/methods.md): clip backbone grads at 5, AdamW, warm-up/decay.
+"""Optimisers of the official runs (docs/methods.md): clip backbone grads at 5, then AdamW with
+warm-up/decay (ViT-FIQA, `make_optimizer`) or SGD with momentum and step decay (CR-FIQA, `make_sgd`).
 
 Parameters are one tree `{"backbone": <ViT params>, "centres": [C, E]}`.
 - Gradient clipping like `torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)`: the global
@@ -9,6 +10,9 @@ Parameters are one tree `{"backbone": <ViT params>, "centres": [C, E]}`.
 - `polynomial_warmup` is insightface's PolynomialLRWarmup stepped once per iteration, including its
   quirk: the first update (optax count 0) runs at the full lr0, then lr0*s/w for 1 <= s <= w, then
   lr0*(1 - (s-w)/(t-w))**power, and 0 from s = t on.
+- SGD as torch.optim.SGD(momentum=0.9, weight_decay=5e-4) on every parameter: the decay is added
+  to the (clipped) gradient, buf = momentum·buf + g (buf = g at the first update), p -= lr·buf;
+  the rate steps down by 10 at epoch milestones (CR-FIQA's LambdaLR, stepped once per epoch).
 """
 from __future__ import annotations
 
@@ -72,4 +76,29 @@ def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_dec
   if clip_norm:
     parts.append(optax.masked(clip_by_global_norm_torch(clip_norm), backbone_mask))
   parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  return optax.chain(*parts), schedule
+
+
+def step_decay(lr: float, boundaries: tuple[int, ...], factor: float = 0.1) -> optax.Schedule:
+  """lr · factor^k for the update with 0-based index `count`, k = #{b in boundaries: count >= b}:
+  a LambdaLR stepped after every epoch, with boundaries = (milestone epoch − 1) × steps/epoch."""
+  values = jnp.asarray([lr * factor ** k for k in range(len(boundaries) + 1)], jnp.float32)
+  edges = jnp.asarray(sorted(boundaries), jnp.int32)
+
+  def schedule(count):
+    return values[jnp.sum(jnp.asarray(count, jnp.int32) >= edges)]
+
+  return schedule
+
+
+def make_sgd(lr: float, boundaries: tuple[int, ...], *, momentum: float = 0.9,
+             weight_decay: float = 5e-4, clip_norm: float | None = 5.0, factor: float = 0.1
+             ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(clip backbone -> + weight_decay·p -> momentum SGD(step_decay)), and the schedule."""
+  schedule = step_decay(lr, boundaries, factor)
+  parts = []
+  if clip_norm:
+    parts.append(optax.masked(clip_by_global_norm_torch(clip_norm), backbone_mask))
+  parts += [optax.add_decayed_weights(weight_decay),
+            optax.sgd(schedule, momentum=momentum or None)]
   return optax.chain(*parts), schedule

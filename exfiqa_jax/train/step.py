@@ -29,7 +29,7 @@ DATA, MODEL = parallel.BATCH_AXIS, parallel.MODEL_AXIS
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array                 # int32 [], number of updates applied
-  params: dict[str, Any]          # {"backbone": ViT params, "centres": [C_pad, E]}
+  params: dict[str, Any]          # {"backbone": model params, "centres": [C_pad, E]}
   batch_stats: dict[str, Any]
   opt_state: optax.OptState
 
@@ -59,11 +59,14 @@ def state_sharding(abstract_state: TrainState, mesh: Mesh) -> TrainState:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-               num_classes: int, embed_dim: int, mesh: Mesh, image_size: int = 112
+               num_classes: int, embed_dim: int, mesh: Mesh, image_size: int = 112,
+               reinit: Callable[[jax.Array, Any], Any] | None = None
                ) -> tuple[TrainState, TrainState]:
   """Random init (backbone from the model's initialisers, centres N(0, 0.01) as PartialFC).
 
-  Returns (state, its sharding tree); the state is created directly in its sharded layout.
+  `reinit(key, variables)`, when given, replaces the module's initial variables (CR-FIQA: the
+  official module's torch initialisation). Returns (state, its sharding tree); the state is
+  created directly in its sharded layout.
   """
   num_padded = padded_classes(num_classes, mesh)
 
@@ -71,6 +74,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
     k_model, k_centres = jax.random.split(k)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init(k_model, dummy)
+    if reinit is not None:
+      variables = reinit(jax.random.fold_in(k_model, 1), variables)
     params = {"backbone": variables["params"],
               "centres": 0.01 * jax.random.normal(k_centres, (num_padded, embed_dim), jnp.float32)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -97,7 +102,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
   """jit(step)(state, batch, base_key) -> (new state, metrics of replicated scalars).
 
   batch: {"image": uint8 (or float 0..255) [B, H, W, 3], "label": int32 [B]}, sharded on `data`.
-  loss_kwargs go to losses.fiqa_loss (scale, margins, alpha, beta, num_classes).
+  loss_kwargs go to losses.fiqa_loss (scale, margins, alpha, beta, num_classes, cr_denominator,
+  margin_fallback).
   """
   centres_logits = NamedSharding(mesh, P(DATA, MODEL)) if MODEL in mesh.axis_names else None
 
@@ -138,13 +144,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
 
 def make_eval_fn(model: nn.Module, mesh: Mesh) -> Callable[[dict[str, Any], jax.Array],
                                                            dict[str, jax.Array]]:
-  """jit(eval)(variables, images uint8 [B, H, W, 3]) -> {"exit_scores" [B, L], "embedding" [B, E]}."""
+  """jit(eval)(variables, images uint8 [B, H, W, 3]) -> {"exit_scores" [B, L], "embedding" [B, E]}
+  (a model without exits, an iResNet with its quality head: its quality as the one exit)."""
 
   @functools.partial(jax.jit, in_shardings=(NamedSharding(mesh, P()), parallel.batch_sharding(mesh)),
                      out_shardings=parallel.batch_sharding(mesh))
   def eval_fn(variables, images):
     x = augment_lib.augment_batch(jax.random.key(0), images, None)
     _, out = model.apply(variables, x)
-    return {"exit_scores": out["exit_scores"], "embedding": out["embedding"]}
+    scores = out["exit_scores"] if "exit_scores" in out else out["quality"][:, None]
+    return {"exit_scores": scores, "embedding": out["embedding"]}
 
   return eval_fn

@@ -1,7 +1,12 @@
 """The training loop with Orbax checkpoints, exact resume, monitoring and eval.
 
   python main.py --config=configs/train_vitfiqa.py --config.output=OUT --config.data.root=DIR
+  python main.py --config=configs/train_crfiqa.py --config.output=OUT --config.data.root=DIR
   python main.py --config=configs/train_tiny.py           # tiny synthetic run (demo/tests)
+
+The model is config.architecture's (`build_model`): a ViT-FIQA ViT (ViTConfig fields), or with
+family="crfiqa" an iResNet with CR-FIQA's `qs` head; the optimiser config.optim.kind's
+(AdamW with warm-up/decay, or SGD with momentum and step decay: optim.py).
 
 Layout of `config.output`:
   checkpoints/<step>/     Orbax CheckpointManager (keep-last-N, optional best-by-metric)
@@ -10,6 +15,7 @@ Layout of `config.output`:
   model/                  the final model in the converted-model format
                           (exfiqa_jax.checkpoints.save_model: Orbax variables + model_config.json),
                           directly usable by the scoring command and converters/flax_to_torch.py
+                          (a CR-FIQA model: family `crfiqa`, scored by the `crfiqa` method)
 
 Resume: the latest checkpoint in `checkpoints/` is restored automatically. Step s draws its data
 rows from `data.host_batch(s)` and its randomness from fold_in(key(seed), s), so stopping after
@@ -18,9 +24,12 @@ step k and resuming gives bit-identical parameters to an uninterrupted run.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
+import itertools
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -65,11 +74,91 @@ class CsvLog:
 
 
 # -------------------------------------------------------------------------------- model
+CRFIQA = "crfiqa"          # config.architecture.family of an iResNet + qs (configs/train_crfiqa.py)
+
+
 def build_model(model_config: dict[str, Any], dtype: str = "float32"):
-  """(ViT module, ViTConfig) from config.architecture (ViTConfig fields)."""
+  """(module, its spec) from config.architecture: ViTConfig fields → (VisionTransformer,
+  ViTConfig); family="crfiqa" with IResNetConfig fields (`layers`, or `depth` 50/100 when
+  layers is empty) → (IResNet + qs head, CrfiqaSpec). A spec gives embed_dim, img_size and
+  to_dict() (the exported model_config)."""
+  arch = dict(model_config)
+  family = arch.pop("family", "")
+  if family == CRFIQA:
+    return crfiqa_model(arch, dtype)
+  if family:
+    raise ValueError(f"--config.architecture.family={family!r} is not a trainable family; use "
+                     f"'{CRFIQA}' (an iResNet with CR-FIQA's qs head) or leave it out (ViT-FIQA)")
   from exfiqa_jax.models import vit
-  cfg = vit.ViTConfig.from_dict(dict(model_config))
+  cfg = vit.ViTConfig.from_dict(arch)
   return vit.VisionTransformer(cfg, dtype=jnp.dtype(dtype)), cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class CrfiqaSpec:
+  """An iResNet with CR-FIQA's `qs` head as the loop trains it (docs/methods.md, CR-FIQA)."""
+  backbone: Any                       # models.iresnet.IResNetConfig, dropout included
+
+  @property
+  def embed_dim(self) -> int:
+    return self.backbone.num_features
+
+  @property
+  def img_size(self) -> int:
+    return self.backbone.img_size
+
+  def to_dict(self) -> dict[str, Any]:
+    """The exported model_config: what converting the official `.pt` of this network gives
+    (convert/quality_head_keys.py CRFIQA), so `score`/`eval` read it as the `crfiqa` method;
+    the dropout only acts in training and is recorded as the converter records it (0)."""
+    from exfiqa_jax.convert import quality_head_keys
+    family = quality_head_keys.CRFIQA
+    return {"family": family.name, "kind": family.kind, "input_scale": "minus1_1",
+            **dataclasses.replace(self.backbone, dropout=0.0).to_dict(),
+            "quality_head": family.head}
+
+  def reinit(self, key: jax.Array, variables: dict[str, Any]) -> dict[str, Any]:
+    """The official module's initialisation (fdbtrs/CR-FIQA backbones/iresnet.py): conv kernels
+    N(0, 0.1) and torch's nn.Linear default U(±1/√fan_in) for `fc` and `qs` (weight and bias);
+    BatchNorm 1/0 and PReLU 0.25 are Flax's initial values already. Under SGD with weight decay
+    the conv scale sets the effective step size of the BatchNorm-normalised convs."""
+    counter = itertools.count()
+    draw = lambda: jax.random.fold_in(key, next(counter))    # one key per tensor, tree order
+
+    def walk(node):
+      if not isinstance(node, Mapping):
+        return node
+      kernel = node.get("kernel")
+      if kernel is not None and kernel.ndim == 4:
+        return {**node, "kernel": 0.1 * jax.random.normal(draw(), kernel.shape, kernel.dtype)}
+      if kernel is not None and kernel.ndim == 2:
+        bound = 1.0 / np.sqrt(kernel.shape[0])
+        uniform = lambda x: jax.random.uniform(draw(), x.shape, x.dtype, -bound, bound)
+        return {**node, "kernel": uniform(kernel), "bias": uniform(node["bias"])}
+      return {k: walk(v) for k, v in node.items()}
+
+    return {**variables, "params": walk(variables["params"])}
+
+
+def crfiqa_model(arch: dict[str, Any], dtype: str = "float32"):
+  """(BackboneWithHead(IResNet, qs), CrfiqaSpec) from IResNetConfig fields + `depth`."""
+  from exfiqa_jax.models import iresnet, quality_heads
+  depth, layers = arch.pop("depth", 100), tuple(arch.pop("layers", ()) or ())
+  if not layers:
+    if depth not in iresnet.DEPTHS:
+      raise ValueError(f"--config.architecture.depth={depth} is not an iResNet depth; known: "
+                       f"{sorted(iresnet.DEPTHS)} (or give --config.architecture.layers)")
+    layers = iresnet.DEPTHS[depth]
+  unknown = set(arch) - {f.name for f in dataclasses.fields(iresnet.IResNetConfig)}
+  if unknown:
+    raise ValueError(f"--config.architecture has fields an iResNet does not: {sorted(unknown)}")
+  cfg = iresnet.IResNetConfig.from_dict({**arch, "layers": layers})
+  if cfg.layout != "iresnet":
+    raise ValueError(f"--config.architecture.layout={cfg.layout!r}: CR-FIQA trains the "
+                     "insightface iResNet; use layout='iresnet'")
+  spec = CrfiqaSpec(cfg)
+  module = quality_heads.get_model(spec.to_dict() | {"dropout": cfg.dropout}, jnp.dtype(dtype))
+  return module, spec
 
 
 def export_model(directory: str, state: step_lib.TrainState, model_cfg) -> None:
@@ -173,12 +262,34 @@ def resolve_steps(config, num_images: int) -> tuple[int, int]:
   """(total, warm-up) steps: config.total_steps / optim.warmup_steps, or, when total_steps is 0,
   epochs × (images // batch) and warmup_epochs × (images // batch) as the official run."""
   if config.total_steps:
-    return int(config.total_steps), int(config.optim.warmup_steps)
+    return int(config.total_steps), int(config.optim.get("warmup_steps", 0))
   per_epoch = num_images // config.batch_size
   if per_epoch == 0:
     raise ValueError(f"{num_images} images cannot fill one batch of {config.batch_size}; lower "
                      "--config.batch_size")
-  return per_epoch * int(config.epochs), per_epoch * int(config.warmup_epochs)
+  return per_epoch * int(config.epochs), per_epoch * int(config.get("warmup_epochs", 0))
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(config, total: int, warmup: int, num_images: int):
+  """(tx, schedule) of config.optim.kind: "adamw" (the default: ViT-FIQA) or "sgd" (CR-FIQA:
+  lr steps down by optim.decay_factor at the 1-based optim.decay_epochs, as its LambdaLR)."""
+  o = config.optim
+  kind = o.get("kind", "adamw")
+  if kind == "adamw":
+    return optim.make_optimizer(o.lr, warmup, total, weight_decay=o.weight_decay,
+                                clip_norm=o.clip_norm, power=o.get("power", 1.0))
+  if kind != "sgd":
+    raise ValueError(f"--config.optim.kind must be one of {OPTIMIZERS}, got {kind!r}")
+  if warmup:
+    raise ValueError("SGD has no warm-up here (CR-FIQA trains without one); set "
+                     "--config.optim.warmup_steps=0")
+  per_epoch = max(num_images // config.batch_size, 1)
+  boundaries = tuple((int(m) - 1) * per_epoch for m in o.get("decay_epochs", ()))
+  return optim.make_sgd(o.lr, boundaries, momentum=o.momentum, weight_decay=o.weight_decay,
+                        clip_norm=o.clip_norm, factor=o.get("decay_factor", 0.1))
 
 
 
@@ -195,12 +306,11 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
                      f"data-parallel devices; use --config.batch_size="
                      f"{parallel.round_up_to_devices(config.batch_size)}")
   total, warmup = resolve_steps(config, data.num_images)
-  tx, schedule = optim.make_optimizer(
-      config.optim.lr, warmup, total, weight_decay=config.optim.weight_decay,
-      clip_norm=config.optim.clip_norm, power=config.optim.get("power", 1.0))
+  tx, schedule = make_optimizer(config, total, warmup, data.num_images)
   init_key, base_key = jax.random.split(jax.random.key(config.seed))
   state, shardings = step_lib.init_state(model, tx, init_key, data.num_classes,
-                                         model_cfg.embed_dim, mesh, model_cfg.img_size)
+                                         model_cfg.embed_dim, mesh, model_cfg.img_size,
+                                         reinit=getattr(model_cfg, "reinit", None))
   output = config.output
   if parallel.is_writer():
     files.check_output_dir(output)
@@ -218,7 +328,9 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   use_aug = aug is not None and aug.get("enabled", True)
   aug_cfg = augment_lib.AugmentConfig.from_config(aug) if use_aug else None
   loss_kwargs = dict(scale=config.loss.scale, margins=tuple(config.loss.margins),
-                     alpha=config.loss.alpha, beta=config.loss.beta, num_classes=data.num_classes)
+                     alpha=config.loss.alpha, beta=config.loss.beta, num_classes=data.num_classes,
+                     cr_denominator=config.loss.get("cr_denominator", "nnccs_plus_one"),
+                     margin_fallback=config.loss.get("margin_fallback", True))
   train_step = step_lib.make_train_step(model, tx, mesh=mesh, shardings=shardings,
                                         loss_kwargs=loss_kwargs, augment=aug_cfg,
                                         schedule=schedule)
