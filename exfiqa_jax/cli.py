@@ -212,9 +212,11 @@ def config_help(value: str, config: Any) -> str:
   file = resolve_config(value).partition(":")[0]
   doc = ast.get_docstring(ast.parse(pathlib.Path(file).read_text(encoding="utf-8"))) or ""
   fields = "\n".join(f"  --config.{path}={shlex.quote(str(v))}" for path, _, v in _leaves(config))
-  return (f"--config={value}: job {config.task!r}, file {file}\n\n{doc}\n\n"
+  task = config.get("task", "")
+  doc = f"{doc}\n\n" if doc else ""
+  return (f"--config={value}: job {task!r}, file {file}\n\n{doc}"
           f"Fields (defaults, after the overrides given); set any with --config.<field>=<value>:\n"
-          f"{fields}\n\ndocs/configs.md, section {config.task!r}, says what each field means; "
+          f"{fields}\n\ndocs/configs.md, section {task!r}, says what each field means; "
           "settings are checked before any work (an unknown one gets a 'did you mean').\n")
 
 
