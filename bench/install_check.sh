@@ -30,7 +30,7 @@ grep -q "^  early_exit " <<< "$("$BIN/exfiqa" --help)" || fail "exfiqa --help li
 grep -q "^  --config.batch_size=8$" <<< "$("$BIN/exfiqa" --config=score:size=tiny --help)" \
     || fail "--config=score:size=tiny did not resolve"
 grep -q "file $SITE/exfiqa_jax/configs/demo.py" \
-    <<< "$("$BIN/exfiqa" --config=demo:size=smoke --help)" || fail "--config=demo: not installed file"
+    <<< "$("$BIN/exfiqa" --config=demo:size=smoke --help)" || fail "--config=demo: not the wheel's"
 refused="$("$BIN/exfiqa" --config=configs/demo.py 2>&1 || true)"       # exits 1, as it should
 grep -q "runs from any folder: --config=demo" <<< "$refused" \
     || fail "--config=configs/demo.py outside a checkout does not name the fix"

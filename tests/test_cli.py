@@ -225,7 +225,8 @@ def test_the_wheel_ships_the_configs_and_nothing_generic(tmp_path):
   assert {n.split("/")[0] for n in names} == {"exfiqa_jax", info}
   assert "exfiqa_jax/configs/demo.py" in names
   scripts = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
-  assert all(f"{s} =" in scripts for s in ("exfiqa", "exfiqa-torch-to-flax", "exfiqa-flax-to-torch"))
+  for script in ("exfiqa", "exfiqa-torch-to-flax", "exfiqa-flax-to-torch"):
+    assert f"{script} =" in scripts
   venv = tmp_path / "venv"
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
   python = venv / "bin" / "python"
