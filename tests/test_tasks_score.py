@@ -460,3 +460,10 @@ def test_a_second_run_into_a_busy_output_folder_fails_at_once(data, tmp_path, mo
     score.run(_config(images=str(data["faces"]), output=out, **common))
   assert f"PID {os.getpid()}" in seen["message"] and "--config.output=" in seen["message"]
   assert not os.path.exists(os.path.join(out, files.LOCK_NAME))       # released when A ended
+
+
+@pytest.mark.parametrize("value", [0, -4])
+def test_chunk_images_names_its_flag(data, tmp_path, value):
+  with pytest.raises(ValueError, match=rf"^--config\.chunk_images={value!r}: must be a whole"):
+    score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["faces"]),
+                      output=str(tmp_path / "o"), chunk_images=value))

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from exfiqa_jax import checkpoints, files, identity, inference, parallel, quality_mapping
@@ -340,6 +341,8 @@ def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mappi
     raise preprocess.ImageError(f"none of the {len(names)} images could be decoded; see "
                                 f"{out['skipped']}")
   scores = {k: v[keep] for k, v in arrays.items() if k not in (KEPT, ERROR)}
+  if jax.process_count() > 1:       # every host has read its chunks before process 0 removes them
+    multihost_utils.sync_global_devices("score: chunks read")
   found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
   if parallel.is_writer():
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
