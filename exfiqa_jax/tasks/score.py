@@ -72,13 +72,15 @@ def _unreadable(out: dict[str, str], problems: list[tuple[str, str]], total: int
   the full list is (written here, on the writing process)."""
   if parallel.is_writer():
     score_report.write_unreadable(out, problems)
-  shown = "".join(f"\n  {error}" for _, error in problems[:SHOWN])
+  shown = "".join(f"\n  {error if name in error else f'{name}: {error}'}"
+                  for name, error in problems[:SHOWN])
   more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+  kept = (f"; the images scored are kept in {out['chunks']}, so the rerun scores only the "
+          "chunks that changed" if os.path.isdir(out["chunks"]) else "")
   return preprocess.ImageError(
       f"{len(problems)} of {total} images cannot be read:{shown}{more}\n"
       f"All {len(problems)} are listed in {out['unreadable']}. Fix or remove the files, or pass "
-      "--config.skip_unreadable=True to skip them (listed in skipped.txt); the images scored "
-      f"are kept in {out['chunks']}, so the rerun scores only the chunks that changed")
+      f"--config.skip_unreadable=True to skip them (listed in skipped.txt){kept}")
 
 
 @contextlib.contextmanager
