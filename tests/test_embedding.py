@@ -11,7 +11,7 @@ from PIL import Image
 
 from exfiqa_jax.convert import iresnet_keys as ik
 from configs import embed as embed_config
-from exfiqa_jax import embedding, inference, models
+from exfiqa_jax import checkpoints, embedding, inference, models
 from exfiqa_jax.tasks import embed
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.testing import fr_torch_reference as ref
@@ -116,8 +116,8 @@ def test_embed_task_writes_atomically_and_resumes(tmp_path, magface, monkeypatch
   for i, im in enumerate(images):
     Image.fromarray(im).save(folder / f"{i}.png")
   calls = []
-  monkeypatch.setattr(inference, "load_fr_model",
-                      lambda *a: calls.append(a) or (module, variables, dict(config)))
+  monkeypatch.setattr(inference, "read_fr_model", lambda *a: calls.append(a) or (
+      module, variables, dict(config), checkpoints.checkpoint_identity("x.pt")))
   cfg = embed_config.get_config()
   cfg.fr.path, cfg.fr.convention, cfg.fr.batch_size = "x.pt", "sum", 2
   cfg.images, cfg.output = str(tmp_path / "faces"), str(tmp_path / "out")

@@ -796,3 +796,42 @@ def test_a_directory_re_exported_while_it_loads_is_loaded_again(assets, tmp_path
   assert loaded.identity == checkpoints.checkpoint_identity(model)
   assert loaded.identity["variables_sha256"] == checkpoints.variables_digest(loaded.variables)
   assert loaded.identity != checkpoints.checkpoint_identity(assets["dir"]) | {"path": str(model)}
+
+
+def test_embed_records_the_checkpoint_it_loaded_not_the_one_it_hashed_first(assets, tmp_path,
+                                                                            monkeypatch):
+  """embed hashed the FR checkpoint, then loaded it: a re-export in between gave embeddings of
+  the new model stamped with the old one's identity, and once the old file came back a rerun
+  said "complete" and returned the new model's embeddings."""
+  pt = tmp_path / "fr.pt"
+  shutil.copyfile(assets["pt"], pt)
+  config = _embed_config(assets, tmp_path / "out", **{"fr.path": str(pt)})
+  real = identity.begin_run
+
+  def begin_then_re_exported(*args, **kwargs):
+    done = real(*args, **kwargs)
+    shutil.copyfile(assets["other_pt"], pt)        # lands between the hash and the load
+    return done
+
+  monkeypatch.setattr(identity, "begin_run", begin_then_re_exported)
+  first = embed.run(config)
+  monkeypatch.undo()
+  assert embed.run(config)["skipped"]              # the model that run loaded: complete
+  shutil.copyfile(assets["pt"], pt)                 # the old model again: computed again
+  monkeypatch.setattr(inference, "read_fr_model",
+                      lambda *a, **k: (_ for _ in ()).throw(KeyError("computes again")))
+  with pytest.raises(KeyError, match="computes again"):
+    embed.run(config)
+
+
+def test_a_second_embed_into_a_busy_output_folder_fails_at_once(assets, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+
+  def embed_b_inside_a(*args, **kwargs):
+    with pytest.raises(files.FolderLockedError, match=r"embed, PID .*--config.output="):
+      embed.run(_embed_config(assets, out))
+    raise KeyError("stop A")
+
+  monkeypatch.setattr(identity, "begin_run", embed_b_inside_a)
+  with pytest.raises(KeyError, match="stop A"):
+    embed.run(_embed_config(assets, out))

@@ -32,7 +32,6 @@ def _identity(config, paths, names, convention) -> dict[str, Any]:
 def run(config) -> dict[str, Any]:
   """Embeds `config.images` with the FR model `config.fr`; writes embeddings.npy, image_list.txt and
   embed_config.json into `config.output` (atomic; skipped when already complete)."""
-  from tqdm import tqdm
   convention = embedding.check_convention(config.fr.convention)
   out_dir = config.output
   emb_path = os.path.join(out_dir, "embeddings.npy")
@@ -47,13 +46,22 @@ def run(config) -> dict[str, Any]:
     raise ValueError("pass --config.fr.path=<converted FR directory or .pt>")
   if parallel.is_writer():
     files.check_output_dir(out_dir)          # before any compute
+  with files.folder_lock(out_dir, "embed", "--config.output",      # one run per folder
+                         enabled=parallel.is_writer()):
+    return _run(config, convention, paths, names, emb_path, list_path)
+
+
+def _run(config, convention: str, paths: list[str], names: list[str], emb_path: str,
+         list_path: str) -> dict[str, Any]:
+  from tqdm import tqdm
+  out_dir = config.output
   stamp_path = os.path.join(out_dir, STAMP)
   ident = _identity(config, paths, names, convention)
   if identity.begin_run(stamp_path, ident, (emb_path, list_path), "embeddings"):
     return {"embeddings": emb_path, "image_list": list_path, "skipped": True}
   try:
     with strict.flags_named(family="--config.fr.family=", num_heads="--config.fr.num_heads="):
-      module, variables, model_config = inference.load_fr_model(
+      module, variables, model_config, ident["fr"] = inference.read_fr_model(  # what was loaded
           config.fr.path, config.fr.family or None, config.fr.input_scale or None,
           config.fr.num_heads)
   except FileNotFoundError as e:
@@ -73,12 +81,17 @@ def run(config) -> dict[str, Any]:
   embeddings = np.concatenate(chunks).astype(np.float32)
   rate = len(paths) / max(time.time() - start, 1e-9)
   if parallel.is_writer():
-    files.save_npy(emb_path, embeddings)
-    files.write_text(list_path, "".join(n + "\n" for n in names))
-    identity.write_stamp(stamp_path, ident, [emb_path, list_path],   # LAST: marks completion
-                         model=config.fr.path, model_config=model_config,
-                         convention=convention, channel_order=config.data.channel_order,
-                         count=len(paths), dim=int(embeddings.shape[1]))
+    written = {emb_path: files.save_npy(emb_path, embeddings),
+               list_path: files.write_text(list_path, "".join(n + "\n" for n in names))}
+    if identity.files_identity(paths) != ident["images"]:
+      logging.warning("images under %s changed while this run read them; the embeddings are "
+                      "written but not marked complete, so the next run computes them again",
+                      config.images)
+    else:
+      identity.write_stamp(stamp_path, ident, written,   # LAST: marks completion
+                           model=config.fr.path, model_config=model_config,
+                           convention=convention, channel_order=config.data.channel_order,
+                           count=len(paths), dim=int(embeddings.shape[1]))
   logging.info("embedded %d images (%.1f images/s) into %s", len(paths), rate, out_dir)
   return {"embeddings": emb_path, "image_list": list_path, "skipped": False,
           "images_per_second": rate}
