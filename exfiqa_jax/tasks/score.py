@@ -340,10 +340,12 @@ def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mappi
                     out["skipped"], skipped[0][1])
   kept = [n for n, k in zip(rows.names, keep) if k]
   if not kept:
-    raise preprocess.ImageError(f"none of the {len(names)} images could be decoded; see "
-                                f"{out['skipped']}")
+    if parallel.is_writer():
+      score_report.write_unreadable(out, skipped)
+    raise preprocess.ImageError(f"none of the {len(names)} images could be read (all listed in "
+                                f"{out['unreadable']}), e.g. {skipped[0][1]}")
   scores = {k: v[keep] for k, v in arrays.items() if k not in (KEPT, ERROR)}
-  if jax.process_count() > 1:       # every host has read its chunks before process 0 removes them
+  if jax.process_count() > 1:       # every host read its chunks before process 0 removes them
     multihost_utils.sync_global_devices("score: chunks read")
   found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
   if parallel.is_writer():
