@@ -12,6 +12,8 @@ Every task is a module of exfiqa_jax/tasks with `run(config) -> dict`, so tests 
 A bad call names the flag that fixes it: an override naming no setting (with the settings at its
 level and a "did you mean"), a config argument get_config refuses, and every setting in
 `check_config`'s tables, before the task starts; errors raised later name `--config.exit=`.
+Ctrl-C ends any job with one line saying what it kept and how to go on (`interrupted`; exit
+status 130), not a traceback.
 """
 from __future__ import annotations
 
