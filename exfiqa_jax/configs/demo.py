@@ -1,7 +1,7 @@
 """The embedded default: train a tiny ViT-FIQA on synthetic faces, evaluate it, write the report.
 
   exfiqa --config=demo                       # ≈ 5-10 min on a 2-core CPU
-  exfiqa --config=demo:size=smoke            # the tests' size: ≈ 3 min (mostly compiling)
+  exfiqa --config=demo:size=smoke            # the tests' size: 3-4 min, < 1 min compiled
 
 No downloads: the synthetic-faces benchmark (exfiqa_jax/data/synthetic.py) is rendered on the
 fly. Outputs in `output` (default out/demo): summary.md (pAUC tables ×1e3, the demo's targets,
