@@ -835,3 +835,24 @@ def test_a_second_embed_into_a_busy_output_folder_fails_at_once(assets, tmp_path
   monkeypatch.setattr(identity, "begin_run", embed_b_inside_a)
   with pytest.raises(KeyError, match="stop A"):
     embed.run(_embed_config(assets, out))
+
+
+def test_a_data_set_rebuilt_by_another_job_while_eval_reads_it_is_an_error(assets, bins,
+                                                                            monkeypatch):
+  """Job B (other .bin files, same data_dir) rebuilds the set while job A's stages read it:
+  A's scores would mix two data sets under the identity of the first."""
+  np.save(bins / "emb.npy", np.ones((8, 4), np.float32))
+  config = _eval_config(assets, bins, **{"fr.path": f"precomputed:{bins / 'emb.npy'}"})
+  bench = benchmarks.open_benchmark("lfw", config)
+  quality = pipeline.load_quality_models(config)
+
+  def stage_while_b_rebuilds(cache, b, spec, cfg):
+    _write_bin(bins / "bins" / "lfw.bin", seed=7)
+    benchmarks.open_benchmark("lfw", cfg)                      # job B: rebuilt
+    return stages.Stage("q", "fp", {"name": benchmarks.image_names(b, 0, b.num_images),
+                                    "exit_scores": np.zeros((b.num_images, 3))}, False)
+
+  monkeypatch.setattr(pipeline, "quality_stage", stage_while_b_rebuilds)
+  with pytest.raises(RuntimeError, match=r"lfw: the data set in .* was rebuilt by another job "
+                                         r"while this run read it.*--config.data.data_dir"):
+    pipeline.evaluate(config, [bench], quality)

@@ -154,6 +154,18 @@ def open_benchmark(name: str, config) -> Benchmark:
                    protocol=protocol, groups=groups, read_names=_source_names(source))
 
 
+def check_unchanged(bench: Benchmark) -> None:
+  """The built data set `bench` reads is still the one identified when it was opened: a
+  rebuild by another job in between would mix two data sets into one run's stages (a rerun
+  recomputes them: the build's identity changed)."""
+  recorded = bench.identity.get("build")
+  if recorded and identity.file_identity(recorded["path"], digest=False) != recorded:
+    raise RuntimeError(
+        f"{bench.name}: the data set in {recorded['path']} was rebuilt by another job while "
+        "this run read it; run again (what it read is recomputed), and give jobs that build "
+        "from other files their own --config.data.data_dir")
+
+
 def image_reader(bench: Benchmark) -> pipeline.Reader:
   """The benchmark's rows as a pipeline reader (images only; names are read once per chunk)."""
   return lambda rows: bench.read(rows)[0]

@@ -38,7 +38,8 @@ from exfiqa_jax.evaluation import groups as groups_lib
 from exfiqa_jax.metrics import bootstrap, verification
 from exfiqa_jax.evaluation import paired_columns
 from exfiqa_jax.evaluation import results
-from exfiqa_jax.evaluation.benchmarks import Benchmark, image_names, image_reader
+from exfiqa_jax.evaluation.benchmarks import (Benchmark, check_unchanged, image_names,
+                                               image_reader)
 from exfiqa_jax.methods import registry
 
 
@@ -537,6 +538,7 @@ def evaluate(config, benchmarks: Sequence[Benchmark], quality: Sequence[QualityS
                  bench.num_images, len(bench.is_genuine), bench.pair_kind)
     qst = {q.name: quality_stage(cache, bench, q, config) for q in quality}
     fst = {fr: embed_stage(cache, bench, fr, path, quality, config) for fr, path in frs}
+    check_unchanged(bench)                   # what the stages read is what was identified
     names = check_same_images(bench, {f"quality model {k}": v for k, v in qst.items()},
                               {f"FR model {k}": v for k, v in fst.items()},
                               None if qst else listed[bench.name])
