@@ -856,3 +856,17 @@ def test_a_data_set_rebuilt_by_another_job_while_eval_reads_it_is_an_error(asset
   with pytest.raises(RuntimeError, match=r"lfw: the data set in .* was rebuilt by another job "
                                          r"while this run read it.*--config.data.data_dir"):
     pipeline.evaluate(config, [bench], quality)
+
+
+def test_embed_expands_tilde_in_every_path_field(assets, tmp_path, monkeypatch):
+  """`~` meant the home folder for --config.images but a folder named "~" for
+  --config.output, and --config.fr.path=~/x.pt was not found."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  shutil.copytree(assets["faces"], tmp_path / "faces")
+  shutil.copyfile(assets["pt"], tmp_path / "fr.pt")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(inference, "read_fr_model",     # past every path: loading is not the case
+                      lambda path, *a: (_ for _ in ()).throw(KeyError(path)))
+  with pytest.raises(KeyError, match=str(tmp_path / "fr.pt")):
+    embed.run(_embed_config(assets, "~/out", images="~/faces", **{"fr.path": "~/fr.pt"}))
+  assert (tmp_path / "out").is_dir() and not (tmp_path / "~").exists()

@@ -18,6 +18,7 @@ from exfiqa_jax.data import pipeline, preprocess
 
 STAMP = "embed_config.json"    # written LAST, with the identity of what the embeddings are of
 FORMAT = 2
+PATH_FIELDS = ("output", "images", "image_root", "fr.path", "compile_cache")   # `~` expanded
 
 
 def _identity(config, paths, names, convention) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def _identity(config, paths, names, convention) -> dict[str, Any]:
 def run(config) -> dict[str, Any]:
   """Embeds `config.images` with the FR model `config.fr`; writes embeddings.npy, image_list.txt and
   embed_config.json into `config.output` (atomic; skipped when already complete)."""
+  config = files.with_user_paths(config, PATH_FIELDS)
   convention = embedding.check_convention(config.fr.convention)
   out_dir = config.output
   emb_path = os.path.join(out_dir, "embeddings.npy")
