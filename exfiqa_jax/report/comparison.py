@@ -121,13 +121,14 @@ def markdown(comp: Comparison, sanity: Sequence[Mapping[str, Any]] = (), level: 
 
 
 def plot_edc(path: str, comp: Comparison, results: Sequence[BenchmarkEval], mode: str) -> str:
-  """EDC curves of the comparison's rows at one FMR (PLOT_FMR if evaluated, else the first), a
-  panel per benchmark, a row of panels per FR model, one legend for all."""
+  """EDC curves of the comparison's rows at one FMR (PLOT_FMR if evaluated, else the nearest),
+  a panel per benchmark, a row of panels per FR model, one legend below them all; the pAUC
+  limit labelled; a curve that stops early is marked and said."""
   benches = list(dict.fromkeys(r.benchmark for r in results))
   frs = list(dict.fromkeys(r.fr_model for r in results))
   fmrs = sorted({f for _, _, f in comp.columns})
   fmr = min(fmrs, key=lambda f: abs(np.log10(f) - np.log10(PLOT_FMR)))
-  fig = plots.figure(3.6 * len(benches), 3.0 * len(frs) + 0.6)
+  fig = plots.figure(3.8 * len(benches), 3.2 * len(frs) + 0.4)
   handles = {}
   for r in results:
     if mode not in r.modes:
@@ -137,22 +138,24 @@ def plot_edc(path: str, comp: Comparison, results: Sequence[BenchmarkEval], mode
     ax = fig.add_subplot(len(frs), len(benches),
                          frs.index(r.fr_model) * len(benches) + benches.index(r.benchmark) + 1)
     x = np.asarray(m.curves.discard)
+    ends = []
     for ri, name in enumerate(comp.rows):
       if name not in r.names:
         continue
-      line, = ax.plot(x, m.curves.fnmr[r.names.index(name), f], lw=1.6,
-                      color=f"C{ri % 10}", ls="-" if ri < 10 else "--")
+      s = r.names.index(name)
+      color = f"C{ri % 10}"
+      line, = ax.plot(x, m.curves.fnmr[s, f], lw=1.6, color=color, ls="-" if ri < 10 else "--")
       handles.setdefault(name, line)
-    ax.axvline(m.limit, color="0.6", lw=0.6, ls=":")
-    ax.set_title(f"{r.benchmark}" + (f" / {r.fr_model}" if len(frs) > 1 else ""), fontsize=9)
-    ax.set_xlabel("fraction discarded", fontsize=8)
-    ax.set_ylabel(f"FNMR @FMR {fmr:.0e}", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-  fig.suptitle(f"EDC ({mode}), FMR {fmr:.0e}; dotted: the pAUC limit", fontsize=9)
-  fig.tight_layout(rect=(0, 0, 1, 0.96))
-  fig.legend(list(handles.values()), list(handles), loc="upper center",   # below the panels
-             ncol=min(len(handles), 6), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+      end = plots.curve_end(x, m.curves.fnmr[s, f], m.curves.n_genuine[s])
+      if end is not None:
+        ends.append((name, color, end))
+    plots.limit_line(ax, m.limit)
+    plots.axes_text(ax, "fraction of pairs discarded" if mode == "fiqa"
+                    else "fraction of genuine comparisons discarded", f"FNMR @FMR {fmr:.0e}",
+                    f"{r.benchmark}" + (f" / {r.fr_model}" if len(frs) > 1 else ""),
+                    plots.mark_ends(ax, ends))
+  fig.suptitle(f"EDC ({mode}), FMR {fmr:.0e}", fontsize=9)
+  plots.shared_legend(fig, list(handles.values()), list(handles))
   return plots.save(fig, path)
 
 

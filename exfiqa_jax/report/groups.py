@@ -140,27 +140,32 @@ def _json(v) -> float | None:
 
 def plot(path: str, ge: GroupEval, results: Sequence[BenchmarkEval]) -> str:
   """Per-group EDC curves of the best exit (solid) and the last exit (dashed), one panel per
-  FMR, one colour per group."""
+  FMR, one colour per group; one legend below the panels (groups by colour, columns by line
+  style); a group's curve that stops early is marked and said."""
+  from matplotlib.lines import Line2D
   show = best_and_last_exit(ge, results) or [0]
-  fig = plots.figure(4.2 * len(ge.fmrs), 3.6)
+  fig = plots.figure(4.2 * len(ge.fmrs), 3.4)
   styles = ["-", "--"]
   for f, fmr in enumerate(ge.fmrs):
     ax = fig.add_subplot(1, len(ge.fmrs), f + 1)
+    ends = []
     for g, group in enumerate(ge.groups):
       for k, s in enumerate(show):
-        if np.isfinite(ge.fnmr[g, s, f]).any():
-          ax.plot(ge.discard, ge.fnmr[g, s, f], ls=styles[k % 2], color=f"C{g % 10}", lw=1.4,
-                  label=f"{group} · {ge.names[s]}")
-    ax.axvline(ge.limit, color="0.6", lw=0.6, ls=":")
-    ax.set_title(f"{ge.benchmark} by {ge.grouping}  FMR {float(fmr):.0e}  ({ge.mode})",
-                 fontsize=9)
-    ax.set_xlabel("fraction of the group's pairs discarded" if ge.mode == "fiqa"
-                  else "fraction of the group's genuine comparisons discarded", fontsize=8)
-    ax.set_ylabel("FNMR", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-    if f == len(ge.fmrs) - 1:
-      ax.legend(fontsize=6, loc="upper right")
+        y = ge.fnmr[g, s, f]
+        if np.isfinite(y).any():
+          ax.plot(ge.discard, y, ls=styles[k % 2], color=f"C{g % 10}", lw=1.4)
+          end = plots.curve_end(ge.discard, y, ge.n_genuine[g, s])
+          if end is not None:
+            ends.append((f"{group} · {ge.names[s]}", f"C{g % 10}", end))
+    plots.limit_line(ax, ge.limit)
+    plots.axes_text(ax, "fraction of the group's pairs discarded" if ge.mode == "fiqa"
+                    else "fraction of the group's genuine comparisons discarded", "FNMR",
+                    f"{ge.benchmark} by {ge.grouping}, FMR {float(fmr):.0e} ({ge.mode})",
+                    plots.mark_ends(ax, ends))
+  handles = [Line2D([], [], color=f"C{g % 10}", lw=1.4) for g in range(len(ge.groups))]
+  handles += [Line2D([], [], color="0.3", lw=1.4, ls=styles[k % 2]) for k in range(len(show))]
+  plots.shared_legend(fig, handles, list(ge.groups) + [
+      f"{ge.names[s]} ({'best' if k == 0 else 'last'} exit)" for k, s in enumerate(show)])
   return plots.save(fig, path)
 
 
