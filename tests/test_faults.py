@@ -866,3 +866,22 @@ def test_embed_expands_tilde_in_every_path_field(assets, tmp_path, monkeypatch):
   with pytest.raises(KeyError, match=str(tmp_path / "fr.pt")):
     embed.run(_embed_config(assets, "~/out", images="~/faces", **{"fr.path": "~/fr.pt"}))
   assert (tmp_path / "out").is_dir() and not (tmp_path / "~").exists()
+
+
+def test_embed_images_changed_while_read_are_not_stamped(assets, tmp_path, monkeypatch, caplog):
+  faces = tmp_path / "faces"
+  shutil.copytree(assets["faces"], faces)
+  config = _embed_config(assets, tmp_path / "out", images=str(faces))
+
+  def embed_while_an_image_changes(*args):
+    def embed_fn(variables, images):
+      _replace_keeping_mtime(faces / "000.png",
+                             lambda p: shutil.copyfile(faces / "001.png", p))
+      return np.zeros((images.shape[0], 4))
+    return embed_fn
+
+  monkeypatch.setattr(embedding, "make_embed_fn", embed_while_an_image_changes)
+  embed.run(config)
+  assert "changed while this run read them" in caplog.text
+  assert not (tmp_path / "out" / embed.STAMP).exists()
+  assert (tmp_path / "out" / "embeddings.npy").exists()
