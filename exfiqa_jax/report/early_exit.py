@@ -12,8 +12,10 @@ import numpy as np
 from exfiqa_jax import columns, files, parallel, quality_mapping
 from exfiqa_jax.report import plots, tables
 
-FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2"), columns.EX_FIQA_FW: ("*", "C1"),
-                columns.EX_FIQA_FIT: ("X", "C4")}     # pAUC-vs-GFLOPs markers
+FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2", 7), columns.EX_FIQA_FW: ("D", "C1", 11),
+                columns.EX_FIQA_FIT: ("o", "C4", 15)}   # pAUC-vs-GFLOPs: marker, colour, size
+HOLLOW = ("D", "o")       # the larger fusion markers are hollow: a smaller one shows inside
+MAX_LABELS = 6            # fixed exits numbered on the pAUC-vs-GFLOPs plot (1, …, L among them)
 CSV_COLUMNS = ("method", "kind", "target", "exits", "mean_gflops", "saved", "pauc",
                "agreement", "agreement_calibration", "images_per_second")
 
@@ -81,53 +83,74 @@ def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> s
 
 def plot_pauc_vs_gflops(path: str, rows: Sequence[Mapping[str, Any]],
                         baselines: Mapping[str, float], fmr: float) -> str:
-  """pAUC against mean GFLOPs per image: fixed exits (line), fusions (markers), the cascade
-  sweep of agreement targets (line, labelled), baselines as levels."""
-  fig = plots.figure(6.0, 4.2)
+  """pAUC ×1e3 against mean GFLOPs per image: fixed exits (line, a few exits numbered), fusions
+  (concentric markers of different sizes: none hides another), the cascade sweep of agreement
+  targets (line; coincident targets share one label, labels staggered), baselines as levels;
+  the legend beside the axes."""
+  fig = plots.figure(6.0, 4.0)
   ax = fig.add_subplot(1, 1, 1)
   ex = [r for r in rows if r["kind"] == "exit"]
-  ax.plot([r["mean_gflops"] for r in ex], [r["pauc"] for r in ex], "o-", color="C0", ms=4,
-          label="fixed exit k")
-  for r in ex:
-    ax.annotate(r["exits"], (r["mean_gflops"], r["pauc"]), fontsize=6, xytext=(2, 3),
-                textcoords="offset points")
+  ax.plot([r["mean_gflops"] for r in ex], [1e3 * r["pauc"] for r in ex], "o-", color="C0", ms=4,
+          label="fixed exit k (numbered)")
+  step = max(1, -(-len(ex) // MAX_LABELS))
+  for i, r in enumerate(ex):
+    if i % step == 0 or i == len(ex) - 1:
+      ax.annotate(r["exits"], (r["mean_gflops"], 1e3 * r["pauc"]), fontsize=6, xytext=(0, 8),
+                  textcoords="offset points", ha="center", va="bottom", color="C0")
   for r in (r for r in rows if r["kind"] == "fusion"):
-    marker, color = FUSION_STYLE.get(r["method"], ("X", "C4"))
-    ax.plot([r["mean_gflops"]], [r["pauc"]], marker, ms=9, color=color, label=r["method"])
+    marker, color, size = FUSION_STYLE.get(r["method"], ("X", "C4", 9))
+    hollow = marker in HOLLOW
+    ax.plot([r["mean_gflops"]], [1e3 * r["pauc"]], marker, ms=size, color=color,
+            mfc="none" if hollow else color, mew=1.5 if hollow else 1.0, ls="none",
+            label=r["method"], zorder=3)
   cas = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["mean_gflops"])
   if cas:
-    ax.plot([r["mean_gflops"] for r in cas], [r["pauc"] for r in cas], "s-", color="C3", ms=4,
-            label="cascade (agreement target)")
-    for r in cas:
-      ax.annotate(f"{r['target']:g}", (r["mean_gflops"], r["pauc"]), fontsize=6,
-                  xytext=(2, -8), textcoords="offset points", color="C3")
+    ax.plot([r["mean_gflops"] for r in cas], [1e3 * r["pauc"] for r in cas], "s-", color="C3",
+            ms=4, label="cascade (labels: agreement target)")
+    _cascade_labels(ax, cas)
   for i, (k, v) in enumerate(baselines.items()):
     color = {columns.RANDOM: "k", columns.ORACLE: "0.5"}.get(k, f"C{(i + 4) % 10}")  # files
-    ax.axhline(v, color=color, ls="--" if k == columns.RANDOM else ":", lw=0.8, label=k)
-  ax.set_xlabel("mean GFLOPs per image")
-  ax.set_ylabel("pAUC-EDC")
-  ax.set_title(f"pAUC-EDC (FMR {fmr:.0e}, fiqa) vs compute", fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+    ax.axhline(1e3 * v, color=color, ls="--" if k == columns.RANDOM else ":", lw=0.8, label=k)
+  ax.margins(y=0.08)
+  plots.axes_text(ax, "mean GFLOPs per image", "pAUC-EDC ×1e3",
+                  f"pAUC-EDC (FMR {fmr:.0e}, fiqa) vs compute")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
   return plots.save(fig, path)
 
 
+def _cascade_labels(ax, cas: Sequence[Mapping[str, Any]]) -> None:
+  """One label per distinct cascade point (targets that give the same point share it), below
+  the line, alternately nearer and further so neighbours do not overlap."""
+  points: dict[tuple[float, float], list[str]] = {}
+  for r in cas:
+    points.setdefault((r["mean_gflops"], 1e3 * r["pauc"]), []).append(f"{r['target']:g}")
+  for i, ((x, y), targets) in enumerate(points.items()):
+    text = targets[0] if len(targets) == 1 else f"{targets[0]}–{targets[-1]}"
+    ax.annotate(text, (x, y), fontsize=6, xytext=(0, -10 - 8 * (i % 2)),
+                textcoords="offset points", ha="center", color="C3")
+
+
 def plot_decided(path: str, rows: Sequence[Mapping[str, Any]], depth: int) -> str:
-  """Stacked bars: per cascade agreement target, the fraction of images decided at each exit."""
+  """Stacked bars: per cascade agreement target, the fraction of images decided at each exit
+  (light to dark with depth, as the EDC plots draw exits)."""
+  from matplotlib import colormaps
   cas = [r for r in rows if r["kind"] == "cascade"]
-  fig = plots.figure(max(4.0, 1.0 + 0.9 * len(cas)), 3.6)
+  fig = plots.figure(max(4.0, 1.0 + 0.9 * len(cas)), 3.4)
   ax = fig.add_subplot(1, 1, 1)
   x = np.arange(len(cas))
   bottom = np.zeros(len(cas))
   for e in range(depth):
     h = np.asarray([r["decided"][e] for r in cas])
     if np.any(h > 0):
-      ax.bar(x, h, bottom=bottom, color=f"C{e % 10}", label=f"exit {e + 1}", width=0.6)
+      ax.bar(x, h, bottom=bottom, width=0.6, label=f"exit {e + 1}",
+             color=colormaps["viridis"](1.0 - 0.9 * e / max(depth - 1, 1)))
     bottom += h
-  ax.set_xticks(x, [f"{r['target']:g}" for r in cas], fontsize=8)
-  ax.set_xlabel("agreement target")
-  ax.set_ylabel("fraction of images decided")
+  ax.set_xticks(x, [f"{r['target']:g}" for r in cas])
   ax.set_ylim(0, 1)
-  ax.set_title("Where the cascade decides (evaluation split)", fontsize=9)
-  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  plots.axes_text(ax, "agreement target", "fraction of images decided",
+                  "Where the cascade decides (evaluation split)")
+  ax.grid(False)
+  handles, labels = ax.get_legend_handles_labels()      # top to bottom, as the bars stack
+  ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left",
+            bbox_to_anchor=(1.02, 1.0), frameon=False, title="decided at", title_fontsize=7)
   return plots.save(fig, path)
