@@ -40,6 +40,7 @@ from exfiqa_jax.convert.strict import CheckpointError
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.methods import crfiqa, ediffiqa, grafiqs, magface, registry, serfiq, vitnt
 from exfiqa_jax.methods import scorer as scorer_lib
+from exfiqa_jax.models import cascade_cost
 from exfiqa_jax.models import exits as exits_lib
 from exfiqa_jax.models import iresnet, vit
 from exfiqa_jax.models.vit import QUALITY_MODES
@@ -144,6 +145,7 @@ class QualityModel(BatchedModel):
     self._fns: dict[tuple[bool, int], Any] = {}
     self._truncated: dict[int, Any] = {self.num_exits: self.variables}   # on device, per exit
     self._cascades: dict[tuple[int, ...], exits_lib.Cascade] = {}
+    self._segment_programs: dict = {}     # shared by every exit set's Cascade
     self._vitnt_scorer: scorer_lib.Scorer | None = None
     self._mapping: quality_mapping.QualityMapping | None = None
     self._mapping_from: tuple[str, str] | None = None     # load's (path, mapping=), read lazily
@@ -276,22 +278,81 @@ class QualityModel(BatchedModel):
     out = self._score(images, align, face, lambda batch: self.run_batch(batch, attn_maps, exit))
     return {**out, **self.mapping.apply(out)} if self.mapping is not None else out
 
-  def cascade(self, images: np.ndarray, thresholds: exits_lib.CascadeThresholds,
+  def cascade(self, images: np.ndarray,
+              thresholds: exits_lib.CascadeThresholds | float | None = None,
               ladder: Sequence[int] | None = None) -> exits_lib.CascadeResult:
     """Adaptive early exits (exfiqa_jax/models/exits.py; docs/methods.md): uint8 [N, H, W, 3]
     → per image the score at the exit it left at, that exit, the decision and its GFLOPs.
 
-    Segments end at thresholds.exits; buckets come from `ladder` (default powers of two up to
-    batch_size), rounded to multiples of the device count. Single host.
+    `thresholds`: CascadeThresholds, or the cascade the early_exit job calibrated and stored
+    with this model's directory (cascade.json): None = its headline agreement target, a float
+    = that target. Segments end at thresholds.exits; buckets come from `ladder` (default
+    powers of two up to batch_size), rounded to multiples of the device count; survivors are
+    pooled across the whole array. Single host. A stream of chunks: `cascade_stream`.
     """
+    thresholds = self.cascade_thresholds(thresholds)
+    images = self._host_images(images, "cascade")
+    return self.cascade_engine(thresholds.exits).run(images, thresholds, ladder)
+
+  def cascade_stream(self, thresholds: exits_lib.CascadeThresholds | float | None = None,
+                     ladder: Sequence[int] | None = None) -> exits_lib.CascadeStream:
+    """The cascade over chunks pushed one by one (a folder read chunk by chunk): survivors
+    carried across chunks, results in input order (exits.CascadeStream); push images already
+    at the model's size (resize_images)."""
+    thresholds = self.cascade_thresholds(thresholds)
+    self._host_images(np.zeros((0, self.image_size, self.image_size, 3), np.uint8), "cascade")
+    return self.cascade_engine(thresholds.exits).stream(thresholds, ladder)
+
+  def cascade_thresholds(self, thresholds: exits_lib.CascadeThresholds | float | None = None
+                         ) -> exits_lib.CascadeThresholds:
+    """`thresholds` as given, or the calibrated cascade stored with the model directory this
+    model was loaded from (None: the headline target; a float: that agreement target)."""
     if not self.has_exits:
       raise ValueError(f"mode {self.mode!r} models have no exit scores to cascade on")
+    if not isinstance(thresholds, exits_lib.CascadeThresholds):
+      directory = (getattr(self, "identity", None) or {}).get("path")
+      if not directory or not os.path.isdir(directory):
+        raise ValueError("this model was not loaded from a converted directory, so it has no "
+                         "stored cascade; pass CascadeThresholds (or load the directory the "
+                         "early_exit job wrote its cascade.json into)")
+      thresholds, record = exits_lib.stored_thresholds(directory, thresholds)
+      if record.get("device") not in (None, cascade_cost.device_info()):
+        logging.warning("the cascade stored in %s was calibrated for %s, not this device; "
+                        "run the early_exit job here for thresholds that pay here", directory,
+                        record["device"])
     thresholds.check(self.num_exits)
-    images = self._host_images(images, "cascade")
-    key = tuple(thresholds.exits)
+    return thresholds
+
+  def cascade_engine(self, exits: Sequence[int]) -> exits_lib.Cascade:
+    """The compiled segment programs for one exit set (cached; every set shares the
+    programs of the segments it has in common with another)."""
+    key = exits_lib.check_exits(exits, self.num_exits)
     if key not in self._cascades:
-      self._cascades[key] = exits_lib.Cascade(self.module, self.variables, key, self.batch_size)
-    return self._cascades[key].run(images, thresholds, ladder)
+      self._cascades[key] = exits_lib.Cascade(self.module, self.variables, key, self.batch_size,
+                                              self._segment_programs)
+    return self._cascades[key]
+
+  def cascade_costs(self, folder: str | None = None, repeats: int = 5
+                    ) -> cascade_cost.CostModel:
+    """The measured cost model of this model's cascade on this device (models/cascade_cost.py):
+    kept in `folder` (CostModel.folder_for(the compile cache); None = in memory), its entries
+    measured when first asked for. Single host."""
+    if jax.process_count() > 1:
+      raise NotImplementedError("cascade costs are measured on one host")
+    depth = self.num_exits
+
+    def meter(kind: str, start: int, stop: int, rows: int) -> float:
+      if kind == "full":
+        images = np.zeros((rows, self.image_size, self.image_size, 3), np.uint8)
+        return exits_lib.time_call(lambda: self.run_batch(images), repeats)
+      if kind == "compaction":
+        return self.cascade_engine(exits_lib.default_exits(depth)).time_compaction(rows,
+                                                                                   repeats)
+      ex = ((stop,) if start == 0 else (start, stop)) + ((depth,) if stop < depth else ())
+      return self.cascade_engine(ex).time_segment(0 if start == 0 else 1, rows, repeats)
+
+    return cascade_cost.CostModel.open(cascade_cost.cost_key(self.model_config, self.dtype),
+                                       meter, folder)
 
 
 class MethodModel(BatchedModel):

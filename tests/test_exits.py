@@ -9,6 +9,7 @@ so no decision can flip on rounding. GFLOPs: the poster's numbers to 2 decimals.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -52,6 +53,13 @@ def random_variables(cfg: vit.ViTConfig, seed: int = 0):
   return module, jax.tree_util.tree_map_with_path(fill, variables)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_model(mode: str, seed: int = 0, batch_size: int = 8) -> inference.QualityModel:
+  """One model per (mode, seed, batch) for the cascade checks: its compiled programs serve
+  every check (a test must not change it)."""
+  return quality_model(mode, seed, batch_size)
+
+
 def quality_model(mode: str, seed: int = 0, batch_size: int = 8, depth: int = DEPTH):
   cfg = vit.tiny_config(mode, depth=depth)
   module, variables = random_variables(cfg, seed)
@@ -91,7 +99,7 @@ def check_cascade_against_full_pass(mode: str, cases, seed: int = 0, batch_size:
   """Cases (set size, ladder) with random quantile thresholds: the cascade equals the reference
   per image, every image is decided exactly once, and each segment ran exactly the images that
   reached it. Also used by the 8-device subprocess."""
-  model = quality_model(mode, seed, batch_size)
+  model = shared_model(mode, seed, batch_size)
   all_images = random_images(max(n for n, _ in cases), seed + 1)
   full = model.score(all_images)["exit_scores"]
   rng = np.random.default_rng(seed)
@@ -115,7 +123,7 @@ def check_cascade_against_full_pass(mode: str, cases, seed: int = 0, batch_size:
     np.testing.assert_array_equal(got.accept, ref_accept)
     np.testing.assert_array_equal(got.gflops, exits.cascade_gflops(model.model_config, EXITS,
                                                                    got.exit))
-    st = model._cascades[EXITS].last_stats
+    st = model.cascade_engine(EXITS).last_stats
     reached = [int(np.sum(ref_exit >= e)) for e in EXITS]
     assert st["rows"] == reached, (st, reached)
     assert all(p >= r for p, r in zip(st["padded_rows"], st["rows"]))
@@ -126,7 +134,7 @@ def check_cascade_against_full_pass(mode: str, cases, seed: int = 0, batch_size:
 
 @pytest.fixture(scope="module", params=["token", "crfiqa"])
 def model_and_full(request):
-  model = quality_model(request.param)
+  model = shared_model(request.param)
   images = random_images(13, seed=3)
   module, variables = model.module, model.variables
   embed_all = jax.jit(lambda v, x: module.apply(v, x, return_all_embeddings=True)[1])
@@ -215,16 +223,70 @@ def test_bucketing_never_drops_or_duplicates_one_device():
   assert any(p > r for st in stats for p, r in zip(st["padded_rows"], st["rows"]))  # partial
 
 
-def test_bucketing_never_drops_or_duplicates_eight_devices():
+def test_bucketing_and_streaming_never_drop_or_duplicate_eight_devices():
   out = run_python("""
     import jax
-    from tests.test_exits import check_cascade_against_full_pass
+    from tests.test_exits import check_cascade_against_full_pass, check_stream_against_per_batch
     assert jax.device_count() == 8
     st = check_cascade_against_full_pass("token", [(3, None), (29, None), (21, (3, 20))],
                                          batch_size=16)
     print("buckets", st[0]["buckets"], st[-1]["buckets"])
+    seen = check_stream_against_per_batch("token", 3, (None, (3, 20)), batch_size=16)
+    print("streams", len(seen), sorted({b for _, _, b in seen}))
   """, devices=8)
-  assert "buckets (8, 16) (8, 24)" in out
+  assert "buckets (8, 16) (8, 24)" in out and "streams 3" in out
+
+
+def check_stream_against_per_batch(mode: str, cases: int, ladders, seed: int = 0,
+                                   batch_size: int = 8) -> list[tuple]:
+  """Random stream lengths and chunkings over the bucket `ladders` (those the bucketing checks
+  compiled): the stream (survivors carried across chunks) gives per image what the per-chunk
+  cascade and the full-pass reference give, in input order, each image once, and never more
+  program calls per segment than the per-chunk runs. Also used by the 8-device subprocess."""
+  model = shared_model(mode, seed, batch_size)
+  rng = np.random.default_rng(seed)
+  all_images = random_images(30, seed + 1)
+  full = model.score(all_images)["exit_scores"]
+  t = exits.CascadeThresholds(EXITS, tuple(_midpoint(full[:, e - 1], 0.3) for e in EXITS[:-1]),
+                              tuple(_midpoint(full[:, e - 1], 0.7) for e in EXITS[:-1]),
+                              _midpoint(full[:, -1], 0.5))
+  seen = []
+  for _ in range(cases):
+    n = int(rng.integers(1, 31))
+    ladder = ladders[int(rng.integers(len(ladders)))]
+    cuts = np.sort(rng.choice(np.arange(1, n), min(n - 1, int(rng.integers(0, 5))),
+                              replace=False)) if n > 1 else np.zeros(0, int)
+    chunks = np.split(np.arange(n), cuts)
+    engine = model.cascade_engine(EXITS)
+    stream = model.cascade_stream(t, ladder)
+    parts, returned = [], []
+    for c in chunks:
+      parts.append(stream.push(all_images[c]))
+      returned.append(stream.returned)
+    parts.append(stream.flush())
+    got = exits.CascadeResult(*(np.concatenate(a) for a in zip(*parts)))
+    per_batch, calls = [], np.zeros(len(EXITS), int)
+    for c in chunks:
+      per_batch.append(model.cascade(all_images[c], t, ladder))
+      calls += engine.last_stats["calls"]
+    per_batch = exits.CascadeResult(*(np.concatenate(a) for a in zip(*per_batch)))
+    ref_exit, ref_score, ref_accept = reference_cascade(full[:n], t)
+    assert len(got.exit) == n and stream.returned == stream.pushed == n
+    assert returned == sorted(returned) and returned[-1] <= n
+    for r in (got, per_batch):
+      np.testing.assert_array_equal(r.exit, ref_exit)
+      np.testing.assert_array_equal(r.accept, ref_accept)
+      np.testing.assert_allclose(r.score, ref_score, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(got.gflops, per_batch.gflops)
+    assert stream.stats["rows"] == [int(np.sum(ref_exit >= e)) for e in EXITS]
+    assert np.all(np.asarray(stream.stats["calls"]) <= calls), (stream.stats, calls)
+    seen.append((n, len(chunks), stream.stats["buckets"]))
+  return seen
+
+
+def test_stream_equals_the_per_batch_cascade_in_input_order_one_device():
+  seen = check_stream_against_per_batch("token", 5, (None, (3, 6)))
+  assert any(k > 1 for _, k, _ in seen) and {b for _, _, b in seen} == {(1, 2, 4, 8), (3, 6)}
 
 
 def test_thresholds_validate_and_round_trip_through_strict_json():

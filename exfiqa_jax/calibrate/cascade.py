@@ -281,14 +281,18 @@ def _cost_function(costs, e: tuple[int, ...]) -> Callable[[tuple[int, ...]], np.
 
 
 def _cheapest_exits(e: tuple[int, ...], mean_cost: Callable[[tuple[int, ...]], float],
-                    prune: bool) -> tuple[int, ...]:
+                    prune: bool, early: bool = False) -> tuple[int, ...]:
   """The exit set of least mean cost (ties: more exits): `e` itself unless `prune`, then every
-  subset of its early exits (up to 6) or greedy backward elimination (more)."""
+  subset of its early exits (up to 6) or greedy backward elimination (more); `early`: only
+  sets with at least one early exit (when `e` has one)."""
   subsets = _exit_subsets(e) if prune else [e]
+  if subsets is not None and early and len(e) > 1:
+    subsets = [ex for ex in subsets if len(ex) > 1]
   if subsets is None:                       # many exits: greedy backward elimination
     current = e
     while True:
-      options = [current] + [tuple(x for x in current if x != drop) for drop in current[:-1]]
+      options = [current] + [tuple(x for x in current if x != drop) for drop in current[:-1]
+                             if not early or len(current) > 2]
       nxt = min(options, key=lambda ex: (mean_cost(ex), -len(ex)))
       if nxt == current:
         break
@@ -301,7 +305,8 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
                       target: float = 0.99,
                       costs: Sequence[float] | Callable[[tuple[int, ...]], Sequence[float]]
                       | None = None, full_cost: float | None = None, prune_exits: bool = True,
-                      max_evaluations: int = 4000, margin: float = 0.0) -> CascadeCalibration:
+                      max_evaluations: int = 4000, margin: float = 0.0,
+                      early_exit_required: bool = False) -> CascadeCalibration:
   """Per-exit reject/accept thresholds that minimise the mean cost subject to agreement with the
   full-depth decision (s_L >= tau) >= target on this calibration matrix [N, L].
 
@@ -312,7 +317,8 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
   count. full_cost: the full-depth program's GFLOPs (default the cost of leaving at the last
   exit with no early exit), the reference for the compute saved. margin in [0, 1]: keep only
   the outer (1 - margin) of every early-decision region (more conservative; 1 = no early exit;
-  robust_cascade chooses it). Algorithm: module docstring.
+  robust_cascade chooses it). early_exit_required: pruning keeps at least one early exit (the
+  best real cascade, even where the last exit alone costs less). Algorithm: module docstring.
   """
   s = np.asarray(exit_scores, np.float32)
   if s.ndim != 2 or s.shape[0] == 0:
@@ -340,7 +346,8 @@ def calibrate_cascade(exit_scores: np.ndarray, exits: Sequence[int], tau: float,
       tried[ex] = (*_search_split(s, full, ex, budget, c, per_eval, margin), c)
     return tried[ex]
 
-  best = _cheapest_exits(e, lambda ex: solve(ex)[0], prune_exits and not fixed_costs)
+  best = _cheapest_exits(e, lambda ex: solve(ex)[0], prune_exits and not fixed_costs,
+                         early_exit_required)
   _, alloc, rej, acc, evals, c = solve(best)
   out = simulate_cascade(s, best, rej, acc, tau)
   if out.disagreements > budget:             # cannot happen: the search counts exactly

@@ -111,31 +111,75 @@ def fixed_columns(s_cal: np.ndarray, s_ev: np.ndarray, fused_cal: Mapping[str, n
   return out
 
 
+def _calibrate(s_cal: np.ndarray, exits: Sequence[int], tau: float, target: float,
+               costs: Callable, full: float, groups: np.ndarray, robust: bool, folds: int,
+               prune_exits: bool, seed: int, memo: dict
+               ) -> tuple[cascade.CascadeCalibration, dict[str, Any]]:
+  """(calibration, its record fields): robust_cascade or the plain optimum for `costs`."""
+  if robust:
+    rc = cascade.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                groups=groups, folds=folds, seed=seed, prune_exits=prune_exits,
+                                memo=memo)
+    return rc.calibration, rc.to_dict()
+  c = cascade.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
+                                prune_exits=prune_exits)
+  return c, c.to_dict()
+
+
+def _never_slower(s_cal: np.ndarray, exits: Sequence[int], tau: float, c, cv: dict,
+                  seconds: Callable, full_seconds: float, prune_exits: bool
+                  ) -> tuple[cascade.CascadeCalibration, dict[str, Any] | None]:
+  """(calibration, fallback): `c` when a cascade with early exits is predicted faster than both
+  the full pass and one full segment (the last exit alone: no ATTN statistics nor fusions, so
+  often a little faster than the full pass), else the one-segment run (every image to the last
+  exit) and the best cascade found, with its predicted speed (docs/evaluation.md, "Early exits
+  and thresholds")."""
+  depth = s_cal.shape[1]
+  one_seconds = float(seconds((depth,))[-1])
+  if len(c.exits) > 1 and c.mean_gflops < min(full_seconds, one_seconds):
+    return c, None
+  best = c if len(c.exits) > 1 else cascade.calibrate_cascade(
+      s_cal, exits, tau, cv.get("internal_target", c.target), costs=seconds,
+      full_cost=full_seconds, prune_exits=prune_exits, margin=cv.get("margin", 0.0),
+      early_exit_required=True)
+  one = cascade.calibrate_cascade(s_cal, (depth,), tau, c.target, costs=seconds,
+                                  full_cost=full_seconds, prune_exits=False)
+  return one, {"best_exits": "+".join(str(e) for e in best.exits),
+               "best_predicted_speedup": full_seconds / best.mean_gflops
+               if len(best.exits) > 1 else float("nan"),
+               "one_segment_predicted_speedup": full_seconds / one.mean_gflops}
+
+
 def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], tau: float,
                     costs: Callable[[tuple[int, ...]], np.ndarray], full: float,
                     to_q100: Mapping[str, Callable[[np.ndarray], np.ndarray]],
                     targets: Sequence[float], groups: np.ndarray,
                     robust: bool = True, folds: int = 5, prune_exits: bool = True,
-                    seed: int = 0) -> tuple[list[Column], list[dict[str, Any]]]:
+                    seed: int = 0, seconds: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+                    full_seconds: float = float("nan")
+                    ) -> tuple[list[Column], list[dict[str, Any]]]:
   """(columns, records): per agreement target, the cascade calibrated on `s_cal` (robust: its
   conservativeness chosen by `groups`-grouped cross-validation; `costs`: GFLOPs of leaving at
   each exit of an exit set, `full`: the full-depth program's) and run on `s_ev`; its quality is
-  the 0–100 value at the exit left (`to_q100`: exit_k → its map, QualityMapping.columns). A
-  record holds the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for the
-  engine; not part of the summary) and both splits' figures."""
+  the 0–100 value at the exit left (`to_q100`: exit_k → its map, QualityMapping.columns).
+  `seconds` (the measured cost model's per-image seconds, models/cascade_cost.py; with
+  `full_seconds`, the full pass's) makes the calibration cost-aware: it minimises predicted
+  seconds instead of GFLOPs, and where no cascade is predicted faster than the full pass it
+  falls back to one segment (`_never_slower`; the record's "fallback" says what it found).
+  A record holds the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for
+  the engine; not part of the summary) and both splits' figures."""
   depth = s_cal.shape[1]
   memo: dict = {}
+  objective, objective_full = (costs, full) if seconds is None else (seconds, full_seconds)
   out, records = [], []
   for target in [float(t) for t in targets]:
-    if robust:
-      rc = cascade.robust_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
-                                  groups=groups, folds=folds, seed=seed,
-                                  prune_exits=prune_exits, memo=memo)
-      c, cv = rc.calibration, rc.to_dict()
-    else:
-      c = cascade.calibrate_cascade(s_cal, exits, tau, target, costs=costs, full_cost=full,
-                                    prune_exits=prune_exits)
-      cv = c.to_dict()
+    c, cv = _calibrate(s_cal, exits, tau, target, objective, objective_full, groups, robust,
+                       folds, prune_exits, seed, memo)
+    fallback = None
+    if seconds is not None:
+      c, fallback = _never_slower(s_cal, exits, tau, c, cv, seconds, full_seconds, prune_exits)
+      if fallback is not None:          # the cross-validated figures were the cascade's
+        cv = {**c.to_dict(), "fell_back_from": cv}
     pred = cascade.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
     mean = pred.mean_cost(costs(c.exits))
     q = np.empty(len(s_ev))
@@ -145,26 +189,44 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
     per_block = np.zeros(depth)
     per_block[np.asarray(c.exits) - 1] = pred.fraction_per_exit()
     thr = exits_lib.CascadeThresholds(**c.thresholds())
+    speed = (float("nan") if seconds is None
+             else full_seconds / pred.mean_cost(seconds(c.exits)))
     out.append((q.astype(np.float32), dict(
         method=cascade_name(target), kind="cascade", target=target,
         exits="+".join(str(e) for e in c.exits), mean_gflops=mean, saved=1 - mean / full,
         agreement=pred.agreement, agreement_calibration=c.agreement,
         decided=per_block.tolist(), threshold=tau,
-        agreement_cv=cv.get("cv_agreement", float("nan")))))
+        agreement_cv=cv.get("cv_agreement", float("nan")), predicted_speedup=speed,
+        objective="gflops" if seconds is None else "seconds", fallback=fallback)))
     records.append({"target": target, "thresholds": thr.to_dict(),
+                    "objective": "gflops" if seconds is None else "seconds",
+                    "fallback": fallback,
                     "calibration": {k: v for k, v in cv.items()
                                     if k not in ("reject", "accept", "tau", "exits")},
                     "evaluation": {"agreement": pred.agreement,
                                    "disagreements": pred.disagreements, "mean_gflops": mean,
-                                   "saved": 1 - mean / full,
+                                   "saved": 1 - mean / full, "predicted_speedup": speed,
                                    "fraction_per_exit": pred.fraction_per_exit().tolist()},
                     "_thresholds": thr})
   return out, records
 
 
-def headline(rows: Sequence[Mapping[str, Any]], target: float, timing: Mapping[str, Any]
-             ) -> dict[str, Any]:
-  """The cascade at the headline agreement target (0.99) in numbers and one sentence."""
+def fallback_text(target: float, fallback: Mapping[str, Any], device: str = "this device"
+                  ) -> str:
+  """The one line that says the cascade fell back to one segment, with the best it found."""
+  best = fallback.get("best_predicted_speedup", float("nan"))
+  found = (f"the best found, exits {fallback['best_exits']}, is predicted at {best:.2f}x"
+           if math.isfinite(best) else "no early exit decides here")
+  return (f"no cascade is predicted faster than one full segment at {100 * target:g} % "
+          f"agreement on {device} ({found} the full pass's images/s, one segment at "
+          f"{fallback['one_segment_predicted_speedup']:.2f}x): it runs as one full segment")
+
+
+def headline(rows: Sequence[Mapping[str, Any]], target: float, timing: Mapping[str, Any],
+             device: str = "this device") -> dict[str, Any]:
+  """The cascade at the headline agreement target (0.99) in numbers and one sentence: GFLOPs
+  saved, agreement, pAUC, and images/s against the full pass (predicted by the cost model and
+  measured), or the line saying it fell back to one segment."""
   row = next((r for r in rows if r["kind"] == "cascade" and math.isclose(r["target"], target)),
              None)
   full = next(r for r in rows if r["kind"] == "exit" and r["exits"] == str(len(r["decided"])))
@@ -174,16 +236,23 @@ def headline(rows: Sequence[Mapping[str, Any]], target: float, timing: Mapping[s
   cv_text = f", cross-validated {100 * cv:.2f} %" if math.isfinite(cv) else ""
   speed = (row["images_per_second"] / full["images_per_second"]
            if full["images_per_second"] and math.isfinite(row["images_per_second"]) else None)
+  predicted = row.get("predicted_speedup", float("nan"))
+  fallback = row.get("fallback")
   text = (f"at {100 * target:g} % agreement the cascade (exits {row['exits']}) needs "
           f"{row['mean_gflops']:.3g} of {full['mean_gflops']:.3g} GFLOPs per image: "
           f"{100 * row['saved']:.1f} % compute saved, held-out agreement "
           f"{100 * row['agreement']:.2f} % (calibration {100 * row['agreement_calibration']:.2f} "
           f"%{cv_text}), pAUC {1e3 * row['pauc']:.2f} vs {1e3 * full['pauc']:.2f} x1e-3 "
           f"at full depth")
+  if fallback:
+    text = fallback_text(target, fallback, device) + "; " + text
+  if predicted is not None and math.isfinite(predicted):
+    text += f", predicted {predicted:.2f}x the full pass's images/s"
   if speed is not None:
-    text += f", {speed:.2f}x images/s measured on {timing.get('images')} images"
+    text += f", {speed:.2f}x measured on {timing.get('images')} images"
   return {"target": target, "saved": row["saved"], "mean_gflops": row["mean_gflops"],
           "full_gflops": full["mean_gflops"], "agreement": row["agreement"],
           "agreement_calibration": row["agreement_calibration"], "agreement_cv": cv,
-          "pauc": row["pauc"],
-          "full_pauc": full["pauc"], "exits": row["exits"], "speedup": speed, "text": text}
+          "pauc": row["pauc"], "full_pauc": full["pauc"], "exits": row["exits"],
+          "speedup": speed, "predicted_speedup": predicted, "fallback": fallback,
+          "text": text}

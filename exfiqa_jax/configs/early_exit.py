@@ -16,7 +16,12 @@ Fields (config.early_exit): tau.discard (default 0.2: tau discards 20 % of the c
 at full depth) or tau.value (explicit; NaN = use discard); cascade.exits (() = the engine's
 default, (3, 6, 9, 12) for ViT-S), cascade.targets (agreement targets), cascade.prune_exits,
 cascade.robust (how conservative: chosen by identity-grouped cascade.folds-fold cross-validation,
-exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-split optimum);
+exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-split optimum),
+cascade.cost ("measured": exits and thresholds that maximise images/s predicted by the cost
+model measured on this device, exfiqa_jax/models/cascade_cost.py, kept beside the compile cache,
+and one full segment where no cascade beats the full pass; "gflops": the fewest GFLOPs),
+cascade.cost_repeats, cascade.store_with_model (cascade.json into the model directory, which
+`fx.load(dir).cascade(images)` runs);
 thresholds.discard / thresholds.fnmr (threshold table with bootstrap intervals, at
 thresholds.fmr); mapping.kind ("quantile" | "logistic"); fusion_fit (the learned fusion
 ex_fiqa_fit: weights fitted on the calibration split, reported on the evaluation split beside
@@ -46,7 +51,10 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
           exits=(),                      # () = exfiqa_jax.models.exits.default_exits(depth)
           targets=TARGETS, headline=0.99, prune_exits=True,
           robust=True,                   # conservativeness by identity-grouped cross-validation
-          folds=5)),
+          folds=5,
+          cost="measured",               # minimise measured seconds ("gflops": GFLOPs, the
+          cost_repeats=5,                # edge-device case); timed calls per cost-table entry
+          store_with_model=True)),       # cascade.json beside the model: fx.load(dir).cascade
       thresholds=ml_collections.ConfigDict(dict(
           discard=(0.1, 0.2, 0.3),       # discard fractions → quality thresholds (+ bootstrap CI)
           fnmr=(0.05, 0.02),             # FNMR targets at `fmr` → thresholds (needs pairs)

@@ -35,6 +35,7 @@ from exfiqa_jax.data import synthetic
 from exfiqa_jax.evaluation import benchmarks, external, pipeline, stages
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.metrics import comparisons, edc
+from exfiqa_jax.models import cascade_cost
 from exfiqa_jax.models import exits as exits_lib
 
 SYNTHETIC = "synthetic_faces"
@@ -133,6 +134,8 @@ def analyse(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
           "seed": int(config.seed), "pauc_limit": float(config.eval.pauc_limit.get("fiqa", 0.3)),
           "model_config": model.model_config, "splits": [cal.name, ev.name],
           "extra": dict(extra or {}),
+          "cascade_cost": {**cascade_cost.cost_key(model.model_config, model.dtype),
+                           "batch_size": model.batch_size},   # the device the costs are of
           **({"score_files": {e.name: {**e.identity(), "values": scored[e.name]}
                               for e in scores}} if scores else {})}
 
@@ -185,6 +188,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       meta={"benchmark": cal.name, "model": spec.path})
   per_exit, g_fusion = models.gflops(cfg)
   exits = exits_lib.check_exits(tuple(s.cascade.exits) or exits_lib.default_exits(depth), depth)
+  cost_model = _cost_model(config, model)
   limit = float(config.eval.pauc_limit.get("fiqa", edc.PAUC_LIMIT))
   fused_cal, fused_ev, fit_info = _fusions(s, cal, q_cal, q_ev, cmp_cal, limit)
   cols = study.fixed_columns(s_cal, s_ev, fused_cal, fused_ev, per_exit, g_fusion, tau,
@@ -197,12 +201,18 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       s_cal, s_ev, exits, tau, costs, float(per_exit[-1]), mapping.columns,
       [float(t) for t in s.cascade.targets], image_groups(cal)[0],
       robust=bool(s.cascade.get("robust", True)), folds=int(s.cascade.get("folds", 5)),
-      prune_exits=bool(s.cascade.prune_exits), seed=seed)
+      prune_exits=bool(s.cascade.prune_exits), seed=seed,
+      **_seconds(cost_model, model, str(s.cascade.get("cost", "measured"))))
   cols += cascade_cols
   rows = [row for _, row in cols]
   baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed, scored)
-  timing = _measure(model, ev, s, rows, cascades, s_ev, depth)   # real programs, a subset
-  headline = study.headline(rows, float(s.cascade.headline), timing)
+  timing = _measure(model, ev, s, rows, cascades, s_ev, depth, cost_model)  # a subset
+  device = cascade_cost.device_info()
+  headline = study.headline(rows, float(s.cascade.headline), timing,
+                            cascade_cost.device_name(device))
+  if cost_model is not None:
+    cost_model.save()
+    timing["cost_model"] = cost_model.to_dict()
   summary = {
       "benchmark": {"calibration": {"name": cal.name, "images": cal.num_images},
                     "evaluation": {"name": ev.name, "images": ev.num_images,
@@ -215,11 +225,40 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       "rows": [dict(r) for r in rows],
       "baselines": baseline_pauc,
       "cascades": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cascades],
-      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind}}
+      "timing": timing, "headline": headline, "mapping": {"kind": mapping.kind},
+      "device": device}
   if fit_info is not None:
     summary["fusion_fit"] = fit_info
   summary["seconds"] = round(time.time() - started, 1)
   return summary, mapping
+
+
+COSTS = ("measured", "gflops")     # early_exit.cascade.cost
+
+
+def _cost_model(config, model) -> cascade_cost.CostModel | None:
+  """The measured cost model of `model` on this device (kept beside the compile cache), or
+  None where nothing is timed: cascade.cost "gflops" with timing.images 0, or several hosts."""
+  s = config.early_exit
+  cost = str(s.cascade.get("cost", "measured"))
+  if cost not in COSTS:
+    raise ValueError(f"--config.early_exit.cascade.cost={cost!r} is not one of {COSTS}")
+  if jax.process_count() > 1 or (cost == "gflops" and int(s.timing.images) <= 0):
+    if cost == "measured":
+      logging.warning("cascade costs are measured on one host; this multi-host run calibrates "
+                      "the cascade for GFLOPs (--config.early_exit.cascade.cost=gflops)")
+    return None
+  return model.cascade_costs(cascade_cost.CostModel.folder_for(config.get("compile_cache")),
+                             repeats=int(s.cascade.get("cost_repeats", 5)))
+
+
+def _seconds(cost_model: cascade_cost.CostModel | None, model, cost: str) -> dict[str, Any]:
+  """cascade_columns' `seconds` / `full_seconds` when the calibration minimises time."""
+  if cost_model is None or cost != "measured":
+    return {}
+  big = exits_lib.bucket_ladder(model.batch_size)[-1]
+  return {"seconds": lambda ex: cost_model.per_image(ex, big),
+          "full_seconds": cost_model.full_per_image(big)}
 
 
 def _fusions(s, cal: Benchmark, q_cal: stages.Stage, q_ev: stages.Stage,
@@ -295,13 +334,15 @@ def _time_it(fn, repeats: int, warm: bool = False) -> float:
 
 
 def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
-             s_ev: np.ndarray, depth: int) -> dict[str, Any]:
-  """images/s of every fixed-exit program and the cascades on a subset; the engine's decisions
-  there against the prediction from the full-pass scores (mismatches are reported)."""
+             s_ev: np.ndarray, depth: int,
+             cost_model: cascade_cost.CostModel | None = None) -> dict[str, Any]:
+  """images/s of every fixed-exit program and the cascades on a subset, beside the cost
+  model's prediction for the same run; the engine's decisions there against the prediction
+  from the full-pass scores (mismatches are reported)."""
   n = min(int(s.timing.images), ev.num_images)
   info: dict[str, Any] = {"images": n, "repeats": int(s.timing.repeats)}
   for r in rows:
-    r["images_per_second"] = float("nan")
+    r["images_per_second"] = r["predicted_images_per_second"] = float("nan")
   if n <= 0 or jax.process_count() > 1:
     info["skipped"] = "timing.images = 0" if n <= 0 else "multi-host run (single-host programs)"
     return info
@@ -313,6 +354,10 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
     by_method[columns.exit_name(k)]["images_per_second"] = n / _time_it(
         lambda: model.score(images, exit=k), reps)
   full_rate = by_method[columns.exit_name(depth)]["images_per_second"]
+  sizes = exits_lib.bucket_ladder(model.batch_size)
+  if cost_model is not None:
+    by_method[columns.exit_name(depth)]["predicted_images_per_second"] = (
+        n / cost_model.predict_full_seconds(n, sizes))
   for r in rows:                # the full pass computes every exit, hence every fusion
     if r["kind"] == "fusion":
       r["images_per_second"] = full_rate
@@ -326,7 +371,11 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
     pred = cascade.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
     mismatch[f"{c['target']:g}"] = int(np.sum((np.asarray(result.exit) != pred.exit)
                                               | (np.asarray(result.accept) != pred.accept)))
-    by_method[study.cascade_name(c["target"])]["images_per_second"] = n / _time_it(
-        lambda: model.cascade(images, thr), reps, warm=True)
+    row = by_method[study.cascade_name(c["target"])]
+    row["images_per_second"] = n / _time_it(lambda: model.cascade(images, thr), reps, warm=True)
+    if cost_model is not None:
+      reached = [int(np.sum(pred.stage >= i)) for i in range(len(thr.exits))]
+      row["predicted_images_per_second"] = n / cost_model.predict_seconds(thr.exits, reached,
+                                                                          sizes)
   info["engine_vs_prediction_mismatches"] = mismatch
   return info

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax import models, parallel
+from exfiqa_jax import files, models, parallel
 from exfiqa_jax.data import preprocess
 from exfiqa_jax.models import vit
 
@@ -148,6 +150,45 @@ class CascadeThresholds:
                tuple(float(v) for v in d["accept"]), float(d["tau"]))
 
 
+CASCADE_FILE = "cascade.json"     # calibrated cascades stored with a model (early_exit job)
+CASCADE_FORMAT = "exfiqa_cascade"
+
+
+def store_with_model(model_dir: str | os.PathLike, record: Mapping[str, Any]) -> str:
+  """Writes the early_exit job's calibrated cascades into a model directory (atomically), so
+  that `fx.load(model_dir).cascade(images)` runs them. `record`: {"headline": target,
+  "cascades": [{"target", "thresholds": CascadeThresholds.to_dict(), ...}], ...}."""
+  target = os.path.join(os.fspath(model_dir), CASCADE_FILE)
+  files.write_json(target, {"format": CASCADE_FORMAT, "version": 1, **record})
+  return target
+
+
+def stored_thresholds(model_dir: str | os.PathLike, target: float | None = None
+                      ) -> tuple[CascadeThresholds, dict[str, Any]]:
+  """(thresholds, its record) of the cascade stored with a model at agreement `target` (None:
+  the headline one, 0.99 by default). Errors say how to create or choose one."""
+  path = os.path.join(os.fspath(model_dir), CASCADE_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{model_dir} holds no calibrated cascade ({CASCADE_FILE}); run the "
+                            "early_exit job on it (configs/early_exit.py, --config.quality_model."
+                            "path=<this directory>) or pass CascadeThresholds")
+  try:
+    stored = files.read_json(path)
+    if stored.get("format") != CASCADE_FORMAT:
+      raise ValueError(f"format {stored.get('format')!r} is not {CASCADE_FORMAT!r}")
+    want = float(stored["headline"] if target is None else target)
+    found = [c for c in stored["cascades"] if math.isclose(float(c["target"]), want)]
+    if not found:
+      raise LookupError(f"no cascade at agreement target {want:g}; stored: "
+                        f"{[float(c['target']) for c in stored['cascades']]}")
+    return CascadeThresholds.from_dict(found[0]["thresholds"]), dict(found[0])
+  except LookupError as e:
+    raise ValueError(f"{path}: {e}") from None
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{path}: not a calibrated cascade ({e}); run the early_exit job again "
+                     "to rewrite it") from None
+
+
 class CascadeResult(NamedTuple):
   score: np.ndarray      # [N] float32, the score at the exit where the image left
   exit: np.ndarray       # [N] int32, that exit (1-based)
@@ -230,6 +271,19 @@ def _subset(variables: Mapping, names: Sequence[str]) -> dict:
           for col, tree in variables.items() if any(k in names for k in tree)}
 
 
+def time_call(fn: Callable[[], Any], repeats: int = 5) -> float:
+  """Least seconds of `repeats` calls of `fn` after two warm-up calls (compilation, first
+  allocations): other jobs on the machine only ever add time, so the least is the program's."""
+  fn()
+  fn()
+  best = math.inf
+  for _ in range(max(1, int(repeats))):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 class _Queue:
   """Rows waiting for a segment, pooled across batches on the host: (image ids, streams)."""
 
@@ -259,7 +313,7 @@ class Cascade:
   """
 
   def __init__(self, module: vit.VisionTransformer, variables: Mapping, exits: Sequence[int],
-               batch_size: int):
+               batch_size: int, programs: dict | None = None):
     cfg = module.config
     if cfg.mode not in vit.QUALITY_MODES:
       raise ValueError(f"the cascade needs exit scores; mode {cfg.mode!r} has no quality head")
@@ -269,19 +323,75 @@ class Cascade:
     dtype = module.dtype
     starts = (0,) + self.exits[:-1]
     replicated = parallel.replicated()
-    self._embed_vars = jax.device_put(
-        _subset(variables, ("patch_embed", "qs_token", "pos_embed")), replicated)
-    self._head_vars = jax.device_put(_subset(variables, ("norm", "feature", "head_qs")),
-                                     replicated)
-    self._block_vars = [jax.device_put({"params": {"blocks": slice_blocks(
-        variables, i, j)["params"]["blocks"]}}, replicated) for i, j in zip(starts, self.exits)]
+    # `programs` (one dict per model, QualityModel's) shares the segment programs and their
+    # variables between exit sets: segment (i, j) is the same program in every set holding it;
+    # looked up at every call, so a program replaced there (a test's slowed one) is the one run
+    self.programs = {} if programs is None else programs
+    self._keys = tuple(zip(starts, self.exits))
+    if "vars" not in self.programs:
+      self.programs["vars"] = (
+          jax.device_put(_subset(variables, ("patch_embed", "qs_token", "pos_embed")),
+                         replicated),
+          jax.device_put(_subset(variables, ("norm", "feature", "head_qs")), replicated))
+    self._embed_vars, self._head_vars = self.programs["vars"]
     embed = _Embed(cfg, dtype=dtype)
     head = _ExitHead(cfg, dtype=dtype)
-    self._fns: list[Callable] = [
-        jax.jit(self._program(embed if s == 0 else None, _Segment(cfg, depth=j - i, dtype=dtype),
-                              head))
-        for s, (i, j) in enumerate(zip(starts, self.exits))]
+    for i, j in self._keys:
+      if (i, j) not in self.programs:
+        self.programs[(i, j)] = (
+            jax.jit(self._program(embed if i == 0 else None,
+                                  _Segment(cfg, depth=j - i, dtype=dtype), head)),
+            jax.device_put({"params": {"blocks": slice_blocks(
+                variables, i, j)["params"]["blocks"]}}, replicated))
     self.last_stats: dict[str, Any] = {}
+
+  @property
+  def _fns(self) -> list[Callable]:
+    return [self.programs[k][0] for k in self._keys]
+
+  @property
+  def _block_vars(self) -> list[Any]:
+    return [self.programs[k][1] for k in self._keys]
+
+  def _inputs(self, s: int, rows: int) -> np.ndarray:
+    """Zero inputs of segment s for a bucket of `rows`: uint8 images, or a residual stream."""
+    size = self.config.img_size
+    images = np.zeros((rows, size, size, 3), np.uint8)
+    if s == 0:
+      return images
+    shape = jax.eval_shape(self._fns[0], self._embed_vars, self._block_vars[0],
+                           self._head_vars, images)[0]
+    return np.zeros(shape.shape, shape.dtype)
+
+  def time_segment(self, s: int, rows: int, repeats: int = 5) -> float:
+    """Seconds per call of segment s on a bucket of `rows` (a multiple of the device count),
+    as `run` calls it: inputs sent, the program, scores (and the stream, but after the last
+    segment) fetched (time_call: warm-up calls, then the least of `repeats`)."""
+    inputs, sharding = self._inputs(s, rows), parallel.batch_sharding()
+    last = s == len(self.exits) - 1
+
+    def call():
+      x, sc = self._fns[s](self._embed_vars, self._block_vars[s], self._head_vars,
+                           jax.device_put(inputs, sharding))
+      np.asarray(jax.device_get(sc))
+      if not last:
+        np.asarray(jax.device_get(x))
+    return time_call(call, repeats)
+
+  def time_compaction(self, rows: int, repeats: int = 5) -> float:
+    """Seconds per row carried on when half of a `rows`-row stream survives a segment (the
+    host's share of a carried row: picked out, queued, popped into the next bucket)."""
+    stream = self._inputs(1 if len(self.exits) > 1 else 0, rows)
+    if stream.ndim != 3:            # one segment: nothing is ever carried on
+      return 0.0
+    ids, keep = np.arange(rows), np.arange(rows) % 2 == 0
+
+    def call():
+      queue = _Queue()
+      queue.push(ids[keep], stream[keep])
+      queue.push(ids[keep], stream[keep])
+      queue.pop(rows)
+    return time_call(call, repeats) / max(1, rows)
 
   @staticmethod
   def _program(embed: _Embed | None, segment: _Segment, head: _ExitHead) -> Callable:
@@ -292,57 +402,113 @@ class Cascade:
       return x, head.apply(head_vars, x)
     return program
 
+  def stream(self, thresholds: CascadeThresholds, ladder: Sequence[int] | None = None
+             ) -> "CascadeStream":
+    """A stream over any number of `push`ed chunks: survivors carried across them (module doc)."""
+    return CascadeStream(self, thresholds, ladder)
+
   def run(self, images: np.ndarray, thresholds: CascadeThresholds,
           ladder: Sequence[int] | None = None) -> CascadeResult:
     """uint8 [N, S, S, 3] (already at the model's size) → CascadeResult, in input order."""
-    if tuple(thresholds.exits) != self.exits:
+    stream = self.stream(thresholds, ladder)
+    head, tail = stream.push(images), stream.flush()
+    self.last_stats = stream.stats
+    return CascadeResult(*(np.concatenate([a, b]) for a, b in zip(head, tail)))
+
+
+class CascadeStream:
+  """The cascade over a stream of image chunks (a folder decoded chunk by chunk, a long array).
+
+  `push(images)` queues the chunk's images for segment 1 and runs every segment that has a full
+  bucket (the ladder's largest size) waiting, so survivors of one chunk share buckets with the
+  next chunk's; it returns the results of the images decided so far that follow every earlier
+  one (input order: an image still running holds back the ones after it). `flush()` runs what
+  is left in the smallest buckets that hold it and returns the rest. Every image pushed comes
+  back exactly once, in the order pushed.
+  """
+
+  def __init__(self, engine: Cascade, thresholds: CascadeThresholds,
+               ladder: Sequence[int] | None = None):
+    if tuple(thresholds.exits) != engine.exits:
       raise ValueError(f"thresholds are for exits {thresholds.exits}, this cascade runs "
-                       f"{self.exits}")
-    sizes = bucket_ladder(self.batch_size, ladder)
-    big, num_seg, n = sizes[-1], len(self.exits), len(images)
-    score = np.full(n, np.nan, np.float32)
-    exit_left = np.zeros(n, np.int32)
-    accept = np.zeros(n, bool)
-    decided_count = np.zeros(n, np.int64)
-    queues = [_Queue() for _ in range(num_seg)]
-    stats = {"rows": [0] * num_seg, "padded_rows": [0] * num_seg, "calls": [0] * num_seg,
-             "buckets": sizes}
-    sharding = parallel.batch_sharding()
+                       f"{engine.exits}")
+    self._engine, self._thresholds = engine, thresholds
+    self.sizes = bucket_ladder(engine.batch_size, ladder)
+    num_seg = len(engine.exits)
+    self._queues = [_Queue() for _ in range(num_seg)]
+    self._sharding = parallel.batch_sharding()
+    self.returned = 0                    # images already handed back (ids < returned)
+    self.pushed = 0
+    self._score = np.zeros(0, np.float32)   # results of ids returned..pushed-1
+    self._exit = np.zeros(0, np.int32)
+    self._accept = np.zeros(0, bool)
+    self._count = np.zeros(0, np.int64)     # times decided: exactly once when returned
+    self.stats: dict[str, Any] = {"rows": [0] * num_seg, "padded_rows": [0] * num_seg,
+                                  "calls": [0] * num_seg, "buckets": self.sizes}
 
-    def run_segment(s: int, ids: np.ndarray, inputs: np.ndarray) -> None:
-      m = len(ids)
-      b = next(size for size in sizes if size >= m)
-      if b > m:
-        inputs = np.concatenate([inputs, np.zeros((b - m,) + inputs.shape[1:], inputs.dtype)])
-      x, sc = self._fns[s](self._embed_vars, self._block_vars[s], self._head_vars,
-                           jax.device_put(inputs, sharding))
-      sc = np.asarray(jax.device_get(sc))[:m].astype(np.float32)
-      stats["rows"][s] += m
-      stats["padded_rows"][s] += b
-      stats["calls"][s] += 1
-      if s == num_seg - 1:
-        done, acc = np.ones(m, bool), sc >= thresholds.tau
-      else:
-        acc = sc > thresholds.accept[s]
-        done = (sc < thresholds.reject[s]) | acc
-      left = ids[done]
-      score[left], exit_left[left], accept[left] = sc[done], self.exits[s], acc[done]
-      decided_count[left] += 1
-      if not done.all():
-        stream = np.asarray(jax.device_get(x))[:m]
-        queues[s + 1].push(ids[~done], stream[~done])
-        while queues[s + 1].size >= big:
-          run_segment(s + 1, *queues[s + 1].pop(big))
+  def push(self, images: np.ndarray) -> CascadeResult:
+    """uint8 [n, S, S, 3] at the model's size → the results now complete, in input order."""
+    images = np.asarray(images, np.uint8)
+    n = len(images)
+    ids = np.arange(self.pushed, self.pushed + n)
+    self.pushed += n
+    self._score = np.concatenate([self._score, np.full(n, np.nan, np.float32)])
+    self._exit = np.concatenate([self._exit, np.zeros(n, np.int32)])
+    self._accept = np.concatenate([self._accept, np.zeros(n, bool)])
+    self._count = np.concatenate([self._count, np.zeros(n, np.int64)])
+    self._queues[0].push(ids, images)
+    self._drain(full_only=True)
+    return self._take()
 
-    for start in range(0, n, big):
-      stop = min(n, start + big)
-      run_segment(0, np.arange(start, stop), np.asarray(images[start:stop], np.uint8))
-    for s in range(1, num_seg):
-      while queues[s].size:
-        run_segment(s, *queues[s].pop(big))
-    if np.any(decided_count != 1):    # an invariant, never expected: fail loudly, not silently
-      raise RuntimeError(f"cascade bookkeeping error: {int(np.sum(decided_count == 0))} images "
-                         f"undecided, {int(np.sum(decided_count > 1))} decided twice")
-    self.last_stats = stats
-    return CascadeResult(score, exit_left, accept,
-                         cascade_gflops(self.config, self.exits, exit_left))
+  def flush(self) -> CascadeResult:
+    """Runs every waiting image to its decision; the remaining results, in input order."""
+    self._drain(full_only=False)
+    out = self._take()
+    if self.returned != self.pushed:    # an invariant, never expected: fail loudly
+      raise RuntimeError(f"cascade bookkeeping error: {self.pushed - self.returned} images "
+                         "undecided after the flush")
+    return out
+
+  def _drain(self, full_only: bool) -> None:
+    big = self.sizes[-1]
+    for s, queue in enumerate(self._queues):    # survivors only move to later segments
+      while queue.size >= big or (queue.size and not full_only):
+        self._run_segment(s, *queue.pop(big))
+
+  def _run_segment(self, s: int, ids: np.ndarray, inputs: np.ndarray) -> None:
+    engine, t = self._engine, self._thresholds
+    m, last = len(ids), s == len(engine.exits) - 1
+    b = next(size for size in self.sizes if size >= m)
+    if b > m:
+      inputs = np.concatenate([inputs, np.zeros((b - m,) + inputs.shape[1:], inputs.dtype)])
+    x, sc = engine._fns[s](engine._embed_vars, engine._block_vars[s], engine._head_vars,
+                           jax.device_put(inputs, self._sharding))
+    sc = np.asarray(jax.device_get(sc))[:m].astype(np.float32)
+    self.stats["rows"][s] += m
+    self.stats["padded_rows"][s] += b
+    self.stats["calls"][s] += 1
+    if last:
+      done, acc = np.ones(m, bool), sc >= t.tau
+    else:
+      acc = sc > t.accept[s]
+      done = (sc < t.reject[s]) | acc
+    at = ids[done] - self.returned
+    self._score[at], self._exit[at], self._accept[at] = sc[done], engine.exits[s], acc[done]
+    self._count[at] += 1
+    if not done.all():
+      stream = np.asarray(jax.device_get(x))[:m]
+      self._queues[s + 1].push(ids[~done], stream[~done])
+
+  def _take(self) -> CascadeResult:
+    """Hands back the longest run of decided images at the front (input order)."""
+    if np.any(self._count > 1):         # an invariant, never expected: fail loudly
+      raise RuntimeError(f"cascade bookkeeping error: {int(np.sum(self._count > 1))} images "
+                         "decided twice")
+    waiting = np.flatnonzero(self._count == 0)
+    k = int(waiting[0]) if waiting.size else len(self._count)
+    out = CascadeResult(self._score[:k].copy(), self._exit[:k].copy(), self._accept[:k].copy(),
+                        cascade_gflops(self._engine.config, self._engine.exits, self._exit[:k]))
+    self._score, self._exit = self._score[k:], self._exit[k:]
+    self._accept, self._count = self._accept[k:], self._count[k:]
+    self.returned += k
+    return out

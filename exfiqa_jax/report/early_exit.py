@@ -4,12 +4,16 @@ quality_mapping.json and two plots: pAUC against GFLOPs, and where the cascade d
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from exfiqa_jax import columns, files, parallel, quality_mapping
+from exfiqa_jax.calibrate import early_exit as study
+from exfiqa_jax.models import cascade_cost
+from exfiqa_jax.models import exits as exits_lib
 from exfiqa_jax.report import plots, tables
 
 FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2", 7), columns.EX_FIQA_FW: ("D", "C1", 11),
@@ -17,18 +21,21 @@ FUSION_STYLE = {columns.EX_FIQA_F: ("P", "C2", 7), columns.EX_FIQA_FW: ("D", "C1
 HOLLOW = ("D", "o")       # the larger fusion markers are hollow: a smaller one shows inside
 MAX_LABELS = 6            # fixed exits numbered on the pAUC-vs-GFLOPs plot (1, …, L among them)
 CSV_COLUMNS = ("method", "kind", "target", "exits", "mean_gflops", "saved", "pauc",
-               "agreement", "agreement_calibration", "images_per_second")
+               "agreement", "agreement_calibration", "images_per_second",
+               "predicted_images_per_second")
 
 
 def write(output: str, summary: Mapping[str, Any], mapping: quality_mapping.QualityMapping,
-          model_dir: str | None = None) -> dict[str, str]:
+          model_dir: str | None = None, cascade_dir: str | None = None) -> dict[str, str]:
   """Every file of the report of one study (evaluation.early_exit.analyse: its summary and
   0–100 mapping) into `output`, and the mapping also beside the model in `model_dir` (if given;
-  the score task then writes q100_* columns). Call on the writing process only. Returns
-  {what: path}."""
+  the score task then writes q100_* columns), the calibrated cascades in `cascade_dir` (if
+  given: cascade.json, which fx.load(dir).cascade runs). Call on the writing process only.
+  Returns {what: path}."""
   rows, depth = summary["rows"], int(summary["depth"])
   decided_cols = ["decided_" + c for c in columns.exit_names(depth)]
-  flat = [{**{k: r[k] for k in CSV_COLUMNS}, **dict(zip(decided_cols, r["decided"]))}
+  flat = [{**{k: r.get(k, math.nan) for k in CSV_COLUMNS},
+           **dict(zip(decided_cols, r["decided"]))}
           for r in rows]
   paths = {"csv": os.path.join(output, "early_exit.csv"),
            "json": os.path.join(output, "early_exit.json"),
@@ -45,21 +52,51 @@ def write(output: str, summary: Mapping[str, Any], mapping: quality_mapping.Qual
                                        rows, depth)
   if model_dir:
     paths["model_mapping"] = quality_mapping.store_with_model(model_dir, mapping)
+  if cascade_dir:
+    paths["model_cascade"] = exits_lib.store_with_model(cascade_dir, cascade_record(summary))
   return paths
+
+
+def cascade_record(summary: Mapping[str, Any]) -> dict[str, Any]:
+  """What cascade.json keeps beside the model (models/exits.py store_with_model): per agreement
+  target the thresholds, what they minimise, the predicted speed and any fallback; the device
+  the costs were measured on and the headline target (`fx.load(dir).cascade(images)`)."""
+  keep = ("target", "thresholds", "objective", "fallback")
+  return {"headline": summary["headline"].get("target", 0.99),
+          "device": summary.get("device"), "model": summary.get("model"),
+          "cascades": [{**{k: c.get(k) for k in keep},
+                        "predicted_speedup": c["evaluation"].get("predicted_speedup"),
+                        "agreement": c["evaluation"]["agreement"],
+                        "saved": c["evaluation"]["saved"]} for c in summary["cascades"]]}
 
 
 def write_study(config, output: str, study: Mapping[str, Any], model_path: str) -> dict[str, str]:
   """write() as the early_exit and demo tasks call it: the study's (evaluation.early_exit.analyse)
   files into `output`, the mapping also into `model_path` when it is a directory and
-  config.early_exit.mapping.store_with_model (default on). {} on processes that do not write."""
+  config.early_exit.mapping.store_with_model (default on), and the calibrated cascades there
+  too with config.early_exit.cascade.store_with_model (default on). {} on processes that do not
+  write."""
   if not parallel.is_writer():
     return {}
-  store = config.early_exit.mapping.get("store_with_model", True) and os.path.isdir(model_path)
-  return write(output, study["summary"], study["mapping"], model_dir=model_path if store else None)
+  s = config.early_exit
+  is_dir = os.path.isdir(model_path)
+  store = s.mapping.get("store_with_model", True) and is_dir
+  store_cascade = s.cascade.get("store_with_model", True) and is_dir
+  return write(output, study["summary"], study["mapping"], model_dir=model_path if store else None,
+               cascade_dir=model_path if store_cascade else None)
+
+
+def _number(v: float | None, spec: str) -> str:
+  """A table cell: "—" for what was not measured (NaN, None), no "-0.0"."""
+  if v is None or not math.isfinite(v):
+    return "—"
+  text = format(v, spec)
+  return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
-  """early_exit.md: the splits, τ, the headline and one table row per method and baseline."""
+  """early_exit.md: the splits, τ, the headline, what the cascade was calibrated for (and any
+  fallback to one segment), one table row per method and baseline."""
   b = summary["benchmark"]
   lines = ["# Early exits", "",
            f"Calibrated on `{b['calibration']['name']}` ({b['calibration']['images']} images), "
@@ -67,17 +104,30 @@ def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> s
            f"{b['evaluation']['pairs']} pairs). tau = {summary['tau']['value']:.6g} "
            f"({summary['tau']['rule']}). pAUC-EDC x1e3 at FMR {summary['fmr']:g} "
            f"(`fiqa`, up to {summary['pauc_limit']:g}).", "",
-           f"Headline: {summary['headline']['text']}.", "",
-           "| method | exits | GFLOPs/image | saved | pAUC x1e3 | agreement (eval / cal) "
-           "| images/s |",
-           "|---|---|---|---|---|---|---|"]
+           f"Headline: {summary['headline']['text']}.", ""]
+  cas = [r for r in rows if r["kind"] == "cascade"]
+  device = cascade_cost.device_name(summary.get("device") or {})
+  if cas and cas[0].get("objective") == "seconds":
+    lines += [f"The cascades minimise the seconds per image predicted by the cost model "
+              f"measured on {device} (fewer GFLOPs need not mean faster); "
+              "predicted and measured images/s side by side.", ""]
+    lines += [f"- {study.fallback_text(r['target'], r['fallback'], device)}."
+              for r in cas if r.get("fallback")]
+    lines += [""] if any(r.get("fallback") for r in cas) else []
+  elif cas:
+    lines += ["The cascades minimise GFLOPs (`early_exit.cascade.cost=gflops`), which need not "
+              "mean faster on this device.", ""]
+  lines += ["| method | exits | GFLOPs/image | saved | pAUC x1e3 | agreement (eval / cal) "
+            "| images/s | predicted images/s |",
+            "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['method']} | {r['exits']} | {r['mean_gflops']:.4g} | "
-                 f"{100 * r['saved']:.1f} % | {1e3 * r['pauc']:.2f} | "
+                 f"{_number(100 * r['saved'], '.1f')} % | {1e3 * r['pauc']:.2f} | "
                  f"{100 * r['agreement']:.2f} / {100 * r['agreement_calibration']:.2f} % | "
-                 f"{r['images_per_second']:.0f} |")
+                 f"{_number(r['images_per_second'], '.0f')} | "
+                 f"{_number(r.get('predicted_images_per_second'), '.0f')} |")
   for k, v in summary["baselines"].items():
-    lines.append(f"| {k} | | | | {1e3 * v:.2f} | | |")
+    lines.append(f"| {k} | | | | {1e3 * v:.2f} | | | |")
   return "\n".join(lines) + "\n"
 
 

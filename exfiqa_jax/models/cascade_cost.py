@@ -1,0 +1,199 @@
+"""The cascade's measured cost model (docs/methods.md, "Cost model"): seconds, not GFLOPs.
+
+Fewer GFLOPs need not mean less time: every segment is its own program call, survivors are
+copied to the host, compacted and sent back, and a partial bucket costs a full one's launch. So
+the cascade is calibrated on the wall time of the real programs on this device:
+
+  segment i-j x b   one call of the program running blocks i+1..j and the exit head at j (the
+                    first segment, i = 0, also embeds the uint8 images) on a bucket of b rows,
+                    host transfer in and out included (exits.Cascade.time_segment);
+  compaction x b    per row carried on: picking the survivors of a b-row stream and queueing
+                    them for the next segment (exits.Cascade.time_compaction);
+  full x b          one call of the full pass (QualityModel.run_batch: every exit) on b rows.
+
+Entries are measured when first needed (warm-up calls, then the least of a few) by the
+`meter` the model supplies (QualityModel.cascade_costs) and kept in a JSON file beside the XLA
+compilation cache (compile_cache.py), one per `cost_key`: the device (platform, kind, count,
+the CPU model on a CPU), JAX's version, the architecture and the compute dtype — never the
+weights, which do not change the time. Arithmetic:
+
+  per_image(exits)   seconds per image of leaving at each exit of `exits` once buckets are
+                     full (the streaming regime): the segment times at the largest bucket per
+                     row, summed up to that exit, plus the compaction of every row carried on;
+                     calibrate/cascade.py minimises its mean like any cost;
+  predict_seconds    a run of known size exactly as the engine schedules it: per segment
+                     floor(rows / B) full buckets and one bucket for the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from exfiqa_jax import compile_cache, files
+
+COST_DIR = "cascade_costs"        # beside the compilation cache folder
+FORMAT = "exfiqa_cascade_costs"
+ARCHITECTURE = ("mode", "width", "depth", "num_heads", "patch_size", "img_size", "mlp_dim",
+                "embed_dim")
+
+Meter = Callable[[str, int, int, int], float]    # (kind, start, stop, rows) -> seconds per call
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def device_info() -> dict[str, Any]:
+  """What the time of a program depends on besides the program: platform, device kind and
+  count, JAX's version, and on a CPU its model and core count."""
+  dev = jax.devices()[0]
+  info = {"platform": dev.platform, "device_kind": dev.device_kind,
+          "devices": jax.device_count(), "jax": jax.__version__}
+  if dev.platform == "cpu":
+    info.update(cpu=cpu_model(), cores=os.cpu_count())
+  return info
+
+
+def device_name(device: Mapping[str, Any] | None = None) -> str:
+  """A device_info in words: 'Intel(R) Xeon(R) ... (2 cores)' on a CPU, else '1x H100'."""
+  device = device_info() if device is None else device
+  if not device:
+    return "this device"
+  if device.get("platform") == "cpu":
+    return f"{device.get('cpu')} ({device.get('cores')} cores)"
+  return f"{device.get('devices')}x {device.get('device_kind')}"
+
+
+def cost_key(model_config: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+  """The identity of a cost table: device_info, the architecture fields and the dtype."""
+  return {"device": device_info(), "dtype": str(dtype),
+          "model": {k: model_config[k] for k in ARCHITECTURE if k in model_config}}
+
+
+def _name(kind: str, start: int, stop: int, rows: int) -> str:
+  return f"{kind} {start}-{stop} x{rows}" if kind == "segment" else f"{kind} x{rows}"
+
+
+def bucket_for(rows: int, sizes: Sequence[int]) -> int:
+  """The smallest ladder size holding `rows` (the engine's choice for a partial bucket)."""
+  return next(b for b in sizes if b >= rows)
+
+
+class CostModel:
+  """A table of measured seconds per call (module docstring), filled on demand by `meter`."""
+
+  def __init__(self, key: Mapping[str, Any], table: Mapping[str, float] | None = None,
+               meter: Meter | None = None, path: str | None = None):
+    self.key = dict(key)
+    self.table: dict[str, float] = dict(table or {})
+    self.meter, self.path = meter, path
+    self.measured = 0                       # entries measured by this object
+
+  # -- storage ------------------------------------------------------------------------------
+  @classmethod
+  def open(cls, key: Mapping[str, Any], meter: Meter | None, folder: str | None
+           ) -> "CostModel":
+    """The table of `key` kept in `folder` (None: in memory only), or a new one."""
+    path = None
+    if folder:
+      digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+      path = os.path.join(folder, f"{digest}.json")
+      try:
+        stored = files.read_json(path)
+        if stored.get("format") == FORMAT and stored.get("key") == json.loads(
+            json.dumps(key)):
+          return cls(key, stored["seconds"], meter, path)
+      except (OSError, ValueError, KeyError, AttributeError):
+        pass                                # none yet, or unreadable: measured again
+    return cls(key, None, meter, path)
+
+  @staticmethod
+  def folder_for(compile_cache_path: str | None) -> str | None:
+    """Where the tables live: beside the compilation cache (None when it is off)."""
+    folder = compile_cache.resolve(compile_cache_path)
+    return os.path.join(os.path.dirname(folder), COST_DIR) if folder else None
+
+  def save(self) -> None:
+    """Writes the table (atomically) when it has a path and something new."""
+    if self.path and self.measured:
+      try:
+        files.write_json(self.path, {"format": FORMAT, "key": self.key, "seconds": self.table})
+      except OSError as e:
+        logging.warning("cascade cost table %s not written (%s); it is measured again next "
+                        "time", self.path, e)
+
+  # -- entries ------------------------------------------------------------------------------
+  def seconds(self, kind: str, start: int, stop: int, rows: int) -> float:
+    """Seconds per call of one program on `rows` rows (measured now when missing)."""
+    name = _name(kind, start, stop, rows)
+    if name not in self.table:
+      if self.meter is None:
+        raise KeyError(f"the cost table has no {name!r} and no meter to measure it")
+      self.table[name] = float(self.meter(kind, start, stop, rows))
+      self.measured += 1
+    return self.table[name]
+
+  def segment(self, start: int, stop: int, rows: int) -> float:
+    return self.seconds("segment", start, stop, rows)
+
+  def full(self, rows: int) -> float:
+    return self.seconds("full", 0, 0, rows)
+
+  def compaction(self, rows: int) -> float:
+    """Seconds per row carried on from a bucket of `rows`."""
+    return self.seconds("compaction", 0, 0, rows)
+
+  # -- arithmetic ---------------------------------------------------------------------------
+  def per_image(self, exits: Sequence[int], big: int) -> np.ndarray:
+    """[len(exits)] seconds per image of leaving at each exit, buckets of `big` rows."""
+    starts = (0,) + tuple(exits[:-1])
+    step = [self.segment(i, j, big) / big + (self.compaction(big) if i else 0.0)
+            for i, j in zip(starts, exits)]
+    return np.cumsum(np.asarray(step, np.float64))
+
+  def full_per_image(self, big: int) -> float:
+    return self.full(big) / big
+
+  def predict_seconds(self, exits: Sequence[int], reached: Sequence[int],
+                      sizes: Sequence[int]) -> float:
+    """A run where reached[s] rows enter segment s, scheduled as the engine does (full
+    buckets of sizes[-1], the rest in the smallest bucket that holds it)."""
+    big, total = sizes[-1], 0.0
+    for s, (i, j) in enumerate(zip((0,) + tuple(exits[:-1]), exits)):
+      rows = int(reached[s])
+      full, rest = divmod(rows, big)
+      total += full * self.segment(i, j, big)
+      if rest:
+        total += self.segment(i, j, bucket_for(rest, sizes))
+      if s and rows:
+        total += rows * self.compaction(big)
+    return total
+
+  def predict_full_seconds(self, n: int, sizes: Sequence[int]) -> float:
+    """The full pass over n images in chunks of sizes[-1], the last one padded."""
+    full, rest = divmod(int(n), sizes[-1])
+    return full * self.full(sizes[-1]) + (self.full(bucket_for(rest, sizes)) if rest else 0.0)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"key": self.key, "seconds": dict(self.table), "path": self.path}
+
+
+def speedup(full_seconds: float, seconds: float) -> float:
+  """How many times the full pass's images/s a run reaches (NaN when not measurable)."""
+  return full_seconds / seconds if seconds > 0 and math.isfinite(seconds) else float("nan")
