@@ -77,3 +77,44 @@ def test_learned_fusion_is_fitted_on_calibration_pairs_and_applied_to_both_split
   mean, std = s_cal.astype(np.float64).mean(0), s_cal.astype(np.float64).std(0)
   np.testing.assert_allclose(f_ev, (s_ev - mean) / std @ w, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(f_cal, (s_cal - mean) / std @ w, rtol=1e-4, atol=1e-5)
+
+
+def test_cost_aware_cascade_falls_back_to_one_segment_where_every_cascade_loses():
+  s_cal, s_ev = _scores(600, seed=5), _scores(600, seed=6)
+  tau, _ = study.pick_tau(s_cal[:, -1], 0.2, resamples=0)
+  mapping = quality_mapping.fit_mapping({"exit_scores": s_cal})
+  groups = np.arange(600) // 6
+
+  def seconds_with(embed, block):    # per image: the first segment's embedding, then per
+    return lambda ex: np.cumsum([(embed if p == 0 else 1.0) + block * (e - p)   # segment a
+                                 for p, e in zip((0,) + tuple(ex[:-1]), ex)])   # launch, blocks
+
+  gflops = lambda ex: np.asarray(ex, np.float64) + 0.05
+  out = {}
+  for embed, block in ((10.0, 0.01), (0.0, 10.0)):   # embedding-bound (a tiny model) / blocks
+    full_seconds = float(seconds_with(embed, block)((3,))[-1]) + 0.5
+    cols, records = study.cascade_columns(
+        s_cal, s_ev, (1, 2, 3), tau, lambda ex: 100.0 * np.asarray(ex, np.float64) + 0.05,
+        300.05, mapping.columns, (0.9, 0.99), groups, seconds=seconds_with(embed, block),
+        full_seconds=full_seconds)
+    out[embed] = [r for _, r in cols]
+    for (_, r), rec in zip(cols, records):
+      assert r["objective"] == rec["objective"] == "seconds"
+      assert rec["evaluation"]["predicted_speedup"] == r["predicted_speedup"]
+  for r in out[10.0]:          # every cascade loses: one full segment, said in one line
+    assert r["exits"] == "3" and r["agreement"] == 1.0 and r["decided"] == [0.0, 0.0, 1.0]
+    fb = r["fallback"]
+    assert fb["best_exits"] != "3" and fb["best_predicted_speedup"] < r["predicted_speedup"]
+    assert r["predicted_speedup"] == pytest.approx(10.53 / 10.03)
+    assert fb["one_segment_predicted_speedup"] == pytest.approx(10.53 / 10.03)
+  for r in out[0.0]:           # blocks dominate: early exits pay, no fallback
+    assert r["fallback"] is None and r["predicted_speedup"] > 1.0 and r["exits"] != "3"
+  rows = out[10.0]
+  for r in rows:
+    r["pauc"], r["images_per_second"] = 0.01, math.nan
+  full_row = {"method": "exit_3", "kind": "exit", "exits": "3", "decided": [0, 0, 1],
+              "mean_gflops": 3.05, "pauc": 0.01, "images_per_second": math.nan}
+  head = study.headline(rows + [full_row], 0.99, {}, "a test CPU")
+  assert head["text"].startswith("no cascade is predicted faster than one full segment at 99 % "
+                                 "agreement on a test CPU (the best found, exits ")
+  assert "it runs as one full segment" in head["text"] and head["fallback"] == rows[1]["fallback"]

@@ -35,7 +35,8 @@ def random_variables(cfg: vit.ViTConfig, seed: int = 0):
   """Non-trivial random weights (unit-variance linears, BN stats ≠ identity): scores spread
   O(1), so exits really differ and threshold gaps dwarf rounding."""
   module = vit.VisionTransformer(cfg)
-  variables = module.init(jax.random.PRNGKey(seed), np.zeros((1, 112, 112, 3), np.float32))
+  variables = jax.eval_shape(module.init, jax.random.PRNGKey(seed),    # shapes: every value
+                             np.zeros((1, 112, 112, 3), np.float32))  # is filled below
   rng = np.random.default_rng(seed)
 
   def fill(path, x):
@@ -397,3 +398,11 @@ def test_eval_quality_stage_runs_the_truncated_program(model_dir, tmp_path):
   config.exit = DEPTH + 1
   with pytest.raises(ValueError, match=rf"exit={DEPTH + 1}: .*one of 1\.\.{DEPTH}"):
     pipeline.load_quality_models(config)
+
+
+def test_a_model_built_in_memory_has_no_stored_cascade(model_and_full):
+  model, images, _, _ = model_and_full
+  with pytest.raises(ValueError, match="not loaded from a converted directory"):
+    model.cascade(images)
+  with pytest.raises(ValueError, match="not loaded from a converted directory"):
+    model.cascade_stream(0.99)

@@ -132,3 +132,40 @@ def test_a_score_file_beside_the_baselines(run, tmp_path):
   assert summary["baselines"]["ext"] == pauc["exit_2"]
   assert "| ext |" in (root / "out" / "early_exit.md").read_text()
   early_exit.run(config)                   # the module's other tests read the plain run's files
+
+
+def test_cost_aware_cascade_reported_and_stored_for_one_call_loading(run):
+  """The cascades are calibrated on the cost model measured here (predicted beside measured
+  images/s, never slower than the full pass, or the summary says it fell back), and stored in
+  the model directory: fx.load(dir).cascade(images) runs the headline one."""
+  import exfiqa_jax as fx
+  from exfiqa_jax.models import exits
+  root, config, _ = run
+  summary = json.loads((root / "out" / "early_exit.json").read_text())
+  md = (root / "out" / "early_exit.md").read_text()
+  assert summary["device"]["platform"] and "predicted images/s" in md
+  rows = {r["method"]: r for r in summary["rows"]}
+  assert rows["exit_3"]["predicted_images_per_second"] > 0
+  for r in summary["rows"]:
+    if r["kind"] != "cascade":
+      continue
+    assert r["objective"] == "seconds" and r["predicted_images_per_second"] > 0
+    if r["fallback"]:            # no early exit pays: one full segment, and the report says so
+      assert r["exits"] == "3" and f"at {100 * r['target']:g} % agreement on" in md
+    else:
+      assert r["predicted_speedup"] > 1.0
+  head = summary["headline"]
+  assert ("no cascade is predicted faster" in head["text"]) == bool(head["fallback"])
+  stored = json.loads((root / "model" / exits.CASCADE_FILE).read_text())
+  assert stored["headline"] == 0.99 and stored["device"] == summary["device"]
+  assert [c["target"] for c in stored["cascades"]] == list(early_exit_config.TARGETS)
+  model = fx.load(str(root / "model"))
+  images = np.random.default_rng(3).integers(0, 256, (5, 112, 112, 3), np.uint8)
+  got = model.cascade(images)
+  for target, c in ((0.99, stored["cascades"][2]), (0.9, stored["cascades"][0])):
+    thr = exits.CascadeThresholds.from_dict(c["thresholds"])
+    want = model.cascade(images, thr)
+    np.testing.assert_array_equal((got if target == 0.99 else model.cascade(images, 0.9)).exit,
+                                  want.exit)
+  with pytest.raises(ValueError, match="no cascade at agreement target 0.5"):
+    model.cascade(images, 0.5)

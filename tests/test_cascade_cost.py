@@ -1,0 +1,103 @@
+"""The cascade's measured cost model (exfiqa_jax/models/cascade_cost.py): its arithmetic against
+the engine's bucket schedule, its table kept per device and model, and its predicted ordering of
+two cascades against their measured wall time where one segment is made slow on purpose."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from exfiqa_jax.calibrate import cascade
+from exfiqa_jax.models import cascade_cost, exits
+from tests.test_exits import quality_model, random_images
+
+
+def _table(per_row: dict[tuple[int, int], float], launch: float = 1.0, full: float = 9.0
+           ) -> dict[str, float]:
+  """Seconds per call = launch + rows · per-row cost, for buckets 1..8."""
+  out = {}
+  for b in (1, 2, 4, 8):
+    for (i, j), c in per_row.items():
+      out[f"segment {i}-{j} x{b}"] = launch + b * c
+    out[f"full x{b}"] = launch + b * full
+    out[f"compaction x{b}"] = 0.5
+  return out
+
+
+def test_prediction_follows_the_engines_schedule_and_per_image_costs():
+  cm = cascade_cost.CostModel({"k": 1}, _table({(0, 1): 2.0, (1, 3): 3.0, (0, 3): 5.0}))
+  # 13 images enter segment 1 (one full bucket of 8, one bucket of 8 for the 5 left), 6 go on
+  # (one bucket of 8) and are compacted on the host
+  assert cm.predict_seconds((1, 3), (13, 6), (1, 2, 4, 8)) == pytest.approx(
+      2 * (1 + 8 * 2.0) + (1 + 8 * 3.0) + 6 * 0.5)
+  assert cm.predict_seconds((3,), (3,), (1, 2, 4, 8)) == pytest.approx(1 + 4 * 5.0)
+  assert cm.predict_full_seconds(13, (1, 2, 4, 8)) == pytest.approx(2 * (1 + 8 * 9.0))
+  np.testing.assert_allclose(cm.per_image((1, 3), 8),
+                             [(1 + 16) / 8, (1 + 16) / 8 + (1 + 24) / 8 + 0.5])
+  assert cm.full_per_image(8) == pytest.approx((1 + 72) / 8)
+  with pytest.raises(KeyError, match="no meter"):
+    cm.segment(0, 2, 8)
+
+
+def test_table_is_measured_once_and_kept_per_device_and_model(tmp_path):
+  calls = []
+
+  def meter(kind, start, stop, rows):
+    calls.append((kind, start, stop, rows))
+    return 0.001 * rows
+
+  key = cascade_cost.cost_key({"mode": "token", "depth": 4, "width": 32}, "float32")
+  assert key["device"]["platform"] and key["model"] == {"mode": "token", "depth": 4, "width": 32}
+  folder = str(tmp_path / "costs")
+  cm = cascade_cost.CostModel.open(key, meter, folder)
+  cm.per_image((2, 4), 8)
+  cm.per_image((2, 4), 8)                  # nothing measured twice
+  assert len(calls) == 3 and cm.measured == 3
+  cm.save()
+  again = cascade_cost.CostModel.open(key, meter, folder)
+  assert again.table == cm.table and again.full(8) == pytest.approx(0.008)
+  assert len(calls) == 4                   # only the entry it did not have
+  other = cascade_cost.CostModel.open({**key, "dtype": "bfloat16"}, meter, folder)
+  assert other.table == {} and other.path != cm.path
+  assert cascade_cost.CostModel.folder_for("") is None
+  assert cascade_cost.CostModel.folder_for(str(tmp_path / "xla")) == str(tmp_path / cascade_cost.COST_DIR)
+
+
+def test_predicted_order_of_two_cascades_matches_the_measured_one_with_a_slow_segment():
+  # Two cascades on one tiny model: A leaves every image at exit 1, B at exit 2. A runs fewer
+  # blocks (fewer GFLOPs), but its first segment is made slow on purpose (a sleep around the
+  # program), so A is the slower one: the cost model must say so, as the clock does.
+  model = quality_model("token", seed=5, batch_size=8)
+  a = exits.CascadeThresholds((1, 4), (math.inf,), (math.inf,), 0.0)    # all rejected at 1
+  b = exits.CascadeThresholds((2, 4), (math.inf,), (math.inf,), 0.0)    # all rejected at 2
+  engine = model.cascade_engine(a.exits)
+  fn, variables = engine.programs[(0, 1)]
+
+  def slow(*args):
+    time.sleep(0.03)
+    return fn(*args)
+
+  engine.programs[(0, 1)] = (slow, variables)
+  images = random_images(16, seed=6)
+  cm = model.cascade_costs(repeats=2)
+  sizes = exits.bucket_ladder(model.batch_size)
+  predicted = {t.exits: cm.predict_seconds(t.exits, (16, 0), sizes) for t in (a, b)}
+  measured = {t.exits: exits.time_call(lambda t=t: model.cascade(images, t), 3) for t in (a, b)}
+  flops = {t.exits: float(model.cascade(images, t).gflops.mean()) for t in (a, b)}
+  assert flops[(1, 4)] < flops[(2, 4)]
+  assert predicted[(1, 4)] > predicted[(2, 4)] and measured[(1, 4)] > measured[(2, 4)]
+
+
+def test_calibration_on_measured_seconds_keeps_the_exit_that_saves_time_not_flops():
+  # exit 1 decides every image but its segment is slow (embedding-bound, say); exit 2 decides
+  # them too and its segment is quick: GFLOPs choose exit 1, seconds exit 2
+  cm = cascade_cost.CostModel({"k": 1}, _table({(0, 1): 4.0, (0, 2): 1.0, (1, 2): 1.0,
+                                                (1, 4): 2.0, (2, 4): 2.0, (0, 4): 3.0}))
+  s = np.stack([np.linspace(-1, 1, 200)] * 4, 1).astype(np.float32)   # every exit decides
+  by_time = cascade.calibrate_cascade(s, (1, 2, 4), 0.0, 0.99,
+                                      costs=lambda ex: cm.per_image(ex, 8))
+  by_flops = cascade.calibrate_cascade(s, (1, 2, 4), 0.0, 0.99)     # cost = blocks run
+  assert by_time.exits == (2, 4) and by_flops.exits[0] == 1
+  assert by_time.mean_gflops == pytest.approx(cm.per_image((2, 4), 8)[0])
