@@ -240,19 +240,38 @@ def _style(col: QualityColumn, depth: int, order: int, model: int) -> dict[str, 
   return dict(lw=1.6, color="0.45", ls=":")
 
 
-def highlighted(result: BenchmarkEval, mode: str) -> list[int]:
-  """Column rows drawn bold with their bootstrap band: the fusions and the best non-baseline
-  column at the tables' FMR (1e-3 when evaluated)."""
-  m = result.modes[mode]
-  rows = [s for s, c in enumerate(result.columns) if c.kind == "fusion"]
-  best = best_index(m.pauc[:, groups_report.table_fmr_index(result.fmrs)], result.columns)
-  return rows + ([best] if best is not None and best not in rows else [])
+OURS = ("exit", "fusion", "attn")       # a quality model's own columns; the rest: other methods
+BOLD_COLORS = {"exit": ("C0", "midnightblue"), "attn": ("C3", "darkred")}   # 1st, 2nd bold one
 
 
-def _legend_entries(result: BenchmarkEval, lines: Mapping[int, Any], bold: Sequence[int],
-                    best_label: str, banded: bool) -> tuple[list[Any], list[str]]:
+def highlighted(result: BenchmarkEval, mode: str) -> dict[int, str]:
+  """The (at most two) columns drawn bold with their bootstrap band, {row: legend note}: the
+  best non-baseline column at the tables' FMR (1e-3 when evaluated) and what it is judged
+  against, the best column of the other side (other methods against a quality model's own
+  columns, or back), else the full-depth exit of its model."""
+  m, cols = result.modes[mode], result.columns
+  f = groups_report.table_fmr_index(result.fmrs)
+  best = best_index(m.pauc[:, f], cols)
+  if best is None:
+    return {}
+  out = {best: f"best at FMR {float(result.fmrs[f]):.0e}"}
+  ours = cols[best].kind in OURS
+  rival = best_index(np.where([(c.kind in OURS) != ours for c in cols], m.pauc[:, f], np.nan),
+                     cols)
+  if rival is not None:
+    out[rival] = "best other method" if ours else "best exit or fusion"
+    return out
+  last = max((s for s, c in enumerate(cols) if c.kind == "exit" and c.model == cols[best].model),
+             key=lambda s: cols[s].exit or 0, default=None)
+  if last is not None and last != best:
+    out[last] = "full depth"
+  return out
+
+
+def _legend_entries(result: BenchmarkEval, lines: Mapping[int, Any], bold: Mapping[int, str],
+                    banded: bool) -> tuple[list[Any], list[str]]:
   """The shared legend: one entry per exit range and per ATTN range (light to dark lines side
-  by side), one per other column, the band's meaning."""
+  by side), one per other column (a bold one says why), the band's meaning."""
   from matplotlib.patches import Patch
   handles, labels, ranges = [], [], {}
   for s, col in enumerate(result.columns):
@@ -260,7 +279,7 @@ def _legend_entries(result: BenchmarkEval, lines: Mapping[int, Any], bold: Seque
       ranges.setdefault((col.kind, col.model), []).append(s)
       continue
     handles.append(lines[s])
-    labels.append(col.name + (best_label if s in bold and col.kind != "fusion" else ""))
+    labels.append(col.name + (f" ({bold[s]})" if s in bold else ""))
   for rows in ranges.values():
     first, last = result.names[rows[0]], result.names[rows[-1]]
     picks = sorted({rows[0], rows[len(rows) // 2], rows[-1]})
@@ -275,9 +294,9 @@ def _legend_entries(result: BenchmarkEval, lines: Mapping[int, Any], bold: Seque
 def plot_edc(path: str, result: BenchmarkEval, mode: str,
              band: tuple[np.ndarray, np.ndarray] | None = None) -> str:
   """EDC curves of one benchmark and mode, one panel per FMR, one legend below them all: exits
-  and ATTN thin (light to dark with depth), the fusions and the best column at the tables' FMR
-  bold with their bootstrap band (`band` = (low, high) [S, F, R]), methods dash-dotted, score
-  files dashed, random and oracle dashed/dotted; a curve that stops early is marked and said."""
+  and ATTN thin (light to dark with depth), fusions solid, methods dash-dotted, score files
+  dashed, random and oracle dashed/dotted; the highlighted() columns bold with their bootstrap
+  band (`band` = (low, high) [S, F, R]); a curve that stops early is marked and said."""
   m = result.modes[mode]
   fmrs = list(result.fmrs)
   fig = plots.figure(4.2 * len(fmrs), 3.4)
@@ -296,7 +315,9 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str,
       style = _style(col, depth.get(col.model, 1), order.get(col.name, 0),
                      models.get(col.model, 0))
       if s in bold:
-        style.update(lw=2.2, zorder=4)
+        rank = list(bold).index(s)
+        style.update(lw=2.2, zorder=4, **({"color": BOLD_COLORS[col.kind][rank]}
+                                          if col.kind in BOLD_COLORS else {}))
       y = m.curves.fnmr[s, f]
       lines[s], = ax.plot(x, y, **style)
       end = plots.curve_end(x, y, m.curves.n_genuine[s])
@@ -312,9 +333,7 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str,
     plots.axes_text(ax, "fraction of pairs discarded" if mode == "fiqa"
                     else "fraction of genuine comparisons discarded", "FNMR",
                     f"{result.benchmark}, FMR {float(fmr):.0e} ({mode})", plots.mark_ends(ax, ends))
-  f_table = float(result.fmrs[groups_report.table_fmr_index(result.fmrs)])
-  handles, labels = _legend_entries(result, lines, bold, f" (best at FMR {f_table:.0e})",
-                                    band is not None)
+  handles, labels = _legend_entries(result, lines, bold, band is not None)
   plots.shared_legend(fig, handles, labels)
   return plots.save(fig, path)
 
@@ -324,13 +343,12 @@ def plot_pauc_vs_gflops(path: str, results: Sequence[BenchmarkEval], mode: str,
                         fmr_index: int | None = None) -> str:
   """pAUC ×1e3 per exit against that exit's GFLOPs at the tables' FMR (1e-3 when evaluated;
   `fmr_index` picks another), one line per benchmark × quality model with bootstrap error bars;
-  the fusions at the fusion's cost (EX-FIQA-F a small filled +, EX-FIQA-FW a large hollow
-  diamond, dodged ±1 % of the GFLOPs range so neither hides the other), random as a dashed
-  level in the line's colour."""
+  the fusions at the fusion's cost, concentric so neither hides the other (EX-FIQA-F a small
+  filled + with narrow caps, EX-FIQA-FW a large hollow diamond with wide caps), random as a
+  dashed level in the line's colour."""
   from matplotlib.lines import Line2D
   fig = plots.figure(6.0, 4.0)
   ax = fig.add_subplot(1, 1, 1)
-  span = max((float(g[-1]) for g, _ in gflops.values() if len(g)), default=1.0)
   k, fmr, handles, labels = 0, float("nan"), [], []
   for r in results:
     if mode not in r.modes:
@@ -353,9 +371,9 @@ def plot_pauc_vs_gflops(path: str, results: Sequence[BenchmarkEval], mode: str,
       for s, c in enumerate(r.columns):
         if c.kind == "fusion" and c.model == model:
           fw = columns.base_name(c.name) == columns.EX_FIQA_FW
-          _errorbar(ax, [g_fuse + (0.01 if fw else -0.01) * span], m, [s], f, color,
-                    "D" if fw else "P", ms=10 if fw else 7, mfc="none" if fw else color,
-                    mew=1.5 if fw else 1.0, lw=1)
+          _errorbar(ax, [g_fuse], m, [s], f, color, "D" if fw else "P", ms=11 if fw else 7,
+                    mfc="none" if fw else color, mew=1.5 if fw else 1.0, lw=1,
+                    capsize=6 if fw else 2, zorder=3)
       if columns.RANDOM in r.names:
         ax.axhline(1e3 * m.pauc[r.names.index(columns.RANDOM), f], color=color, ls="--",
                    lw=0.8, alpha=0.7)
@@ -380,7 +398,7 @@ def _errorbar(ax, xs: Sequence[float], m, rows: Sequence[int], f: int, color: st
   hi = np.array([1e3 * m.ci_high[s, f] for s in rows])
   yerr = ([np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)]
           if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) else None)
-  return ax.errorbar(xs, ys, yerr=yerr, fmt=fmt, capsize=2, color=color, **kw)
+  return ax.errorbar(xs, ys, yerr=yerr, fmt=fmt, color=color, **{"capsize": 2, **kw})
 
 
 def write_plots(output: str, results: Sequence[BenchmarkEval],
