@@ -4,8 +4,10 @@ The cascade rule, which `simulate_cascade` reproduces exactly on a full-pass exi
 at each exit e_i but the last, an image still running leaves rejected if s_{e_i} < reject_i and
 accepted if s_{e_i} > accept_i (reject_i <= accept_i, so never both); the images reaching the
 last exit are accepted iff s_L >= tau. Thresholds are compared as float32, as on device.
-`calibrate_cascade` maximises the compute saved subject to agreement(cascade decision,
-full-depth decision s_L >= tau) >= target on the calibration set:
+`calibrate_cascade` minimises the mean cost per image — GFLOPs, or the seconds the measured cost
+model predicts (exfiqa_jax/models/cascade_cost.py; fewer GFLOPs need not mean less time) —
+subject to agreement(cascade decision, full-depth decision s_L >= tau) >= target on the
+calibration set:
   * the error budget E = floor((1 - target)·N) disagreements is split across the early exits;
   * given its share (plus whatever earlier exits left unused), each exit in turn picks the
     reject/accept pair that lets the most of the images reaching it leave, with at most that

@@ -1,4 +1,5 @@
-"""The cascade's measured cost model (docs/methods.md, "Cost model"): seconds, not GFLOPs.
+"""The cascade's measured cost model (docs/evaluation.md, "Early exits and thresholds"): seconds,
+not GFLOPs.
 
 Fewer GFLOPs need not mean less time: every segment is its own program call, survivors are
 copied to the host, compacted and sent back, and a partial bucket costs a full one's launch. So

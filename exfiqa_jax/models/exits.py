@@ -22,6 +22,11 @@ few and the compute per image really falls with the exit it leaves at.
     thresholds = CascadeThresholds(exits=(3, 6, 9, 12), reject=(-1.0, -0.8, -0.5),
                                    accept=(2.0, 1.8, 1.6), tau=0.9)
     result = fx.load(path).cascade(images, thresholds)  # (score, exit, accept, gflops) per image
+    result = fx.load(model_dir).cascade(images)   # the early_exit job's cascade.json, 0.99
+    stream = model.cascade_stream()               # chunk by chunk: push(chunk)..., flush()
+
+A stream (`CascadeStream`) carries survivors across the chunks pushed into it, so a folder read
+chunk by chunk runs full buckets too; results come back in input order, each image once.
 """
 from __future__ import annotations
 
