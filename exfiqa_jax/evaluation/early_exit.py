@@ -237,8 +237,9 @@ COSTS = ("measured", "gflops")     # early_exit.cascade.cost
 
 
 def _cost_model(config, model) -> cascade_cost.CostModel | None:
-  """The measured cost model of `model` on this device (kept beside the compile cache), or
-  None where nothing is timed: cascade.cost "gflops" with timing.images 0, or several hosts."""
+  """The measured cost model of `model` on this device (kept beside the compilation cache when
+  one is on, as main.py turns it on; else in memory), or None where nothing is timed:
+  cascade.cost "gflops" with timing.images 0, or several hosts."""
   s = config.early_exit
   cost = str(s.cascade.get("cost", "measured"))
   if cost not in COSTS:
@@ -248,7 +249,7 @@ def _cost_model(config, model) -> cascade_cost.CostModel | None:
       logging.warning("cascade costs are measured on one host; this multi-host run calibrates "
                       "the cascade for GFLOPs (--config.early_exit.cascade.cost=gflops)")
     return None
-  return model.cascade_costs(cascade_cost.CostModel.folder_for(config.get("compile_cache")),
+  return model.cascade_costs(cascade_cost.CostModel.folder_for(jax.config.jax_compilation_cache_dir),
                              repeats=int(s.cascade.get("cost_repeats", 5)))
 
 

@@ -126,7 +126,9 @@ class CostModel:
 
   @staticmethod
   def folder_for(compile_cache_path: str | None) -> str | None:
-    """Where the tables live: beside the compilation cache (None when it is off)."""
+    """Where the tables live: beside the compilation cache folder `compile_cache_path` (None
+    or "" when it is off: tables stay in memory). Jobs pass the one in use
+    (jax.config.jax_compilation_cache_dir, which main.py sets from --config.compile_cache)."""
     folder = compile_cache.resolve(compile_cache_path)
     return os.path.join(os.path.dirname(folder), COST_DIR) if folder else None
 
