@@ -101,6 +101,7 @@ def test_cost_aware_cascade_falls_back_to_one_segment_where_every_cascade_loses(
     for (_, r), rec in zip(cols, records):
       assert r["objective"] == rec["objective"] == "seconds"
       assert rec["evaluation"]["predicted_speedup"] == r["predicted_speedup"]
+      assert "mean_seconds" in rec["calibration"] and "mean_gflops" not in rec["calibration"]
   for r in out[10.0]:          # every cascade loses: one full segment, said in one line
     assert r["exits"] == "3" and r["agreement"] == 1.0 and r["decided"] == [0.0, 0.0, 1.0]
     fb = r["fallback"]

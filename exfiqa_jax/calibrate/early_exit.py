@@ -150,6 +150,19 @@ def _never_slower(s_cal: np.ndarray, exits: Sequence[int], tau: float, c, cv: di
                "one_segment_predicted_speedup": full_seconds / one.mean_gflops}
 
 
+def _in_units(cv: Mapping[str, Any], seconds: bool) -> dict[str, Any]:
+  """A calibration record without its thresholds (kept once, under "thresholds"), its mean
+  and full costs named by their unit: GFLOPs, or the cost model's seconds per image."""
+  out = {}
+  for k, v in cv.items():
+    if k in ("reject", "accept", "tau", "exits"):
+      continue
+    if seconds and k in ("mean_gflops", "full_gflops"):
+      k = k.replace("gflops", "seconds")
+    out[k] = _in_units(v, seconds) if isinstance(v, Mapping) else v
+  return out
+
+
 def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], tau: float,
                     costs: Callable[[tuple[int, ...]], np.ndarray], full: float,
                     to_q100: Mapping[str, Callable[[np.ndarray], np.ndarray]],
@@ -201,8 +214,7 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
     records.append({"target": target, "thresholds": thr.to_dict(),
                     "objective": "gflops" if seconds is None else "seconds",
                     "fallback": fallback,
-                    "calibration": {k: v for k, v in cv.items()
-                                    if k not in ("reject", "accept", "tau", "exits")},
+                    "calibration": _in_units(cv, seconds is not None),
                     "evaluation": {"agreement": pred.agreement,
                                    "disagreements": pred.disagreements, "mean_gflops": mean,
                                    "saved": 1 - mean / full, "predicted_speedup": speed,
