@@ -143,7 +143,10 @@ def plot(path: str, ge: GroupEval, results: Sequence[BenchmarkEval]) -> str:
   FMR, one colour per group; one legend below the panels (groups by colour, columns by line
   style); a group's curve that stops early is marked and said."""
   from matplotlib.lines import Line2D
-  show = best_and_last_exit(ge, results) or [0]
+  exits = best_and_last_exit(ge, results)
+  show = exits or [0]
+  notes = (["best exit", "last exit"] if len(exits) == 2 else ["best = last exit"] if exits
+           else [""])
   fig = plots.figure(4.2 * len(ge.fmrs), 3.4)
   styles = ["-", "--"]
   for f, fmr in enumerate(ge.fmrs):
@@ -165,7 +168,7 @@ def plot(path: str, ge: GroupEval, results: Sequence[BenchmarkEval]) -> str:
   handles = [Line2D([], [], color=f"C{g % 10}", lw=1.4) for g in range(len(ge.groups))]
   handles += [Line2D([], [], color="0.3", lw=1.4, ls=styles[k % 2]) for k in range(len(show))]
   plots.shared_legend(fig, handles, list(ge.groups) + [
-      f"{ge.names[s]} ({'best' if k == 0 else 'last'} exit)" for k, s in enumerate(show)])
+      f"{ge.names[s]} ({notes[k]})" if notes[k] else ge.names[s] for k, s in enumerate(show)])
   return plots.save(fig, path)
 
 

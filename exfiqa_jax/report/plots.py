@@ -58,7 +58,8 @@ def shared_legend(fig, handles: Sequence[Any], labels: Sequence[str], columns: i
   if not handles:
     return
   per_column = 0.8 + 0.053 * max(len(str(label)) for label in labels)   # inches at 7 pt
-  ncol = columns or max(1, min(len(handles), int(fig.get_figwidth() // per_column)))
+  fit = max(1, min(len(handles), int(fig.get_figwidth() // per_column)))
+  ncol = columns or -(-len(handles) // -(-len(handles) // fit))     # balanced rows
   fig.legend(list(handles), list(labels), loc="upper center", bbox_to_anchor=(0.5, 0.0),
              ncol=ncol, fontsize=7, frameon=False,
              handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
