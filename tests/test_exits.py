@@ -406,3 +406,7 @@ def test_a_model_built_in_memory_has_no_stored_cascade(model_and_full):
     model.cascade(images)
   with pytest.raises(ValueError, match="not loaded from a converted directory"):
     model.cascade_stream(0.99)
+  stream = model.cascade_stream(exits.CascadeThresholds.full_depth(EXITS, 0.0))
+  with pytest.raises(ValueError, match=r"uint8 \[n, 112, 112, 3\] images, got float32"):
+    stream.push(images.astype(np.float32))
+  assert stream.flush().exit.shape == (0,)

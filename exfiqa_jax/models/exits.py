@@ -453,7 +453,12 @@ class CascadeStream:
 
   def push(self, images: np.ndarray) -> CascadeResult:
     """uint8 [n, S, S, 3] at the model's size → the results now complete, in input order."""
-    images = np.asarray(images, np.uint8)
+    images = np.asarray(images)
+    size = self._engine.config.img_size
+    if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+      raise ValueError(f"a cascade stream takes uint8 [n, {size}, {size}, 3] images, got "
+                       f"{images.dtype} {list(images.shape)} (exfiqa_jax.inference."
+                       "resize_images brings RGB images to the model's size)")
     n = len(images)
     ids = np.arange(self.pushed, self.pushed + n)
     self.pushed += n
