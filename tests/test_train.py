@@ -8,6 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from exfiqa_jax import parallel
@@ -28,6 +29,28 @@ def tiny_train_config(output: str, total_steps: int = 6, **over):
     for k, v in over.items():
       config[k] = v
   return config
+
+
+def crfiqa_train_config(output: str, total_steps: int = 6, **over):
+  """configs/train_crfiqa.py's smoke size on 32² images (crfiqa_data): a tiny iResNet + qs."""
+  from configs import train_crfiqa
+  config = train_crfiqa.get_config("size=smoke")
+  with config.unlocked():
+    config.output, config.total_steps, config.progress = output, total_steps, False
+    config.batch_size, config.eval.every, config.checkpointing.every = 16, 0, 3
+    config.architecture.img_size = 32
+    for k, v in over.items():
+      config[k] = v
+  return config
+
+
+def crfiqa_data(n: int = 64, classes: int = 8, batch: int = 16, size: int = 32):
+  """tiny_data's identities at 32² (an iResNet takes any multiple of 16; the step is faster)."""
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, 256, (classes, size, size, 3))
+  labels = np.arange(n) % classes
+  images = np.clip(base[labels] + rng.normal(0, 20, (n, size, size, 3)), 0, 255).astype(np.uint8)
+  return train_data.ArrayData(images, labels, batch, seed=0, num_classes=classes)
 
 
 # -------------------------------------------------------------------------------- losses
@@ -212,24 +235,32 @@ def _params(state):
   return jax.tree.map(np.asarray, jax.device_get(state.params))
 
 
-def test_resume_is_bit_exact(tmp_path):
-  model, cfg = tiny_model()
-  data = tiny_data()
-  full = trainer.train(tiny_train_config(str(tmp_path / "full"), 6, export_model=False), data,
-                       model=model, model_cfg=cfg)
+def _resume_case(kind: str):
+  """(data, config maker, train() model kwargs): the tiny ViT-FIQA passed in, or CR-FIQA's tiny
+  iResNet + qs built by the trainer from configs/train_crfiqa.py (dropout, SGD, step decay)."""
+  if kind == "vit":
+    model, cfg = tiny_model()
+    return tiny_data(), tiny_train_config, dict(model=model, model_cfg=cfg)
+  return crfiqa_data(), crfiqa_train_config, {}
+
+
+@pytest.mark.parametrize("kind", ["vit", "crfiqa"])
+def test_resume_is_bit_exact(tmp_path, kind):
+  data, make_config, model = _resume_case(kind)
+  full = trainer.train(make_config(str(tmp_path / "full"), 6, export_model=False), data, **model)
   part = str(tmp_path / "part")
-  trainer.train(tiny_train_config(part, 6, stop_after=3, export_model=False), data, model=model,
-                model_cfg=cfg)
+  trainer.train(make_config(part, 6, stop_after=3, export_model=False), data, **model)
   assert os.path.isdir(os.path.join(part, "checkpoints", "3"))
-  resumed = trainer.train(tiny_train_config(part, 6, export_model=False), data, model=model,
-                          model_cfg=cfg)
+  resumed = trainer.train(make_config(part, 6, export_model=False), data, **model)
   assert int(resumed.step) == 6
   a, b = _params(full), _params(resumed)
   flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(flat_a) == len(flat_b)
   assert all(np.array_equal(x, y) for x, y in zip(flat_a, flat_b))
-  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(
-      full.opt_state)), jax.tree.leaves(jax.device_get(resumed.opt_state))))
+  for part_a, part_b in ((full.opt_state, resumed.opt_state),
+                         (full.batch_stats, resumed.batch_stats)):
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(part_a)),
+                                                    jax.tree.leaves(jax.device_get(part_b))))
   # the monitoring CSV has one row per logged step, none duplicated by the resume
   with open(os.path.join(part, "train_log.csv")) as f:
     steps = [int(line.split(",")[0]) for line in f.readlines()[1:]]
@@ -479,3 +510,137 @@ def test_recordio_source_resumes_where_it_stopped(tmp_path):
     np.testing.assert_array_equal(got["label"], uninterrupted[s]["label"])
   assert not np.array_equal(uninterrupted[3]["label"], uninterrupted[0]["label"]) or \
       not np.array_equal(uninterrupted[3]["image"], uninterrupted[0]["image"])   # new epoch
+
+
+# ------------------------------------- CR-FIQA: an iResNet + qs (configs/train_crfiqa.py)
+def _crfiqa_reference(e, w, y, q, s=64.0, m=0.5, alpha=10.0, beta=0.5):
+  """CR-FIQA's training loss in float64, written from fdbtrs/CR-FIQA (losses.CR_FIQA_LOSS,
+  train_cr_fiqa.py): ArcFace cos(θ + m) on the target class for every θ; CR = CCS / NNCCS with
+  the own class set to -1e-12 before the max; CE + α · SmoothL1_β(CR, qs)."""
+  en = e / np.linalg.norm(e, axis=1, keepdims=True)
+  wn = w / np.linalg.norm(w, axis=1, keepdims=True)
+  c = np.clip(en @ wn.T, -1, 1)
+  rows = np.arange(len(y))
+  other = c.copy()
+  other[rows, y] = -1e-12
+  cr = c[rows, y] / other.max(1)
+  theta = np.arccos(c)
+  theta[rows, y] += m
+  z = s * np.cos(theta)
+  ce = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[rows, y]
+  d = np.abs(cr - q)
+  return ce.mean() + alpha * np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).mean(), cr
+
+
+def test_crfiqa_loss_is_its_training_code():
+  """configs/train_crfiqa.py's loss settings give CR-FIQA's loss, past θ + m = π too (row 0's
+  target lies at θ ≈ 2.8 > π − 0.5, where insightface's fallback differs); a row whose other
+  classes all lie at negative cosines divides by the -1e-12 placeholder, as the code does."""
+  from configs import train_crfiqa
+  rng = np.random.default_rng(4)
+  e, w = rng.normal(size=(12, 8)), rng.normal(size=(30, 8))
+  y, q = rng.integers(0, 30, 12), rng.uniform(0.5, 3.0, 12)
+  e[0] = -w[y[0]] + 0.3 * rng.normal(size=8)
+  kwargs = trainer.loss_kwargs(train_crfiqa.get_config(), 30)
+  assert kwargs["cr_denominator"] == "nnccs" and not kwargs["margin_fallback"]
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  ref, ref_cr = _crfiqa_reference(e, w, y, q)
+  loss, m = losses.fiqa_loss(f32(e), f32(q), f32(w), jnp.asarray(y), **kwargs)
+  np.testing.assert_allclose(loss, ref, rtol=2e-5)
+  np.testing.assert_allclose(m["cr_mean"], ref_cr.mean(), rtol=1e-5)
+  fallback, _ = losses.fiqa_loss(f32(e), f32(q), f32(w), jnp.asarray(y),
+                                 **{**kwargs, "margin_fallback": True})
+  assert abs(float(fallback) - ref) > 1e-3 * abs(ref)      # the setting is what made it equal
+  cos = jnp.asarray([[0.5, -0.2, -0.3, 0.9]])              # class 3 is padding
+  cr = losses.cr_target(cos, jnp.asarray([0]), losses.class_mask(4, 3), "nnccs")
+  np.testing.assert_allclose(cr, [0.5 / -1e-12], rtol=1e-6)
+  with pytest.raises(ValueError, match="--config.loss.cr_denominator must be one of"):
+    losses.cr_target(cos, jnp.asarray([0]), None, "ratio")
+
+
+def test_sgd_matches_torch_sgd_with_epoch_steps_and_backbone_clip():
+  """trainer.make_optimizer's "sgd" against torch.optim.SGD(momentum 0.9, weight_decay 5e-4)
+  after clip_grad_norm_(backbone, 5), with CR-FIQA's LambdaLR stepped at every epoch end
+  (2 steps per epoch, milestones at 1-based epochs 2 and 3)."""
+  torch = pytest.importorskip("torch")
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(batch_size=4, optim=dict(
+      kind="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, clip_norm=5.0, decay_epochs=(2, 3),
+      decay_factor=0.1)))
+  tx, schedule = trainer.make_optimizer(config, 8, 0, num_images=9)   # 9 // 4 = 2 steps/epoch
+  np.testing.assert_allclose([float(schedule(s)) for s in range(7)],
+                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001], rtol=1e-6)
+  rng = np.random.default_rng(5)
+  params = {"backbone": {"a": rng.normal(size=(4, 3)), "b": rng.normal(size=(3,))},
+            "centres": rng.normal(size=(5, 3))}
+  p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  st, update = tx.init(p), jax.jit(tx.update)
+  tp = [torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for v in
+        (params["backbone"]["a"], params["backbone"]["b"], params["centres"])]
+  topt = torch.optim.SGD(tp, lr=0.1, momentum=0.9, weight_decay=5e-4)
+  tsched = torch.optim.lr_scheduler.LambdaLR(
+      topt, lambda epoch: 0.1 ** len([m for m in (2, 3) if m - 1 <= epoch]))
+  for step in range(6):
+    g = {"backbone": {"a": 4 * rng.normal(size=(4, 3)), "b": 4 * rng.normal(size=(3,))},
+         "centres": 9 * rng.normal(size=(5, 3))}
+    upd, st = update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), st, p)
+    p = optax.apply_updates(p, upd)
+    for param, grad in zip(tp, (g["backbone"]["a"], g["backbone"]["b"], g["centres"])):
+      param.grad = torch.tensor(grad)
+    torch.nn.utils.clip_grad_norm_(tp[:2], 5.0)
+    topt.step()
+    if step % 2 == 1:
+      tsched.step()
+  for ours, theirs in zip((p["backbone"]["a"], p["backbone"]["b"], p["centres"]), tp):
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=2e-6)
+  with pytest.raises(ValueError, match="--config.optim.warmup_steps=0"):
+    trainer.make_optimizer(config, 8, 2, num_images=9)
+
+
+def test_crfiqa_config_is_the_official_run():
+  """CR-FIQA(L)/(S) as config.py + train_cr_fiqa.py: iResNet100/50 + qs, 512 × SGD at 0.1,
+  the lr ×0.1 from the start of epoch 8 (L: update 7 × 11,372 on MS1MV2's 5,822,653 images)."""
+  from configs import train_crfiqa
+  images = {"L": 5822653, "S": 501195}
+  for name, depth, epochs, first in (("L", 100, 18, 8), ("S", 50, 34, 20)):
+    config = train_crfiqa.get_config(f"model={name}")
+    per_epoch = images[name] // 512
+    assert config.architecture.depth == depth and config.batch_size == 512
+    assert trainer.resolve_steps(config, images[name]) == (epochs * per_epoch, 0)
+    _, schedule = trainer.make_optimizer(config, epochs * per_epoch, 0, images[name])
+    boundary = (first - 1) * per_epoch
+    assert [float(schedule(s)) for s in (0, boundary - 1)] == pytest.approx([0.1, 0.1])
+    assert float(schedule(boundary)) == pytest.approx(0.01)
+  with pytest.raises(ValueError, match=r"model='M' is not one of \('L', 'S'\)"):
+    train_crfiqa.get_config("model=M")
+  arch = dict(train_crfiqa.get_config().architecture)
+  with pytest.raises(ValueError, match="--config.architecture.family='magface'"):
+    trainer.build_model({**arch, "family": "magface"})
+  with pytest.raises(ValueError, match="--config.architecture.depth=42"):
+    trainer.build_model({**arch, "depth": 42})
+  with pytest.raises(ValueError, match=r"--config.architecture has fields .*\['mode'\]"):
+    trainer.build_model({**arch, "mode": "token"})
+
+
+def test_crfiqa_initialisation_is_the_official_modules():
+  """CrfiqaSpec.init_variables: torch's initial values of CR-FIQA's module (conv N(0, 0.1),
+  nn.Linear U(±1/√fan_in) for weight and bias, BatchNorm 1/0 with stats 0/1, PReLU 0.25), in
+  the tree the module applies."""
+  config = crfiqa_train_config("unused")
+  model, spec = trainer.build_model(config.architecture)
+  variables = jax.jit(spec.init_variables)(jax.random.key(0))
+  flax_init = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert jax.tree.structure(variables) == jax.tree.structure(flax_init)
+  assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(variables),
+                                                jax.tree.leaves(flax_init)))
+  net, stats = variables["params"]["backbone"], variables["batch_stats"]["backbone"]
+  kernels = np.concatenate([np.ravel(x) for x in jax.tree.leaves(net) if x.ndim == 4])
+  assert abs(np.std(kernels) - 0.1) < 0.01 and abs(np.mean(kernels)) < 0.01
+  for layer, fan_in in ((net["fc"], 32 * 2 * 2), (variables["params"]["head"]["qs"], 16)):
+    for leaf in layer.values():
+      assert 0.5 / np.sqrt(fan_in) < np.max(np.abs(leaf)) <= 1 / np.sqrt(fan_in)
+  np.testing.assert_array_equal(net["layer1"]["0"]["prelu"]["negative_slope"], 0.25)
+  np.testing.assert_array_equal(net["features"]["scale"], 1.0)
+  np.testing.assert_array_equal(net["features"]["bias"], 0.0)
+  np.testing.assert_array_equal(stats["bn2"]["var"], 1.0)
+  np.testing.assert_array_equal(stats["bn2"]["mean"], 0.0)

@@ -60,22 +60,21 @@ def state_sharding(abstract_state: TrainState, mesh: Mesh) -> TrainState:
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
                num_classes: int, embed_dim: int, mesh: Mesh, image_size: int = 112,
-               reinit: Callable[[jax.Array, Any], Any] | None = None
+               init_variables: Callable[[jax.Array], Any] | None = None
                ) -> tuple[TrainState, TrainState]:
   """Random init (backbone from the model's initialisers, centres N(0, 0.01) as PartialFC).
 
-  `reinit(key, variables)`, when given, replaces the module's initial variables (CR-FIQA: the
-  official module's torch initialisation). Returns (state, its sharding tree); the state is
-  created directly in its sharded layout.
+  `init_variables(key)`, when given, makes the model's variables instead of `model.init`
+  (CR-FIQA: the official module's torch initialisation). Returns (state, its sharding tree);
+  the state is created directly in its sharded layout.
   """
   num_padded = padded_classes(num_classes, mesh)
 
   def init(k):
     k_model, k_centres = jax.random.split(k)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init(k_model, dummy)
-    if reinit is not None:
-      variables = reinit(jax.random.fold_in(k_model, 1), variables)
+    variables = (model.init(k_model, dummy) if init_variables is None
+                 else init_variables(k_model))
     params = {"backbone": variables["params"],
               "centres": 0.01 * jax.random.normal(k_centres, (num_padded, embed_dim), jnp.float32)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -26,10 +26,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io as _io
-import itertools
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -117,27 +115,49 @@ class CrfiqaSpec:
             **dataclasses.replace(self.backbone, dropout=0.0).to_dict(),
             "quality_head": family.head}
 
-  def reinit(self, key: jax.Array, variables: dict[str, Any]) -> dict[str, Any]:
-    """The official module's initialisation (fdbtrs/CR-FIQA backbones/iresnet.py): conv kernels
-    N(0, 0.1) and torch's nn.Linear default U(±1/√fan_in) for `fc` and `qs` (weight and bias);
-    BatchNorm 1/0 and PReLU 0.25 are Flax's initial values already. Under SGD with weight decay
-    the conv scale sets the effective step size of the BatchNorm-normalised convs."""
-    counter = itertools.count()
-    draw = lambda: jax.random.fold_in(key, next(counter))    # one key per tensor, tree order
+  def init_variables(self, key: jax.Array) -> dict[str, Any]:
+    """The official module's initial values (fdbtrs/CR-FIQA backbones/iresnet.py, torch
+    defaults): conv kernels N(0, 0.1); `fc` and `qs` weight and bias U(±1/√fan_in) (nn.Linear);
+    BatchNorm scale 1, bias 0, running mean 0, var 1; PReLU slopes 0.25. Under SGD with weight
+    decay the conv scale sets the effective step of the BatchNorm-normalised convs. Two draws
+    (all conv kernels, all Linear leaves) instead of one per tensor: XLA compiles each draw,
+    and Flax's initialisers, discarded here, cost ~10 s of compilation on a CPU."""
+    from exfiqa_jax.models import quality_heads
+    module = quality_heads.get_model(self.to_dict())
+    size = self.backbone.img_size
+    abstract = jax.eval_shape(module.init, jax.random.key(0),
+                              jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    k_conv, k_linear = jax.random.split(key)
+    leaves = jax.tree_util.tree_flatten_with_path(abstract["params"])[0]
+    fan_in = {path[:-1]: leaf.shape[0] for path, leaf in leaves          # Linear layers
+              if _name(path[-1]) == "kernel" and leaf.ndim == 2}
+    convs = [leaf for _, leaf in leaves if leaf.ndim == 4]
+    linear = [leaf for path, leaf in leaves if path[:-1] in fan_in]
+    normal = iter(_split(0.1 * jax.random.normal(k_conv, (sum(x.size for x in convs),)), convs))
+    uniform = iter(_split(jax.random.uniform(k_linear, (sum(x.size for x in linear),),
+                                             minval=-1.0, maxval=1.0), linear))
+    constant = {"scale": 1.0, "negative_slope": 0.25, "mean": 0.0, "var": 1.0}
 
-    def walk(node):
-      if not isinstance(node, Mapping):
-        return node
-      kernel = node.get("kernel")
-      if kernel is not None and kernel.ndim == 4:
-        return {**node, "kernel": 0.1 * jax.random.normal(draw(), kernel.shape, kernel.dtype)}
-      if kernel is not None and kernel.ndim == 2:
-        bound = 1.0 / np.sqrt(kernel.shape[0])
-        uniform = lambda x: jax.random.uniform(draw(), x.shape, x.dtype, -bound, bound)
-        return {**node, "kernel": uniform(kernel), "bias": uniform(node["bias"])}
-      return {k: walk(v) for k, v in node.items()}
+    def value(path, leaf):        # tree order, as the draws were cut
+      if leaf.ndim == 4:
+        return next(normal)
+      if path[:-1] in fan_in:
+        return next(uniform) / np.sqrt(fan_in[path[:-1]])
+      return jnp.full(leaf.shape, constant.get(_name(path[-1]), 0.0), leaf.dtype)  # BN bias 0
 
-    return {**variables, "params": walk(variables["params"])}
+    stats = jax.tree_util.tree_map_with_path(value, abstract["batch_stats"])
+    return {"params": jax.tree_util.tree_map_with_path(value, abstract["params"]),
+            "batch_stats": stats}
+
+
+def _name(key) -> str:
+  return str(getattr(key, "key", key))
+
+
+def _split(flat: jax.Array, like: list) -> list[jax.Array]:
+  """`flat` cut into consecutive pieces shaped as `like` (ShapeDtypeStructs)."""
+  offsets = np.cumsum([0] + [x.size for x in like])
+  return [flat[a:b].reshape(x.shape).astype(x.dtype) for a, b, x in zip(offsets, offsets[1:], like)]
 
 
 def crfiqa_model(arch: dict[str, Any], dtype: str = "float32"):
@@ -182,7 +202,8 @@ def _checkpoint_manager(config, directory: str) -> ocp.CheckpointManager:
 RUN_CONFIG = "train_config.json"      # the config a run started with (what it is made from)
 # Settings a resumed run may change: none of them alters the parameters it computes.
 RESUMABLE = ("task", "output", "progress", "distributed", "compile_cache", "stop_after",
-             "log_every", "eval", "checkpointing", "export_model", "data.decode_threads")
+             "log_every", "eval", "checkpointing", "export_model", "data.decode_threads",
+             "data.workers")
 
 
 def resume_relevant(config) -> dict[str, Any]:
@@ -270,6 +291,15 @@ def resolve_steps(config, num_images: int) -> tuple[int, int]:
   return per_epoch * int(config.epochs), per_epoch * int(config.get("warmup_epochs", 0))
 
 
+def loss_kwargs(config, num_classes: int) -> dict[str, Any]:
+  """losses.fiqa_loss's settings from config.loss (cr_denominator and margin_fallback default to
+  ViT-FIQA's: the papers' CR and insightface's margin)."""
+  c = config.loss
+  return dict(scale=c.scale, margins=tuple(c.margins), alpha=c.alpha, beta=c.beta,
+              num_classes=num_classes, cr_denominator=c.get("cr_denominator", "nnccs_plus_one"),
+              margin_fallback=c.get("margin_fallback", True))
+
+
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -310,7 +340,8 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   init_key, base_key = jax.random.split(jax.random.key(config.seed))
   state, shardings = step_lib.init_state(model, tx, init_key, data.num_classes,
                                          model_cfg.embed_dim, mesh, model_cfg.img_size,
-                                         reinit=getattr(model_cfg, "reinit", None))
+                                         init_variables=getattr(model_cfg, "init_variables",
+                                                                None))
   output = config.output
   if parallel.is_writer():
     files.check_output_dir(output)
@@ -327,12 +358,9 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   aug = config.get("augment", None)
   use_aug = aug is not None and aug.get("enabled", True)
   aug_cfg = augment_lib.AugmentConfig.from_config(aug) if use_aug else None
-  loss_kwargs = dict(scale=config.loss.scale, margins=tuple(config.loss.margins),
-                     alpha=config.loss.alpha, beta=config.loss.beta, num_classes=data.num_classes,
-                     cr_denominator=config.loss.get("cr_denominator", "nnccs_plus_one"),
-                     margin_fallback=config.loss.get("margin_fallback", True))
   train_step = step_lib.make_train_step(model, tx, mesh=mesh, shardings=shardings,
-                                        loss_kwargs=loss_kwargs, augment=aug_cfg,
+                                        loss_kwargs=loss_kwargs(config, data.num_classes),
+                                        augment=aug_cfg,
                                         schedule=schedule)
   eval_fn = step_lib.make_eval_fn(model, mesh) if eval_pairs is not None else None
   log = CsvLog(os.path.join(output, "train_log.csv"), start)
@@ -352,8 +380,9 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
   bar = tqdm(range(start, stop), initial=start, total=stop, desc="train", unit="step",
              disable=not parallel.is_writer() or not config.get("progress", True))
   metrics = None
-  for s in bar:
-    batch = data.host_batch(s)
+  batches = data_lib.host_batches(data, start, stop,   # made ahead; its state is the step
+                                  workers=int(config.get("data", {}).get("workers", 0)))
+  for s, batch in zip(bar, batches):
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
     state, metrics = train_step(state, batch, base_key)
     n_log += config.batch_size
@@ -374,6 +403,7 @@ def train(config, data: data_lib.TrainData, eval_pairs: data_lib.PairSet | None 
     if done % config.checkpointing.every == 0 or done == stop:
       manager.save(done, args=ocp.args.StandardSave(state),
                    metrics=res if (res and config.checkpointing.get("best_metric")) else None)
+  batches.close()
   manager.wait_until_finished()
   if int(jax.device_get(state.step)) == total and config.get("export_model", True):
     model_dir = os.path.join(output, "model")
