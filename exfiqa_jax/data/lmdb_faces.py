@@ -107,6 +107,12 @@ class LmdbFaces:
     if not len(self.labels):
       raise LmdbError(f"{path} holds no image; pass {FIX}=<a non-empty ViT-FIQA LMDB>")
 
+  def __getstate__(self):              # a worker process opens its own Environment
+    return dict(self.__dict__, _env=None)
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _env=_open(state["path"]))
+
   def __len__(self) -> int:
     return len(self.labels)
 

@@ -122,6 +122,12 @@ class RecordFile:
     if fd is not None:
       os.close(fd)
 
+  def __getstate__(self):              # a worker process opens the file for itself
+    return dict(self.__dict__, _fd=None)
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _fd=os.open(state["rec_path"], os.O_RDONLY))
+
   def __len__(self) -> int:
     return len(self.keys)
 

@@ -3,12 +3,15 @@
 `ArrayData` (arrays in memory, optionally re-degraded every batch), `FolderData` (an identity
 folder <root>/<identity>/<image>), `RecordData` (insightface RecordIO: train.rec/.idx/property),
 `LmdbData` (ViT-FIQA's LMDB), the synthetic faces split, and the verification pair sets used for
-monitoring (`ArrayPairs`, an insightface `.bin`). docs/data.md, "Training data".
+monitoring (`ArrayPairs`, an insightface `.bin`). `host_batches` makes the batches of a run ahead
+of the loop, in a thread or in Grain worker processes. docs/data.md, "Training data".
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import jax
 import numpy as np
@@ -41,6 +44,16 @@ class _StepSampler:
     self.num_images = len(self.labels)
     self.steps_per_epoch = self.num_images // global_batch
     self._perm_epoch, self._perm = -1, None
+    self._process: tuple[int, int] | None = None     # fixed when pickled for a worker process
+
+  def __getstate__(self):
+    """A worker process (host_batches) is not a JAX process: it gets this host's place."""
+    state = dict(self.__dict__, _perm_epoch=-1, _perm=None)
+    state["_process"] = self._where()
+    return state
+
+  def _where(self) -> tuple[int, int]:
+    return self._process or (jax.process_index(), jax.process_count())
 
   def _rows(self, step: int) -> np.ndarray:
     epoch, i = divmod(step, self.steps_per_epoch)
@@ -48,8 +61,9 @@ class _StepSampler:
       self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
       self._perm_epoch = epoch
     rows = self._perm[i * self.global_batch:(i + 1) * self.global_batch]
-    local = self.global_batch // jax.process_count()
-    return rows[jax.process_index() * local:(jax.process_index() + 1) * local]
+    index, count = self._where()
+    local = self.global_batch // count
+    return rows[index * local:(index + 1) * local]
 
   def _load(self, rows: np.ndarray) -> np.ndarray:
     raise NotImplementedError
@@ -58,7 +72,7 @@ class _StepSampler:
     rows = self._rows(step)
     images, labels = self._load(rows), self.labels[rows]
     if self.transform is not None:
-      rng = np.random.default_rng([self.seed, 1 << 20, step, jax.process_index()])
+      rng = np.random.default_rng([self.seed, 1 << 20, step, self._where()[0]])
       images = self.transform(images, labels, rng)
     return {"image": np.asarray(images, np.uint8), "label": labels}
 
@@ -91,8 +105,16 @@ class _EncodedData(_StepSampler):
     super().__init__(labels, global_batch, seed, num_classes)
     self.channel_order = preprocess.check_channel_order(channel_order)
     self._decode = preprocess.decode_image
-    from concurrent.futures import ThreadPoolExecutor
-    self._pool = ThreadPoolExecutor(threads) if threads > 0 else None
+    self.threads = threads
+    self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 0 else None
+
+  def __getstate__(self):
+    return dict(super().__getstate__(), _pool=None)
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    if self.threads > 0:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
 
   def _encoded(self, row: int) -> tuple[bytes | str, str]:
     """(encoded bytes or a file path, the name an error shows) of row `row`."""
@@ -164,6 +186,64 @@ class LmdbData(_EncodedData):
 
   def _encoded(self, row):
     return self.faces.image(row), f"{self.faces.path} key {self.faces.key(row)!r}"
+
+
+# ------------------------------------------------------------------------ batches of a run
+def host_batches(data: TrainData, start: int, stop: int, *, workers: int = 0,
+                 prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """`data.host_batch(s)` for s in [start, stop), in order, made `prefetch` steps ahead.
+
+  workers = 0: one background thread makes them (encoded sources decode in their own thread
+  pool). workers = k > 0: k Grain worker processes (`mp_prefetch`) each make whole steps, so
+  decoding scales past the GIL (docs/data.md, "Input pipeline"). A step is a pure function of
+  (seed, step), so the batches do not depend on `workers`, and the iterator's whole state is
+  the next step — what the Orbax checkpoint holds as TrainState.step: a resumed run starts
+  here at its restored step. Close the iterator (or let it end) to stop the workers.
+  """
+  if workers < 0 or prefetch < 1:
+    raise ValueError(f"--config.data.workers must be ≥ 0 (got {workers}) and prefetch ≥ 1 "
+                     f"(got {prefetch})")
+  if workers:
+    return _grain_batches(data, start, stop, workers, prefetch)
+  return _thread_batches(data, start, stop, prefetch)
+
+
+def _thread_batches(data: TrainData, start: int, stop: int, prefetch: int
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host_batches")
+  pending: collections.deque = collections.deque()
+  steps = iter(range(start, stop))
+  try:
+    for s in steps:
+      pending.append(pool.submit(data.host_batch, s))
+      if len(pending) > prefetch:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _grain_batches(data: TrainData, start: int, stop: int, workers: int, prefetch: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  try:
+    import grain
+  except ImportError:
+    raise ImportError("--config.data.workers > 0 decodes in Grain worker processes, which "
+                      "needs grain: pip install grain (or exfiqa-jax[train]); or pass "
+                      "--config.data.workers=0 (threads)") from None
+  from absl import flags
+  if not flags.FLAGS.is_parsed():      # Grain reads its --grain_* flags: outside an absl app
+    flags.FLAGS.mark_as_parsed()       # (tests, notebooks) they keep their defaults
+  steps = grain.MapDataset.range(start, stop).map(data.host_batch)
+  # One step per worker at a time: within a step, the source's own decoding threads.
+  it = iter(steps.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+            .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                      per_worker_buffer_size=prefetch)))
+  try:
+    yield from it
+  finally:
+    it.close()
 
 
 class PairSet(Protocol):
