@@ -108,7 +108,8 @@ def test_csv_groups_end_to_end(world, tmp_path):
   assert {"groups/mini/fr/fiqa/group", "groups/mini/fr/iso/group"} <= set(result["computed"])
   rows = tables.read_csv(output / "pauc_groups.csv")
   assert {r["group"] for r in rows} == {"A", "B", groups_report.GAP}
-  assert (output / "plots" / "edc_groups_mini_fr_fiqa_group.png").stat().st_size > 0
+  for suffix in ("png", "pdf"):
+    assert (output / "plots" / f"edc_groups_mini_fr_fiqa_group.{suffix}").stat().st_size > 0
   summary = json.loads((output / "summary.json").read_text())
   assert summary["protocol"] == "published" and summary["protocols"] == {"mini": "published"}
   assert summary["groups"][0]["groups"]["A"]["n_pairs"] == 9

@@ -112,19 +112,82 @@ def test_summary_marks_best_and_skips_baselines(tmp_path):
   assert "bench @FMR 1e-02" in header
 
 
-def test_plots_are_pngs(tmp_path):
+def _keep_figures(monkeypatch) -> list:
+  """plots.save still writes both files; the figures are kept for a look at what they draw."""
+  figures, save = [], plots.save
+  monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or save(fig, path))
+  return figures
+
+
+def _early_exit_rows(depth: int = 3) -> list[dict]:
+  rows = [dict(kind="exit", method=f"exit_{k}", exits=str(k), mean_gflops=float(k),
+               pauc=0.02 - 0.002 * k) for k in range(1, depth + 1)]
+  rows += [dict(kind="fusion", method=m, exits="all", mean_gflops=3.2, pauc=0.0135)
+           for m in ("ex_fiqa_f", "ex_fiqa_fw")]
+  rows += [dict(kind="cascade", method=f"cascade@{t:g}", target=t, exits="1+2+3",
+                mean_gflops=2.0, pauc=0.0141, decided=[0.5, 0.3, 0.2]) for t in (0.9, 0.99)]
+  return rows
+
+
+def test_every_plot_writes_png_and_pdf(tmp_path, monkeypatch):
+  """Every plot function writes a PNG at >= 200 dpi and a vector PDF beside it (identical bytes
+  when drawn again); the EDC figure has one legend outside its panels, bands for at most two
+  columns, the limit labelled, a curve that stops early said; pAUC-vs-GFLOPs is ×1e3 at the
+  tables' FMR; the attention figure has a colour bar."""
+  from exfiqa_jax.evaluation import comparison as comparison_lib
+  from exfiqa_jax.evaluation.groups import GroupEval
+  from exfiqa_jax.report import comparison as comparison_report
+  from exfiqa_jax.report import early_exit as early_exit_report
+  from exfiqa_jax.report import groups as groups_report
+  figures = _keep_figures(monkeypatch)
   result, _ = _synthetic_result()
+  m = result.modes["fiqa"]
+  r = result.names.index("random")      # stops early: no genuine pair left beyond 0.85
+  m.curves.fnmr[r, :, -2:], m.curves.n_genuine[r, -2:] = np.nan, 0
+  bands = {("bench", "fr", mode): (e.curves.fnmr - 0.05, e.curves.fnmr + 0.05)
+           for mode, e in result.modes.items()}
   g = models.gflops(vit.tiny_config("token").to_dict())
-  written = report.write_plots(str(tmp_path), [result], {"m": (g[0][:3], g[1])})
+  written = report.write_plots(str(tmp_path), [result], {"m": (g[0][:3], g[1])}, bands)
   assert len(written) == 2 + 2          # EDC per mode + pAUC-vs-GFLOPs per mode
+  edc_fig, gflops_fig = figures[0], figures[2]
   rng = np.random.default_rng(1)
-  images = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-  written.append(plots.plot_attention(str(tmp_path / "plots" / "att.png"), images,
-                                       rng.normal(size=(4, 16)), rng.normal(size=4), "t"))
+  written.append(plots.plot_attention(str(tmp_path / "att.png"), rng.integers(
+      0, 256, (4, 112, 112, 3), dtype=np.uint8), rng.normal(size=(4, 16)), rng.normal(size=4), "t"))
+  ge = GroupEval("bench", "fr", "fiqa", "g", ["a", "b"], result.columns, result.fmrs,
+                 np.asarray(m.curves.discard), m.limit, np.stack([m.curves.fnmr] * 2),
+                 np.stack([m.curves.threshold] * 2), np.stack([m.curves.n_genuine] * 2),
+                 np.stack([m.curves.n_impostor] * 2), np.stack([m.pauc] * 2), np.array([9, 9]),
+                 np.array([4, 4]), np.array([5, 5]))
+  written.append(groups_report.plot(str(tmp_path / "groups.png"), ge, [result]))
+  comp = comparison_lib.build([result], {}, "", "", "", 0.05)
+  written.append(comparison_report.plot_edc(str(tmp_path / "comp.png"), comp, [result], "fiqa"))
+  rows = _early_exit_rows()
+  written.append(early_exit_report.plot_pauc_vs_gflops(
+      str(tmp_path / "ee.png"), rows, {"random": 0.03}, 1e-3))
+  written.append(early_exit_report.plot_decided(str(tmp_path / "decided.png"), rows, 3))
+  from PIL import Image
   for path in written:
-    with open(path, "rb") as f:
-      head = f.read(8)
-    assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 2000
+    with Image.open(path) as im:
+      assert im.format == "PNG" and min(im.info["dpi"]) >= 199.5, path
+    with open(plots.pdf_path(path), "rb") as pdf:
+      assert pdf.read(5) == b"%PDF-", path
+  first = open(plots.pdf_path(written[-1]), "rb").read()
+  early_exit_report.plot_decided(written[-1], rows, 3)
+  assert open(plots.pdf_path(written[-1]), "rb").read() == first      # no timestamp inside
+  # One legend, below the panels; bands only for the highlighted columns (at most two).
+  assert len(edc_fig.legends) == 1 and all(ax.get_legend() is None for ax in edc_fig.axes)
+  bold = report.highlighted(result, "fiqa")
+  assert 1 <= len(bold) <= 2
+  for ax in edc_fig.axes:
+    assert len(ax.collections) == len(bold)
+    assert any(t.get_text() == f"pAUC limit {m.limit:g}" for t in ax.texts)
+    assert "× random: no genuine pair left beyond r = 0.85" in ax.get_xlabel()
+  # pAUC ×1e3 at FMR 1e-3 (the tables' FMR), the exits' line first.
+  ax = gflops_fig.axes[0]
+  exits = [s for s, c in enumerate(result.columns) if c.kind == "exit"]
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), 1e3 * m.pauc[exits, 1])
+  assert "×1e3" in ax.get_ylabel() and "FMR 1e-03" in ax.get_title()
+  assert len(figures[4].axes) == 4 + 1                 # 4 overlays and the colour bar
 
 
 def test_gflops_match_the_poster():
@@ -199,3 +262,46 @@ def test_report_sections(tmp_path):
                                   "tar@far=1e-04": 0.961, "tar@far=1e-05": 0.93}])[0]
   assert ("`arc`: lfw (10-fold accuracy 99.75 %), ijbc (TAR@FAR=1e-04 96.10 %, TAR@FAR=1e-05 "
           "93.00 %); `elastic`: lfw (10-fold accuracy 99.81 %).") in line     # per FR model
+
+
+def test_demo_time_line_keeps_the_computing_runs_seconds():
+  from exfiqa_jax.report import demo as demo_report
+  full = {"train": 150.2, "test_data": 2.0, "evaluate": 30.4, "early_exit": 14.0, "total": 197.1}
+  parts = [p for p, _ in demo_report.PARTS]
+  first = demo_report.merge_timings(None, full, parts)
+  assert first == {"seconds": full}
+  assert demo_report.time_line(first) == ("Time: 197 s (training 150 s, test data 2 s, "
+                                          "evaluation 30 s, early exits 14 s).")
+  rerun = {"train": 0.0, "test_data": 1.9, "evaluate": 0.4, "early_exit": 1.1, "total": 4.6}
+  again = demo_report.merge_timings(first, rerun, ())
+  assert again == {"seconds": full, "rerun": rerun}
+  assert demo_report.time_line(again) == (
+      "Time: 197 s (training 150 s, test data 2 s, evaluation 30 s, early exits 14 s), each part "
+      "as long as the run that computed it took (cached rerun: 5 s).")
+  # Only the early exits recomputed: their new seconds swap into the total.
+  part = demo_report.merge_timings(first, {**rerun, "early_exit": 20.0}, ["early_exit"])
+  assert part["seconds"] == {**full, "early_exit": 20.0, "total": 203.1}
+  # No record of the computing run (a folder from before timings.json): nothing invented.
+  blind = demo_report.merge_timings(None, rerun, ["early_exit"])
+  assert blind["seconds"]["total"] is None and blind["seconds"]["early_exit"] == 1.1
+  assert "training —" in demo_report.time_line(blind)
+  assert demo_report.time_line(demo_report.merge_timings(None, rerun, ())) == (
+      "Time: cached rerun 5 s; the runs that computed the parts recorded no times.")
+
+
+def test_early_exit_untimed_rows_say_dash():
+  """Rows whose images/s was not measured print "—", not nan; no "-0.0 %" saved."""
+  from exfiqa_jax.report import early_exit as early_exit_report
+  rows = [{**r, "saved": -0.0 if r["kind"] == "fusion" else 0.25, "agreement": 1.0,
+           "agreement_calibration": 1.0,
+           "images_per_second": 812.0 if r["method"] == "exit_3" else float("nan")}
+          for r in _early_exit_rows()]
+  summary = {"benchmark": {"calibration": {"name": "val", "images": 16},
+                           "evaluation": {"name": "test", "images": 24, "pairs": 276}},
+             "tau": {"value": 0.1, "rule": "discard"}, "fmr": 1e-3, "pauc_limit": 0.3,
+             "headline": {"text": "h"}, "baselines": {"random": 0.03}}
+  md = early_exit_report.markdown(summary, rows)
+  assert "nan" not in md and "-0.0" not in md
+  table = {l.split(" | ")[0][2:]: l for l in md.splitlines() if l.startswith("| ")}
+  assert " | 812 | " in table["exit_3"] and " | — | " in table["exit_1"]
+  assert " | 0.0 % | " in table["ex_fiqa_f"]

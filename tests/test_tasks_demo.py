@@ -1,5 +1,5 @@
 """The embedded default end to end on its smoke size: every file, the severity correlations, the
-target check, and a rerun that recomputes nothing."""
+target check, and a rerun that recomputes nothing and keeps the computing run's time line."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,8 @@ def test_every_file_and_summary(demo_run):
   for name in ("edc.csv", "pauc.csv", "summary.json", "summary.md",
                "synthetic_faces/scores_vitfiqa_tiny.csv", "train/model/model_config.json",
                "train/train_log.csv", "plots/edc_synthetic_faces_quality_model_fiqa.png",
-               "plots/attention_synthetic_faces_vitfiqa_tiny.png"):
+               "plots/edc_synthetic_faces_quality_model_fiqa.pdf",
+               "plots/attention_synthetic_faces_vitfiqa_tiny.png", "timings.json"):
     assert os.path.getsize(output / name) > 0, name
   summary = json.loads((output / "summary.json").read_text())
   names = [r["quality"] for r in tables.read_csv(output / "pauc.csv")]
@@ -49,8 +50,22 @@ def test_every_file_and_summary(demo_run):
   assert "Spearman(quality, -severity)" in md and "Targets" in md
 
 
+def _time_line(output) -> str:
+  return next(l for l in (output / "summary.md").read_text().splitlines()
+              if l.startswith("Time: "))
+
+
 def test_rerun_recomputes_nothing(demo_run):
   output, first = demo_run
+  line = _time_line(output)
+  assert "cached rerun" not in line and line.endswith(").")
   again = demo.run(_config(output))
   assert again["computed"] == []
   assert again["spearman_vs_severity"] == first["spearman_vs_severity"]
+  # The time line keeps the computing run's seconds and adds the rerun's own.
+  rerun = _time_line(output)
+  assert rerun.startswith(line[:-1] + ", each part as long as the run that computed it took "
+                          "(cached rerun: ")
+  assert rerun.endswith(f"(cached rerun: {again['seconds']['total']:.0f} s).")
+  summary = json.loads((output / "summary.json").read_text())
+  assert summary["seconds"] == first["seconds"] and summary["seconds_this_run"] == again["seconds"]

@@ -16,7 +16,9 @@
    in summary.json, the targets of the demo checked and the compute the cascade saves at
    99 % agreement in summary.md.
 
-Every stage is cached in <output>: a second run recomputes nothing that finished.
+Every stage is cached in <output>: a second run recomputes nothing that finished. Each part's
+seconds are kept in <output>/timings.json from the run that computed it, so a cached rerun's
+time line still gives them (with the rerun's own seconds beside them).
 """
 from __future__ import annotations
 
@@ -35,16 +37,29 @@ from exfiqa_jax.train import data as train_data
 from exfiqa_jax.train import trainer
 
 
+TIMINGS_FILE = "timings.json"    # each part's seconds from the run that computed it
+
+
+def trained_model(train_cfg) -> str | None:
+  """The exported model of a finished training with this config, None if it must train."""
+  model_dir = os.path.join(train_cfg.output, "model")
+  done_file = os.path.join(train_cfg.output, "trained_config.json")
+  fp = stages.fingerprint(trainer.resume_relevant(train_cfg))
+  if os.path.isdir(model_dir) and os.path.isfile(done_file) and files.read_json(done_file) == fp:
+    return model_dir
+  return None
+
+
 def train_model(train_cfg) -> str:
   """Trains (or resumes) the demo model; a finished training with the same config is reused
   without rendering its data again. Returns the exported model directory."""
-  model_dir = os.path.join(train_cfg.output, "model")
-  done_file = os.path.join(train_cfg.output, "trained_config.json")
-  settings = trainer.resume_relevant(train_cfg)
-  fp = stages.fingerprint(settings)
-  if os.path.isdir(model_dir) and os.path.isfile(done_file) and files.read_json(done_file) == fp:
+  model_dir = trained_model(train_cfg)
+  if model_dir is not None:
     logging.info("reusing the trained model in %s", model_dir)
     return model_dir
+  model_dir = os.path.join(train_cfg.output, "model")
+  done_file = os.path.join(train_cfg.output, "trained_config.json")
+  fp = stages.fingerprint(trainer.resume_relevant(train_cfg))
   data, pairs = train_data.build_data(train_cfg)
   trainer.train(train_cfg, data, pairs)
   if not os.path.isdir(model_dir):
@@ -69,6 +84,7 @@ def _run(config, output: str, started: float) -> dict[str, Any]:
   train_cfg = config.train
   train_cfg.output = train_cfg.get("output", "") or os.path.join(output, "train")
   train_cfg.seed = config.seed
+  fresh = set() if trained_model(train_cfg) else {"train"}   # the parts this run computes
   t0 = time.time()
   model_dir = train_model(train_cfg)
   seconds = {"train": round(time.time() - t0, 1)}
@@ -84,6 +100,8 @@ def _run(config, output: str, started: float) -> dict[str, Any]:
   ev = pipeline.evaluate(config, [bench], quality, extra_columns=lambda b: {
       columns.ORACLE: (columns.ORACLE, -true_severity)})
   seconds["evaluate"] = round(time.time() - t0, 1)
+  evaluated = len(ev.cache.computed())
+  fresh |= {"test_data", "evaluate"} if evaluated else set()
   cols, image_q = ev.columns[early_exit.SYNTHETIC]
   rho, rho_kind = severity.severity_correlations([c.name for c in cols], image_q, true_severity,
                                                  kind)
@@ -93,16 +111,34 @@ def _run(config, output: str, started: float) -> dict[str, Any]:
                              quality[0], ev.cache, quality)
   early_exit_report.write_study(config, os.path.join(output, "early_exit"), exits, quality[0].path)
   seconds["early_exit"] = round(time.time() - t0, 1)
+  fresh |= {"early_exit"} if len(ev.cache.computed()) > evaluated else set()
   seconds["total"] = round(time.time() - started, 1)
+  timing = timings(output, seconds, fresh)
   extra = {"spearman_vs_severity": rho, "spearman_by_degradation": rho_kind, "targets": check,
-           "seconds": seconds, "early_exit": exits["headline"]}
+           "seconds": timing["seconds"], "early_exit": exits["headline"],
+           **({"seconds_this_run": seconds} if "rerun" in timing else {})}
   examples = attention.examples(ev, [bench], quality, report.attention_count(config))
   out = report.write(config, ev, [bench], quality, examples, extra=extra,
                      title="exfiqa-jax demo: tiny ViT-FIQA on synthetic faces",
-                     notes=demo_report.notes(bench, check, seconds, exits["headline"]["text"]),
+                     notes=demo_report.notes(bench, check, timing, exits["headline"]["text"]),
                      footer=demo_report.severity_table(rho, rho_kind))
   log = logging.info if check["met"] else logging.warning
   log("demo targets %s: %s", "met" if check["met"] else "NOT met", check)
   logging.info("demo written to %s (%.0f s)", output, seconds["total"])
   return {**out, "targets": check, "spearman_vs_severity": rho, "seconds": seconds,
           "computed": ev.cache.computed()}
+
+
+def timings(output: str, seconds: dict[str, float], fresh: set[str]) -> dict[str, Any]:
+  """This run's seconds merged with those <output>/timings.json kept for the parts it did not
+  compute (report/demo.py merge_timings); the merged seconds are stored back (process 0)."""
+  path = os.path.join(output, TIMINGS_FILE)
+  try:
+    stored = files.read_json(path) if os.path.isfile(path) else None
+  except (OSError, ValueError) as e:
+    logging.warning("ignoring %s (%s): the time line gives what this run measured", path, e)
+    stored = None
+  timing = demo_report.merge_timings(stored, seconds, fresh)
+  if parallel.is_writer():
+    files.write_json(path, {"seconds": timing["seconds"]})
+  return timing
