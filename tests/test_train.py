@@ -644,3 +644,47 @@ def test_crfiqa_initialisation_is_the_official_modules():
   np.testing.assert_array_equal(net["features"]["bias"], 0.0)
   np.testing.assert_array_equal(stats["bn2"]["var"], 1.0)
   np.testing.assert_array_equal(stats["bn2"]["mean"], 0.0)
+
+
+# ------------------------------------------- batches made ahead: threads, Grain workers (data.md)
+def test_host_batches_same_with_1_and_4_workers_and_after_resume(tmp_path):
+  """train/data.host_batches gives data.host_batch(s), step for step, from the thread (workers
+  0), one Grain worker process, and four started at step 3 as a resumed run starts them at its
+  restored step: 7 steps of 4 rows over 12 RecordIO images (the epoch turns at step 3)."""
+  _, rec, _, _ = _same_faces_three_ways(tmp_path)
+  data = train_data.RecordData(rec, 4, seed=5, threads=2)
+  want = [data.host_batch(s) for s in range(7)]
+  runs = {"thread": (0, 0), "1 worker": (0, 1), "4 workers from step 3": (3, 4)}
+  for name, (start, workers) in runs.items():
+    got = list(train_data.host_batches(data, start, 7, workers=workers))
+    assert len(got) == 7 - start, name
+    for s, batch in enumerate(got, start):
+      np.testing.assert_array_equal(batch["image"], want[s]["image"], err_msg=f"{name}, step {s}")
+      np.testing.assert_array_equal(batch["label"], want[s]["label"], err_msg=f"{name}, step {s}")
+  with pytest.raises(ValueError, match="--config.data.workers"):
+    train_data.host_batches(data, 0, 7, workers=-1)
+
+
+def _add_noise(images, labels, rng):
+  return images + rng.integers(0, 2, images.shape).astype(np.uint8)
+
+
+def test_a_source_pickled_for_a_worker_keeps_its_host_place(tmp_path, monkeypatch):
+  """A worker process is no JAX process: a source pickled on host 1 of 2 still gives host 1's
+  rows (and its re-degradation draws) there; an LMDB source reopens its database."""
+  import pickle
+  images = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+  data = train_data.ArrayData(images, np.arange(8) % 4, 4, seed=1, transform=_add_noise)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  host1 = data.host_batch(2)
+  copy = pickle.loads(pickle.dumps(data))
+  monkeypatch.undo()
+  assert len(host1["label"]) == 2 and len(data.host_batch(2)["label"]) == 4
+  np.testing.assert_array_equal(copy.host_batch(2)["image"], host1["image"])
+  np.testing.assert_array_equal(copy.host_batch(2)["label"], host1["label"])
+  _, _, lmdb_path, _ = _same_faces_three_ways(tmp_path)
+  if lmdb_path:
+    faces = train_data.LmdbData(lmdb_path, 4, seed=5, threads=2)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(faces)).host_batch(4)["image"],
+                                  faces.host_batch(4)["image"])

@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="recordio",                # recordio (train.rec/.idx) | image_folder | lmdb
       root="", channel_order="rgb", num_images=0,   # 0: counted from root
-      decode_threads=16))
+      decode_threads=16, workers=0))  # workers > 0: Grain decoding processes (docs/data.md)
   config.eval = ml_collections.ConfigDict(dict(
       every=run["every"], batch_size=256, fmr=1e-3, limit=0.3,
       pairs_bin=""))                  # "" = the lfw/cfp_fp/agedb_30.bin beside train.rec

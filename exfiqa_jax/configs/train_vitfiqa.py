@@ -54,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="image_folder",            # image_folder | recordio (train.rec/.idx) | lmdb (ViT-FIQA)
       root="", channel_order="rgb", num_images=0,   # 0: counted from root
-      decode_threads=16))             # JPEG/WebP decoding threads per host (0: main thread)
+      decode_threads=16,              # JPEG/WebP decoding threads per host (0: main thread)
+      workers=0))                     # > 0: Grain decoding processes per host (docs/data.md)
   config.eval = ml_collections.ConfigDict(dict(
       every=2000, batch_size=256, fmr=1e-3, limit=0.3,
       pairs_bin=""))                  # an insightface .bin pair set (lfw.bin); "" = none, or
