@@ -407,7 +407,7 @@ def _train_config(name: str, size: str, field: str, value):
   return config
 
 
-@pytest.mark.parametrize("name", ["train_tiny", "train_vitfiqa"])
+@pytest.mark.parametrize("name", ["train_tiny", "train_vitfiqa", "train_crfiqa"])
 @pytest.mark.parametrize("field,value", TRAIN_COUNTS)
 def test_train_settings_fail_naming_their_flag(name, field, value):
   """The task refuses each before it builds any data (a table over every count the loop uses)."""
@@ -429,7 +429,7 @@ def test_epochs_are_checked_only_when_they_count():
   with config.unlocked():
     config.total_steps = 100
   trainer.check_config(config)
-  for name in ("train_tiny", "train_vitfiqa"):
+  for name in ("train_tiny", "train_vitfiqa", "train_crfiqa"):
     for size in ("default", "smoke"):
       trainer.check_config(_train_config(name, size, "seed", 0))
 

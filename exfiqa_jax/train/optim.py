@@ -1,5 +1,6 @@
 """Optimisers of the official runs (docs/methods.md): clip backbone grads at 5, then AdamW with
-warm-up/decay (ViT-FIQA, `make_optimizer`) or SGD with momentum and step decay (CR-FIQA, `make_sgd`).
+warm-up/decay (ViT-FIQA, `make_optimizer`) or SGD with momentum and step decay (CR-FIQA,
+`make_sgd`).
 
 Parameters are one tree `{"backbone": <ViT params>, "centres": [C, E]}`.
 - Gradient clipping like `torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)`: the global

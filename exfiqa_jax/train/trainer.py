@@ -109,9 +109,10 @@ class CrfiqaSpec:
     """The exported model_config: what converting the official `.pt` of this network gives
     (convert/quality_head_keys.py CRFIQA), so `score`/`eval` read it as the `crfiqa` method;
     the dropout only acts in training and is recorded as the converter records it (0)."""
-    from exfiqa_jax.convert import quality_head_keys
+    from exfiqa_jax.convert import iresnet_keys, quality_head_keys
     family = quality_head_keys.CRFIQA
-    return {"family": family.name, "kind": family.kind, "input_scale": "minus1_1",
+    return {"family": family.name, "kind": family.kind,
+            "input_scale": iresnet_keys.ARCFACE_IRESNET.input_scale,       # its backbone's
             **dataclasses.replace(self.backbone, dropout=0.0).to_dict(),
             "quality_head": family.head}
 
@@ -142,7 +143,7 @@ class CrfiqaSpec:
       if leaf.ndim == 4:
         return next(normal)
       if path[:-1] in fan_in:
-        return next(uniform) / np.sqrt(fan_in[path[:-1]])
+        return next(uniform) / float(np.sqrt(fan_in[path[:-1]]))
       return jnp.full(leaf.shape, constant.get(_name(path[-1]), 0.0), leaf.dtype)  # BN bias 0
 
     stats = jax.tree_util.tree_map_with_path(value, abstract["batch_stats"])
@@ -157,7 +158,8 @@ def _name(key) -> str:
 def _split(flat: jax.Array, like: list) -> list[jax.Array]:
   """`flat` cut into consecutive pieces shaped as `like` (ShapeDtypeStructs)."""
   offsets = np.cumsum([0] + [x.size for x in like])
-  return [flat[a:b].reshape(x.shape).astype(x.dtype) for a, b, x in zip(offsets, offsets[1:], like)]
+  return [flat[a:b].reshape(x.shape).astype(x.dtype)
+          for a, b, x in zip(offsets, offsets[1:], like)]
 
 
 def crfiqa_model(arch: dict[str, Any], dtype: str = "float32"):
