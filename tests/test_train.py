@@ -601,6 +601,7 @@ def test_crfiqa_config_is_the_official_run():
   """CR-FIQA(L)/(S) as config.py + train_cr_fiqa.py: iResNet100/50 + qs, 512 × SGD at 0.1,
   the lr ×0.1 from the start of epoch 8 (L: update 7 × 11,372 on MS1MV2's 5,822,653 images)."""
   from configs import train_crfiqa
+  from exfiqa_jax.convert import quality_head_keys
   images = {"L": 5822653, "S": 501195}
   for name, depth, epochs, first in (("L", 100, 18, 8), ("S", 50, 34, 20)):
     config = train_crfiqa.get_config(f"model={name}")
@@ -611,6 +612,12 @@ def test_crfiqa_config_is_the_official_run():
     boundary = (first - 1) * per_epoch
     assert [float(schedule(s)) for s in (0, boundary - 1)] == pytest.approx([0.1, 0.1])
     assert float(schedule(boundary)) == pytest.approx(0.01)
+    _, spec = trainer.build_model(config.architecture)       # full size, shapes only
+    ours = jax.eval_shape(spec.init_variables, jax.random.key(0))["params"]
+    official = quality_head_keys.CRFIQA.expected_shapes(spec.to_dict())
+    learned = [v for k, v in official.items() if k.rsplit(".", 1)[-1] in ("weight", "bias")]
+    assert sum(x.size for x in jax.tree.leaves(ours)) == sum(int(np.prod(v)) for v in learned)
+    assert len(jax.tree.leaves(ours)) == len(learned)       # L: 65,156,673 parameters
   with pytest.raises(ValueError, match=r"model='M' is not one of \('L', 'S'\)"):
     train_crfiqa.get_config("model=M")
   arch = dict(train_crfiqa.get_config().architecture)
