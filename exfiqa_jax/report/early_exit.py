@@ -156,7 +156,7 @@ def plot_pauc_vs_gflops(path: str, rows: Sequence[Mapping[str, Any]],
   cas = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["mean_gflops"])
   if cas:
     ax.plot([r["mean_gflops"] for r in cas], [1e3 * r["pauc"] for r in cas], "s-", color="C3",
-            ms=4, label="cascade (labels: agreement target)")
+            ms=4, label="cascade (labels: agreement target)", zorder=4)   # above the fusions
     _cascade_labels(ax, cas)
   for i, (k, v) in enumerate(baselines.items()):
     color = {columns.RANDOM: "k", columns.ORACLE: "0.5"}.get(k, f"C{(i + 4) % 10}")  # files
@@ -176,8 +176,8 @@ def _cascade_labels(ax, cas: Sequence[Mapping[str, Any]]) -> None:
     points.setdefault((r["mean_gflops"], 1e3 * r["pauc"]), []).append(f"{r['target']:g}")
   for i, ((x, y), targets) in enumerate(points.items()):
     text = targets[0] if len(targets) == 1 else f"{targets[0]}–{targets[-1]}"
-    ax.annotate(text, (x, y), fontsize=6, xytext=(0, -10 - 8 * (i % 2)),
-                textcoords="offset points", ha="center", color="C3")
+    ax.annotate(text, (x, y), fontsize=6, xytext=(0, -8 - 8 * (i % 2)),   # below any marker
+                textcoords="offset points", ha="center", va="top", color="C3")
 
 
 def plot_decided(path: str, rows: Sequence[Mapping[str, Any]], depth: int) -> str:
