@@ -113,13 +113,13 @@ def test_trained_by_the_toolkit_scores_as_crfiqa_and_loads_into_the_official_mod
   checkpoints.directory_to_pt writes the official layout, which CR-FIQA's module (the twin of
   backbones/iresnet.py) loads strictly and which gives the same qs and embedding; converted
   back, it is the exported directory, bit for bit."""
+  import csv
   from exfiqa_jax.train import trainer
   from tests.test_train import crfiqa_data, crfiqa_train_config
   data = crfiqa_data()
-  config = crfiqa_train_config(str(tmp_path / "run"), 8, log_every=1)
-  trainer.train(config, data)
+  trainer.train(crfiqa_train_config(str(tmp_path / "run"), 8, log_every=1), data)
   with open(tmp_path / "run" / "train_log.csv") as f:
-    loss = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    loss = [float(row["loss"]) for row in csv.DictReader(f)]
   assert len(loss) == 8 and np.all(np.isfinite(loss)), loss
   assert loss[-1] < 0.5 * loss[0], loss
   model_dir = str(tmp_path / "run" / "model")

@@ -632,7 +632,7 @@ def test_crfiqa_config_is_the_official_run():
 def test_crfiqa_initialisation_is_the_official_modules():
   """CrfiqaSpec.init_variables: torch's initial values of CR-FIQA's module (conv N(0, 0.1),
   nn.Linear U(±1/√fan_in) for weight and bias, BatchNorm 1/0 with stats 0/1, PReLU 0.25), in
-  the tree the module applies."""
+  the tree the module applies; the training monitor reads its qs as the one exit."""
   config = crfiqa_train_config("unused")
   model, spec = trainer.build_model(config.architecture)
   variables = jax.jit(spec.init_variables)(jax.random.key(0))
@@ -651,6 +651,12 @@ def test_crfiqa_initialisation_is_the_official_modules():
   np.testing.assert_array_equal(net["features"]["bias"], 0.0)
   np.testing.assert_array_equal(stats["bn2"]["var"], 1.0)
   np.testing.assert_array_equal(stats["bn2"]["mean"], 0.0)
+  images = crfiqa_data().images[:4]                       # the monitor: qs as the one exit
+  out = step_lib.make_eval_fn(model, parallel.mesh(1))(variables, images)
+  assert out["exit_scores"].shape == (4, 1) and out["embedding"].shape == (4, 16)
+  qs = variables["params"]["head"]["qs"]
+  np.testing.assert_allclose(out["exit_scores"][:, 0], np.asarray(out["embedding"])
+                             @ np.asarray(qs["kernel"])[:, 0] + float(qs["bias"][0]), rtol=1e-5)
 
 
 # ------------------------------------------- batches made ahead: threads, Grain workers (data.md)
