@@ -1,5 +1,5 @@
 """The evaluation report: edc.csv, pauc.csv, pauc_diff.csv, summary.json, summary.md, the
-scores of every benchmark and PNG plots (docs/evaluation.md).
+scores of every benchmark and the plots, each a PNG with a PDF beside it (docs/evaluation.md).
 
 Inputs are an `EvalRun` (exfiqa_jax/evaluation/pipeline.py): per benchmark × FR model a
 `BenchmarkEval` with the quality columns evaluated and, per EDC mode, the engine's
@@ -17,8 +17,10 @@ produced them (float repr), so the files equal `exfiqa_jax.metrics.edc`.
                plus whatever the caller adds (timings, demo targets, Spearman correlations)
   summary.md   the papers' table: rows = quality columns, columns = benchmark × FMR, pAUC ×1e3,
                best per column in bold (baselines such as `random` are never "best")
-  plots/       edc_<benchmark>_<fr>_<mode>.png (one panel per FMR: exits faint, fusions and
-               ATTN bold, quality methods dash-dotted, random and oracle dashed/dotted), pauc_vs_gflops_<fr>_<mode>.png, and
+  plots/       edc_<benchmark>_<fr>_<mode>.png (one panel per FMR, one legend below: exits and
+               ATTN thin, light to dark with depth, fusions solid, methods dash-dotted, random
+               and oracle dashed/dotted, two highlighted() columns bold with their bands),
+               pauc_vs_gflops_<fr>_<mode>.png (×1e3 at the tables' FMR), and
                attention_<benchmark>_<model>.png (highest- and lowest-quality images)
 The per-group files are exfiqa_jax/report/groups.py's.
 """

@@ -41,7 +41,6 @@ def save(fig, path: str) -> str:
   """`fig` as a PNG at `path` (PNG_DPI) and as a vector PDF at pdf_path(path), each atomic (a
   killed run leaves no half-written file). The layout is measured once and both files are cut
   to it, so they show the same area. Returns `path`."""
-  fig.set_layout_engine(None)     # laid out already: no extra layout pass per file
   bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(PAD_INCHES)
   with files.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches=bbox)
@@ -52,9 +51,11 @@ def save(fig, path: str) -> str:
 
 def shared_legend(fig, handles: Sequence[Any], labels: Sequence[str], columns: int = 0) -> None:
   """One legend for every panel, centred below them (outside all axes: it never covers a curve).
-  Lays the panels out first; a tuple handle draws its lines side by side (a range of exits)."""
+  Lays the panels out first, once (no layout engine left on the figure: saving it twice does
+  not lay it out again); a tuple handle draws its lines side by side (a range of exits)."""
+  from matplotlib.layout_engine import TightLayoutEngine
   from matplotlib.legend_handler import HandlerTuple
-  fig.tight_layout()
+  TightLayoutEngine().execute(fig)
   if not handles:
     return
   per_column = 0.8 + 0.053 * max(len(str(label)) for label in labels)   # inches at 7 pt
