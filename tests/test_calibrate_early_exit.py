@@ -110,12 +110,20 @@ def test_cost_aware_cascade_falls_back_to_one_segment_where_every_cascade_loses(
     assert fb["one_segment_predicted_speedup"] == pytest.approx(10.53 / 10.03)
   for r in out[0.0]:           # blocks dominate: early exits pay, no fallback
     assert r["fallback"] is None and r["predicted_speedup"] > 1.0 and r["exits"] != "3"
+  margin = 3.1        # unless they must win by more than leaving all at exit 1 can (30.5 / 10)
+  cols, _ = study.cascade_columns(
+      s_cal, s_ev, (1, 2, 3), tau, lambda ex: np.asarray(ex, np.float64), 3.0, mapping.columns,
+      (0.9,), groups, seconds=seconds_with(0.0, 10.0), full_seconds=30.5, min_speedup=margin)
+  assert cols[0][1]["exits"] == "3" and cols[0][1]["fallback"]["min_speedup"] == margin
+  assert f"predicted {margin:g}x faster than one full segment" in study.fallback_text(
+      0.9, cols[0][1]["fallback"])
   rows = out[10.0]
   for r in rows:
     r["pauc"], r["images_per_second"] = 0.01, math.nan
   full_row = {"method": "exit_3", "kind": "exit", "exits": "3", "decided": [0, 0, 1],
               "mean_gflops": 3.05, "pauc": 0.01, "images_per_second": math.nan}
   head = study.headline(rows + [full_row], 0.99, {}, "a test CPU")
-  assert head["text"].startswith("no cascade is predicted faster than one full segment at 99 % "
-                                 "agreement on a test CPU (the best found, exits ")
+  assert head["text"].startswith("no cascade is predicted faster than one full segment and the "
+                                 "full pass at 99 % agreement on a test CPU (the best found, "
+                                 "exits ")
   assert "it runs as one full segment" in head["text"] and head["fallback"] == rows[1]["fallback"]

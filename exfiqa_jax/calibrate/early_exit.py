@@ -127,16 +127,18 @@ def _calibrate(s_cal: np.ndarray, exits: Sequence[int], tau: float, target: floa
 
 
 def _never_slower(s_cal: np.ndarray, exits: Sequence[int], tau: float, c, cv: dict,
-                  seconds: Callable, full_seconds: float, prune_exits: bool
+                  seconds: Callable, full_seconds: float, prune_exits: bool,
+                  min_speedup: float = 1.0
                   ) -> tuple[cascade.CascadeCalibration, dict[str, Any] | None]:
   """(calibration, fallback): `c` when a cascade with early exits is predicted faster than both
   the full pass and one full segment (the last exit alone: no ATTN statistics nor fusions, so
   often a little faster than the full pass), else the one-segment run (every image to the last
   exit) and the best cascade found, with its predicted speed (docs/evaluation.md, "Early exits
-  and thresholds")."""
+  and thresholds"). `min_speedup` (>= 1) is the margin a cascade must be predicted to win by,
+  for the cost model's own error."""
   depth = s_cal.shape[1]
   one_seconds = float(seconds((depth,))[-1])
-  if len(c.exits) > 1 and c.mean_gflops < min(full_seconds, one_seconds):
+  if len(c.exits) > 1 and c.mean_gflops * float(min_speedup) <= min(full_seconds, one_seconds):
     return c, None
   best = c if len(c.exits) > 1 else cascade.calibrate_cascade(
       s_cal, exits, tau, cv.get("internal_target", c.target), costs=seconds,
@@ -147,7 +149,8 @@ def _never_slower(s_cal: np.ndarray, exits: Sequence[int], tau: float, c, cv: di
   return one, {"best_exits": "+".join(str(e) for e in best.exits),
                "best_predicted_speedup": full_seconds / best.mean_gflops
                if len(best.exits) > 1 else float("nan"),
-               "one_segment_predicted_speedup": full_seconds / one.mean_gflops}
+               "one_segment_predicted_speedup": full_seconds / one.mean_gflops,
+               "min_speedup": float(min_speedup)}
 
 
 def _in_units(cv: Mapping[str, Any], seconds: bool) -> dict[str, Any]:
@@ -169,7 +172,7 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
                     targets: Sequence[float], groups: np.ndarray,
                     robust: bool = True, folds: int = 5, prune_exits: bool = True,
                     seed: int = 0, seconds: Callable[[tuple[int, ...]], np.ndarray] | None = None,
-                    full_seconds: float = float("nan")
+                    full_seconds: float = float("nan"), min_speedup: float = 1.0
                     ) -> tuple[list[Column], list[dict[str, Any]]]:
   """(columns, records): per agreement target, the cascade calibrated on `s_cal` (robust: its
   conservativeness chosen by `groups`-grouped cross-validation; `costs`: GFLOPs of leaving at
@@ -178,7 +181,8 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
   `seconds` (the measured cost model's per-image seconds, models/cascade_cost.py; with
   `full_seconds`, the full pass's) makes the calibration cost-aware: it minimises predicted
   seconds instead of GFLOPs, and where no cascade is predicted faster than the full pass it
-  falls back to one segment (`_never_slower`; the record's "fallback" says what it found).
+  falls back to one segment (`_never_slower`, a cascade must be predicted `min_speedup` times
+  faster; the record's "fallback" says what it found).
   A record holds the thresholds (also as exits_lib.CascadeThresholds under "_thresholds", for
   the engine; not part of the summary) and both splits' figures."""
   depth = s_cal.shape[1]
@@ -190,7 +194,8 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
                        folds, prune_exits, seed, memo)
     fallback = None
     if seconds is not None:
-      c, fallback = _never_slower(s_cal, exits, tau, c, cv, seconds, full_seconds, prune_exits)
+      c, fallback = _never_slower(s_cal, exits, tau, c, cv, seconds, full_seconds, prune_exits,
+                                  min_speedup)
       if fallback is not None:          # the cross-validated figures were the cascade's
         cv = {**c.to_dict(), "fell_back_from": cv}
     pred = cascade.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
@@ -229,9 +234,12 @@ def fallback_text(target: float, fallback: Mapping[str, Any], device: str = "thi
   best = fallback.get("best_predicted_speedup", float("nan"))
   found = (f"the best found, exits {fallback['best_exits']}, is predicted at {best:.2f}x"
            if math.isfinite(best) else "no early exit decides here")
-  return (f"no cascade is predicted faster than one full segment at {100 * target:g} % "
-          f"agreement on {device} ({found} the full pass's images/s, one segment at "
-          f"{fallback['one_segment_predicted_speedup']:.2f}x): it runs as one full segment")
+  margin = float(fallback.get("min_speedup", 1.0))
+  faster = "faster" if margin <= 1.0 else f"{margin:g}x faster"
+  return (f"no cascade is predicted {faster} than one full segment and the full pass at "
+          f"{100 * target:g} % agreement on {device} ({found} the full pass's images/s, one "
+          f"segment at {fallback['one_segment_predicted_speedup']:.2f}x): it runs as one full "
+          "segment")
 
 
 def headline(rows: Sequence[Mapping[str, Any]], target: float, timing: Mapping[str, Any],

@@ -20,7 +20,8 @@ exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-sp
 cascade.cost ("measured": exits and thresholds that maximise images/s predicted by the cost
 model measured on this device, exfiqa_jax/models/cascade_cost.py, kept beside the compile cache,
 and one full segment where no cascade beats the full pass; "gflops": the fewest GFLOPs),
-cascade.cost_repeats, cascade.store_with_model (cascade.json into the model directory, which
+cascade.cost_repeats, cascade.min_speedup (the predicted margin a cascade must win by, for the
+cost model's own error; else one full segment), cascade.store_with_model (cascade.json into the model directory, which
 `fx.load(dir).cascade(images)` runs);
 thresholds.discard / thresholds.fnmr (threshold table with bootstrap intervals, at
 thresholds.fmr); mapping.kind ("quantile" | "logistic"); fusion_fit (the learned fusion
@@ -54,6 +55,7 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
           folds=5,
           cost="measured",               # minimise measured seconds ("gflops": GFLOPs, the
           cost_repeats=5,                # edge-device case); timed calls per cost-table entry
+          min_speedup=1.05,              # a cascade must be predicted this much faster
           store_with_model=True)),       # cascade.json beside the model: fx.load(dir).cascade
       thresholds=ml_collections.ConfigDict(dict(
           discard=(0.1, 0.2, 0.3),       # discard fractions → quality thresholds (+ bootstrap CI)

@@ -202,7 +202,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       [float(t) for t in s.cascade.targets], image_groups(cal)[0],
       robust=bool(s.cascade.get("robust", True)), folds=int(s.cascade.get("folds", 5)),
       prune_exits=bool(s.cascade.prune_exits), seed=seed,
-      **_seconds(cost_model, model, str(s.cascade.get("cost", "measured"))))
+      **_seconds(cost_model, model, s))
   cols += cascade_cols
   rows = [row for _, row in cols]
   baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed, scored)
@@ -253,13 +253,15 @@ def _cost_model(config, model) -> cascade_cost.CostModel | None:
                              repeats=int(s.cascade.get("cost_repeats", 5)))
 
 
-def _seconds(cost_model: cascade_cost.CostModel | None, model, cost: str) -> dict[str, Any]:
-  """cascade_columns' `seconds` / `full_seconds` when the calibration minimises time."""
-  if cost_model is None or cost != "measured":
+def _seconds(cost_model: cascade_cost.CostModel | None, model, s) -> dict[str, Any]:
+  """cascade_columns' `seconds`, `full_seconds`, `min_speedup` when the calibration minimises
+  time (early_exit settings `s`: cascade.cost "measured")."""
+  if cost_model is None or str(s.cascade.get("cost", "measured")) != "measured":
     return {}
   big = exits_lib.bucket_ladder(model.batch_size)[-1]
   return {"seconds": lambda ex: cost_model.per_image(ex, big),
-          "full_seconds": cost_model.full_per_image(big)}
+          "full_seconds": cost_model.full_per_image(big),
+          "min_speedup": float(s.cascade.get("min_speedup", 1.0))}
 
 
 def _fusions(s, cal: Benchmark, q_cal: stages.Stage, q_ev: stages.Stage,
