@@ -144,6 +144,8 @@ def test_every_plot_writes_png_and_pdf(tmp_path, monkeypatch):
   m = result.modes["fiqa"]
   r = result.names.index("random")      # stops early: no genuine pair left beyond 0.85
   m.curves.fnmr[r, :, -2:], m.curves.n_genuine[r, -2:] = np.nan, 0
+  a = result.names.index("attn_1")      # no impostor pair left beyond 0.9
+  m.curves.fnmr[a, :, -1:], m.curves.n_impostor[a, -1:] = np.nan, 0
   bands = {("bench", "fr", mode): (e.curves.fnmr - 0.05, e.curves.fnmr + 0.05)
            for mode, e in result.modes.items()}
   g = models.gflops(vit.tiny_config("token").to_dict())
@@ -182,6 +184,7 @@ def test_every_plot_writes_png_and_pdf(tmp_path, monkeypatch):
     assert len(ax.collections) == len(bold)
     assert any(t.get_text() == f"pAUC limit {m.limit:g}" for t in ax.texts)
     assert "× random: no genuine pair left beyond r = 0.85" in ax.get_xlabel()
+    assert "× attn_1: no impostor pair left beyond r = 0.9" in ax.get_xlabel()
   # pAUC ×1e3 at FMR 1e-3 (the tables' FMR), the exits' line first.
   ax = gflops_fig.axes[0]
   exits = [s for s, c in enumerate(result.columns) if c.kind == "exit"]

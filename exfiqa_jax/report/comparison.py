@@ -146,7 +146,8 @@ def plot_edc(path: str, comp: Comparison, results: Sequence[BenchmarkEval], mode
       color = f"C{ri % 10}"
       line, = ax.plot(x, m.curves.fnmr[s, f], lw=1.6, color=color, ls="-" if ri < 10 else "--")
       handles.setdefault(name, line)
-      end = plots.curve_end(x, m.curves.fnmr[s, f], m.curves.n_genuine[s])
+      end = plots.curve_end(x, m.curves.fnmr[s, f], m.curves.n_genuine[s],
+                            m.curves.n_impostor[s])
       if end is not None:
         ends.append((name, color, end))
     plots.limit_line(ax, m.limit)

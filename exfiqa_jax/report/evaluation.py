@@ -322,7 +322,7 @@ def plot_edc(path: str, result: BenchmarkEval, mode: str,
                                           if col.kind in BOLD_COLORS else {}))
       y = m.curves.fnmr[s, f]
       lines[s], = ax.plot(x, y, **style)
-      end = plots.curve_end(x, y, m.curves.n_genuine[s])
+      end = plots.curve_end(x, y, m.curves.n_genuine[s], m.curves.n_impostor[s])
       if end is not None:
         ends.append((col.name, style["color"], end))
       if band is not None and s in bold:

@@ -157,7 +157,7 @@ def plot(path: str, ge: GroupEval, results: Sequence[BenchmarkEval]) -> str:
         y = ge.fnmr[g, s, f]
         if np.isfinite(y).any():
           ax.plot(ge.discard, y, ls=styles[k % 2], color=f"C{g % 10}", lw=1.4)
-          end = plots.curve_end(ge.discard, y, ge.n_genuine[g, s])
+          end = plots.curve_end(ge.discard, y, ge.n_genuine[g, s], ge.n_impostor[g, s])
           if end is not None:
             ends.append((f"{group} · {ge.names[s]}", f"C{g % 10}", end))
     plots.limit_line(ax, ge.limit)

@@ -74,17 +74,22 @@ def limit_line(ax, limit: float) -> None:
               color="0.35")
 
 
-def curve_end(x: np.ndarray, y: np.ndarray, n_genuine: np.ndarray | None = None
-              ) -> tuple[float, float, str] | None:
+def curve_end(x: np.ndarray, y: np.ndarray, n_genuine: np.ndarray | None = None,
+              n_impostor: np.ndarray | None = None) -> tuple[float, float, str] | None:
   """(x, y, why) of a curve's last point when it stops before the last discard level (FNMR
-  undefined beyond it), else None; why = "no genuine pair left" when the counts say so."""
+  undefined beyond it), else None; why says what the counts at the next level show ("no
+  genuine pair left", "no impostor pair left") or "FNMR undefined"."""
   y = np.asarray(y, float)
   ok = np.isfinite(y)
   if not ok.any() or ok[-1]:
     return None
   last = int(np.flatnonzero(ok)[-1])
-  gone = n_genuine is not None and int(np.asarray(n_genuine)[last + 1]) == 0
-  return float(x[last]), float(y[last]), "no genuine pair left" if gone else "FNMR undefined"
+  why = "FNMR undefined"
+  if n_impostor is not None and int(np.asarray(n_impostor)[last + 1]) == 0:
+    why = "no impostor pair left"
+  if n_genuine is not None and int(np.asarray(n_genuine)[last + 1]) == 0:
+    why = "no genuine pair left"
+  return float(x[last]), float(y[last]), why
 
 
 def mark_ends(ax, ends: Sequence[tuple[str, str, tuple[float, float, str]]]) -> str:
