@@ -18,6 +18,7 @@ from exfiqa_jax import files
 OVERLAY_ALPHA = 0.4                       # as ATTN-FIQA's published overlays (docs/methods.md)
 PNG_DPI = 200                             # raster copy; the PDF beside it is vector
 PDF_METADATA = {"CreationDate": None}     # no timestamp: a rerun writes the same bytes
+PDF_RC = {"pdf.fonttype": 42}   # TrueType subsets, not Type 3 fonts (which venues' checks refuse)
 PAD_INCHES = 0.05
 MAX_NAMED = 3                             # curve-end notes name at most this many curves
 
@@ -38,13 +39,14 @@ def pdf_path(path: str) -> str:
 
 
 def save(fig, path: str) -> str:
-  """`fig` as a PNG at `path` (PNG_DPI) and as a vector PDF at pdf_path(path), each atomic (a
-  killed run leaves no half-written file). The layout is measured once and both files are cut
-  to it, so they show the same area. Returns `path`."""
+  """`fig` as a PNG at `path` (PNG_DPI) and as a vector PDF at pdf_path(path) with embedded
+  TrueType fonts, each atomic (a killed run leaves no half-written file). The layout is
+  measured once and both files are cut to it, so they show the same area. Returns `path`."""
+  from matplotlib import rc_context
   bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(PAD_INCHES)
   with files.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches=bbox)
-  with files.atomic_path(pdf_path(path)) as tmp:
+  with files.atomic_path(pdf_path(path)) as tmp, rc_context(PDF_RC):
     fig.savefig(tmp, format="pdf", bbox_inches=bbox, metadata=PDF_METADATA)
   return path
 
