@@ -204,7 +204,13 @@ def host_batches(data: TrainData, start: int, stop: int, *, workers: int = 0,
     raise ValueError(f"--config.data.workers must be ≥ 0 (got {workers}) and prefetch ≥ 1 "
                      f"(got {prefetch})")
   if workers:
-    return _grain_batches(data, start, stop, workers, prefetch)
+    try:
+      import grain
+    except ImportError:
+      raise ImportError("--config.data.workers > 0 decodes in Grain worker processes, which "
+                        "needs grain: pip install grain (or exfiqa-jax[train]); or pass "
+                        "--config.data.workers=0 (threads)") from None
+    return _grain_batches(grain, data, start, stop, workers, prefetch)
   return _thread_batches(data, start, stop, prefetch)
 
 
@@ -212,9 +218,8 @@ def _thread_batches(data: TrainData, start: int, stop: int, prefetch: int
                     ) -> Iterator[dict[str, np.ndarray]]:
   pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host_batches")
   pending: collections.deque = collections.deque()
-  steps = iter(range(start, stop))
   try:
-    for s in steps:
+    for s in range(start, stop):
       pending.append(pool.submit(data.host_batch, s))
       if len(pending) > prefetch:
         yield pending.popleft().result()
@@ -224,14 +229,8 @@ def _thread_batches(data: TrainData, start: int, stop: int, prefetch: int
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _grain_batches(data: TrainData, start: int, stop: int, workers: int, prefetch: int
+def _grain_batches(grain, data: TrainData, start: int, stop: int, workers: int, prefetch: int
                    ) -> Iterator[dict[str, np.ndarray]]:
-  try:
-    import grain
-  except ImportError:
-    raise ImportError("--config.data.workers > 0 decodes in Grain worker processes, which "
-                      "needs grain: pip install grain (or exfiqa-jax[train]); or pass "
-                      "--config.data.workers=0 (threads)") from None
   from absl import flags
   if not flags.FLAGS.is_parsed():      # Grain reads its --grain_* flags: outside an absl app
     flags.FLAGS.mark_as_parsed()       # (tests, notebooks) they keep their defaults
