@@ -11,6 +11,8 @@ Parts (one run; compare ratios, not absolute numbers: the machine is shared):
             the host every batch). Images/s of wall clock, and images per CPU-second (this
             process and its workers): the per-core figure, steadier than wall clock on a loaded
             machine. Process rows start timing at their first batch (start-up printed apart).
+            The tiny source runs at the step's batch (`--batch`): its JAX degradations pad
+            each subset to ≥ 16 rows, so their cost per image depends on the batch.
   step      one jitted training step alone (forward + backward + AdamW, CosFace + CR loss over
             `classes` centres), its batch already on the device, each config's own recipe:
             tiny without augmentation, ViT-S with the on-device gridsample augmentation
@@ -198,8 +200,8 @@ def pipeline_rows(args, folder: str) -> list[dict]:
     rows.append({"source": "JPEG folder (ViT-S)", "how": f"{workers} processes",
                  **time_pipeline(data, args.pipeline_steps, workers)})
   args.decode_us, args.gil_free = gil_free_share(folder)
-  rows.append({"source": "synthetic re-degraded (tiny)", "how": "1 thread",
-               **time_pipeline(tiny_source(args.pipeline_batch), args.pipeline_steps, 0)})
+  rows.append({"source": "synthetic re-degraded (tiny)", "how": f"1 thread, batch {args.batch}",
+               **time_pipeline(tiny_source(args.batch), args.pipeline_steps, 0)})
   return rows
 
 
