@@ -82,9 +82,10 @@ def tiny_source(batch: int) -> data_lib.TrainData:
 
 
 def time_pipeline(data: data_lib.TrainData, steps: int, workers: int) -> dict:
-  """host_batches timed over `steps` steps once its buffers are full (10 steps per worker in):
-  images/s, images per CPU-second, and the seconds to its first batch (start-up)."""
+  """host_batches timed over `steps` (≥ 25 per worker) once its buffers are full (10 steps per
+  worker in): images/s, images per CPU-second, and the seconds to its first batch."""
   warm = 10 * max(workers, 1)
+  steps = max(steps, 25 * workers)          # far more than the workers hold buffered
   t0 = time.perf_counter()
   batches = data_lib.host_batches(data, 0, warm + steps, workers=workers)
   n = len(next(batches)["label"]) * steps
