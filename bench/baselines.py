@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from bench import throughput
-from exfiqa_jax import convert, models
+from exfiqa_jax import convert, models, parallel
 from exfiqa_jax.convert import vit_keys
 from exfiqa_jax.methods import crfiqa, ediffiqa, grafiqs, magface, serfiq, vitnt
 from exfiqa_jax.methods import scorer as scorer_lib
@@ -104,18 +104,6 @@ class Row:
 
 def verdict(ok: bool) -> str:
   return "yes" if ok else "NO"
-
-
-def cpu_model() -> str:
-  """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
 
 
 # ---------------------------------------------------------------------------------- models
@@ -351,7 +339,7 @@ def _normalised(faces: np.ndarray) -> np.ndarray:
 
 def print_header(sizes: Sizes, args: argparse.Namespace) -> None:
   rates = throughput.ceiling(1024 if args.small else 2048, 3, torch_too=True)
-  print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; PyTorch threads "
+  print(f"CPU: {parallel.cpu_model()}, {os.cpu_count()} cores; PyTorch threads "
         f"{torch.get_num_threads()}; jax {jax.__version__} ({jax.default_backend()}), flax "
         f"{flax.__version__}, torch {torch.__version__}; load average "
         f"{os.getloadavg()[0]:.1f}")

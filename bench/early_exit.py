@@ -35,12 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from exfiqa_jax import inference, models, quality_mapping
+from exfiqa_jax import inference, models, parallel, quality_mapping
 from exfiqa_jax.calibrate import cascade
 from exfiqa_jax.calibrate import early_exit as study
 from exfiqa_jax.configs import early_exit as early_exit_config
 from exfiqa_jax.evaluation import early_exit as early_exit_study
-from exfiqa_jax.models import cascade_cost, exits, vit
+from exfiqa_jax.models import exits, vit
 
 MIN_SPEEDUP = float(early_exit_config.settings().cascade.min_speedup)   # as the job
 
@@ -201,7 +201,7 @@ def bench_cascades(model: inference.QualityModel, cal: np.ndarray, groups: np.nd
             f"{sec['full'] / sec[key]:.2f} | {cpu['full'] / cpu[key]:.2f} | "
             f"{full_pred / pred:.2f} |")
       if row.get("fallback") and name == "cost-aware":
-        notes.append(study.fallback_text(target, row["fallback"], cascade_cost.device_name()))
+        notes.append(study.fallback_text(target, row["fallback"], parallel.device_name()))
   print()
   for line in notes:
     print(f"- {line}.")
@@ -228,7 +228,7 @@ def main() -> None:
     raise ValueError("--batch, --rounds, --images, --cal_images, --cost_repeats must be >= 1")
   started = time.time()
   load_before = os.getloadavg()[0]
-  print(f"jax {jax.__version__}, {cascade_cost.device_name()}, load average "
+  print(f"jax {jax.__version__}, {parallel.device_name()}, load average "
         f"{load_before:.1f}; other jobs share the machine: timings are noisy, compare ratios "
         "from this run.")
   print()

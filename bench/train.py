@@ -40,7 +40,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from bench import baselines, peaks
+from bench import peaks
 from configs import train_tiny, train_vitfiqa
 from exfiqa_jax import models, parallel
 from exfiqa_jax.data import synthetic
@@ -207,7 +207,7 @@ def pipeline_rows(args, folder: str) -> list[dict]:
 
 
 def print_report(args, pipe: list[dict], steps: list[dict]) -> None:
-  print(f"CPU: {baselines.cpu_model()}, {os.cpu_count()} cores, load average "
+  print(f"CPU: {parallel.cpu_model()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the end; JAX {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")
   if pipe:

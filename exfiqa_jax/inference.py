@@ -316,7 +316,7 @@ class QualityModel(BatchedModel):
                          "stored cascade; pass CascadeThresholds (or load the directory the "
                          "early_exit job wrote its cascade.json into)")
       thresholds, record = exits_lib.stored_thresholds(directory, thresholds)
-      if record.get("device") not in (None, cascade_cost.device_info()):
+      if record.get("device") not in (None, parallel.device_info()):
         logging.warning("the cascade stored in %s was calibrated for %s, not this device; "
                         "run the early_exit job here for thresholds that pay here", directory,
                         record["device"])

@@ -6,6 +6,9 @@ every host with `global_to_host` (fully replicated copies, so process 0 can writ
 from __future__ import annotations
 
 import functools
+import os
+import platform
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -82,3 +85,39 @@ def global_to_host(tree):
 def is_writer() -> bool:
   """Only process 0 writes results on a multi-host run."""
   return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------------------------
+# What a timing or a trained number depends on besides the program
+# ------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def device_info() -> dict[str, Any]:
+  """What the time of a program depends on besides the program: platform, device kind and
+  count, JAX's version, and on a CPU its model and core count."""
+  dev = jax.devices()[0]
+  info = {"platform": dev.platform, "device_kind": dev.device_kind,
+          "devices": jax.device_count(), "jax": jax.__version__}
+  if dev.platform == "cpu":
+    info.update(cpu=cpu_model(), cores=os.cpu_count())
+  return info
+
+
+def device_name(device: Mapping[str, Any] | None = None) -> str:
+  """A device_info in words: 'Intel(R) Xeon(R) ... (2 cores)' on a CPU, else '1x H100'."""
+  device = device_info() if device is None else device
+  if not device:
+    return "this device"
+  if device.get("platform") == "cpu":
+    return f"{device.get('cpu')} ({device.get('cores')} cores)"
+  return f"{device.get('devices')}x {device.get('device_kind')}"

@@ -3,6 +3,7 @@ call says which flag fixes it."""
 from __future__ import annotations
 
 import importlib
+import logging as std_logging
 import os
 import pathlib
 import shutil
@@ -293,8 +294,10 @@ def test_ctrl_c_ends_every_job_with_one_line(monkeypatch, capsys, tmp_path):
       error.__notes__ = [note]
     raise error
   monkeypatch.setattr(cli.console, "quiet_third_party", lambda: None)   # absl's handler
+  monkeypatch.setattr(cli.compile_cache, "setup", lambda folder: None)  # no process-wide cache
   argv = ["main.py", f"--config={ROOT}/configs/score.py:size=tiny", f"--config.output={tmp_path}"]
   monkeypatch.setattr(sys, "argv", argv)
+  absl_level = std_logging.getLogger("absl").level   # parsing the flags sets it (WARNING)
   flags.FLAGS(argv)
   try:
     for task in TASKS:
@@ -311,3 +314,4 @@ def test_ctrl_c_ends_every_job_with_one_line(monkeypatch, capsys, tmp_path):
           "already holds (finished stages, chunks and checkpoints; docs/caching.md)")
   finally:
     flags.FLAGS.unparse_flags()
+    std_logging.getLogger("absl").setLevel(absl_level)   # later tests read INFO lines

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import columns, files, models, quality_mapping
+from exfiqa_jax import columns, files, models, parallel, quality_mapping
 from exfiqa_jax.calibrate import early_exit as study
 from exfiqa_jax.calibrate import cascade, splits, thresholds
 from exfiqa_jax.data import synthetic
@@ -207,9 +207,9 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
   rows = [row for _, row in cols]
   baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed, scored)
   timing = _measure(model, ev, s, rows, cascades, s_ev, depth, cost_model)  # a subset
-  device = cascade_cost.device_info()
+  device = parallel.device_info()
   headline = study.headline(rows, float(s.cascade.headline), timing,
-                            cascade_cost.device_name(device))
+                            parallel.device_name(device))
   if cost_model is not None:
     cost_model.save()
     timing["cost_model"] = cost_model.to_dict()

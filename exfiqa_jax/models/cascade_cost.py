@@ -31,14 +31,12 @@ import hashlib
 import json
 import math
 import os
-import platform
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 from absl import logging
 
-from exfiqa_jax import compile_cache, files
+from exfiqa_jax import compile_cache, files, parallel
 
 COST_DIR = "cascade_costs"        # beside the compilation cache folder
 FORMAT = "exfiqa_cascade_costs"
@@ -48,42 +46,9 @@ ARCHITECTURE = ("mode", "width", "depth", "num_heads", "patch_size", "img_size",
 Meter = Callable[[str, int, int, int], float]    # (kind, start, stop, rows) -> seconds per call
 
 
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def device_info() -> dict[str, Any]:
-  """What the time of a program depends on besides the program: platform, device kind and
-  count, JAX's version, and on a CPU its model and core count."""
-  dev = jax.devices()[0]
-  info = {"platform": dev.platform, "device_kind": dev.device_kind,
-          "devices": jax.device_count(), "jax": jax.__version__}
-  if dev.platform == "cpu":
-    info.update(cpu=cpu_model(), cores=os.cpu_count())
-  return info
-
-
-def device_name(device: Mapping[str, Any] | None = None) -> str:
-  """A device_info in words: 'Intel(R) Xeon(R) ... (2 cores)' on a CPU, else '1x H100'."""
-  device = device_info() if device is None else device
-  if not device:
-    return "this device"
-  if device.get("platform") == "cpu":
-    return f"{device.get('cpu')} ({device.get('cores')} cores)"
-  return f"{device.get('devices')}x {device.get('device_kind')}"
-
-
 def cost_key(model_config: Mapping[str, Any], dtype: str) -> dict[str, Any]:
   """The identity of a cost table: device_info, the architecture fields and the dtype."""
-  return {"device": device_info(), "dtype": str(dtype),
+  return {"device": parallel.device_info(), "dtype": str(dtype),
           "model": {k: model_config[k] for k in ARCHITECTURE if k in model_config}}
 
 

@@ -7,6 +7,7 @@ from typing import Any, Collection, Mapping
 
 import numpy as np
 
+from exfiqa_jax import parallel
 from exfiqa_jax.data import synthetic
 from exfiqa_jax.evaluation.benchmarks import Benchmark
 from exfiqa_jax.report import tables
@@ -54,10 +55,14 @@ def time_line(timing: Mapping[str, Any]) -> str:
 
 
 def notes(bench: Benchmark, check: Mapping[str, Any], timing: Mapping[str, Any],
-          early_exit: str) -> list[str]:
-  """The test data, the targets and whether they were met, the time line (time_line of
-  merge_timings' record), the early-exit headline."""
+          early_exit: str, machine: Mapping[str, Any] | None = None) -> list[str]:
+  """The test data, the targets and whether they were met, the machine (parallel.device_info:
+  trained numbers are this CPU model's), the time line (time_line of merge_timings' record),
+  the early-exit headline."""
   verdict = "met" if check["met"] else "NOT met"
+  ran_on = ([f"Machine: {parallel.device_name(machine)}, JAX {machine.get('jax')}. The numbers "
+             "repeat on this machine; another CPU model trains to slightly different ones (XLA's "
+             "kernels differ; README)."] if machine else [])
   return [
       f"Synthetic faces: {bench.num_images} test images of "
       f"{len(np.unique(bench.extra['identity']))} "
@@ -68,6 +73,7 @@ def notes(bench: Benchmark, check: Mapping[str, Any], timing: Mapping[str, Any],
       f"{check['ratio_to_random']:.3f} x random (target <= {check['max_ratio_to_random']}); "
       f"Spearman(quality, -severity) = {check['spearman']:.3f} (target >= "
       f"{check['min_spearman']}); oracle = {check['oracle_ratio_to_random']} x random.",
+      *ran_on,
       time_line(timing),
       f"Early exits (early_exit/early_exit.md; thresholds calibrated on the identity-disjoint "
       f"val split): {early_exit}.",

@@ -12,7 +12,6 @@ import numpy as np
 
 from exfiqa_jax import columns, files, parallel, quality_mapping
 from exfiqa_jax.calibrate import early_exit as study
-from exfiqa_jax.models import cascade_cost
 from exfiqa_jax.models import exits as exits_lib
 from exfiqa_jax.report import plots, tables
 
@@ -106,7 +105,7 @@ def markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> s
            f"(`fiqa`, up to {summary['pauc_limit']:g}).", "",
            f"Headline: {summary['headline']['text']}.", ""]
   cas = [r for r in rows if r["kind"] == "cascade"]
-  device = cascade_cost.device_name(summary.get("device") or {})
+  device = parallel.device_name(summary.get("device") or {})
   if cas and cas[0].get("objective") == "seconds":
     lines += [f"The cascades minimise the seconds per image predicted by the cost model "
               f"measured on {device} (fewer GFLOPs need not mean faster); "

@@ -114,13 +114,16 @@ def _run(config, output: str, started: float) -> dict[str, Any]:
   fresh |= {"early_exit"} if len(ev.cache.computed()) > evaluated else set()
   seconds["total"] = round(time.time() - started, 1)
   timing = timings(output, seconds, fresh)
+  machine = parallel.device_info()      # trained numbers depend on the CPU model (README)
   extra = {"spearman_vs_severity": rho, "spearman_by_degradation": rho_kind, "targets": check,
+           "machine": machine,
            "seconds": timing["seconds"], "early_exit": exits["headline"],
            **({"seconds_this_run": seconds} if "rerun" in timing else {})}
   examples = attention.examples(ev, [bench], quality, report.attention_count(config))
   out = report.write(config, ev, [bench], quality, examples, extra=extra,
                      title="exfiqa-jax demo: tiny ViT-FIQA on synthetic faces",
-                     notes=demo_report.notes(bench, check, timing, exits["headline"]["text"]),
+                     notes=demo_report.notes(bench, check, timing, exits["headline"]["text"],
+                                             machine),
                      footer=demo_report.severity_table(rho, rho_kind))
   log = logging.info if check["met"] else logging.warning
   log("demo targets %s: %s", "met" if check["met"] else "NOT met", check)
