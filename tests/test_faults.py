@@ -868,6 +868,29 @@ def test_embed_expands_tilde_in_every_path_field(assets, tmp_path, monkeypatch):
   assert (tmp_path / "out").is_dir() and not (tmp_path / "~").exists()
 
 
+def test_score_images_changed_while_read_are_not_stamped(assets, tmp_path, monkeypatch, caplog):
+  """An image replaced while the score job reads the folder: scores.csv is written, the stamp
+  is not (it would vouch for bytes that were not all scored), and the next run scores again."""
+  faces = tmp_path / "faces"
+  shutil.copytree(assets["faces"], faces)
+  config = _score_config(assets, tmp_path / "out", images=str(faces),
+                         **{"quality_model.path": assets["pt"]})
+  run_batch = inference.QualityModel.run_batch
+
+  def run_while_an_image_changes(self, images, **kwargs):
+    _replace_keeping_mtime(faces / "000.png", lambda p: shutil.copyfile(faces / "001.png", p))
+    return run_batch(self, images, **kwargs)
+
+  monkeypatch.setattr(inference.QualityModel, "run_batch", run_while_an_image_changes)
+  with caplog.at_level(logging.WARNING):
+    first = score.run(config)
+  assert "changed while this run read them" in caplog.text
+  assert os.path.exists(first["scores"]) and not (tmp_path / "out" / score_report.STAMP).exists()
+  monkeypatch.setattr(inference.QualityModel, "run_batch", run_batch)
+  assert not score.run(config)["cached"]              # scored again, now stamped
+  assert score.run(config)["cached"]
+
+
 def test_embed_images_changed_while_read_are_not_stamped(assets, tmp_path, monkeypatch, caplog):
   faces = tmp_path / "faces"
   shutil.copytree(assets["faces"], faces)

@@ -38,8 +38,10 @@ def write_unreadable(out: Mapping[str, str], problems: Sequence[tuple[str, str]]
 def write(out: Mapping[str, str], ident: Mapping[str, Any], inputs: Sequence[str],
           kept: Sequence[str], scores: Mapping[str, np.ndarray], has_exits: bool, method: str,
           extra: Mapping[str, np.ndarray], skipped: Sequence[tuple[str, str]],
-          no_face: Sequence[str] | None, channel_order: str, exit: int, checkpoint: str) -> None:
-  """scores.csv, scores.npz, skipped.txt / no_face.txt (stale ones removed), the stamp LAST;
+          no_face: Sequence[str] | None, channel_order: str, exit: int, checkpoint: str,
+          stamp: bool = True) -> None:
+  """scores.csv, scores.npz, skipped.txt / no_face.txt (stale ones removed), the stamp LAST
+  (unless not `stamp`: inputs changed while the run read them);
   then the chunks of the run and an earlier run's unreadable.txt go. `no_face` is None unless
   the rows are detected faces (data.align="detect")."""
   written = {}      # what each writer wrote: the stamp vouches for this run's files only
@@ -59,7 +61,10 @@ def write(out: Mapping[str, str], ident: Mapping[str, Any], inputs: Sequence[str
       checkpoint=np.asarray(os.path.abspath(checkpoint)), channel_order=np.asarray(channel_order),
       exit=np.asarray(exit), **({"method": np.asarray(method)} if method else {}), **scores,
       **extra)
-  identity.write_stamp(out["stamp"], ident, written)   # LAST
+  if stamp:
+    identity.write_stamp(out["stamp"], ident, written)   # LAST
+  elif os.path.exists(out["stamp"]):
+    os.remove(out["stamp"])           # an earlier run's stamp must not vouch for these files
   if os.path.exists(out["unreadable"]):
     os.remove(out["unreadable"])      # the list of a run that stopped on them
   shutil.rmtree(out["chunks"], ignore_errors=True)   # scores.npz holds every row now

@@ -22,14 +22,10 @@ with --config.skip_unreadable=True then takes every chunk from score_chunks/.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import os
-import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -39,15 +35,13 @@ from exfiqa_jax.convert import strict
 from exfiqa_jax.data import pipeline, preprocess
 from exfiqa_jax.detection import rows as detection_rows
 from exfiqa_jax.detection import settings as detection_settings
-from exfiqa_jax.evaluation import stages
+from exfiqa_jax.evaluation import score_chunks
 from exfiqa_jax.methods import registry
 from exfiqa_jax.report import score as score_report
 
 FORMAT = 3   # 3: "" no longer means only the ViT-FIQA pass (an FR ViT adds ViTNT columns)
 METHOD_FLAG = "--config.quality_model.method="
-CHUNK_IMAGES = 4096    # rows per stored chunk when the config has no chunk_images
 SHOWN = 10             # unreadable images named in the error (all of them in unreadable.txt)
-KEPT, ERROR = "__kept__", "__error__"    # a chunk's rows read, and why a row was not
 
 
 def _identity(config, path, method, paths, names, channel_order, exit: int,
@@ -112,7 +106,7 @@ def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   if not os.path.isdir(path):
     with _naming_flag("--config.quality_model.path=<converted dir or .pt>"):
       identity.regular_stat(path)            # a pipe or a device is never opened
-  _check_chunk_images(config)
+  score_chunks.check_chunk_images(config)
   if parallel.is_writer():
     files.check_output_dir(config.output)    # before any compute
   return channel_order, paths, names
@@ -129,7 +123,7 @@ def _detect_photos(config, out, photo_settings, paths, names, channel_order, ima
             disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
     photos = detection_rows.photo_rows(paths, names, photo_settings, channel_order,
                                        image_size, progress=bar.update)
-  if photos.unreadable:                  # listed with the rows' at the end (_problems)
+  if photos.unreadable:                  # listed with the rows' at the end (score_chunks.problems)
     logging.warning("%d of %d photos cannot be read, e.g. %s", len(photos.unreadable),
                     len(paths), next(iter(photos.unreadable.values())))
   if not photos.records:
@@ -141,108 +135,6 @@ def _detect_photos(config, out, photo_settings, paths, names, channel_order, ima
   logging.info("%d faces to score from %d photos (%d without a face)", len(photos.records),
                len(paths), len(photos.no_face))
   return photos
-
-
-@dataclasses.dataclass
-class _Rows:
-  """What the chunks score: each row's name and the file it is read from, the pipeline reader,
-  and for detected faces their detection columns (a chunk depends on its rows' faces too)."""
-  names: list[str]
-  files: list[str]
-  reader: Any
-  faces: dict[str, np.ndarray] | None = None
-
-  def chunk_identity(self, lo: int, hi: int, digest: bool) -> dict[str, Any]:
-    """What rows [lo, hi) are made from (with the run's model and settings: _score_chunks)."""
-    return {"rows": [lo, hi], "names": identity.names_identity(self.names[lo:hi]),
-            "images": identity.files_identity(self.files[lo:hi], digest=digest),
-            **({"faces": {k: v[lo:hi] for k, v in self.faces.items()}}
-               if self.faces is not None else {})}
-
-
-def _check_chunk_images(config) -> None:
-  size = config.get("chunk_images", CHUNK_IMAGES)
-  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-    raise ValueError(f"--config.chunk_images={size!r}: must be a whole number >= 1 (images "
-                     "per stored chunk of a resumable run)")
-
-
-def _compute_chunk(config, model, reader, lo: int, hi: int, exit: int, bar
-                   ) -> dict[str, np.ndarray]:
-  """Rows [lo, hi) through the model, sharded: every score array, KEPT (the row was read) and
-  ERROR (why not, on the process that read it; "" elsewhere)."""
-  parts, kept, errors = [], [], [""] * (hi - lo)
-  for host in pipeline.host_batches(reader, hi, model.batch_size, start=lo,
-                                    image_size=model.image_size,
-                                    workers=config.data.get("decode_threads", 4)):
-    for row, error in host.errors.items():
-      errors[row - lo] = error
-    result = model.run_batch(host.images, exit=exit)
-    valid = parallel.global_to_host(parallel.host_batch_to_global(host.valid))
-    parts.append({k: v[:host.num_rows] for k, v in result.items() if k != "embedding"})
-    kept.append(valid[:host.num_rows])
-    bar.update(host.num_rows)
-  return {**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
-          KEPT: np.concatenate(kept), ERROR: np.asarray(errors, dtype=str)}
-
-
-def _interrupted(error: KeyboardInterrupt, text: str) -> None:
-  """Adds what an interrupted run kept to the KeyboardInterrupt (PEP 678 notes: the traceback
-  shows it, the command line prints it as its one line; exfiqa_jax/cli.py)."""
-  error.__notes__ = [*getattr(error, "__notes__", []), text]
-
-
-def _score_chunks(config, model, rows: _Rows, base: dict[str, Any], digest: bool,
-                  out: dict[str, str], exit: int
-                  ) -> tuple[dict[str, np.ndarray], int, float | None]:
-  """Every row through the model, one stored chunk at a time (score_chunks/; a chunk of an
-  earlier run made from the same model, settings and images is loaded instead): (every row's
-  arrays, rows taken from an earlier run, images/s of the rows scored now: None if none)."""
-  total = len(rows.names)
-  size = max(1, int(config.get("chunk_images", CHUNK_IMAGES)) // model.batch_size
-             ) * model.batch_size                     # whole batches: the batches of one pass
-  cache = stages.StageCache(out["chunks"], progress=False)
-  pieces, sizes, resumed, seconds, warned = [], {}, 0, 0.0, config.skip_unreadable
-  with tqdm(total=total, unit="img", desc="score", smoothing=0.1,
-            disable=not (parallel.is_writer() and config.get("progress", True))) as bar:
-    try:
-      for lo in range(0, total, size):
-        hi, started, name = min(total, lo + size), time.time(), f"rows_{lo:010d}"
-        sizes[name] = hi - lo
-        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)},
-                          functools.partial(_compute_chunk, config, model, rows.reader, lo, hi,
-                                            exit, bar))
-        if stage.cached:
-          resumed += hi - lo
-          bar.update(hi - lo)
-        else:
-          seconds += time.time() - started
-        if not warned and not stage[KEPT].all():
-          warned = True
-          logging.warning("unreadable: %s; the run scores every other image, then lists all "
-                          "that cannot be read (--config.skip_unreadable=True skips them)",
-                          next((e for e in stage[ERROR] if e), "(read by another process)"))
-        pieces.append(stage.arrays)
-    except KeyboardInterrupt as e:
-      kept = sum(sizes[event["stage"]] for event in cache.events     # stored or loaded
-                 if event["event"] in ("computed", "cached"))
-      _interrupted(e, f"{kept} of {total} images are scored and kept in {out['chunks']}; the "
-                      "same command resumes there")
-      raise
-  if resumed:
-    logging.info("%d of %d images from the chunks of an earlier run in %s", resumed, total,
-                 out["chunks"])
-  arrays = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-  return arrays, resumed, (total - resumed) / max(seconds, 1e-9) if total > resumed else None
-
-
-def _problems(rows: _Rows, arrays: dict[str, np.ndarray], photos, names: list[str]
-              ) -> list[tuple[str, str]]:
-  """(name, why) of every input that could not be read: unreadable photos, then rows."""
-  found = [(names[i], e) for i, e in sorted(photos.unreadable.items())] if photos else []
-  return found + [(rows.names[i], str(arrays[ERROR][i]) or
-                   "unreadable (reported by another host)")
-                  for i in np.flatnonzero(~arrays[KEPT])]
 
 
 def _load_model(config, path: str, method: str, dtype: str
@@ -311,28 +203,35 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
                len(paths), config.images, model.method or f"mode {model.mode}", num_exits,
                model.num_exits, model.batch_size, jax.device_count())
   photos = None
-  rows = _Rows(list(names), list(paths),
+  rows = score_chunks.Rows(list(names), list(paths),
                pipeline.image_reader(paths, channel_order, model.image_size, skip_errors=True))
   if align == "detect":     # detect → align (data/align.py) → score; docs/data.md
     photos = _detect_photos(config, out, photo_settings, paths, names, channel_order,
                             model.image_size)
-    rows = _Rows(photos.names, [paths[r.image] for r in photos.records], photos.reader,
+    rows = score_chunks.Rows(photos.names, [paths[r.image] for r in photos.records], photos.reader,
                  photos.columns())
   base = {k: v for k, v in ident.items()    # what every chunk depends on, with its own rows
           if k not in ("images", "names", "skip_unreadable", "quality_mapping")}
   base.update(batch_size=model.batch_size, devices=jax.device_count())   # the same bits
-  arrays, resumed, rate = _score_chunks(config, model, rows, base, "sha256" in ident["images"],
-                                        out, exit)
+  arrays, resumed, rate = score_chunks.score_chunks(config, model, rows, base,
+                                                     "sha256" in ident["images"], out, exit)
+  # An image replaced while the run read it: the files are written, never stamped complete
+  # (the stamp would vouch for bytes that were not all scored), so the next run scores again.
+  stamp = identity.files_identity(paths) == ident["images"]
+  if not stamp:
+    logging.warning("images under %s changed while this run read them; the scores are written "
+                    "but not marked complete, so the next run scores them again", config.images)
   return _finish(config, out, ident, model, rows, arrays, photos, names, mapping,
-                 channel_order, exit, path, resumed, rate)
+                 channel_order, exit, path, resumed, rate, stamp)
 
 
-def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mapping,
-            channel_order: str, exit: int, path: str, resumed: int, rate: float | None
-            ) -> dict[str, Any]:
-  """The scored rows → the job's files, or one error listing every unreadable input."""
-  keep = arrays[KEPT]
-  skipped = _problems(rows, arrays, photos, names)
+def _finish(config, out, ident, model, rows: score_chunks.Rows, arrays, photos, names, mapping,
+            channel_order: str, exit: int, path: str, resumed: int, rate: float | None,
+            stamp: bool = True) -> dict[str, Any]:
+  """The scored rows → the job's files (stamped complete when `stamp`), or one error listing
+  every unreadable input."""
+  keep = arrays[score_chunks.KEPT]
+  skipped = score_chunks.problems(rows, arrays, photos, names)
   if skipped and not config.skip_unreadable:
     raise _unreadable(out, skipped, len(names))
   if skipped:
@@ -344,7 +243,8 @@ def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mappi
       score_report.write_unreadable(out, skipped)
     raise preprocess.ImageError(f"none of the {len(names)} images could be read (all listed in "
                                 f"{out['unreadable']}), e.g. {skipped[0][1]}")
-  scores = {k: v[keep] for k, v in arrays.items() if k not in (KEPT, ERROR)}
+  scores = {k: v[keep] for k, v in arrays.items() if k not in (score_chunks.KEPT,
+                                                           score_chunks.ERROR)}
   if jax.process_count() > 1:       # every host read its chunks before process 0 removes them
     multihost_utils.sync_global_devices("score: chunks read")
   found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
@@ -352,7 +252,7 @@ def _finish(config, out, ident, model, rows: _Rows, arrays, photos, names, mappi
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
     score_report.write(out, ident, names, kept, scores, model.has_exits, model.method,
                        {**q100, **found}, skipped, photos.no_face if photos is not None else None,
-                       channel_order, exit, path)
+                       channel_order, exit, path, stamp)
   now = (f"{len(rows.names) - resumed} scored now, {rate:.1f} images/s" if rate is not None
          else "none scored now")
   logging.info("scored %d images (%d skipped; %s, %d from an earlier run) into %s", len(kept),
