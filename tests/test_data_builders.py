@@ -372,6 +372,15 @@ def test_ijbc_alignment_ids_and_template_pairs(tmp_path):
   np.testing.assert_array_equal(small.pairs["template_b"], [102])
 
 
+def test_ijbc_repeated_template_pairs_are_counted():
+  """A pair listed twice (in either order) is counted for the build's warning; distinct pairs
+  are not."""
+  from exfiqa_jax.data.builders import ijbc
+  assert ijbc.count_repeated_pairs(np.array([1, 1, 2, 3, 1]), np.array([2, 3, 1, 4, 2])) == 2
+  assert ijbc.count_repeated_pairs(np.array([1, 2]), np.array([2, 3])) == 0
+  assert ijbc.count_repeated_pairs(np.array([], int), np.array([], int)) == 0
+
+
 def test_ijbc_bad_inputs(tmp_path):
   rng = np.random.default_rng(9)
   _ijbc_tree(tmp_path / "a", rng)

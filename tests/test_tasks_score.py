@@ -467,3 +467,19 @@ def test_chunk_images_names_its_flag(data, tmp_path, value):
   with pytest.raises(ValueError, match=rf"^--config\.chunk_images={value!r}: must be a whole"):
     score.run(_config(**{"quality_model.path": data["ckpt"]}, images=str(data["faces"]),
                       output=str(tmp_path / "o"), chunk_images=value))
+
+
+def test_a_tilde_means_the_home_folder_in_every_path(data, tmp_path, monkeypatch):
+  """`~/…` in --config.images, .output and .quality_model.path is the home folder, never a
+  folder named "~" in the working directory (issue: some fields expanded it, others not)."""
+  home = tmp_path / "home"
+  home.mkdir()
+  shutil.copytree(data["faces"], home / "faces")
+  shutil.copyfile(data["ckpt"], home / "model.pt")
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(tmp_path)
+  result = score.run(_config(**{"quality_model.path": "~/model.pt",
+                                "quality_model.num_heads": data["cfg"].num_heads},
+                             images="~/faces", output="~/out"))
+  assert result["scores"] == str(home / "out" / "scores.csv") and result["count"] == len(FILES)
+  assert not (tmp_path / "~").exists()

@@ -41,6 +41,7 @@ from exfiqa_jax.report import score as score_report
 
 FORMAT = 3   # 3: "" no longer means only the ViT-FIQA pass (an FR ViT adds ViTNT columns)
 METHOD_FLAG = "--config.quality_model.method="
+PATH_FIELDS = ("output", "images", "image_root", "quality_mapping", "compile_cache")  # `~` expanded
 SHOWN = 10             # unreadable images named in the error (all of them in unreadable.txt)
 
 
@@ -168,8 +169,10 @@ def _loaded_checkpoint(path: str, before: dict[str, Any], model) -> dict[str, An
 
 def run(config) -> dict[str, Any]:
   """Scores `config.images` with `config.quality_model`; writes scores.csv/.npz in config.output."""
+  config = files.with_user_paths(config, PATH_FIELDS)     # `~` in every path field, once
   method, path = registry.resolve_entry(config.quality_model.path,   # [method:]path
                                         config.quality_model.get("method", ""), METHOD_FLAG)
+  path = os.path.expanduser(path)
   channel_order, paths, names = _check_inputs(config, path)
   # one run per output folder: two would interleave their chunks and files under one stamp
   with files.folder_lock(config.output, "score", "--config.output",

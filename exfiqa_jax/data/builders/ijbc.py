@@ -77,6 +77,14 @@ def read_tid_mid(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
   return names, ids[:, 0], ids[:, 1]
 
 
+def count_repeated_pairs(a: np.ndarray, b: np.ndarray) -> int:
+  """How many rows of the pair list (a[i], b[i]) repeat an earlier row, in either order."""
+  if len(a) == 0:
+    return 0
+  pairs = np.sort(np.stack([np.asarray(a, np.int64), np.asarray(b, np.int64)], 1), axis=1)
+  return int(len(pairs) - len(np.unique(pairs, axis=0)))
+
+
 def read_int_table(path: str, columns: int) -> np.ndarray:
   """Whitespace-separated integer table [R, columns], fast (15.7M rows in seconds)."""
   with open(path, "rb") as f:
@@ -192,6 +200,11 @@ class Ijbc(base.Builder):
                            f"image in {FILES['tid_mid']} (first at row {rows[0] + 1}: "
                            f"{t1[rows[0]]} {t2[rows[0]]}). The pair file does not match the meta "
                            f"files.")
+    duplicated = count_repeated_pairs(t1, t2)
+    if duplicated:        # kept as listed (the protocol counts every row), but never silently
+      logging.warning("%s: %d template pairs are listed more than once (in either order); each "
+                      "row is a comparison of the EDC, as in the official evaluation",
+                      paths["template_pairs"], duplicated)
     keep_images = np.ones(len(names), dtype=bool)
     if options["subset"] is not None:
       _, first = np.unique(template_id, return_index=True)
