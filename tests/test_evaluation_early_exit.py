@@ -40,3 +40,21 @@ def test_split_with_labels_is_identity_disjoint():
   assert cal.num_images >= n // 2 and cal.num_images + ev.num_images == n
   a, _ = cal.read(np.arange(cal.num_images))
   np.testing.assert_array_equal(a[:, 0, 0, 0], cal.identity["rows"])   # the right images
+
+
+def test_a_split_reads_its_names_without_decoding():
+  """A split of a benchmark that can read names without decoding (the TFDS sets) does too: the
+  scoring stages and the score-file matching ask for the names of every row."""
+  n = 40
+  pairs = np.stack([np.arange(0, n, 2), np.arange(1, n, 2)], 1)
+  bench = benchmarks.array_benchmark("mini", np.zeros((n, 112, 112, 3), np.uint8),
+                                     [f"{i}.png" for i in range(n)], pairs,
+                                     np.arange(n // 2) % 2 == 0)
+
+  def decoded(rows):
+    raise AssertionError("names were read by decoding the images")
+  names = [f"{i}.png" for i in range(n)]
+  bench.read_names, bench.read = (lambda rows: [names[r] for r in rows]), decoded
+  cal, ev, _ = study.split_benchmark(bench, 0.5, seed=1)
+  got = list(benchmarks.image_names(ev, 0, ev.num_images))
+  assert got == [names[r] for r in ev.identity["rows"]]

@@ -70,9 +70,12 @@ def _subset(bench: Benchmark, rows: np.ndarray, part: str) -> Benchmark:
     raise ValueError(f"the {part} split of {bench.name} has {int(gen.sum())} genuine and "
                      f"{int((~gen).sum())} impostor pairs; it needs both (a larger benchmark "
                      "or another early_exit.split.fraction)")
+  names = (None if bench.read_names is None         # the parent's names without decoding
+           else lambda r: bench.read_names(rows[np.asarray(r)]))
   return Benchmark(f"{bench.name}_{part}", len(rows), lambda r: bench.read(rows[np.asarray(r)]),
                    "image", gen, {"parent": bench.identity, "part": part, "rows": rows},
-                   pairs=pairs, extra={k: np.asarray(v)[rows] for k, v in bench.extra.items()})
+                   pairs=pairs, extra={k: np.asarray(v)[rows] for k, v in bench.extra.items()},
+                   read_names=names)
 
 
 def image_groups(bench: Benchmark) -> tuple[np.ndarray, str]:
