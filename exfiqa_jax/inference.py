@@ -315,11 +315,7 @@ class QualityModel(BatchedModel):
         raise ValueError("this model was not loaded from a converted directory, so it has no "
                          "stored cascade; pass CascadeThresholds (or load the directory the "
                          "early_exit job wrote its cascade.json into)")
-      thresholds, record = exits_lib.stored_thresholds(directory, thresholds)
-      if record.get("device") not in (None, parallel.device_info()):
-        logging.warning("the cascade stored in %s was calibrated for %s, not this device; "
-                        "run the early_exit job here for thresholds that pay here", directory,
-                        record["device"])
+      thresholds = stored_cascade(directory, thresholds)
     thresholds.check(self.num_exits)
     return thresholds
 
@@ -353,6 +349,18 @@ class QualityModel(BatchedModel):
 
     return cascade_cost.CostModel.open(cascade_cost.cost_key(self.model_config, self.dtype),
                                        meter, folder)
+
+
+def stored_cascade(directory: str, target: float | None = None) -> exits_lib.CascadeThresholds:
+  """The cascade the early_exit job stored with a model directory (None: its headline
+  agreement target), with a warning when it was calibrated on another device: the exits that
+  pay in seconds there need not pay here (models/cascade_cost.py)."""
+  thresholds, record = exits_lib.stored_thresholds(directory, target)
+  if record.get("device") not in (None, parallel.device_info()):
+    logging.warning("the cascade stored in %s was calibrated for %s, not this device; run the "
+                    "early_exit job here for thresholds that pay here", directory,
+                    record["device"])
+  return thresholds
 
 
 class MethodModel(BatchedModel):

@@ -169,6 +169,11 @@ class QualityMapping:
       flat = {k: v for k, v in flat.items() if k.startswith(EXIT_PREFIX)}
     return {q100_name(name): m(flat[name]) for name, m in self.columns.items() if name in flat}
 
+  def at_exits(self, score: np.ndarray, exit: np.ndarray) -> np.ndarray:
+    """0–100 values of scores each taken at its own exit (a cascade's result: the image's score
+    at the exit it left): exit k's map for the rows that left at k, NaN where unmapped."""
+    return at_exits(self.columns, score, exit)
+
   def to_dict(self) -> dict[str, Any]:
     return {"format": MAPPING_FORMAT, "version": 1, "kind": self.kind, "scale": [0, 100],
             "columns": {k: v.to_dict() for k, v in self.columns.items()}, "meta": self.meta}
@@ -209,6 +214,17 @@ class QualityMapping:
         raise ValueError(f"column {name!r}: kind {parsed[name].kind!r} differs from the file's "
                          f"kind {kind!r}")
     return cls(kind, parsed, dict(meta))
+
+
+def at_exits(maps: Mapping[str, Any], score: np.ndarray, exit: np.ndarray) -> np.ndarray:
+  """{exit_k: its map} applied row by row at each row's own exit (QualityMapping.at_exits)."""
+  score, exit = np.asarray(score), np.asarray(exit)
+  out = np.full(score.shape, np.nan, np.float64)
+  for k in np.unique(exit):
+    name = exit_name(int(k)) if k > 0 else ""
+    if name in maps:
+      out[exit == k] = maps[name](score[exit == k])
+  return out
 
 
 def _check_name(name: str, num_exits: int | None) -> None:

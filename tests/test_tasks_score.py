@@ -22,7 +22,7 @@ from exfiqa_jax import convert, inference, models
 from exfiqa_jax.methods import vitnt
 from exfiqa_jax.tasks import score
 from exfiqa_jax.data import preprocess
-from exfiqa_jax.evaluation import stages
+from exfiqa_jax.evaluation import score_chunks, stages
 from exfiqa_jax.models import vit
 from exfiqa_jax.testing import baselines_torch as bt
 from exfiqa_jax.testing import fr_torch_reference as ref_fr
@@ -483,3 +483,81 @@ def test_a_tilde_means_the_home_folder_in_every_path(data, tmp_path, monkeypatch
                              images="~/faces", output="~/out"))
   assert result["scores"] == str(home / "out" / "scores.csv") and result["count"] == len(FILES)
   assert not (tmp_path / "~").exists()
+
+
+# ------------------------------------------------------------------ the adaptive cascade
+def _midpoint(values: np.ndarray, q: float) -> float:
+  """A threshold halfway between two neighbouring scores: no score lies near it."""
+  v = np.sort(values)
+  i = int(q * (len(v) - 1))
+  return float((v[i] + v[i + 1]) / 2)
+
+
+def test_the_stored_cascade_scores_a_folder_as_its_numpy_reference(data, tmp_path):
+  """--config.cascade: every image's score at the exit it left, that exit, the decision, its
+  GFLOPs and the 0–100 value there, equal to a NumPy cascade over the plain run's exit scores
+  (chunks of 8 in batches of 4: survivors carried across batches, flushed at each chunk's end);
+  another target or rewritten thresholds recompute; misuse names its flag."""
+  from exfiqa_jax import columns, quality_mapping
+  from exfiqa_jax.models import exits
+  path = worlds.save_vit(tmp_path / "m", "token", 5)
+  common = {"quality_model.path": path, "images": str(data["faces"]), "batch_size": 4,
+            "chunk_images": 8}
+  plain = np.load(score.run(_config(**common, output=str(tmp_path / "plain")))["npz"])
+  s = plain["exit_scores"].astype(np.float64)                 # [11, 3], sorted names
+  depth = s.shape[1]
+  mapping = quality_mapping.fit_mapping({"exit_scores": plain["exit_scores"]}, knots=5)
+  quality_mapping.store_with_model(path, mapping)
+
+  def thresholds(lo: float, hi: float) -> exits.CascadeThresholds:
+    return exits.CascadeThresholds(
+        exits=(1, 2, 3), reject=tuple(_midpoint(s[:, k], lo) for k in range(depth - 1)),
+        accept=tuple(_midpoint(s[:, k], hi) for k in range(depth - 1)),
+        tau=_midpoint(s[:, -1], 0.3))
+  stored = {0.99: thresholds(0.1, 0.9), 0.95: thresholds(0.3, 0.6)}
+  exits.store_with_model(path, {"headline": 0.99, "cascades": [
+      {"target": t, "thresholds": thr.to_dict()} for t, thr in stored.items()]})
+
+  def reference(thr: exits.CascadeThresholds) -> dict[str, np.ndarray]:
+    left = np.full(len(s), depth)
+    for k in range(depth - 1, 0, -1):       # the first exit that decides, from the back
+      decides = (s[:, k - 1] < thr.reject[k - 1]) | (s[:, k - 1] > thr.accept[k - 1])
+      left = np.where(decides, k, left)
+    at = s[np.arange(len(s)), left - 1]
+    accept = np.where(left == depth, at >= thr.tau,
+                      at > np.asarray(thr.accept + (np.inf,))[left - 1])
+    return {"cascade_score": at, "cascade_exit": left, "cascade_accept": accept,
+            "cascade_gflops": exits.cascade_gflops(data["cfg"], thr.exits, left)}
+
+  for asked, target in (("stored", 0.99), ("0.95", 0.95)):
+    result = score.run(_config(**common, output=str(tmp_path / asked), cascade=asked))
+    assert not result["cached"]
+    header, names, values = _read_csv(result["scores"])
+    assert header == ["image", *score_chunks.CASCADE_COLUMNS, "q100_cascade"]
+    assert names == list(plain["image"])
+    want = reference(stored[target])
+    assert len(set(want["cascade_exit"])) == depth     # every exit decides some image here
+    want["q100_cascade"] = [mapping.columns[columns.exit_name(int(e))](v)    # the map of the
+                            for v, e in zip(values[:, 0], values[:, 1])]      # exit it left at
+    for i, name in enumerate(header[1:]):
+      np.testing.assert_allclose(values[:, i], np.asarray(want[name], np.float64),
+                                 rtol=1e-6, atol=1e-5, err_msg=name)
+  again = score.run(_config(**common, output=str(tmp_path / "stored"), cascade="stored"))
+  assert again["cached"]
+  exits.store_with_model(path, {"headline": 0.99, "cascades": [
+      {"target": 0.99, "thresholds": stored[0.95].to_dict()}]})     # recalibrated
+  rewritten = score.run(_config(**common, output=str(tmp_path / "stored"), cascade="stored"))
+  assert not rewritten["cached"]
+  np.testing.assert_array_equal(_read_csv(rewritten["scores"])[2][:, 1],
+                                reference(stored[0.95])["cascade_exit"])
+  for bad, match in ((dict(cascade="high"), r"--config.cascade='high': 'stored'"),
+                     (dict(cascade="stored", exit=2), r"pass --config.exit=0"),
+                     (dict(cascade="0.5"), r"no cascade at agreement target 0.5.*"
+                                           r"\(--config.cascade=0.5\)"),
+                     (dict(cascade="stored", **{"quality_model.path": data["ckpt"]}),
+                      r"token.pt is a file")):
+    with pytest.raises(ValueError, match=match):
+      score.run(_config(**{**common, **bad}, output=str(tmp_path / "bad")))
+  os.remove(os.path.join(path, exits.CASCADE_FILE))
+  with pytest.raises(FileNotFoundError, match=r"run the early_exit job.*--config.cascade"):
+    score.run(_config(**common, output=str(tmp_path / "bad"), cascade="stored"))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from exfiqa_jax import columns as names
-from exfiqa_jax import fusion
+from exfiqa_jax import fusion, quality_mapping
 from exfiqa_jax.calibrate import cascade, fusion_fit, thresholds
 from exfiqa_jax.models import exits as exits_lib
 
@@ -200,10 +200,7 @@ def cascade_columns(s_cal: np.ndarray, s_ev: np.ndarray, exits: Sequence[int], t
         cv = {**c.to_dict(), "fell_back_from": cv}
     pred = cascade.simulate_cascade(s_ev, c.exits, c.reject, c.accept, tau)
     mean = pred.mean_cost(costs(c.exits))
-    q = np.empty(len(s_ev))
-    for e in c.exits:
-      sel = pred.exit == e
-      q[sel] = to_q100[names.exit_name(e)](pred.score[sel])
+    q = quality_mapping.at_exits(to_q100, pred.score, pred.exit)
     per_block = np.zeros(depth)
     per_block[np.asarray(c.exits) - 1] = pred.fraction_per_exit()
     thr = exits_lib.CascadeThresholds(**c.thresholds())

@@ -16,6 +16,10 @@ image, attn_1..attn_L) and OUT/scores.npz; OUT/skipped.txt lists files skipped w
 skip_unreadable=True. `data.channel_order="bgr"` feeds the file's pixels as B,G,R — right for
 CR-FIQA-prepared (channel-swapped) folders. `exit=k` runs the program truncated after block k
 (its cost falls with k) and writes exit_1..exit_k, their fusions and attn_1..attn_k only.
+`cascade="stored"` (or an agreement target, "0.95") runs the cascade the early_exit job
+calibrated and stored with the model directory instead: per image the score at the exit it left
+at, that exit, the decision and its GFLOPs (cascade_score, cascade_exit, cascade_accept,
+cascade_gflops, q100_cascade), survivors carried across batches (docs/methods.md).
 `data.align="detect"` takes raw photos instead: rows are detected faces (the primary one per
 photo, or every face with `data.face="all"`), with the box, five landmarks and detector
 confidence appended as columns; OUT/no_face.txt lists photos without a face.
@@ -54,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.skip_unreadable = False    # True: skip undecodable files, list them in skipped.txt
   config.chunk_images = 4096        # images per stored chunk: a stopped run resumes there
   config.exit = 0                   # k: run only blocks 1..k, write exits 1..k (0 = all exits)
+  # the adaptive cascade calibrated by the early_exit job and stored with the model directory
+  # (cascade.json): "stored" = its headline agreement target, "0.95" = that target, "" = off
+  config.cascade = ""
   config.compute_dtype = "float32"  # "bfloat16": bf16 matmuls, f32 norms/heads/ATTN stats
   # 0–100 columns q100_*: "" = the model directory's quality_mapping.json when it has one
   # (written by configs/early_exit.py), a .json path, or "none"

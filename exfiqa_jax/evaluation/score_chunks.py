@@ -67,6 +67,36 @@ def compute_chunk(config, model, reader, lo: int, hi: int, exit: int, bar
           KEPT: np.concatenate(kept), ERROR: np.asarray(errors, dtype=str)}
 
 
+CASCADE_COLUMNS = ("cascade_score", "cascade_exit", "cascade_accept", "cascade_gflops")
+
+
+def compute_cascade_chunk(config, model, reader, lo: int, hi: int, thresholds, bar
+                          ) -> dict[str, np.ndarray]:
+  """Rows [lo, hi) through the adaptive cascade (models/exits.py, CascadeStream): the rows
+  read are pushed batch by batch, survivors carried across batches so that every segment runs
+  on full buckets, the rest flushed at the chunk's end. CASCADE_COLUMNS per row (NaN / exit 0
+  where not read), KEPT and ERROR as compute_chunk. One host (QualityModel.cascade_stream)."""
+  stream = model.cascade_stream(thresholds)
+  kept, errors, parts = np.zeros(hi - lo, bool), [""] * (hi - lo), []
+  for host in pipeline.host_batches(reader, hi, model.batch_size, start=lo,
+                                    image_size=model.image_size,
+                                    workers=config.data.get("decode_threads", 4)):
+    for row, error in host.errors.items():
+      errors[row - lo] = error
+    read = host.valid & (host.rows >= 0)
+    kept[host.rows[read] - lo] = True
+    parts.append(stream.push(host.images[read]))
+    bar.update(host.num_rows)
+  parts.append(stream.flush())
+  result = [np.concatenate(column) for column in zip(*parts)]
+  out = {name: np.zeros(hi - lo, value.dtype) for name, value in zip(CASCADE_COLUMNS, result)}
+  out["cascade_score"][:] = np.nan
+  out["cascade_gflops"][:] = np.nan
+  for name, value in zip(CASCADE_COLUMNS, result):
+    out[name][kept] = value
+  return {**out, KEPT: kept, ERROR: np.asarray(errors, dtype=str)}
+
+
 def note_interrupted(error: KeyboardInterrupt, text: str) -> None:
   """Adds what an interrupted run kept to the KeyboardInterrupt (PEP 678 notes: the traceback
   shows it, the command line prints it as its one line; exfiqa_jax/cli.py)."""
@@ -74,11 +104,12 @@ def note_interrupted(error: KeyboardInterrupt, text: str) -> None:
 
 
 def score_chunks(config, model, rows: Rows, base: dict[str, Any], digest: bool,
-                  out: dict[str, str], exit: int
+                  out: dict[str, str], exit: int, cascade=None
                   ) -> tuple[dict[str, np.ndarray], int, float | None]:
-  """Every row through the model, one stored chunk at a time (score_chunks/; a chunk of an
-  earlier run made from the same model, settings and images is loaded instead): (every row's
-  arrays, rows taken from an earlier run, images/s of the rows scored now: None if none)."""
+  """Every row through the model (through the cascade with thresholds `cascade`:
+  compute_cascade_chunk), one stored chunk at a time (score_chunks/; a chunk of an earlier run
+  made from the same model, settings and images is loaded instead): (every row's arrays, rows
+  taken from an earlier run, images/s of the rows scored now: None if none)."""
   total = len(rows.names)
   size = max(1, int(config.get("chunk_images", CHUNK_IMAGES)) // model.batch_size
              ) * model.batch_size                     # whole batches: the batches of one pass
@@ -90,9 +121,11 @@ def score_chunks(config, model, rows: Rows, base: dict[str, Any], digest: bool,
       for lo in range(0, total, size):
         hi, started, name = min(total, lo + size), time.time(), f"rows_{lo:010d}"
         sizes[name] = hi - lo
-        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)},
-                          functools.partial(compute_chunk, config, model, rows.reader, lo, hi,
-                                            exit, bar))
+        compute = (functools.partial(compute_chunk, config, model, rows.reader, lo, hi, exit,
+                                     bar) if cascade is None else
+                   functools.partial(compute_cascade_chunk, config, model, rows.reader, lo, hi,
+                                     cascade, bar))
+        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)}, compute)
         if stage.cached:
           resumed += hi - lo
           bar.update(hi - lo)

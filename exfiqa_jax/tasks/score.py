@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -113,6 +114,29 @@ def _check_inputs(config, path: str) -> tuple[str, list[str], list[str]]:
   return channel_order, paths, names
 
 
+def _cascade(config, path: str, method: str, exit: int):
+  """The stored cascade --config.cascade asks for (inference.stored_cascade), or None."""
+  asked = str(config.get("cascade", "") or "").strip()
+  if not asked:
+    return None
+  try:
+    target = None if asked == "stored" else float(asked)
+  except ValueError:
+    raise ValueError(f"--config.cascade={asked!r}: 'stored' (the headline cascade stored with "
+                     "the model), an agreement target such as 0.95, or '' (off)") from None
+  why = ("it runs the ViT's own exits; a quality method has none" if method else
+         "pass --config.exit=0: the cascade decides where each image stops" if exit else
+         "the cascade runs on one host" if jax.process_count() > 1 else
+         f"the early_exit job stores cascades in a converted model directory; {path} is a file"
+         if not os.path.isdir(path) else "")
+  if why:
+    raise ValueError(f"--config.cascade={asked}: {why}")
+  try:
+    return inference.stored_cascade(path, target)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"{e} (--config.cascade={asked})") from None
+
+
 def _photo_settings(data) -> detection_settings.PhotoSettings:
   """config.data's detection keys (configs/score.py) as plain settings for detection/."""
   return detection_settings.PhotoSettings.from_config(data)
@@ -187,6 +211,9 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
   ident = _identity(config, path, method, paths, names, channel_order, exit, dtype)
+  cascade = _cascade(config, path, method, exit)
+  if cascade is not None:                  # the thresholds decide every column
+    ident["cascade"] = cascade.to_dict()
   mapping = quality_mapping.mapping_for(path, config.get("quality_mapping", ""))
   if mapping is not None:                  # the 0–100 columns depend on it too
     ident["quality_mapping"] = mapping.to_dict()
@@ -202,6 +229,8 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
   model = _load_model(config, path, method, dtype)
   ident["checkpoint"] = _loaded_checkpoint(path, ident["checkpoint"], model)
   num_exits = model.resolve_exit(exit)      # a clear error for an exit outside 1..L
+  if cascade is not None:
+    model.cascade_thresholds(cascade)       # a clear error for a model without these exits
   logging.info("scoring %d images from %s: %s, %d of %d exits, batch %d on %d devices",
                len(paths), config.images, model.method or f"mode {model.mode}", num_exits,
                model.num_exits, model.batch_size, jax.device_count())
@@ -217,7 +246,8 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
           if k not in ("images", "names", "skip_unreadable", "quality_mapping")}
   base.update(batch_size=model.batch_size, devices=jax.device_count())   # the same bits
   arrays, resumed, rate = score_chunks.score_chunks(config, model, rows, base,
-                                                     "sha256" in ident["images"], out, exit)
+                                                     "sha256" in ident["images"], out, exit,
+                                                     cascade)
   # An image replaced while the run read it: the files are written, never stamped complete
   # (the stamp would vouch for bytes that were not all scored), so the next run scores again.
   stamp = identity.files_identity(paths) == ident["images"]
@@ -225,14 +255,14 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
     logging.warning("images under %s changed while this run read them; the scores are written "
                     "but not marked complete, so the next run scores them again", config.images)
   return _finish(config, out, ident, model, rows, arrays, photos, names, mapping,
-                 channel_order, exit, path, resumed, rate, stamp)
+                 channel_order, exit, path, resumed, rate, stamp, cascade is not None)
 
 
 def _finish(config, out, ident, model, rows: score_chunks.Rows, arrays, photos, names, mapping,
             channel_order: str, exit: int, path: str, resumed: int, rate: float | None,
-            stamp: bool = True) -> dict[str, Any]:
+            stamp: bool = True, cascade: bool = False) -> dict[str, Any]:
   """The scored rows → the job's files (stamped complete when `stamp`), or one error listing
-  every unreadable input."""
+  every unreadable input. `cascade`: the rows hold the cascade's columns."""
   keep = arrays[score_chunks.KEPT]
   skipped = score_chunks.problems(rows, arrays, photos, names)
   if skipped and not config.skip_unreadable:
@@ -251,11 +281,23 @@ def _finish(config, out, ident, model, rows: score_chunks.Rows, arrays, photos, 
   if jax.process_count() > 1:       # every host read its chunks before process 0 removes them
     multihost_utils.sync_global_devices("score: chunks read")
   found = photos.columns(keep) if photos is not None else {}   # face, det_score, box, landmarks
-  if parallel.is_writer():
+  if cascade:                       # its own columns, the 0–100 value at the exit left
+    chosen = {k: scores.pop(k) for k in score_chunks.CASCADE_COLUMNS}
+    if mapping is not None:
+      chosen["q100_cascade"] = mapping.at_exits(chosen["cascade_score"], chosen["cascade_exit"])
+    found, q100 = {**chosen, **found}, {}
+    logging.info("cascade: %.3g GFLOPs per image on average, %.1f %% accepted; images left at "
+                 "exits %s", float(np.mean(found["cascade_gflops"])),
+                 100 * float(np.mean(found["cascade_accept"])),
+                 dict(zip(*(v.tolist() for v in np.unique(found["cascade_exit"],
+                                                          return_counts=True)))))
+  else:
     q100 = mapping.apply(scores) if mapping is not None and model.has_exits else {}
-    score_report.write(out, ident, names, kept, scores, model.has_exits, model.method,
-                       {**q100, **found}, skipped, photos.no_face if photos is not None else None,
-                       channel_order, exit, path, stamp)
+  if parallel.is_writer():
+    score_report.write(out, ident, names, kept, scores, model.has_exits and not cascade,
+                       model.method, {**q100, **found}, skipped,
+                       photos.no_face if photos is not None else None, channel_order, exit,
+                       path, stamp)
   now = (f"{len(rows.names) - resumed} scored now, {rate:.1f} images/s" if rate is not None
          else "none scored now")
   logging.info("scored %d images (%d skipped; %s, %d from an earlier run) into %s", len(kept),
