@@ -1,7 +1,8 @@
 """Early-exit compute: wall time per fixed exit, and calibrated cascades against the full pass.
 
   python -m bench.early_exit [--mode=token] [--batch=16] [--rounds=3] [--cal_images=200]
-      [--images=128] [--targets=0.95,0.99] [--model_dir=out/demo/train/model] [--skip_fixed]
+      [--images=128] [--targets=0.95,0.99] [--exits=3,6,9,12] [--model_dir=out/demo/train/model]
+      [--skip_fixed]
       [--skip_random]
 
 Models: random-weight ViT-S (ViT-FIQA, patch 9, width 512, depth 12, fp32) and a converted
@@ -120,7 +121,7 @@ def bench_fixed(model: inference.QualityModel, images: np.ndarray, rounds: int,
 
 
 def calibrated(model: inference.QualityModel, cal: np.ndarray, groups: np.ndarray,
-               s_ev: np.ndarray, targets: list[float], cost_model
+               s_ev: np.ndarray, targets: list[float], cost_model, candidates: tuple[int, ...]
                ) -> dict[tuple[str, float], tuple[dict, exits.CascadeThresholds]]:
   """{(FLOPs-optimal | cost-aware, target): (row, thresholds)}: the cascades calibrated on
   `cal` as the early_exit job does, with their held-out figures on the exit scores `s_ev`."""
@@ -135,7 +136,7 @@ def calibrated(model: inference.QualityModel, cal: np.ndarray, groups: np.ndarra
                                         "full_seconds": cost_model.full_per_image(big),
                                         "min_speedup": MIN_SPEEDUP})):
     cols, records = study.cascade_columns(
-        s_cal, s_ev, exits.default_exits(model.num_exits), tau,
+        s_cal, s_ev, candidates, tau,
         lambda e: exits.cascade_gflops(cfg, e, np.asarray(e)),
         float(models.gflops(cfg)[0][-1]), mapping.columns, targets, groups, **seconds)
     for (_, row), rec in zip(cols, records):
@@ -160,9 +161,13 @@ def bench_cascades(model: inference.QualityModel, cal: np.ndarray, groups: np.nd
   """Full pass against the calibrated cascades over `ev` fed in chunks of one batch."""
   started = time.time()
   cost_model = model.cascade_costs(None, repeats=args.cost_repeats)
+  candidates = exits.check_exits(
+      [int(e) for e in args.exits.split(",")] if args.exits
+      else exits.default_exits(model.num_exits), model.num_exits)
+  cost_model.prepare(candidates, exits.bucket_ladder(model.batch_size)[-1])   # as the job
   targets = [float(t) for t in args.targets.split(",")]
   s_ev = model.score(ev)["exit_scores"]
-  found = calibrated(model, cal, groups, s_ev, targets, cost_model)
+  found = calibrated(model, cal, groups, s_ev, targets, cost_model, candidates)
   sizes = exits.bucket_ladder(model.batch_size)
   chunks = [np.arange(i, min(len(ev), i + model.batch_size))
             for i in range(0, len(ev), model.batch_size)]
@@ -179,7 +184,8 @@ def bench_cascades(model: inference.QualityModel, cal: np.ndarray, groups: np.nd
   sec, cpu = time_interleaved(routes, args.rounds, seed=2)
   n = len(ev)
   full_pred = sum(cost_model.predict_full_seconds(len(c), sizes) for c in chunks)
-  print(f"Calibrated cascades: {len(cal)} calibration images, {n} held-out images fed in "
+  print(f"Calibrated cascades over candidate exits {'+'.join(map(str, candidates))}: "
+        f"{len(cal)} calibration images, {n} held-out images fed in "
         f"chunks of {model.batch_size}; cost model measured in this run ({cost_model.measured} "
         f"entries; measurement + calibration {setup:.0f} s); median of {args.rounds} "
         "interleaved rounds.")
@@ -218,6 +224,8 @@ def main() -> None:
   parser.add_argument("--cal_images", type=int, default=200, help="calibration images")
   parser.add_argument("--images", type=int, default=128, help="held-out images timed")
   parser.add_argument("--targets", default="0.95,0.99", help="agreement targets")
+  parser.add_argument("--exits", default="", help="candidate exits, e.g. 2,4,6,8,10,12 "
+                      "(default: the job's, exits.default_exits)")
   parser.add_argument("--cost_repeats", type=int, default=3,
                       help="timed calls per cost-model entry (after warm-up)")
   parser.add_argument("--model_dir", default="", help="also bench this converted model")

@@ -332,23 +332,22 @@ class QualityModel(BatchedModel):
                     ) -> cascade_cost.CostModel:
     """The measured cost model of this model's cascade on this device (models/cascade_cost.py):
     kept in `folder` (CostModel.folder_for(the compile cache); None = in memory), its entries
-    measured when first asked for. Single host."""
+    measured (`repeats` interleaved rounds) when first asked for. Single host."""
     if jax.process_count() > 1:
       raise NotImplementedError("cascade costs are measured on one host")
     depth = self.num_exits
 
-    def meter(kind: str, start: int, stop: int, rows: int) -> float:
+    def caller(kind: str, start: int, stop: int, rows: int) -> Callable[[], Any]:
       if kind == "full":
         images = np.zeros((rows, self.image_size, self.image_size, 3), np.uint8)
-        return exits_lib.time_call(lambda: self.run_batch(images), repeats)
+        return lambda: self.run_batch(images)
       if kind == "compaction":
-        return self.cascade_engine(exits_lib.default_exits(depth)).time_compaction(rows,
-                                                                                   repeats)
+        return self.cascade_engine(exits_lib.default_exits(depth)).compaction_call(rows)
       ex = ((stop,) if start == 0 else (start, stop)) + ((depth,) if stop < depth else ())
-      return self.cascade_engine(ex).time_segment(0 if start == 0 else 1, rows, repeats)
+      return self.cascade_engine(ex).segment_call(0 if start == 0 else 1, rows)
 
     return cascade_cost.CostModel.open(cascade_cost.cost_key(self.model_config, self.dtype),
-                                       meter, folder)
+                                       caller, folder, repeats)
 
 
 def stored_cascade(directory: str, target: float | None = None) -> exits_lib.CascadeThresholds:

@@ -37,32 +37,68 @@ def test_prediction_follows_the_engines_schedule_and_per_image_costs():
   np.testing.assert_allclose(cm.per_image((1, 3), 8),
                              [(1 + 16) / 8, (1 + 16) / 8 + (1 + 24) / 8 + 0.5])
   assert cm.full_per_image(8) == pytest.approx((1 + 72) / 8)
-  with pytest.raises(KeyError, match="no meter"):
+  with pytest.raises(KeyError, match="no caller"):
     cm.segment(0, 2, 8)
 
 
 def test_table_is_measured_once_and_kept_per_device_and_model(tmp_path):
-  calls = []
+  made = []
 
-  def meter(kind, start, stop, rows):
-    calls.append((kind, start, stop, rows))
-    return 0.001 * rows
+  def caller(kind, start, stop, rows):
+    made.append((kind, start, stop, rows))
+    return lambda: time.sleep(0.0005 * rows)
 
   key = cascade_cost.cost_key({"mode": "token", "depth": 4, "width": 32}, "float32")
   assert key["device"]["platform"] and key["model"] == {"mode": "token", "depth": 4, "width": 32}
   folder = str(tmp_path / "costs")
-  cm = cascade_cost.CostModel.open(key, meter, folder)
+  cm = cascade_cost.CostModel.open(key, caller, folder, repeats=2)
   cm.per_image((2, 4), 8)
   cm.per_image((2, 4), 8)                  # nothing measured twice
-  assert len(calls) == 3 and cm.measured == 3
+  assert len(made) == 3 and cm.measured == 3
+  assert cm.segment(0, 2, 8) >= 0.004 and cm.compaction(8) < cm.segment(0, 2, 8)   # per row
   cm.save()
-  again = cascade_cost.CostModel.open(key, meter, folder)
-  assert again.table == cm.table and again.full(8) == pytest.approx(0.008)
-  assert len(calls) == 4                   # only the entry it did not have
-  other = cascade_cost.CostModel.open({**key, "dtype": "bfloat16"}, meter, folder)
+  again = cascade_cost.CostModel.open(key, caller, folder)
+  assert again.table == cm.table
+  again.full(8)
+  assert len(made) == 4                    # only the entry it did not have
+  other = cascade_cost.CostModel.open({**key, "dtype": "bfloat16"}, caller, folder)
   assert other.table == {} and other.path != cm.path
   assert cascade_cost.CostModel.folder_for("") is None
   assert cascade_cost.CostModel.folder_for(str(tmp_path / "xla")) == str(tmp_path / cascade_cost.COST_DIR)
+
+
+def test_prepare_measures_every_entry_of_a_calibration_together_in_turns():
+  """prepare(exits, rows): every segment between two candidate exits (or from the start), the
+  full pass and the compaction, timed in interleaved rounds: a burst of load from another job
+  during one round costs every entry that round alike, and the least per entry ignores it."""
+  order = []
+  burst = {"left": 0}
+
+  def caller(kind, start, stop, rows):
+    name = f"{kind} {start}-{stop}"
+
+    def call():
+      order.append(name)
+      time.sleep(0.002 + (0.02 if burst["left"] > 0 else 0.0))
+      burst["left"] -= 1
+    return call
+
+  cm = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3)
+  cm.prepare((1, 2, 4), 8)
+  assert sorted(cm.table) == sorted(
+      ["segment 0-1 x8", "segment 0-2 x8", "segment 0-4 x8", "segment 1-2 x8",
+       "segment 1-4 x8", "segment 2-4 x8", "full x8", "compaction x8"])
+  timed = order[2 * 8:]                    # after two warm-up calls each
+  assert len(timed) == 3 * 8 and all(len(set(timed[r * 8:(r + 1) * 8])) == 8 for r in range(3))
+  assert timed[:8] != timed[8:16]          # the order rotates from round to round
+  cm.prepare((1, 2, 4), 8)
+  assert len(order) == 2 * 8 + 3 * 8       # nothing measured again
+  # load for as long as the warm-up and the first round last (entry by entry, it would
+  # have slowed every timed call of the first few entries): later rounds give each its time
+  slowed = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3)
+  burst["left"] = 2 * 8 + 8
+  slowed.prepare((1, 2, 4), 8)
+  assert [k for k, v in slowed.table.items() if k != "compaction x8" and v > 0.015] == []
 
 
 def test_predicted_order_of_two_cascades_matches_the_measured_one_with_a_slow_segment():
@@ -84,7 +120,8 @@ def test_predicted_order_of_two_cascades_matches_the_measured_one_with_a_slow_se
   cm = model.cascade_costs(repeats=2)
   sizes = exits.bucket_ladder(model.batch_size)
   predicted = {t.exits: cm.predict_seconds(t.exits, (16, 0), sizes) for t in (a, b)}
-  measured = {t.exits: exits.time_call(lambda t=t: model.cascade(images, t), 3) for t in (a, b)}
+  measured = {t.exits: cascade_cost.time_call(lambda t=t: model.cascade(images, t), 3)
+              for t in (a, b)}
   flops = {t.exits: float(model.cascade(images, t).gflops.mean()) for t in (a, b)}
   assert flops[(1, 4)] < flops[(2, 4)]
   assert predicted[(1, 4)] > predicted[(2, 4)] and measured[(1, 4)] > measured[(2, 4)]

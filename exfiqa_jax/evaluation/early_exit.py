@@ -205,7 +205,7 @@ def _compute(config, cal: Benchmark, ev: Benchmark, spec: pipeline.QualitySpec,
       [float(t) for t in s.cascade.targets], image_groups(cal)[0],
       robust=bool(s.cascade.get("robust", True)), folds=int(s.cascade.get("folds", 5)),
       prune_exits=bool(s.cascade.prune_exits), seed=seed,
-      **_seconds(cost_model, model, s))
+      **_seconds(cost_model, model, s, exits))
   cols += cascade_cols
   rows = [row for _, row in cols]
   baseline_pauc = _pauc(ev, cmp, cols, float(s.fmr), limit, seed, scored)
@@ -256,12 +256,15 @@ def _cost_model(config, model) -> cascade_cost.CostModel | None:
                              repeats=int(s.cascade.get("cost_repeats", 5)))
 
 
-def _seconds(cost_model: cascade_cost.CostModel | None, model, s) -> dict[str, Any]:
+def _seconds(cost_model: cascade_cost.CostModel | None, model, s, exits: tuple[int, ...]
+             ) -> dict[str, Any]:
   """cascade_columns' `seconds`, `full_seconds`, `min_speedup` when the calibration minimises
-  time (early_exit settings `s`: cascade.cost "measured")."""
+  time (early_exit settings `s`: cascade.cost "measured"); every entry a calibration over the
+  candidate `exits` can use is measured first, together (CostModel.prepare)."""
   if cost_model is None or str(s.cascade.get("cost", "measured")) != "measured":
     return {}
   big = exits_lib.bucket_ladder(model.batch_size)[-1]
+  cost_model.prepare(exits, big)
   return {"seconds": lambda ex: cost_model.per_image(ex, big),
           "full_seconds": cost_model.full_per_image(big),
           "min_speedup": float(s.cascade.get("min_speedup", 1.0))}
@@ -327,18 +330,6 @@ def _pauc(ev: Benchmark, cmp: stages.Stage, cols: list[study.Column], fmr: float
   return {k: float(p) for k, p in zip(baselines, pauc[len(cols):])}
 
 
-def _time_it(fn, repeats: int, warm: bool = False) -> float:
-  """Best wall time of `repeats` calls, after one warm-up call (compilation) unless `warm`."""
-  if not warm:
-    fn()
-  best = math.inf
-  for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
 def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
              s_ev: np.ndarray, depth: int,
              cost_model: cascade_cost.CostModel | None = None) -> dict[str, Any]:
@@ -353,35 +344,35 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
     info["skipped"] = "timing.images = 0" if n <= 0 else "multi-host run (single-host programs)"
     return info
   images, _ = ev.read(np.arange(n))
-  reps = int(s.timing.repeats)
   by_method = {r["method"]: r for r in rows}
   fixed = range(1, depth + 1) if s.timing.get("fixed_exits", True) else (depth,)
-  for k in fixed:
-    by_method[columns.exit_name(k)]["images_per_second"] = n / _time_it(
-        lambda: model.score(images, exit=k), reps)
-  full_rate = by_method[columns.exit_name(depth)]["images_per_second"]
+  routes = {columns.exit_name(k): (lambda k=k: model.score(images, exit=k)) for k in fixed}
   sizes = exits_lib.bucket_ladder(model.batch_size)
-  if cost_model is not None:
-    by_method[columns.exit_name(depth)]["predicted_images_per_second"] = (
-        n / cost_model.predict_full_seconds(n, sizes))
-  for r in rows:                # the full pass computes every exit, hence every fusion
-    if r["kind"] == "fusion":
-      r["images_per_second"] = full_rate
   headline = float(s.cascade.headline)
-  mismatch = {}
+  mismatch, predicted = {}, {}
   for c in cascades:
     if not s.timing.get("all_targets", True) and not math.isclose(c["target"], headline):
       continue
-    thr = c["_thresholds"]
+    thr, name = c["_thresholds"], study.cascade_name(c["target"])
     result = model.cascade(images, thr)          # also the warm-up (compilation)
     pred = cascade.simulate_cascade(s_ev[:n], thr.exits, thr.reject, thr.accept, thr.tau)
     mismatch[f"{c['target']:g}"] = int(np.sum((np.asarray(result.exit) != pred.exit)
                                               | (np.asarray(result.accept) != pred.accept)))
-    row = by_method[study.cascade_name(c["target"])]
-    row["images_per_second"] = n / _time_it(lambda: model.cascade(images, thr), reps, warm=True)
+    routes[name] = lambda thr=thr: model.cascade(images, thr)
     if cost_model is not None:
       reached = [int(np.sum(pred.stage >= i)) for i in range(len(thr.exits))]
-      row["predicted_images_per_second"] = n / cost_model.predict_seconds(thr.exits, reached,
-                                                                          sizes)
+      predicted[name] = cost_model.predict_seconds(thr.exits, reached, sizes)
+  if cost_model is not None:
+    predicted[columns.exit_name(depth)] = cost_model.predict_full_seconds(n, sizes)
+  # every program timed in the same rounds, in turn: load from other jobs falls on all alike
+  seconds = cascade_cost.time_calls(routes, int(s.timing.repeats), warmups=1)
+  for name, t in seconds.items():
+    by_method[name]["images_per_second"] = n / t
+  for name, t in predicted.items():
+    by_method[name]["predicted_images_per_second"] = n / t
+  full_rate = by_method[columns.exit_name(depth)]["images_per_second"]
+  for r in rows:                # the full pass computes every exit, hence every fusion
+    if r["kind"] == "fusion":
+      r["images_per_second"] = full_rate
   info["engine_vs_prediction_mismatches"] = mismatch
   return info

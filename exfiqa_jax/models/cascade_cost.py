@@ -7,13 +7,18 @@ the cascade is calibrated on the wall time of the real programs on this device:
 
   segment i-j x b   one call of the program running blocks i+1..j and the exit head at j (the
                     first segment, i = 0, also embeds the uint8 images) on a bucket of b rows,
-                    host transfer in and out included (exits.Cascade.time_segment);
+                    host transfer in and out included (exits.Cascade.segment_call);
   compaction x b    per row carried on: picking the survivors of a b-row stream and queueing
-                    them for the next segment (exits.Cascade.time_compaction);
+                    them for the next segment (exits.Cascade.compaction_call);
   full x b          one call of the full pass (QualityModel.run_batch: every exit) on b rows.
 
-Entries are measured when first needed (warm-up calls, then the least of a few) by the
-`meter` the model supplies (QualityModel.cascade_costs) and kept in a JSON file beside the XLA
+The model supplies one call of each program (`caller`, QualityModel.cascade_costs); the cost
+model times it. `prepare(exits, rows)` measures every entry a calibration over those candidate
+exits can ask for together, interleaved (`time_calls`: every call warmed up, then rounds that
+take each call once in turn, the least per call), so that load from other jobs on the machine
+falls on all entries alike instead of skewing the ones measured while it lasted; an entry still
+missing later (a partial bucket's, for a prediction) is measured alone. Kept in a JSON file
+beside the XLA
 compilation cache (compile_cache.py), one per `cost_key`: the device (platform, kind, count,
 the CPU model on a CPU), JAX's version, the architecture and the compute dtype — never the
 weights, which do not change the time. Arithmetic:
@@ -28,9 +33,11 @@ weights, which do not change the time. Arithmetic:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +50,32 @@ FORMAT = "exfiqa_cascade_costs"
 ARCHITECTURE = ("mode", "width", "depth", "num_heads", "patch_size", "img_size", "mlp_dim",
                 "embed_dim")
 
-Meter = Callable[[str, int, int, int], float]    # (kind, start, stop, rows) -> seconds per call
+# (kind, start, stop, rows) -> one call of that program on a bucket of `rows` (its result unread)
+Caller = Callable[[str, int, int, int], Callable[[], Any]]
+
+
+def time_calls(calls: Mapping[Any, Callable[[], Any]], repeats: int = 5, warmups: int = 2
+               ) -> dict[Any, float]:
+  """Least seconds per call of each of `calls`: `warmups` calls each (compilation, first
+  allocations), then `repeats` rounds that call each once, in turn (the order rotating per
+  round). Other jobs on the machine only ever add time and, interleaved, add it to all alike,
+  so the least is the program's own and the ratios between programs hold."""
+  names = list(calls)
+  for name in names:
+    for _ in range(warmups):
+      calls[name]()
+  best = dict.fromkeys(names, math.inf)
+  for r in range(max(1, int(repeats))):
+    for name in names[r % len(names):] + names[:r % len(names)] if names else ():
+      start = time.perf_counter()
+      calls[name]()
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 5) -> float:
+  """Least seconds of `repeats` calls of `fn` after two warm-up calls (time_calls)."""
+  return time_calls({0: fn}, repeats)[0]
 
 
 def cost_key(model_config: Mapping[str, Any], dtype: str) -> dict[str, Any]:
@@ -65,16 +97,16 @@ class CostModel:
   """A table of measured seconds per call (module docstring), filled on demand by `meter`."""
 
   def __init__(self, key: Mapping[str, Any], table: Mapping[str, float] | None = None,
-               meter: Meter | None = None, path: str | None = None):
+               caller: Caller | None = None, path: str | None = None, repeats: int = 5):
     self.key = dict(key)
     self.table: dict[str, float] = dict(table or {})
-    self.meter, self.path = meter, path
+    self.caller, self.path, self.repeats = caller, path, int(repeats)
     self.measured = 0                       # entries measured by this object
 
   # -- storage ------------------------------------------------------------------------------
   @classmethod
-  def open(cls, key: Mapping[str, Any], meter: Meter | None, folder: str | None
-           ) -> "CostModel":
+  def open(cls, key: Mapping[str, Any], caller: Caller | None, folder: str | None,
+           repeats: int = 5) -> "CostModel":
     """The table of `key` kept in `folder` (None: in memory only), or a new one."""
     path = None
     if folder:
@@ -84,10 +116,10 @@ class CostModel:
         stored = files.read_json(path)
         if stored.get("format") == FORMAT and stored.get("key") == json.loads(
             json.dumps(key)):
-          return cls(key, stored["seconds"], meter, path)
+          return cls(key, stored["seconds"], caller, path, repeats)
       except (OSError, ValueError, KeyError, AttributeError):
         pass                                # none yet, or unreadable: measured again
-    return cls(key, None, meter, path)
+    return cls(key, None, caller, path, repeats)
 
   @staticmethod
   def folder_for(compile_cache_path: str | None) -> str | None:
@@ -107,15 +139,32 @@ class CostModel:
                         "time", self.path, e)
 
   # -- entries ------------------------------------------------------------------------------
+  def measure(self, entries: Sequence[tuple[str, int, int, int]]) -> None:
+    """Times the (kind, start, stop, rows) entries the table lacks, together (time_calls); a
+    compaction entry is kept per row carried on."""
+    missing = {_name(*e): e for e in entries if _name(*e) not in self.table}
+    if not missing:
+      return
+    if self.caller is None:
+      raise KeyError(f"the cost table has no {sorted(missing)} and no caller to measure them")
+    found = time_calls({name: self.caller(*e) for name, e in missing.items()}, self.repeats)
+    for name, (kind, _, _, rows) in missing.items():
+      self.table[name] = found[name] / (rows if kind == "compaction" else 1)
+    self.measured += len(missing)
+
+  def prepare(self, exits: Sequence[int], rows: int) -> None:
+    """Measures, interleaved, every entry a calibration over the candidate `exits` (ending at
+    the depth) can ask for at buckets of `rows`: each segment between two of them (or from the
+    start), the full pass, and the compaction between segments."""
+    ends = tuple(int(e) for e in exits)
+    pairs = itertools.combinations((0,) + ends, 2)
+    self.measure([("segment", i, j, rows) for i, j in pairs] + [("full", 0, 0, rows)]
+                 + ([("compaction", 0, 0, rows)] if len(ends) > 1 else []))
+
   def seconds(self, kind: str, start: int, stop: int, rows: int) -> float:
-    """Seconds per call of one program on `rows` rows (measured now when missing)."""
-    name = _name(kind, start, stop, rows)
-    if name not in self.table:
-      if self.meter is None:
-        raise KeyError(f"the cost table has no {name!r} and no meter to measure it")
-      self.table[name] = float(self.meter(kind, start, stop, rows))
-      self.measured += 1
-    return self.table[name]
+    """Seconds per call of one program on `rows` rows (measured now, alone, when missing)."""
+    self.measure([(kind, start, stop, rows)])
+    return self.table[_name(kind, start, stop, rows)]
 
   def segment(self, start: int, stop: int, rows: int) -> float:
     return self.seconds("segment", start, stop, rows)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -276,19 +275,6 @@ def _subset(variables: Mapping, names: Sequence[str]) -> dict:
           for col, tree in variables.items() if any(k in names for k in tree)}
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 5) -> float:
-  """Least seconds of `repeats` calls of `fn` after two warm-up calls (compilation, first
-  allocations): other jobs on the machine only ever add time, so the least is the program's."""
-  fn()
-  fn()
-  best = math.inf
-  for _ in range(max(1, int(repeats))):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 class _Queue:
   """Rows waiting for a segment, pooled across batches on the host: (image ids, streams)."""
 
@@ -368,10 +354,10 @@ class Cascade:
                            self._head_vars, images)[0]
     return np.zeros(shape.shape, shape.dtype)
 
-  def time_segment(self, s: int, rows: int, repeats: int = 5) -> float:
-    """Seconds per call of segment s on a bucket of `rows` (a multiple of the device count),
-    as `run` calls it: inputs sent, the program, scores (and the stream, but after the last
-    segment) fetched (time_call: warm-up calls, then the least of `repeats`)."""
+  def segment_call(self, s: int, rows: int) -> Callable[[], None]:
+    """One call of segment s on a bucket of `rows` (a multiple of the device count) as `run`
+    makes it: inputs sent, the program, scores (and the stream, but after the last segment)
+    fetched (timed by models/cascade_cost.py)."""
     inputs, sharding = self._inputs(s, rows), parallel.batch_sharding()
     last = s == len(self.exits) - 1
 
@@ -381,14 +367,14 @@ class Cascade:
       np.asarray(jax.device_get(sc))
       if not last:
         np.asarray(jax.device_get(x))
-    return time_call(call, repeats)
+    return call
 
-  def time_compaction(self, rows: int, repeats: int = 5) -> float:
-    """Seconds per row carried on when half of a `rows`-row stream survives a segment (the
-    host's share of a carried row: picked out, queued, popped into the next bucket)."""
+  def compaction_call(self, rows: int) -> Callable[[], None]:
+    """The host's work on a `rows`-row stream of which half survives a segment, for `rows` rows
+    carried on: picked out, queued, popped into the next bucket (nothing with one segment)."""
     stream = self._inputs(1 if len(self.exits) > 1 else 0, rows)
     if stream.ndim != 3:            # one segment: nothing is ever carried on
-      return 0.0
+      return lambda: None
     ids, keep = np.arange(rows), np.arange(rows) % 2 == 0
 
     def call():
@@ -396,7 +382,7 @@ class Cascade:
       queue.push(ids[keep], stream[keep])
       queue.push(ids[keep], stream[keep])
       queue.pop(rows)
-    return time_call(call, repeats) / max(1, rows)
+    return call
 
   @staticmethod
   def _program(embed: _Embed | None, segment: _Segment, head: _ExitHead) -> Callable:
