@@ -252,8 +252,8 @@ def _cost_model(config, model) -> cascade_cost.CostModel | None:
       logging.warning("cascade costs are measured on one host; this multi-host run calibrates "
                       "the cascade for GFLOPs (--config.early_exit.cascade.cost=gflops)")
     return None
-  return model.cascade_costs(cascade_cost.CostModel.folder_for(jax.config.jax_compilation_cache_dir),
-                             repeats=int(s.cascade.get("cost_repeats", 5)))
+  folder = cascade_cost.CostModel.folder_for(jax.config.jax_compilation_cache_dir)
+  return model.cascade_costs(folder, repeats=int(s.cascade.get("cost_repeats", 5)))
 
 
 def _seconds(cost_model: cascade_cost.CostModel | None, model, s, exits: tuple[int, ...]
