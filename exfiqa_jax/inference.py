@@ -328,11 +328,12 @@ class QualityModel(BatchedModel):
                                               self._segment_programs)
     return self._cascades[key]
 
-  def cascade_costs(self, folder: str | None = None, repeats: int = 5
-                    ) -> cascade_cost.CostModel:
+  def cascade_costs(self, folder: str | None = None, repeats: int = 5,
+                    min_seconds: float = cascade_cost.MIN_SECONDS) -> cascade_cost.CostModel:
     """The measured cost model of this model's cascade on this device (models/cascade_cost.py):
     kept in `folder` (CostModel.folder_for(the compile cache); None = in memory), its entries
-    measured (`repeats` interleaved rounds) when first asked for. Single host."""
+    measured when first asked for (at least `repeats` interleaved rounds, more until each
+    program has run `min_seconds`: cascade_cost.time_calls). Single host."""
     if jax.process_count() > 1:
       raise NotImplementedError("cascade costs are measured on one host")
     depth = self.num_exits
@@ -347,7 +348,7 @@ class QualityModel(BatchedModel):
       return self.cascade_engine(ex).segment_call(0 if start == 0 else 1, rows)
 
     return cascade_cost.CostModel.open(cascade_cost.cost_key(self.model_config, self.dtype),
-                                       caller, folder, repeats)
+                                       caller, folder, repeats, min_seconds)
 
 
 def stored_cascade(directory: str, target: float | None = None) -> exits_lib.CascadeThresholds:

@@ -67,6 +67,27 @@ def test_table_is_measured_once_and_kept_per_device_and_model(tmp_path):
   assert cascade_cost.CostModel.folder_for(str(tmp_path / "xla")) == str(tmp_path / cascade_cost.COST_DIR)
 
 
+def test_quick_programs_get_more_rounds_until_each_has_run_min_seconds():
+  """time_calls: at least `repeats` rounds, and more for quick calls, until each has run
+  `min_seconds` in all (MAX_ROUNDS at most); a slow call stops at `repeats` rounds."""
+  counts = {"quick": 0, "slow": 0}
+
+  def call(name, seconds):
+    def run():
+      counts[name] += 1
+      time.sleep(seconds)
+    return run
+
+  cascade_cost.time_calls({"quick": call("quick", 0.001)}, repeats=2, warmups=0,
+                          min_seconds=0.05)
+  assert 2 < counts["quick"] <= cascade_cost.MAX_ROUNDS     # about 0.05 s of 1-ms calls
+  cascade_cost.time_calls({"slow": call("slow", 0.03)}, repeats=2, warmups=0, min_seconds=0.02)
+  assert counts["slow"] == 2
+  counts["quick"] = 0
+  cascade_cost.time_calls({"quick": call("quick", 0.0)}, repeats=2, warmups=0, min_seconds=60)
+  assert counts["quick"] == cascade_cost.MAX_ROUNDS
+
+
 def test_prepare_measures_every_entry_of_a_calibration_together_in_turns():
   """prepare(exits, rows): every segment between two candidate exits (or from the start), the
   full pass and the compaction, timed in interleaved rounds: a burst of load from another job
@@ -83,7 +104,7 @@ def test_prepare_measures_every_entry_of_a_calibration_together_in_turns():
       burst["left"] -= 1
     return call
 
-  cm = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3)
+  cm = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3, min_seconds=0.0)
   cm.prepare((1, 2, 4), 8)
   assert sorted(cm.table) == sorted(
       ["segment 0-1 x8", "segment 0-2 x8", "segment 0-4 x8", "segment 1-2 x8",
@@ -95,7 +116,7 @@ def test_prepare_measures_every_entry_of_a_calibration_together_in_turns():
   assert len(order) == 2 * 8 + 3 * 8       # nothing measured again
   # load for as long as the warm-up and the first round last (entry by entry, it would
   # have slowed every timed call of the first few entries): later rounds give each its time
-  slowed = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3)
+  slowed = cascade_cost.CostModel({"k": 1}, caller=caller, repeats=3, min_seconds=0.0)
   burst["left"] = 2 * 8 + 8
   slowed.prepare((1, 2, 4), 8)
   assert [k for k, v in slowed.table.items() if k != "compaction x8" and v > 0.015] == []

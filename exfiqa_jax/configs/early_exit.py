@@ -20,16 +20,19 @@ exfiqa_jax/calibrate/cascade.py robust_cascade; False = the exact calibration-sp
 cascade.cost ("measured": exits and thresholds that maximise images/s predicted by the cost
 model measured on this device, exfiqa_jax/models/cascade_cost.py, kept beside the compile cache,
 and one full segment where no cascade beats the full pass; "gflops": the fewest GFLOPs),
-cascade.cost_repeats, cascade.min_speedup (the predicted margin a cascade must win by, for the
-cost model's own error; else one full segment), cascade.store_with_model (cascade.json into the model directory, which
+cascade.cost_repeats and cascade.cost_min_seconds (interleaved rounds per cost-table entry: at
+least that many, and more until each program has run that long), cascade.min_speedup (the
+predicted margin a cascade must win by, for the cost model's own error; else one full segment),
+cascade.store_with_model (cascade.json into the model directory, which
 `fx.load(dir).cascade(images)` runs);
 thresholds.discard / thresholds.fnmr (threshold table with bootstrap intervals, at
 thresholds.fmr); mapping.kind ("quantile" | "logistic"); fusion_fit (the learned fusion
 ex_fiqa_fit: weights fitted on the calibration split, reported on the evaluation split beside
 ex_fiqa_f and ex_fiqa_fw; enabled, steps, learning_rate, temperature, init "fw" | "f",
 normalization "none" | "zscore" | "minmax" | "rank"); timing.images (images/s measured on
-this many evaluation images; 0 = skip; timing.fixed_exits: also every fixed exit, not only the
-full pass). Arguments: size=default|smoke, benchmark=<name>.
+this many evaluation images; 0 = skip; timing.repeats / timing.min_seconds: interleaved rounds,
+at least that many and more until each route has run that long; timing.fixed_exits: also
+every fixed exit, not only the full pass). Arguments: size=default|smoke, benchmark=<name>.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
           folds=5,
           cost="measured",               # minimise measured seconds ("gflops": GFLOPs, the
           cost_repeats=5,                # edge-device case); timed calls per cost-table entry
+          cost_min_seconds=0.0 if smoke else 0.5,   # and more until each has run this long
           min_speedup=1.05,              # a cascade must be predicted this much faster
           store_with_model=True)),       # cascade.json beside the model: fx.load(dir).cascade
       thresholds=ml_collections.ConfigDict(dict(
@@ -70,6 +74,7 @@ def settings(size: str = "default") -> ml_collections.ConfigDict:
           learning_rate=0.05, temperature=0.05, init="fw", normalization="none")),
       split=ml_collections.ConfigDict(dict(fraction=0.5)),   # non-synthetic: calibration share
       timing=ml_collections.ConfigDict(dict(images=32 if smoke else 256, repeats=1 if smoke else 3,
+                                            min_seconds=0.0 if smoke else 0.5,
                                             all_targets=True, fixed_exits=True))))
 
 

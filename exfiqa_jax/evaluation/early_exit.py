@@ -253,7 +253,9 @@ def _cost_model(config, model) -> cascade_cost.CostModel | None:
                       "the cascade for GFLOPs (--config.early_exit.cascade.cost=gflops)")
     return None
   folder = cascade_cost.CostModel.folder_for(jax.config.jax_compilation_cache_dir)
-  return model.cascade_costs(folder, repeats=int(s.cascade.get("cost_repeats", 5)))
+  return model.cascade_costs(
+      folder, repeats=int(s.cascade.get("cost_repeats", 5)),
+      min_seconds=float(s.cascade.get("cost_min_seconds", cascade_cost.MIN_SECONDS)))
 
 
 def _seconds(cost_model: cascade_cost.CostModel | None, model, s, exits: tuple[int, ...]
@@ -365,7 +367,8 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
   if cost_model is not None:
     predicted[columns.exit_name(depth)] = cost_model.predict_full_seconds(n, sizes)
   # every program timed in the same rounds, in turn: load from other jobs falls on all alike
-  seconds = cascade_cost.time_calls(routes, int(s.timing.repeats), warmups=1)
+  seconds = cascade_cost.time_calls(routes, int(s.timing.repeats), warmups=1,
+                                    min_seconds=float(s.timing.get("min_seconds", 0.0)))
   for name, t in seconds.items():
     by_method[name]["images_per_second"] = n / t
   for name, t in predicted.items():

@@ -15,12 +15,12 @@ the cascade is calibrated on the wall time of the real programs on this device:
 The model supplies one call of each program (`caller`, QualityModel.cascade_costs); the cost
 model times it. `prepare(exits, rows)` measures every entry a calibration over those candidate
 exits can ask for together, interleaved (`time_calls`: every call warmed up, then rounds that
-take each call once in turn, the least per call), so that load from other jobs on the machine
-falls on all entries alike instead of skewing the ones measured while it lasted; an entry still
-missing later (a partial bucket's, for a prediction) is measured alone. Kept in a JSON file
-beside the XLA
-compilation cache (compile_cache.py), one per `cost_key`: the device (platform, kind, count,
-the CPU model on a CPU), JAX's version, the architecture and the compute dtype — never the
+take each call once in turn until each has run for MIN_SECONDS, the least per call), so that
+load from other jobs on the machine falls on all entries alike instead of skewing the ones
+measured while it lasted; an entry still missing later (a partial bucket's, for a prediction)
+is measured alone. Kept in a JSON file beside the XLA compilation cache (compile_cache.py),
+one per `cost_key`: the device (platform, kind, count, the CPU model on a CPU), JAX's version,
+the architecture and the compute dtype — never the
 weights, which do not change the time. Arithmetic:
 
   per_image(exits)   seconds per image of leaving at each exit of `exits` once buckets are
@@ -54,27 +54,39 @@ ARCHITECTURE = ("mode", "width", "depth", "num_heads", "patch_size", "img_size",
 Caller = Callable[[str, int, int, int], Callable[[], Any]]
 
 
-def time_calls(calls: Mapping[Any, Callable[[], Any]], repeats: int = 5, warmups: int = 2
-               ) -> dict[Any, float]:
+MIN_SECONDS = 0.5       # time_calls: each call timed for at least this long in all
+MAX_ROUNDS = 50
+
+
+def time_calls(calls: Mapping[Any, Callable[[], Any]], repeats: int = 5, warmups: int = 2,
+               min_seconds: float = MIN_SECONDS) -> dict[Any, float]:
   """Least seconds per call of each of `calls`: `warmups` calls each (compilation, first
-  allocations), then `repeats` rounds that call each once, in turn (the order rotating per
-  round). Other jobs on the machine only ever add time and, interleaved, add it to all alike,
-  so the least is the program's own and the ratios between programs hold."""
+  allocations), then rounds that call each once, in turn (the order rotating per round): at
+  least `repeats` rounds, and more (up to MAX_ROUNDS) until every call has been timed for
+  `min_seconds` in all. Other jobs on the machine only ever add time and, interleaved, add it
+  to all alike, so the least is the program's own and the ratios between programs hold; a
+  program of a few milliseconds needs many rounds for its least to settle (a tiny model's
+  segment: about 15 % above it after 5 rounds)."""
   names = list(calls)
   for name in names:
     for _ in range(warmups):
       calls[name]()
   best = dict.fromkeys(names, math.inf)
-  for r in range(max(1, int(repeats))):
-    for name in names[r % len(names):] + names[:r % len(names)] if names else ():
+  spent = dict.fromkeys(names, 0.0)
+  r = 0
+  while names and (r < max(1, int(repeats)) or (
+      r < MAX_ROUNDS and min(spent.values()) < min_seconds)):
+    for name in names[r % len(names):] + names[:r % len(names)]:
       start = time.perf_counter()
       calls[name]()
-      best[name] = min(best[name], time.perf_counter() - start)
+      took = time.perf_counter() - start
+      best[name], spent[name] = min(best[name], took), spent[name] + took
+    r += 1
   return best
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 5) -> float:
-  """Least seconds of `repeats` calls of `fn` after two warm-up calls (time_calls)."""
+  """Least seconds of at least `repeats` calls of `fn` after two warm-up calls (time_calls)."""
   return time_calls({0: fn}, repeats)[0]
 
 
@@ -97,16 +109,18 @@ class CostModel:
   """A table of measured seconds per call (module docstring), filled on demand by `meter`."""
 
   def __init__(self, key: Mapping[str, Any], table: Mapping[str, float] | None = None,
-               caller: Caller | None = None, path: str | None = None, repeats: int = 5):
+               caller: Caller | None = None, path: str | None = None, repeats: int = 5,
+               min_seconds: float = MIN_SECONDS):
     self.key = dict(key)
     self.table: dict[str, float] = dict(table or {})
-    self.caller, self.path, self.repeats = caller, path, int(repeats)
+    self.caller, self.path = caller, path
+    self.repeats, self.min_seconds = int(repeats), float(min_seconds)   # time_calls
     self.measured = 0                       # entries measured by this object
 
   # -- storage ------------------------------------------------------------------------------
   @classmethod
   def open(cls, key: Mapping[str, Any], caller: Caller | None, folder: str | None,
-           repeats: int = 5) -> "CostModel":
+           repeats: int = 5, min_seconds: float = MIN_SECONDS) -> "CostModel":
     """The table of `key` kept in `folder` (None: in memory only), or a new one."""
     path = None
     if folder:
@@ -116,10 +130,10 @@ class CostModel:
         stored = files.read_json(path)
         if stored.get("format") == FORMAT and stored.get("key") == json.loads(
             json.dumps(key)):
-          return cls(key, stored["seconds"], caller, path, repeats)
+          return cls(key, stored["seconds"], caller, path, repeats, min_seconds)
       except (OSError, ValueError, KeyError, AttributeError):
         pass                                # none yet, or unreadable: measured again
-    return cls(key, None, caller, path, repeats)
+    return cls(key, None, caller, path, repeats, min_seconds)
 
   @staticmethod
   def folder_for(compile_cache_path: str | None) -> str | None:
@@ -147,7 +161,8 @@ class CostModel:
       return
     if self.caller is None:
       raise KeyError(f"the cost table has no {sorted(missing)} and no caller to measure them")
-    found = time_calls({name: self.caller(*e) for name, e in missing.items()}, self.repeats)
+    found = time_calls({name: self.caller(*e) for name, e in missing.items()}, self.repeats,
+                       min_seconds=self.min_seconds)
     for name, (kind, _, _, rows) in missing.items():
       self.table[name] = found[name] / (rows if kind == "compaction" else 1)
     self.measured += len(missing)
