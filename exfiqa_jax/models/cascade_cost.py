@@ -61,11 +61,11 @@ MAX_ROUNDS = 50
 def time_calls(calls: Mapping[Any, Callable[[], Any]], repeats: int = 5, warmups: int = 2,
                min_seconds: float = MIN_SECONDS) -> dict[Any, float]:
   """Least seconds per call of each of `calls`: `warmups` calls each (compilation, first
-  allocations), then rounds that call each once, in turn (the order rotating per round): at
-  least `repeats` rounds, and more (up to MAX_ROUNDS) until every call has been timed for
-  `min_seconds` in all. Other jobs on the machine only ever add time and, interleaved, add it
-  to all alike, so the least is the program's own and the ratios between programs hold; a
-  program of a few milliseconds needs many rounds for its least to settle (a tiny model's
+  allocations), then rounds that call each once, in turn (the order rotating per round); a call
+  takes part in at least `repeats` rounds, and in more (up to MAX_ROUNDS) until it has been
+  timed for `min_seconds` in all. Other jobs on the machine only ever add time and, interleaved,
+  add it to all alike, so the least is the program's own and the ratios between programs hold;
+  a program of a few milliseconds needs many rounds for its least to settle (a tiny model's
   segment: about 15 % above it after 5 rounds)."""
   names = list(calls)
   for name in names:
@@ -73,15 +73,16 @@ def time_calls(calls: Mapping[Any, Callable[[], Any]], repeats: int = 5, warmups
       calls[name]()
   best = dict.fromkeys(names, math.inf)
   spent = dict.fromkeys(names, 0.0)
-  r = 0
-  while names and (r < max(1, int(repeats)) or (
-      r < MAX_ROUNDS and min(spent.values()) < min_seconds)):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+  rounds = max(1, int(repeats))
+  for r in range(max(rounds, MAX_ROUNDS) if min_seconds > 0 else rounds):
+    active = [n for n in names if r < rounds or spent[n] < min_seconds]
+    if not active:
+      break
+    for name in active[r % len(active):] + active[:r % len(active)]:
       start = time.perf_counter()
       calls[name]()
       took = time.perf_counter() - start
       best[name], spent[name] = min(best[name], took), spent[name] + took
-    r += 1
   return best
 
 
