@@ -349,6 +349,8 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
   by_method = {r["method"]: r for r in rows}
   fixed = range(1, depth + 1) if s.timing.get("fixed_exits", True) else (depth,)
   routes = {columns.exit_name(k): (lambda k=k: model.score(images, exit=k)) for k in fixed}
+  for fn in routes.values():                     # the warm-up (compilation)
+    fn()
   sizes = exits_lib.bucket_ladder(model.batch_size)
   headline = float(s.cascade.headline)
   mismatch, predicted = {}, {}
@@ -367,7 +369,7 @@ def _measure(model, ev: Benchmark, s, rows: list[dict], cascades: list[dict],
   if cost_model is not None:
     predicted[columns.exit_name(depth)] = cost_model.predict_full_seconds(n, sizes)
   # every program timed in the same rounds, in turn: load from other jobs falls on all alike
-  seconds = cascade_cost.time_calls(routes, int(s.timing.repeats), warmups=1,
+  seconds = cascade_cost.time_calls(routes, int(s.timing.repeats), warmups=0,
                                     min_seconds=float(s.timing.get("min_seconds", 0.0)))
   for name, t in seconds.items():
     by_method[name]["images_per_second"] = n / t

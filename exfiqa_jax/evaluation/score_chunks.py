@@ -48,21 +48,28 @@ def check_chunk_images(config) -> None:
                      "per stored chunk of a resumable run)")
 
 
-def compute_chunk(config, model, reader, lo: int, hi: int, exit: int, bar
-                   ) -> dict[str, np.ndarray]:
-  """Rows [lo, hi) through the model, sharded: every score array, KEPT (the row was read) and
-  ERROR (why not, on the process that read it; "" elsewhere)."""
-  parts, kept, errors = [], [], [""] * (hi - lo)
+def _host_batches(config, model, reader, lo: int, hi: int, errors: list[str], bar):
+  """This process's batches of rows [lo, hi) (pipeline.host_batches): why a row could not be
+  read goes into `errors` [hi - lo], and the progress bar moves once a batch is used."""
   for host in pipeline.host_batches(reader, hi, model.batch_size, start=lo,
                                     image_size=model.image_size,
                                     workers=config.data.get("decode_threads", 4)):
     for row, error in host.errors.items():
       errors[row - lo] = error
+    yield host
+    bar.update(host.num_rows)
+
+
+def compute_chunk(config, model, reader, lo: int, hi: int, exit: int, bar
+                   ) -> dict[str, np.ndarray]:
+  """Rows [lo, hi) through the model, sharded: every score array, KEPT (the row was read) and
+  ERROR (why not, on the process that read it; "" elsewhere)."""
+  parts, kept, errors = [], [], [""] * (hi - lo)
+  for host in _host_batches(config, model, reader, lo, hi, errors, bar):
     result = model.run_batch(host.images, exit=exit)
     valid = parallel.global_to_host(parallel.host_batch_to_global(host.valid))
     parts.append({k: v[:host.num_rows] for k, v in result.items() if k != "embedding"})
     kept.append(valid[:host.num_rows])
-    bar.update(host.num_rows)
   return {**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
           KEPT: np.concatenate(kept), ERROR: np.asarray(errors, dtype=str)}
 
@@ -78,21 +85,14 @@ def compute_cascade_chunk(config, model, reader, lo: int, hi: int, thresholds, b
   where not read), KEPT and ERROR as compute_chunk. One host (QualityModel.cascade_stream)."""
   stream = model.cascade_stream(thresholds)
   kept, errors, parts = np.zeros(hi - lo, bool), [""] * (hi - lo), []
-  for host in pipeline.host_batches(reader, hi, model.batch_size, start=lo,
-                                    image_size=model.image_size,
-                                    workers=config.data.get("decode_threads", 4)):
-    for row, error in host.errors.items():
-      errors[row - lo] = error
-    read = host.valid & (host.rows >= 0)
-    kept[host.rows[read] - lo] = True
-    parts.append(stream.push(host.images[read]))
-    bar.update(host.num_rows)
+  for host in _host_batches(config, model, reader, lo, hi, errors, bar):
+    kept[host.rows[host.valid] - lo] = True          # valid: a real row that was read
+    parts.append(stream.push(host.images[host.valid]))
   parts.append(stream.flush())
-  result = [np.concatenate(column) for column in zip(*parts)]
-  out = {name: np.zeros(hi - lo, value.dtype) for name, value in zip(CASCADE_COLUMNS, result)}
-  out["cascade_score"][:] = np.nan
-  out["cascade_gflops"][:] = np.nan
-  for name, value in zip(CASCADE_COLUMNS, result):
+  out = {}
+  for name, column in zip(CASCADE_COLUMNS, zip(*parts)):
+    value = np.concatenate(column)
+    out[name] = np.full(hi - lo, np.nan if value.dtype.kind == "f" else 0, value.dtype)
     out[name][kept] = value
   return {**out, KEPT: kept, ERROR: np.asarray(errors, dtype=str)}
 
@@ -121,11 +121,11 @@ def score_chunks(config, model, rows: Rows, base: dict[str, Any], digest: bool,
       for lo in range(0, total, size):
         hi, started, name = min(total, lo + size), time.time(), f"rows_{lo:010d}"
         sizes[name] = hi - lo
-        compute = (functools.partial(compute_chunk, config, model, rows.reader, lo, hi, exit,
-                                     bar) if cascade is None else
-                   functools.partial(compute_cascade_chunk, config, model, rows.reader, lo, hi,
-                                     cascade, bar))
-        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)}, compute)
+        compute, how = (compute_chunk, exit) if cascade is None else (compute_cascade_chunk,
+                                                                      cascade)
+        stage = cache.run(name, {**base, **rows.chunk_identity(lo, hi, digest)},
+                          functools.partial(compute, config, model, rows.reader, lo, hi, how,
+                                            bar))
         if stage.cached:
           resumed += hi - lo
           bar.update(hi - lo)

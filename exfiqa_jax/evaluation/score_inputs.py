@@ -24,7 +24,7 @@ METHOD_FLAG = "--config.quality_model.method="
 
 
 def identity_of(config, path, method, paths, names, channel_order, exit: int,
-              dtype: str = "float32") -> dict[str, Any]:
+                dtype: str = "float32") -> dict[str, Any]:
   """What the scores are made from (docs/caching.md): any change recomputes them. The
   checkpoint as its path is now, for the stamp check; a run records what it loaded
   (loaded_checkpoint)."""

@@ -20,8 +20,8 @@ load from other jobs on the machine falls on all entries alike instead of skewin
 measured while it lasted; an entry still missing later (a partial bucket's, for a prediction)
 is measured alone. Kept in a JSON file beside the XLA compilation cache (compile_cache.py),
 one per `cost_key`: the device (platform, kind, count, the CPU model on a CPU), JAX's version,
-the architecture and the compute dtype — never the
-weights, which do not change the time. Arithmetic:
+the architecture and the compute dtype — never the weights, which do not change the time.
+Arithmetic:
 
   per_image(exits)   seconds per image of leaving at each exit of `exits` once buckets are
                      full (the streaming regime): the segment times at the largest bucket per
@@ -107,7 +107,8 @@ def bucket_for(rows: int, sizes: Sequence[int]) -> int:
 
 
 class CostModel:
-  """A table of measured seconds per call (module docstring), filled on demand by `meter`."""
+  """A table of measured seconds per call (module docstring), filled by timing the calls
+  `caller` makes (measure, prepare; an entry still missing when first asked for)."""
 
   def __init__(self, key: Mapping[str, Any], table: Mapping[str, float] | None = None,
                caller: Caller | None = None, path: str | None = None, repeats: int = 5,

@@ -104,9 +104,9 @@ def _run(config, method: str, path: str, channel_order: str, paths: list[str],
   exit = int(config.get("exit", 0) or 0)
   dtype = inference.check_compute_dtype(config.get("compute_dtype", "float32"),
                                         "--config.compute_dtype=")
+  cascade = score_inputs.stored_cascade(config, path, method, exit)   # before hashing inputs
   ident = score_inputs.identity_of(config, path, method, paths, names, channel_order, exit,
                                    dtype)
-  cascade = score_inputs.stored_cascade(config, path, method, exit)
   if cascade is not None:                  # the thresholds decide every column
     ident["cascade"] = cascade.to_dict()
   mapping = quality_mapping.mapping_for(path, config.get("quality_mapping", ""))
